@@ -1,0 +1,171 @@
+//! [`Host`] over proxy-wasm host calls.
+//!
+//! One type per phase: `Proxy<RequestPhase>` implements [`RequestHost`], `Proxy<ResponsePhase>`
+//! [`ResponseHost`]. Reading request headers in the response phase aborts the VM in Envoy,
+//! so no value that could do it exists there.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::time::UNIX_EPOCH;
+
+use mesh_policy::filter::LocalReply;
+use mesh_policy::host::{
+    Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
+};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MapType, MetricType, Status};
+
+#[derive(Debug)]
+pub struct ConfigurePhase;
+#[derive(Debug)]
+pub struct RequestPhase;
+#[derive(Debug)]
+pub struct ResponsePhase;
+
+/// The proxy, as seen from one phase of one VM.
+pub struct Proxy<'a, Phase> {
+    rng: &'a RefCell<fastrand::Rng>,
+    phase: PhantomData<Phase>,
+}
+
+impl<'a> Proxy<'a, ConfigurePhase> {
+    pub(crate) fn configure(rng: &'a RefCell<fastrand::Rng>) -> Self {
+        Self {
+            rng,
+            phase: PhantomData,
+        }
+    }
+}
+
+impl<'a> Proxy<'a, RequestPhase> {
+    pub(crate) fn request(rng: &'a RefCell<fastrand::Rng>) -> Self {
+        Self {
+            rng,
+            phase: PhantomData,
+        }
+    }
+
+    /// Answers locally; the caller returns `Action::Pause` so the upstream is not contacted.
+    pub(crate) fn send_reply(&mut self, reply: &LocalReply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        if let Err(status) =
+            hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body))
+        {
+            log::warn!("send_http_response failed: {status:?}");
+        }
+    }
+}
+
+impl<'a> Proxy<'a, ResponsePhase> {
+    pub(crate) fn response(rng: &'a RefCell<fastrand::Rng>) -> Self {
+        Self {
+            rng,
+            phase: PhantomData,
+        }
+    }
+}
+
+impl<Phase> Proxy<'_, Phase> {
+    /// A property as text; empty if absent.
+    pub(crate) fn property_text(&self, path: &[&str]) -> String {
+        String::from_utf8_lossy(&self.property(path).unwrap_or_default()).into_owned()
+    }
+}
+
+impl<Phase> Host for Proxy<'_, Phase> {
+    fn now(&self) -> Nanos {
+        match hostcalls::get_current_time() {
+            Ok(time) => time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            Err(_) => 0,
+        }
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        self.rng.borrow_mut().u64(..)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn shared_get(&self, key: &str) -> Option<Shared> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some(Shared { value, cas }),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
+            Status::CasMismatch => SharedError::CasMismatch,
+            _ => SharedError::Failed,
+        })
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+        };
+        match hostcalls::define_metric(kind, name) {
+            Ok(id) => Metric(Some(id)),
+            Err(status) => {
+                log::warn!("define_metric {name:?} failed: {status:?}");
+                Metric(None)
+            }
+        }
+    }
+
+    fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        if let Some(id) = metric.0 {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+
+    fn record_metric(&mut self, metric: Metric, value: u64) {
+        if let Some(id) = metric.0 {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+impl RequestHost for Proxy<'_, RequestPhase> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        // The bytes getter: the text one panics on non-UTF-8 values, which clients control.
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn clear_route_cache(&mut self) {
+        // Envoy re-matches the route after a header change for ABI 0.2.1 modules; newer ABIs
+        // need this foreign function. Absent on older Envoys: nothing to do then.
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    }
+}
+
+impl ResponseHost for Proxy<'_, ResponsePhase> {
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value));
+    }
+}

@@ -1,0 +1,200 @@
+//! The only code that talks to the proxy-wasm SDK.
+//!
+//! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module: a root context that
+//! compiles the plugin JSON once in `on_configure` (refusing the config on error), and an
+//! HTTP context per request that looks up the route's bound policy, runs the filter against
+//! [`host::Proxy`], and turns its [`Verdict`] into proxy-wasm actions.
+//!
+//! Invariants kept here:
+//! - `on_configure` returns false on any config error, so Envoy refuses the config.
+//! - The route name is read once per request (`xds.route_name`); the bound route is cached
+//!   per route name for the VM's lifetime (route names are finite: they come from config).
+//! - A filter's response phase does not run for a local reply the filter sent itself.
+//! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
+
+mod host;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use mesh_policy::config::{Envelope, FieldPath, Routes};
+use mesh_policy::filter::{Filter, Plugin, Verdict};
+use mesh_policy::host::Host;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+
+pub use host::Proxy;
+pub use proxy_wasm;
+
+/// Exports `$filter` as this module's proxy-wasm entry point.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        $crate::proxy_wasm::main! {{
+            $crate::start::<$filter>();
+        }}
+    };
+}
+
+/// Installs the root context for `F`. Called from the module's entry point.
+pub fn start<F: Filter + 'static>() {
+    // The SDK formats every record below this level: Info keeps per-request debug lines free.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
+}
+
+/// Everything a VM keeps between requests, shared by its HTTP contexts.
+struct State<F: Filter> {
+    filter: F,
+    routes: Routes<F::Policy>,
+    /// Bound routes by Envoy route name; `None` caches "no policy applies".
+    bound: RefCell<HashMap<Vec<u8>, Option<Rc<F::Route>>>>,
+    rng: RefCell<fastrand::Rng>,
+}
+
+impl<F: Filter> State<F> {
+    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<F::Route>> {
+        if let Some(bound) = self.bound.borrow().get(name) {
+            return bound.clone();
+        }
+        let text = String::from_utf8_lossy(name);
+        let bound = self
+            .routes
+            .policy_for(&text)
+            .map(|policy| Rc::new(self.filter.bind(Rc::clone(policy), &text, host)));
+        self.bound.borrow_mut().insert(name.to_vec(), bound.clone());
+        bound
+    }
+}
+
+struct Root<F: Filter> {
+    state: Option<Rc<State<F>>>,
+}
+
+impl<F: Filter> Context for Root<F> {}
+
+impl<F: Filter + 'static> RootContext for Root<F> {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let rng = RefCell::new(fastrand::Rng::with_seed(random_seed()));
+        let probe = Proxy::configure(&rng);
+        let plugin = Plugin {
+            name: probe.property_text(&["plugin_name"]),
+            root_id: probe.property_text(&["plugin_root_id"]),
+        };
+        let json = proxy_wasm::hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let filter = F::new(&plugin);
+        let compiled = Envelope::<F::Config>::from_json(&json).and_then(|envelope| {
+            envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at))
+        });
+        let routes = match compiled {
+            Ok(routes) => routes,
+            Err(err) => {
+                log::error!("{}: plugin config rejected: {err}", F::NAME);
+                return false;
+            }
+        };
+        if routes.is_empty() {
+            log::warn!(
+                "{}: plugin config has no policy: every request passes untouched",
+                F::NAME
+            );
+        }
+        log::info!(
+            "{}: configured (plugin {:?}, root {:?}): routes [{}]",
+            F::NAME,
+            plugin.name,
+            plugin.root_id,
+            routes.route_names().collect::<Vec<_>>().join(", ")
+        );
+        self.state = Some(Rc::new(State {
+            filter,
+            routes,
+            bound: RefCell::new(HashMap::new()),
+            rng,
+        }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Returning None makes the SDK panic: an unconfigured VM passes requests through.
+        Some(Box::new(Http::<F> {
+            state: self.state.clone(),
+            route: None,
+            request: None,
+            replied: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http<F: Filter> {
+    state: Option<Rc<State<F>>>,
+    route: Option<Rc<F::Route>>,
+    request: Option<F::Request>,
+    /// This filter answered locally; its response phase must not treat that as upstream's.
+    replied: bool,
+}
+
+impl<F: Filter> Context for Http<F> {}
+
+impl<F: Filter> HttpContext for Http<F> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(state) = &self.state else {
+            return Action::Continue;
+        };
+        let mut host = Proxy::request(&state.rng);
+        let route_name = host.property(&["xds", "route_name"]).unwrap_or_default();
+        let Some(route) = state.route(&route_name, &mut host) else {
+            return Action::Continue;
+        };
+        let (verdict, request) = state.filter.on_request(&route, &mut host);
+        self.route = Some(route);
+        self.request = Some(request);
+        match verdict {
+            Verdict::Continue => Action::Continue,
+            Verdict::Reply(reply) => {
+                self.replied = true;
+                host.send_reply(&reply);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        if let (Some(state), Some(route), Some(request)) =
+            (&self.state, &self.route, &mut self.request)
+        {
+            let mut host = Proxy::response(&state.rng);
+            state.filter.on_response(route, request, &mut host);
+        }
+        Action::Continue
+    }
+}
+
+/// A seed from WASI `random_get`; the clock if that fails (never a panic).
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(err) => {
+            log::warn!("random_get failed ({err}); seeding from the clock");
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }
+    }
+}

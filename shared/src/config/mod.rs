@@ -1,0 +1,443 @@
+//! The per-route config envelope every filter uses, and typed config errors.
+//!
+//! Plugin JSON is `{"default": P, "routes": {"<route name>": P}}`; both keys are optional.
+//! It is parsed into [`Envelope`] (raw, as written) and compiled once, in `on_configure`,
+//! into [`Routes`] (validated). Errors carry the path of the offending field, e.g.
+//! `routes["checkout"].emit[1]: unknown variant "b4"`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::rc::Rc;
+
+mod strict;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// Where a config value sits, rendered like `routes["checkout"].emit[1]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// A struct field or an identifier-like map key: `.name`.
+    pub fn field(&self, name: &str) -> Self {
+        let mut path = self.0.clone();
+        if is_identifier(name) {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(name);
+        } else {
+            push_quoted_key(&mut path, name);
+        }
+        Self(path)
+    }
+
+    /// A map key that is data, not a field name (a route name, a header name): `["key"]`.
+    pub fn key(&self, key: &str) -> Self {
+        let mut path = self.0.clone();
+        push_quoted_key(&mut path, key);
+        Self(path)
+    }
+
+    /// An element of a list: `[index]`.
+    pub fn index(&self, index: usize) -> Self {
+        Self(format!("{}[{index}]", self.0))
+    }
+
+    /// A typed error at this path.
+    pub fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.clone(),
+            message: message.into(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("(config)")
+        } else {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn push_quoted_key(path: &mut String, key: &str) {
+    path.push('[');
+    // Debug quoting escapes quotes and control characters in hostile keys.
+    path.push_str(&format!("{key:?}"));
+    path.push(']');
+}
+
+/// A config error: JSON that does not fit the schema, or a value that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not JSON, wrong type, unknown or missing field.
+    Json { path: FieldPath, message: String },
+    /// Well-formed but not allowed (out of range, duplicate, bad header name...).
+    Invalid { path: FieldPath, message: String },
+}
+
+impl ConfigError {
+    pub fn path(&self) -> &FieldPath {
+        match self {
+            Self::Json { path, .. } | Self::Invalid { path, .. } => path,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json { path, message } | Self::Invalid { path, message } => {
+                write!(f, "{path}: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses JSON into `T`, naming the offending field on error. Objects only where `T`
+/// has a struct, and no key written twice (see [`strict`]).
+pub fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
+    let json_error = |path: FieldPath, err: &serde_json::Error| ConfigError::Json {
+        path,
+        message: strip_position(&err.to_string()),
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let strict::UniqueKeys(value) = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| json_error(serde_path(err.path()), err.inner()))?;
+    deserializer
+        .end()
+        .map_err(|err| json_error(FieldPath::root(), &err))?;
+    serde_path_to_error::deserialize(strict::Strict(&value))
+        .map_err(|err| json_error(serde_path(err.path()), err.inner()))
+}
+
+fn serde_path(path: &serde_path_to_error::Path) -> FieldPath {
+    use serde_path_to_error::Segment;
+    let mut out = FieldPath::root();
+    let mut previous: Option<&str> = None;
+    for segment in path.iter() {
+        out = match segment {
+            Segment::Seq { index } => out.index(*index),
+            // The key under `routes` is a route name: data, always quoted.
+            Segment::Map { key } if previous == Some("routes") => out.key(key),
+            Segment::Map { key } => out.field(key),
+            Segment::Enum { variant } => out.field(variant),
+            Segment::Unknown => out.field("?"),
+        };
+        previous = match segment {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        };
+    }
+    out
+}
+
+/// serde_json appends " at line 1 column 42": the field path says it better.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The plugin JSON as written: a default policy and per-route policies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, bound = "C: Deserialize<'de>")]
+pub struct Envelope<C> {
+    #[serde(default)]
+    pub default: Option<C>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, C>,
+}
+
+impl<C> Default for Envelope<C> {
+    fn default() -> Self {
+        Self {
+            default: None,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: DeserializeOwned> Envelope<C> {
+    /// Parses plugin JSON; empty input is an empty envelope (the filter does nothing).
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        parse_json(json)
+    }
+}
+
+impl<C> Envelope<C> {
+    /// Validates every policy with `compile`, which gets the path of the policy it compiles.
+    pub fn compile<P>(
+        self,
+        at: &FieldPath,
+        mut compile: impl FnMut(C, &FieldPath) -> Result<P, ConfigError>,
+    ) -> Result<Routes<P>, ConfigError> {
+        let default = match self.default {
+            Some(config) => Some(Rc::new(compile(config, &at.field("default"))?)),
+            None => None,
+        };
+        let mut routes = HashMap::with_capacity(self.routes.len());
+        let routes_at = at.field("routes");
+        for (name, config) in self.routes {
+            let policy = compile(config, &routes_at.key(&name))?;
+            routes.insert(name, Rc::new(policy));
+        }
+        Ok(Routes { default, routes })
+    }
+}
+
+/// Compiled policies by Envoy route name.
+#[derive(Debug)]
+pub struct Routes<P> {
+    default: Option<Rc<P>>,
+    routes: HashMap<String, Rc<P>>,
+}
+
+impl<P> Default for Routes<P> {
+    fn default() -> Self {
+        Self {
+            default: None,
+            routes: HashMap::new(),
+        }
+    }
+}
+
+impl<P> Routes<P> {
+    /// The route's own policy, else the default, else none (leave the request alone).
+    pub fn policy_for(&self, route_name: &str) -> Option<&Rc<P>> {
+        self.routes.get(route_name).or(self.default.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.routes.is_empty()
+    }
+
+    /// Route names with a policy of their own.
+    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
+    }
+}
+
+/// For optional settings whose default is "on": absent means the default, `null` means off.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)
+}
+
+/// A lower-case HTTP header name, validated (RFC 9110 token, no pseudo-headers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HeaderName(String);
+
+impl HeaderName {
+    pub fn parse(name: &str, at: &FieldPath) -> Result<Self, ConfigError> {
+        if name.is_empty() {
+            return Err(at.invalid("header name is empty"));
+        }
+        if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
+            return Err(at.invalid(format!(
+                "header name {name:?} has character {bad:?}, which HTTP does not allow in a name"
+            )));
+        }
+        Ok(Self(name.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Policy {
+        size: u32,
+        #[serde(default)]
+        names: Vec<String>,
+    }
+
+    fn compile(json: &str) -> Result<Routes<u32>, ConfigError> {
+        Envelope::<Policy>::from_json(json.as_bytes())?.compile(&FieldPath::root(), |p, at| {
+            if p.size == 0 {
+                return Err(at.field("size").invalid("must be at least 1"));
+            }
+            if let Some(i) = p.names.iter().position(|n| n.is_empty()) {
+                return Err(at.field("names").index(i).invalid("must not be empty"));
+            }
+            Ok(p.size)
+        })
+    }
+
+    #[test]
+    fn route_policy_wins_over_default_and_default_covers_the_rest() {
+        let routes =
+            compile(r#"{"default": {"size": 1}, "routes": {"checkout": {"size": 2}}}"#).unwrap();
+        assert_eq!(routes.policy_for("checkout").map(|p| **p), Some(2));
+        assert_eq!(routes.policy_for("other").map(|p| **p), Some(1));
+        assert_eq!(routes.policy_for("").map(|p| **p), Some(1));
+    }
+
+    #[test]
+    fn without_default_unlisted_routes_get_no_policy() {
+        let routes = compile(r#"{"routes": {"checkout": {"size": 2}}}"#).unwrap();
+        assert!(routes.policy_for("other").is_none());
+        assert!(compile("{}").unwrap().is_empty());
+        assert!(compile("  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_field_names_the_route() {
+        let err = compile(r#"{"routes": {"checkout": {"size": 2, "szie": 3}}}"#).unwrap_err();
+        assert!(matches!(err, ConfigError::Json { .. }));
+        let text = err.to_string();
+        assert!(text.starts_with(r#"routes["checkout"]"#), "{text}");
+        assert!(text.contains("unknown field `szie`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected() {
+        let err = compile(r#"{"route": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `route`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = compile(r#"{"default": {"size": "big"}}"#).unwrap_err();
+        assert_eq!(err.path().as_str(), "default.size");
+        assert!(!err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn validation_error_names_route_field_and_index() {
+        let err = compile(r#"{"routes": {"a.b": {"size": 1, "names": ["x", ""]}}}"#).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }));
+        assert_eq!(
+            err.to_string(),
+            r#"routes["a.b"].names[1]: must not be empty"#
+        );
+        let err = compile(r#"{"default": {"size": 0}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "default.size: must be at least 1");
+    }
+
+    #[test]
+    fn route_written_twice_is_rejected() {
+        let err = compile(r#"{"routes": {"a": {"size": 1}, "a": {"size": 2}}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains(r#"key "a" is written twice"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_and_bad_json_are_rejected() {
+        assert!(compile(r#"{} x"#).is_err());
+        assert!(compile(r#"{"default": "#).is_err());
+        assert!(compile(r#"[]"#).is_err());
+        assert!(
+            compile(r#"{"default": [1]}"#).is_err(),
+            "a policy given as a list"
+        );
+        assert!(compile(r#"{"default": {"size": 1, "names": "x"}}"#).is_err());
+    }
+
+    #[test]
+    fn any_key_written_twice_is_rejected() {
+        let err = compile(r#"{"default": {"size": 1, "size": 2}}"#).unwrap_err();
+        assert_eq!(err.path().as_str(), "default");
+        assert!(
+            err.to_string().contains(r#"key "size" is written twice"#),
+            "{err}"
+        );
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    enum Key {
+        Client,
+        Header(String),
+        Cookie { name: String },
+    }
+
+    #[test]
+    fn enums_take_a_name_or_an_object_with_one_key() {
+        let keys: Vec<Key> =
+            parse_json(br#"["client", {"header": "x-id"}, {"cookie": {"name": "u"}}]"#).unwrap();
+        assert_eq!(
+            keys,
+            [
+                Key::Client,
+                Key::Header("x-id".into()),
+                Key::Cookie { name: "u".into() }
+            ]
+        );
+        assert!(parse_json::<Key>(br#"{"header": "a", "cookie": {"name": "u"}}"#).is_err());
+        assert!(parse_json::<Key>(br#"{"cookie": ["u"]}"#).is_err());
+        assert!(parse_json::<Key>(br#""header""#).is_err());
+        let err = parse_json::<Vec<Key>>(br#"["client", "server"]"#).unwrap_err();
+        assert_eq!(err.path().as_str(), "[1]");
+    }
+
+    #[test]
+    fn numbers_keep_their_type() {
+        assert!(parse_json::<u32>(b"1.5").is_err());
+        assert!(parse_json::<u32>(b"-1").is_err());
+        assert!(parse_json::<u32>(br#""1""#).is_err());
+        assert_eq!(parse_json::<f64>(b"1").unwrap(), 1.0);
+        assert_eq!(parse_json::<Option<u32>>(b"null").unwrap(), None);
+    }
+
+    #[test]
+    fn header_names_are_lowercased_and_checked() {
+        let at = FieldPath::root().field("header");
+        assert_eq!(
+            HeaderName::parse("X-Trace-Id", &at).unwrap().as_str(),
+            "x-trace-id"
+        );
+        assert!(HeaderName::parse("", &at).is_err());
+        assert!(HeaderName::parse("x trace", &at).is_err());
+        assert!(HeaderName::parse(":path", &at).is_err());
+    }
+
+    #[test]
+    fn field_paths_quote_keys_that_are_data() {
+        let at = FieldPath::root()
+            .field("routes")
+            .key("we\"ird")
+            .field("headers")
+            .field("x-a");
+        assert_eq!(at.as_str(), r#"routes["we\"ird"].headers["x-a"]"#);
+    }
+}

@@ -1,0 +1,294 @@
+//! An in-memory [`Host`] for tests: headers, properties, a settable clock, seeded
+//! randomness, shared data with real compare-and-swap (and injectable conflicts), metrics.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::host::{
+    Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
+};
+
+#[derive(Debug)]
+pub struct FakeHost {
+    pub now: Nanos,
+    pub request_headers: Vec<(String, Vec<u8>)>,
+    pub response_headers: Vec<(String, Vec<u8>)>,
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
+    /// How many times the route cache was cleared.
+    pub route_cache_clears: usize,
+    rng: fastrand::Rng,
+    scripted_random: Vec<u64>,
+    shared: HashMap<String, Shared>,
+    next_cas: u32,
+    /// The next this-many CAS writes fail as if another VM had written first.
+    pub cas_conflicts: usize,
+    metrics: Vec<(String, MetricKind, i64)>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeHost {
+    /// 2026-01-01T00:00:00Z, so tests do not start at the epoch.
+    pub const START: Nanos = 1_767_225_600 * crate::host::NANOS_PER_SEC;
+
+    pub fn new() -> Self {
+        Self {
+            now: Self::START,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            properties: HashMap::new(),
+            route_cache_clears: 0,
+            rng: fastrand::Rng::with_seed(7),
+            scripted_random: Vec::new(),
+            shared: HashMap::new(),
+            next_cas: 1,
+            cas_conflicts: 0,
+            metrics: Vec::new(),
+        }
+    }
+
+    pub fn with_request_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.request_headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self
+    }
+
+    pub fn with_response_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.response_headers
+            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self
+    }
+
+    pub fn with_property(mut self, path: &[&str], value: impl AsRef<[u8]>) -> Self {
+        self.set_property(path, value);
+        self
+    }
+
+    pub fn set_property(&mut self, path: &[&str], value: impl AsRef<[u8]>) {
+        let path = path.iter().map(|p| (*p).to_owned()).collect();
+        self.properties.insert(path, value.as_ref().to_vec());
+    }
+
+    /// These values come out of `random_u64` first, in order; then seeded randomness.
+    pub fn script_random(&mut self, values: &[u64]) {
+        self.scripted_random = values.iter().rev().copied().collect();
+    }
+
+    pub fn advance_ms(&mut self, ms: u64) {
+        self.now += ms * crate::host::NANOS_PER_MS;
+    }
+
+    /// Every value of a request header, as text (lossy), in order.
+    pub fn request_values(&self, name: &str) -> Vec<String> {
+        values(&self.request_headers, name)
+    }
+
+    pub fn response_values(&self, name: &str) -> Vec<String> {
+        values(&self.response_headers, name)
+    }
+
+    /// A metric's current value by full name.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        self.metrics
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+    }
+
+    /// Every metric defined so far, by name.
+    pub fn metrics(&self) -> BTreeMap<String, i64> {
+        self.metrics
+            .iter()
+            .map(|(n, _, v)| (n.clone(), *v))
+            .collect()
+    }
+
+    /// Writes shared data as another VM would, bumping the CAS token.
+    pub fn shared_put(&mut self, key: &str, value: &[u8]) {
+        let cas = self.bump_cas();
+        self.shared.insert(
+            key.to_owned(),
+            Shared {
+                value: value.to_vec(),
+                cas,
+            },
+        );
+    }
+
+    pub fn shared_keys(&self) -> usize {
+        self.shared.len()
+    }
+
+    fn bump_cas(&mut self) -> u32 {
+        let cas = self.next_cas;
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        cas
+    }
+}
+
+fn values(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+fn first<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a Vec<u8>> {
+    // Envoy returns the first value of a repeated header.
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+fn replace(headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: &[u8]) {
+    headers.retain(|(n, _)| n != name);
+    headers.push((name.to_owned(), value.to_vec()));
+}
+
+impl Host for FakeHost {
+    fn now(&self) -> Nanos {
+        self.now
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        self.scripted_random
+            .pop()
+            .unwrap_or_else(|| self.rng.u64(..))
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.properties
+            .iter()
+            .find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn shared_get(&self, key: &str) -> Option<Shared> {
+        self.shared.get(key).cloned()
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if cas.is_some() && self.cas_conflicts > 0 {
+            self.cas_conflicts -= 1;
+            // Another VM wrote the same key in between.
+            if let Some(entry) = self.shared.get(key).cloned() {
+                self.shared_put(key, &entry.value);
+            }
+            return Err(SharedError::CasMismatch);
+        }
+        // Envoy checks the token only when the key exists.
+        if let (Some(cas), Some(current)) = (cas, self.shared.get(key)) {
+            if current.cas != cas {
+                return Err(SharedError::CasMismatch);
+            }
+        }
+        self.shared_put(key, value);
+        Ok(())
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
+        // Like Envoy: defining a name again returns the same metric.
+        if let Some(id) = self.metrics.iter().position(|(n, _, _)| n == name) {
+            return Metric(u32::try_from(id).ok());
+        }
+        self.metrics.push((name.to_owned(), kind, 0));
+        Metric(u32::try_from(self.metrics.len() - 1).ok())
+    }
+
+    fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
+            entry.2 += delta;
+        }
+    }
+
+    fn record_metric(&mut self, metric: Metric, value: u64) {
+        if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
+            entry.2 = i64::try_from(value).unwrap_or(i64::MAX);
+        }
+    }
+}
+
+impl RequestHost for FakeHost {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        first(&self.request_headers, name).cloned()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        replace(&mut self.request_headers, name, value);
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.request_headers.retain(|(n, _)| n != name);
+    }
+
+    fn clear_route_cache(&mut self) {
+        self.route_cache_clears += 1;
+    }
+}
+
+impl ResponseHost for FakeHost {
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        first(&self.response_headers, name).cloned()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        replace(&mut self.response_headers, name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cas_detects_a_write_in_between() {
+        let mut host = FakeHost::new();
+        host.shared_set("k", b"1", None).unwrap();
+        let read = host.shared_get("k").unwrap();
+        host.shared_put("k", b"2");
+        assert_eq!(
+            host.shared_set("k", b"3", Some(read.cas)),
+            Err(SharedError::CasMismatch)
+        );
+        let read = host.shared_get("k").unwrap();
+        assert_eq!(read.value, b"2");
+        host.shared_set("k", b"3", Some(read.cas)).unwrap();
+        assert_eq!(host.shared_get("k").unwrap().value, b"3");
+    }
+
+    #[test]
+    fn injected_conflicts_fail_cas_writes_then_clear() {
+        let mut host = FakeHost::new();
+        host.shared_set("k", b"1", None).unwrap();
+        host.cas_conflicts = 1;
+        let read = host.shared_get("k").unwrap();
+        assert_eq!(
+            host.shared_set("k", b"2", Some(read.cas)),
+            Err(SharedError::CasMismatch)
+        );
+        let read = host.shared_get("k").unwrap();
+        assert!(host.shared_set("k", b"2", Some(read.cas)).is_ok());
+    }
+
+    #[test]
+    fn metrics_defined_twice_are_one_metric() {
+        let mut host = FakeHost::new();
+        let a = host.define_metric(MetricKind::Counter, "c");
+        let b = host.define_metric(MetricKind::Counter, "c");
+        host.increment_metric(a, 2);
+        host.increment_metric(b, 3);
+        assert_eq!(host.metric("c"), Some(5));
+    }
+
+    #[test]
+    fn repeated_request_header_reads_first_value_like_envoy() {
+        let mut host = FakeHost::new()
+            .with_request_header("x-a", "1")
+            .with_request_header("x-a", "2");
+        assert_eq!(host.request_header("x-a").unwrap(), b"1");
+        host.set_request_header("x-a", b"3");
+        assert_eq!(host.request_values("x-a"), ["3"]);
+    }
+}

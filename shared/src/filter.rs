@@ -1,0 +1,85 @@
+//! The seam between a filter and the proxy-wasm adapter.
+//!
+//! A filter implements [`Filter`] against the [`host`](crate::host) traits only; the adapter
+//! (`filters/adapter`) turns proxy-wasm callbacks into these calls and a [`Verdict`] into
+//! proxy-wasm actions. Tests drive a filter with [`FakeHost`](crate::fake::FakeHost).
+//!
+//! Lifecycle:
+//! 1. `on_configure`: the envelope's policies are compiled once with [`Filter::compile`].
+//! 2. The first request on a route [`Filter::bind`]s the route's policy to that route name
+//!    (stats handles, shared-data keys); the result is cached for the VM's lifetime.
+//! 3. Each request: [`Filter::on_request`], then [`Filter::on_response`] unless this filter
+//!    answered the request itself.
+
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::{ConfigError, FieldPath};
+use crate::host::{Host, RequestHost, ResponseHost};
+
+/// Who this instance of the plugin is: Istio sets no vm_id, so shared-data keys are
+/// prefixed with the plugin name and root id to keep plugins apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plugin {
+    pub name: String,
+    pub root_id: String,
+}
+
+impl Plugin {
+    /// Prefix for this plugin's shared-data keys.
+    pub fn key_prefix(&self) -> String {
+        format!("{}/{}", self.name, self.root_id)
+    }
+}
+
+/// What to do with a request after the request-headers phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Answer locally; the upstream is not contacted.
+    Reply(LocalReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+pub trait Filter: Sized {
+    /// Short name: log prefix and stats namespace (`traceid`, `canary`, ...).
+    const NAME: &'static str;
+    /// One route's policy as written in plugin JSON.
+    type Config: DeserializeOwned;
+    /// One route's policy, validated and compiled.
+    type Policy;
+    /// A policy bound to a concrete route name: what each request on it needs ready.
+    type Route;
+    /// What the response phase needs from the request phase.
+    type Request;
+
+    fn new(plugin: &Plugin) -> Self;
+
+    /// Validates one route's config; errors name the field under `at`.
+    fn compile(&self, config: Self::Config, at: &FieldPath) -> Result<Self::Policy, ConfigError>;
+
+    /// Prepares a policy for the route `route_name` (define its metrics, build keys).
+    fn bind(&self, policy: Rc<Self::Policy>, route_name: &str, host: &mut impl Host)
+    -> Self::Route;
+
+    fn on_request(
+        &self,
+        route: &Self::Route,
+        host: &mut impl RequestHost,
+    ) -> (Verdict, Self::Request);
+
+    fn on_response(
+        &self,
+        _route: &Self::Route,
+        _request: &mut Self::Request,
+        _host: &mut impl ResponseHost,
+    ) {
+    }
+}

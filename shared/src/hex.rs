@@ -1,0 +1,64 @@
+//! Lower-case hex, as trace headers use it.
+
+/// Decodes exactly `N` bytes from `2 * N` lower-case hex digits.
+pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (pair.first()?, pair.get(1)?);
+        *byte = (lower_digit(*hi)? << 4) | lower_digit(*lo)?;
+    }
+    Some(out)
+}
+
+fn lower_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Appends the lower-case hex of `bytes` to `out`.
+pub fn encode_into(bytes: &[u8], out: &mut String) {
+    for byte in bytes {
+        out.push(digit(byte >> 4));
+        out.push(digit(byte & 0x0f));
+    }
+}
+
+fn digit(nibble: u8) -> char {
+    char::from(if nibble < 10 {
+        b'0' + nibble
+    } else {
+        b'a' + nibble - 10
+    })
+}
+
+pub fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    encode_into(bytes, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let bytes = [0x00, 0x9f, 0xa0, 0xff];
+        assert_eq!(encode(&bytes), "009fa0ff");
+        assert_eq!(decode_lower::<4>(b"009fa0ff"), Some(bytes));
+    }
+
+    #[test]
+    fn rejects_upper_case_wrong_length_and_non_hex() {
+        assert_eq!(decode_lower::<2>(b"00AF"), None);
+        assert_eq!(decode_lower::<2>(b"00a"), None);
+        assert_eq!(decode_lower::<2>(b"00ag"), None);
+        assert_eq!(decode_lower::<2>(b"00a\xff"), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! What a filter may ask of the proxy.
+//!
+//! The split follows Envoy's phases: [`RequestHost`] can read and change request headers,
+//! [`ResponseHost`] response headers. Reading request headers in the response phase aborts
+//! the VM in Envoy, so the response phase gets no way to do it: keep what it needs on the
+//! filter's per-request state.
+//!
+//! Header values are bytes: clients control them and they need not be UTF-8.
+
+/// Nanoseconds since the Unix epoch: the same clock in every VM of every worker, so it
+/// can be stored in shared data.
+pub type Nanos = u64;
+
+pub const NANOS_PER_MS: u64 = 1_000_000;
+pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// A metric defined through the host; `None` when the host refused to define it (then
+/// updates are dropped rather than failing the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Metric(pub Option<u32>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// A shared-data value and the compare-and-swap token it was read with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shared {
+    pub value: Vec<u8>,
+    pub cas: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    /// Another VM wrote the key since it was read: read again and retry.
+    CasMismatch,
+    /// Any other host failure.
+    Failed,
+}
+
+/// Available in every phase.
+pub trait Host {
+    /// Wall-clock time.
+    fn now(&self) -> Nanos;
+    /// Uniformly random bits.
+    fn random_u64(&mut self) -> u64;
+    /// An Envoy attribute such as `["xds", "route_name"]` or `["source", "address"]`.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+
+    /// Reads a shared-data key with its CAS token; `None` if it was never written.
+    fn shared_get(&self, key: &str) -> Option<Shared>;
+    /// Writes a shared-data key; with `cas` the write fails with
+    /// [`SharedError::CasMismatch`] if the key changed since that token was read.
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric;
+    fn increment_metric(&mut self, metric: Metric, delta: i64);
+    fn record_metric(&mut self, metric: Metric, value: u64);
+}
+
+/// The request-headers phase.
+pub trait RequestHost: Host {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Replaces every value of the header with this one.
+    fn set_request_header(&mut self, name: &str, value: &[u8]);
+    fn remove_request_header(&mut self, name: &str);
+    /// Makes Envoy choose the route again after a header changed.
+    fn clear_route_cache(&mut self);
+}
+
+/// The response-headers phase. The response status is the `:status` header.
+pub trait ResponseHost: Host {
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Replaces every value of the header with this one.
+    fn set_response_header(&mut self, name: &str, value: &[u8]);
+
+    /// The upstream's (or a local reply's) status code, if there is a valid one.
+    fn response_status(&self) -> Option<u16> {
+        let status = self.response_header(":status")?;
+        std::str::from_utf8(&status).ok()?.parse().ok()
+    }
+}

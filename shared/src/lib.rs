@@ -1,0 +1,19 @@
+//! Pure policy logic shared by the mesh filters.
+//!
+//! Nothing here knows about proxy-wasm or Envoy: the filters reach the proxy through
+//! the [`host`] traits, which [`fake::FakeHost`] implements in memory for tests.
+//!
+//! - [`config`]: the per-route envelope, field paths and typed config errors.
+//! - [`host`]: what a filter may ask of the proxy, split by request phase.
+//! - [`filter`]: the [`filter::Filter`] trait every filter implements and the adapter drives.
+//! - [`stats`]: metric naming shared by all filters.
+//! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod fake;
+pub mod filter;
+pub mod hex;
+pub mod host;
+pub mod stats;
+pub mod trace;

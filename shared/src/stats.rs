@@ -1,0 +1,83 @@
+//! Metric naming, one scheme for every filter.
+//!
+//! A metric is a base name plus labels, encoded in the Envoy stat name as
+//! `mesh_trace_requests_total;route=checkout;outcome=started`. Envoy's stats tag
+//! extraction (`stats_config.stats_tags` in `envoy/`, one regex `(;label=([^;]*))` per
+//! label name) turns each `;label=value` into a tag, so Prometheus sees
+//! `mesh_trace_requests_total{route="checkout",outcome="started"}`. Without that config
+//! the labels stay in the name and every series is still distinct.
+
+use crate::host::{Host, Metric, MetricKind};
+
+/// Label value for a request whose route has no name.
+pub const UNNAMED_ROUTE: &str = "unnamed";
+
+/// Every label name the filters use; `envoy/` has one tag extractor for each.
+pub const LABELS: &[&str] = &["route", "outcome"];
+
+/// The stat name for a metric with labels.
+pub fn metric_name(base: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = String::with_capacity(base.len() + 32);
+    name.push_str(base);
+    for (label, value) in labels {
+        name.push(';');
+        name.push_str(label);
+        name.push('=');
+        // `;` and `=` delimit labels; `.` is Envoy's stat-name separator.
+        name.extend(value.chars().map(|c| match c {
+            ';' | '=' => '_',
+            c => c,
+        }));
+    }
+    name
+}
+
+/// The `route` label value for an Envoy route name.
+pub fn route_label(route_name: &str) -> &str {
+    if route_name.is_empty() {
+        UNNAMED_ROUTE
+    } else {
+        route_name
+    }
+}
+
+/// Defines a counter for one route and one value of a second label.
+pub fn route_counter(
+    host: &mut impl Host,
+    base: &str,
+    route_name: &str,
+    label: (&str, &str),
+) -> Metric {
+    let name = metric_name(base, &[("route", route_label(route_name)), label]);
+    host.define_metric(MetricKind::Counter, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeHost;
+
+    #[test]
+    fn names_carry_labels_in_order() {
+        assert_eq!(
+            metric_name("mesh_x_total", &[("route", "a.b"), ("outcome", "ok")]),
+            "mesh_x_total;route=a.b;outcome=ok"
+        );
+    }
+
+    #[test]
+    fn delimiters_in_values_cannot_forge_labels() {
+        assert_eq!(
+            metric_name("m", &[("route", "r;outcome=x")]),
+            "m;route=r_outcome_x"
+        );
+    }
+
+    #[test]
+    fn unnamed_route_gets_a_label() {
+        let mut host = FakeHost::new();
+        let m = route_counter(&mut host, "m", "", ("outcome", "ok"));
+        host.increment_metric(m, 1);
+        assert_eq!(host.metric("m;route=unnamed;outcome=ok"), Some(1));
+    }
+}

@@ -1,0 +1,340 @@
+//! The trace-ID policy: keep, continue or start a trace and write it in the chosen formats.
+//!
+//! Precedence of incoming context: a valid `traceparent`, else a valid B3 context (single
+//! `b3` header, else `x-b3-*`), else a new trace from the host's randomness. An invalid
+//! traceparent is never forwarded: it is replaced, and its `tracestate` dropped.
+
+pub mod b3;
+pub mod w3c;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, FieldPath, HeaderName, nullable};
+use crate::hex;
+use crate::host::RequestHost;
+use b3::{B3, Sampling};
+use w3c::{TraceParent, TraceStateAction};
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const DEFAULT_RESPONSE_HEADER: &str = "x-trace-id";
+
+/// One route's trace policy as written in plugin JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    /// `propagate` keeps a valid incoming traceparent; `child` continues it with a new
+    /// span id as parent.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Formats written to the upstream request. Default: `["w3c"]`.
+    #[serde(default = "default_emit")]
+    pub emit: Vec<Format>,
+    /// Response header carrying the trace id; `null` turns it off.
+    #[serde(default = "default_response_header", deserialize_with = "nullable")]
+    pub response_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Propagate,
+    Child,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `traceparent` (and `tracestate` when kept).
+    W3c,
+    /// The single `b3` header.
+    B3,
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`.
+    B3multi,
+    /// `x-request-id`, set only when absent.
+    RequestId,
+}
+
+fn default_emit() -> Vec<Format> {
+    vec![Format::W3c]
+}
+
+fn default_response_header() -> Option<String> {
+    Some(DEFAULT_RESPONSE_HEADER.to_owned())
+}
+
+/// A validated trace policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracePolicy {
+    pub mode: Mode,
+    pub emit: Emit,
+    pub response_header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Emit {
+    pub w3c: bool,
+    pub b3: bool,
+    pub b3multi: bool,
+    pub request_id: bool,
+}
+
+impl TracePolicy {
+    pub fn compile(config: TraceConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+        if config.emit.is_empty() {
+            return Err(at.field("emit").invalid("must list at least one format"));
+        }
+        let mut emit = Emit::default();
+        for (i, format) in config.emit.iter().enumerate() {
+            let flag = match format {
+                Format::W3c => &mut emit.w3c,
+                Format::B3 => &mut emit.b3,
+                Format::B3multi => &mut emit.b3multi,
+                Format::RequestId => &mut emit.request_id,
+            };
+            if *flag {
+                return Err(at
+                    .field("emit")
+                    .index(i)
+                    .invalid(format!("{format:?} is listed twice")));
+            }
+            *flag = true;
+        }
+        let response_header = match config.response_header {
+            Some(name) => Some(HeaderName::parse(&name, &at.field("response_header"))?),
+            None => None,
+        };
+        Ok(Self {
+            mode: config.mode,
+            emit,
+            response_header,
+        })
+    }
+}
+
+/// What happened to the request's trace; a stats label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No incoming context: a new trace.
+    Started,
+    /// A valid traceparent, or (without one) a valid B3 context, was carried on.
+    Continued,
+    /// An invalid traceparent came in and was replaced (by B3's context or a new trace).
+    Replaced,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Self::Started, Self::Continued, Self::Replaced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Continued => "continued",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// Where the trace id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    W3c,
+    B3,
+    New,
+}
+
+/// A request header change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    Set(&'static str, String),
+    Remove(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub trace_id: [u8; 16],
+    pub outcome: Outcome,
+    pub source: Source,
+    /// Changes to the request headers, in order.
+    pub edits: Vec<Edit>,
+}
+
+impl Decision {
+    pub fn trace_id_hex(&self) -> String {
+        hex::encode(&self.trace_id)
+    }
+}
+
+/// The context sent upstream.
+struct Outgoing {
+    trace_id: [u8; 16],
+    /// The span the upstream sees as its parent (traceparent's parent-id, B3's span id).
+    span_id: [u8; 8],
+    flags: u8,
+    /// B3's parent of `span_id`, when known.
+    b3_parent: Option<[u8; 8]>,
+}
+
+impl TracePolicy {
+    /// Reads the incoming context through `host` (request headers, randomness) and decides
+    /// what to send upstream. Changes nothing: the caller applies [`Decision::edits`].
+    pub fn decide(&self, host: &mut impl RequestHost) -> Decision {
+        let incoming = host
+            .request_header(w3c::TRACEPARENT)
+            .map(|value| TraceParent::parse(&value));
+        let invalid_traceparent = matches!(incoming, Some(Err(_)));
+        let (mut out, source, traceparent) = match incoming {
+            Some(Ok(tp)) => (
+                Outgoing {
+                    trace_id: tp.trace_id,
+                    span_id: tp.parent_id,
+                    flags: tp.flags,
+                    b3_parent: None,
+                },
+                Source::W3c,
+                Some(tp),
+            ),
+            _ => match read_b3(host) {
+                Some(B3::Context(ctx)) => (
+                    Outgoing {
+                        trace_id: ctx.trace_id,
+                        span_id: ctx.span_id,
+                        flags: sampled_flag(ctx.sampling),
+                        b3_parent: ctx.parent_span_id,
+                    },
+                    Source::B3,
+                    None,
+                ),
+                Some(B3::SamplingOnly(sampling)) => (
+                    new_trace(host, sampled_flag(Some(sampling))),
+                    Source::New,
+                    None,
+                ),
+                None => (new_trace(host, sampled_flag(None)), Source::New, None),
+            },
+        };
+        if self.mode == Mode::Child && source != Source::New {
+            out.b3_parent = Some(out.span_id);
+            out.span_id = random_span_id(host);
+        }
+        let outcome = match (invalid_traceparent, source) {
+            (true, _) => Outcome::Replaced,
+            (false, Source::New) => Outcome::Started,
+            (false, _) => Outcome::Continued,
+        };
+
+        let mut edits = Vec::new();
+        if self.emit.w3c {
+            // A valid version-00 header that is passed on unchanged is left alone.
+            let unchanged =
+                self.mode == Mode::Propagate && traceparent.is_some_and(|tp| tp.version == 0);
+            if !unchanged {
+                let tp = TraceParent {
+                    version: 0,
+                    trace_id: out.trace_id,
+                    parent_id: out.span_id,
+                    flags: out.flags,
+                };
+                edits.push(Edit::Set(w3c::TRACEPARENT, tp.format()));
+            }
+            if source == Source::W3c {
+                if let Some(state) = host.request_header(w3c::TRACESTATE) {
+                    match w3c::check_tracestate(&state) {
+                        TraceStateAction::Keep => {}
+                        TraceStateAction::Truncate(kept) => {
+                            edits.push(Edit::Set(w3c::TRACESTATE, kept));
+                        }
+                        TraceStateAction::Drop => edits.push(Edit::Remove(w3c::TRACESTATE)),
+                    }
+                }
+            } else {
+                // tracestate belongs to the traceparent it came with.
+                edits.push(Edit::Remove(w3c::TRACESTATE));
+            }
+        }
+        let sampled = out.flags & w3c::FLAG_SAMPLED != 0;
+        if self.emit.b3 {
+            let value =
+                b3::format_single(&out.trace_id, &out.span_id, sampled, out.b3_parent.as_ref());
+            edits.push(Edit::Set(b3::B3, value));
+        }
+        if self.emit.b3multi {
+            edits.push(Edit::Set(b3::TRACE_ID, hex::encode(&out.trace_id)));
+            edits.push(Edit::Set(b3::SPAN_ID, hex::encode(&out.span_id)));
+            edits.push(match out.b3_parent {
+                Some(parent) => Edit::Set(b3::PARENT_SPAN_ID, hex::encode(&parent)),
+                None => Edit::Remove(b3::PARENT_SPAN_ID),
+            });
+            edits.push(Edit::Set(
+                b3::SAMPLED,
+                (if sampled { "1" } else { "0" }).to_owned(),
+            ));
+        }
+        if self.emit.request_id && host.request_header(REQUEST_ID).is_none_or(|v| v.is_empty()) {
+            edits.push(Edit::Set(REQUEST_ID, uuid_text(&out.trace_id)));
+        }
+        Decision {
+            trace_id: out.trace_id,
+            outcome,
+            source,
+            edits,
+        }
+    }
+}
+
+/// The single `b3` header if it holds a context, else the multi-header form, else the
+/// single header's sampling decision.
+fn read_b3(host: &mut impl RequestHost) -> Option<B3> {
+    let single = host
+        .request_header(b3::B3)
+        .and_then(|v| b3::parse_single(&v));
+    if let Some(B3::Context(_)) = single {
+        return single;
+    }
+    match b3::read_multi(|name| host.request_header(name)) {
+        Some(B3::Context(ctx)) => Some(B3::Context(ctx)),
+        multi => single.or(multi),
+    }
+}
+
+/// A deferred B3 decision (no sampling state) starts sampled, like a new trace.
+fn sampled_flag(sampling: Option<Sampling>) -> u8 {
+    match sampling {
+        Some(Sampling::Deny) => 0,
+        _ => w3c::FLAG_SAMPLED,
+    }
+}
+
+fn new_trace(host: &mut impl RequestHost, flags: u8) -> Outgoing {
+    let mut trace_id = [0u8; 16];
+    let (high, low) = trace_id.split_at_mut(8);
+    high.copy_from_slice(&host.random_u64().to_be_bytes());
+    // Never all-zero: that id is invalid.
+    low.copy_from_slice(&host.random_u64().max(1).to_be_bytes());
+    Outgoing {
+        trace_id,
+        span_id: random_span_id(host),
+        flags,
+        b3_parent: None,
+    }
+}
+
+fn random_span_id(host: &mut impl RequestHost) -> [u8; 8] {
+    host.random_u64().max(1).to_be_bytes()
+}
+
+/// The trace id in UUID layout (8-4-4-4-12), for `x-request-id`.
+fn uuid_text(trace_id: &[u8; 16]) -> String {
+    let hex = hex::encode(trace_id);
+    let mut out = String::with_capacity(36);
+    for (i, c) in hex.chars().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

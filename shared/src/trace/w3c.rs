@@ -1,0 +1,370 @@
+//! W3C Trace Context: `traceparent` and `tracestate` (https://www.w3.org/TR/trace-context/).
+
+use crate::hex;
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// Length of a version-00 traceparent: `00-<32>-<16>-<2>`.
+const V00_LEN: usize = 55;
+/// The sampled bit, the only flag version 00 defines.
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// Members a tracestate keeps; the spec's limit.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub version: u8,
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+/// Why a traceparent is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceParentError {
+    /// Two traceparent headers, joined with a comma.
+    Repeated,
+    Length,
+    Version,
+    TraceId,
+    ParentId,
+    Flags,
+    Delimiter,
+}
+
+impl TraceParent {
+    /// Parses per the spec's processing model: a higher version is read by its version-00
+    /// fields (and must then be 55 characters or continue with `-`); `ff` is invalid.
+    pub fn parse(value: &[u8]) -> Result<Self, TraceParentError> {
+        let value = trim_ows(value);
+        if value.contains(&b',') {
+            return Err(TraceParentError::Repeated);
+        }
+        if value.len() < V00_LEN {
+            return Err(TraceParentError::Length);
+        }
+        let [version] =
+            hex::decode_lower::<1>(field(value, 0, 2)).ok_or(TraceParentError::Version)?;
+        if version == 0xff {
+            return Err(TraceParentError::Version);
+        }
+        match (version, value.get(V00_LEN)) {
+            (0, None) => {}
+            (0, Some(_)) => return Err(TraceParentError::Length),
+            (_, None | Some(b'-')) => {}
+            (_, Some(_)) => return Err(TraceParentError::Delimiter),
+        }
+        if [2, 35, 52].iter().any(|at| value.get(*at) != Some(&b'-')) {
+            return Err(TraceParentError::Delimiter);
+        }
+        let trace_id = hex::decode_lower(field(value, 3, 35)).ok_or(TraceParentError::TraceId)?;
+        let parent_id =
+            hex::decode_lower(field(value, 36, 52)).ok_or(TraceParentError::ParentId)?;
+        let [flags] =
+            hex::decode_lower::<1>(field(value, 53, 55)).ok_or(TraceParentError::Flags)?;
+        if trace_id == [0; 16] {
+            return Err(TraceParentError::TraceId);
+        }
+        if parent_id == [0; 8] {
+            return Err(TraceParentError::ParentId);
+        }
+        // Flags a higher version defines mean nothing to version 00.
+        let flags = if version == 0 {
+            flags
+        } else {
+            flags & FLAG_SAMPLED
+        };
+        Ok(Self {
+            version,
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & FLAG_SAMPLED != 0
+    }
+
+    /// Always version 00: the only version this code writes.
+    pub fn format(&self) -> String {
+        let mut out = String::with_capacity(V00_LEN);
+        out.push_str("00-");
+        hex::encode_into(&self.trace_id, &mut out);
+        out.push('-');
+        hex::encode_into(&self.parent_id, &mut out);
+        out.push('-');
+        hex::encode_into(&[self.flags], &mut out);
+        out
+    }
+}
+
+fn field(value: &[u8], from: usize, to: usize) -> &[u8] {
+    value.get(from..to).unwrap_or_default()
+}
+
+/// Optional white space around a header value.
+pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = value.iter().position(|c| !is_ows(c)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|c| !is_ows(c))
+        .map_or(start, |i| i + 1);
+    value.get(start..end).unwrap_or_default()
+}
+
+/// What to do with an incoming tracestate next to a valid traceparent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceStateAction {
+    Keep,
+    /// Over the member limit: the first 32 members, re-joined.
+    Truncate(String),
+    /// Malformed or a key repeated: vendors may not propagate it.
+    Drop,
+}
+
+/// Checks a tracestate: every list member `key=value` valid, keys unique, at most 32
+/// members kept (the right-most are removed first, as the spec's mutation rules do).
+/// Empty members (`a=1,,b=2`) are allowed and dropped.
+pub fn check_tracestate(value: &[u8]) -> TraceStateAction {
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut members = 0;
+    let mut cut = None;
+    let mut offset = 0;
+    for member in value.split(|c| *c == b',') {
+        let start = offset;
+        offset += member.len() + 1;
+        let member = trim_ows(member);
+        if member.is_empty() {
+            continue;
+        }
+        let Some(eq) = member.iter().position(|c| *c == b'=') else {
+            return TraceStateAction::Drop;
+        };
+        let (key, value) = (
+            field(member, 0, eq),
+            member.get(eq + 1..).unwrap_or_default(),
+        );
+        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
+            return TraceStateAction::Drop;
+        }
+        keys.push(key);
+        members += 1;
+        if members == MAX_TRACESTATE_MEMBERS + 1 && cut.is_none() {
+            cut = Some(start);
+        }
+    }
+    match cut {
+        None => TraceStateAction::Keep,
+        Some(cut) => {
+            let kept = value.get(..cut.saturating_sub(1)).unwrap_or_default();
+            let kept: Vec<&[u8]> = kept
+                .split(|c| *c == b',')
+                .map(trim_ows)
+                .filter(|m| !m.is_empty())
+                .collect();
+            TraceStateAction::Truncate(String::from_utf8_lossy(&kept.join(&b","[..])).into_owned())
+        }
+    }
+}
+
+/// `simple-key` or `tenant@system` per the spec's grammar.
+fn valid_key(key: &[u8]) -> bool {
+    let rest_ok = |s: &[u8]| {
+        s.iter()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/'))
+    };
+    match key.iter().position(|c| *c == b'@') {
+        None => {
+            matches!(key.first(), Some(b'a'..=b'z'))
+                && key.len() <= 256
+                && rest_ok(field(key, 1, key.len()))
+        }
+        Some(at) => {
+            let (tenant, system) = (field(key, 0, at), field(key, at + 1, key.len()));
+            matches!(tenant.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
+                && tenant.len() <= 241
+                && rest_ok(field(tenant, 1, tenant.len()))
+                && matches!(system.first(), Some(b'a'..=b'z'))
+                && system.len() <= 14
+                && rest_ok(field(system, 1, system.len()))
+        }
+    }
+}
+
+/// 1 to 256 printable ASCII characters except `,` and `=`, not ending in a space.
+fn valid_value(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 256
+        && value
+            .iter()
+            .all(|c| (0x20..=0x7e).contains(c) && *c != b',' && *c != b'=')
+        && value.last() != Some(&b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: &str = "12345678901234567890123456789012";
+    const PARENT: &str = "1234567890123456";
+
+    fn parse(s: &str) -> Result<TraceParent, TraceParentError> {
+        TraceParent::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn spec_example_is_valid() {
+        let tp = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(
+            crate::hex::encode(&tp.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(crate::hex::encode(&tp.parent_id), "00f067aa0ba902b7");
+        assert!(tp.sampled());
+        assert_eq!(
+            tp.format(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        let tp = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!tp.sampled());
+    }
+
+    // Valid and invalid vectors from the W3C trace-context test suite (test/test.py).
+    #[test]
+    fn test_suite_valid_vectors() {
+        for v in [
+            format!("00-{TRACE}-{PARENT}-01"),
+            format!("00-{TRACE}-{PARENT}-00"),
+            format!("00-{TRACE}-{PARENT}-ff"),
+            format!("cc-{TRACE}-{PARENT}-01"),
+            format!("cc-{TRACE}-{PARENT}-01-what-the-future-will-be-like"),
+            format!(" 00-{TRACE}-{PARENT}-01"),
+            format!("00-{TRACE}-{PARENT}-01\t"),
+            format!("\t 00-{TRACE}-{PARENT}-01 \t"),
+        ] {
+            assert!(parse(&v).is_ok(), "{v:?} should be valid");
+        }
+    }
+
+    #[test]
+    fn test_suite_invalid_vectors() {
+        for v in [
+            // version
+            format!("ff-{TRACE}-{PARENT}-01"),
+            format!(".0-{TRACE}-{PARENT}-01"),
+            format!("0.-{TRACE}-{PARENT}-01"),
+            format!("0-{TRACE}-{PARENT}-01"),
+            format!("000-{TRACE}-{PARENT}-01"),
+            format!("0A-{TRACE}-{PARENT}-01"),
+            format!("00-{TRACE}-{PARENT}-01-what-the-future-will-not-be-like"),
+            format!("cc-{TRACE}-{PARENT}-01.what-the-future-will-not-be-like"),
+            // trace-id
+            format!("00-00000000000000000000000000000000-{PARENT}-01"),
+            format!("00-.2345678901234567890123456789012-{PARENT}-01"),
+            format!("00-1234567890123456789012345678901.-{PARENT}-01"),
+            format!("00-ABCDEFABCDEF12345678901234567890-{PARENT}-01"),
+            format!("00-1234567890123456789012345678901-{PARENT}-01"),
+            format!("00-123456789012345678901234567890123-{PARENT}-01"),
+            // parent-id
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("00-{TRACE}-.234567890123456-01"),
+            format!("00-{TRACE}-123456789012345.-01"),
+            format!("00-{TRACE}-ABCDEF1234567890-01"),
+            format!("00-{TRACE}-123456789012345-01"),
+            format!("00-{TRACE}-12345678901234567-01"),
+            // flags
+            format!("00-{TRACE}-{PARENT}-.0"),
+            format!("00-{TRACE}-{PARENT}-0."),
+            format!("00-{TRACE}-{PARENT}-0"),
+            format!("00-{TRACE}-{PARENT}-AB"),
+            format!("00-{TRACE}-{PARENT}-001"),
+            // shape
+            format!("00_{TRACE}_{PARENT}_01"),
+            String::new(),
+            "garbage".to_owned(),
+            // two headers joined by a comma
+            format!("00-{TRACE}-{PARENT}-01,00-{TRACE}-{PARENT}-01"),
+        ] {
+            assert!(parse(&v).is_err(), "{v:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn higher_version_is_read_as_00_and_written_as_00() {
+        let tp = parse(&format!("cc-{TRACE}-{PARENT}-03-future")).unwrap();
+        assert_eq!(tp.version, 0xcc);
+        assert_eq!(tp.flags, FLAG_SAMPLED, "unknown flags are dropped");
+        assert_eq!(tp.format(), format!("00-{TRACE}-{PARENT}-01"));
+    }
+
+    #[test]
+    fn non_utf8_is_invalid_not_a_panic() {
+        assert!(TraceParent::parse(b"00-\xff\xfe").is_err());
+        let mut long = format!("00-{TRACE}-{PARENT}-01").into_bytes();
+        long[10] = 0xff;
+        assert!(TraceParent::parse(&long).is_err());
+    }
+
+    #[test]
+    fn tracestate_valid_lists_are_kept() {
+        for v in [
+            "foo=1",
+            "foo=1,bar=2",
+            "foo=1 , bar=2",
+            "foo=1,,bar=2",
+            "tenant@system=x",
+            "1tenant@sys=x",
+            "a-b_c*d/e=v a l",
+        ] {
+            assert_eq!(
+                check_tracestate(v.as_bytes()),
+                TraceStateAction::Keep,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn tracestate_invalid_lists_are_dropped() {
+        for v in [
+            "foo",
+            "foo=",
+            "Foo=1",
+            "1foo=1",
+            "foo=1,foo=2",
+            "foo@=1",
+            "@foo=1",
+            "foo=bar=baz",
+            "foo=\u{7f}",
+            "tenant@1system=1",
+        ] {
+            assert_eq!(
+                check_tracestate(v.as_bytes()),
+                TraceStateAction::Drop,
+                "{v}"
+            );
+        }
+        assert_eq!(check_tracestate(b"foo=\xff"), TraceStateAction::Drop);
+        let long_key = format!("{}=1", "k".repeat(257));
+        assert_eq!(
+            check_tracestate(long_key.as_bytes()),
+            TraceStateAction::Drop
+        );
+    }
+
+    #[test]
+    fn tracestate_keeps_at_most_32_members() {
+        let members = |n: usize| (1..=n).map(|i| format!("k{i}=v{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            check_tracestate(members(32).join(",").as_bytes()),
+            TraceStateAction::Keep
+        );
+        assert_eq!(
+            check_tracestate(members(40).join(" , ").as_bytes()),
+            TraceStateAction::Truncate(members(32).join(","))
+        );
+    }
+}
