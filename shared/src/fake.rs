@@ -179,10 +179,10 @@ impl Host for FakeHost {
             return Err(SharedError::CasMismatch);
         }
         // Envoy checks the token only when the key exists.
-        if let (Some(cas), Some(current)) = (cas, self.shared.get(key)) {
-            if current.cas != cas {
-                return Err(SharedError::CasMismatch);
-            }
+        if let (Some(cas), Some(current)) = (cas, self.shared.get(key))
+            && current.cas != cas
+        {
+            return Err(SharedError::CasMismatch);
         }
         self.shared_put(key, value);
         Ok(())
@@ -213,6 +213,14 @@ impl Host for FakeHost {
 impl RequestHost for FakeHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         first(&self.request_headers, name).cloned()
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.request_headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

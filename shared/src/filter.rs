@@ -13,7 +13,7 @@
 
 use std::rc::Rc;
 
-use serde::de::DeserializeOwned;
+use crate::config::read::FromJson;
 
 use crate::config::{ConfigError, FieldPath};
 use crate::host::{Host, RequestHost, ResponseHost};
@@ -52,7 +52,7 @@ pub trait Filter: Sized {
     /// Short name: log prefix and stats namespace (`traceid`, `canary`, ...).
     const NAME: &'static str;
     /// One route's policy as written in plugin JSON.
-    type Config: DeserializeOwned;
+    type Config: FromJson;
     /// One route's policy, validated and compiled.
     type Policy;
     /// A policy bound to a concrete route name: what each request on it needs ready.

@@ -55,7 +55,7 @@ impl<'a> Proxy<'a, RequestPhase> {
         if let Err(status) =
             hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body))
         {
-            log::warn!("send_http_response failed: {status:?}");
+            log::warn!("send_http_response failed: status {}", status as u32);
         }
     }
 }
@@ -116,7 +116,7 @@ impl<Phase> Host for Proxy<'_, Phase> {
         match hostcalls::define_metric(kind, name) {
             Ok(id) => Metric(Some(id)),
             Err(status) => {
-                log::warn!("define_metric {name:?} failed: {status:?}");
+                log::warn!("define_metric {name} failed: status {}", status as u32);
                 Metric(None)
             }
         }
@@ -141,6 +141,15 @@ impl RequestHost for Proxy<'_, RequestPhase> {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
             .ok()
             .flatten()
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

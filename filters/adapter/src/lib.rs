@@ -44,12 +44,14 @@ pub fn start<F: Filter + 'static>() {
     proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
 }
 
+/// Bound routes by Envoy route name; `None` caches "no policy applies".
+type BoundRoutes<F> = HashMap<Vec<u8>, Option<Rc<<F as Filter>::Route>>>;
+
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
 struct State<F: Filter> {
     filter: F,
     routes: Routes<F::Policy>,
-    /// Bound routes by Envoy route name; `None` caches "no policy applies".
-    bound: RefCell<HashMap<Vec<u8>, Option<Rc<F::Route>>>>,
+    bound: RefCell<BoundRoutes<F>>,
     rng: RefCell<fastrand::Rng>,
 }
 
@@ -76,8 +78,9 @@ impl<F: Filter> Context for Root<F> {}
 
 impl<F: Filter + 'static> RootContext for Root<F> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let rng = RefCell::new(fastrand::Rng::with_seed(random_seed()));
+        let rng = RefCell::new(fastrand::Rng::with_seed(0));
         let probe = Proxy::configure(&rng);
+        rng.replace(fastrand::Rng::with_seed(random_seed(&probe)));
         let plugin = Plugin {
             name: probe.property_text(&["plugin_name"]),
             root_id: probe.property_text(&["plugin_root_id"]),
@@ -108,7 +111,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             );
         }
         log::info!(
-            "{}: configured (plugin {:?}, root {:?}): routes [{}]",
+            "{}: configured (plugin {}, root id {}): routes [{}]",
             F::NAME,
             plugin.name,
             plugin.root_id,
@@ -185,16 +188,12 @@ impl<F: Filter> HttpContext for Http<F> {
     }
 }
 
-/// A seed from WASI `random_get`; the clock if that fails (never a panic).
-fn random_seed() -> u64 {
+/// A seed from WASI `random_get`; the host clock if that fails (never a panic).
+fn random_seed(clock: &impl Host) -> u64 {
     let mut bytes = [0u8; 8];
-    match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes),
-        Err(err) => {
-            log::warn!("random_get failed ({err}); seeding from the clock");
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        }
+    if getrandom::fill(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
     }
+    log::warn!("random_get failed: seeding from the clock");
+    clock.now()
 }

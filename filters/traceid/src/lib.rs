@@ -84,10 +84,10 @@ impl Filter for TraceId {
         host.increment_metric(route.counter(decision.outcome), 1);
         let trace_id = decision.trace_id_hex();
         log::debug!(
-            "traceid route={} trace={trace_id} outcome={} source={:?}",
+            "traceid route={} trace={trace_id} outcome={} source={}",
             route.name,
             decision.outcome.as_str(),
-            decision.source
+            decision.source.as_str()
         );
         let keep = route.policy.response_header.is_some().then_some(trace_id);
         (Verdict::Continue, keep)

@@ -1,18 +1,20 @@
 //! The per-route config envelope every filter uses, and typed config errors.
 //!
 //! Plugin JSON is `{"default": P, "routes": {"<route name>": P}}`; both keys are optional.
-//! It is parsed into [`Envelope`] (raw, as written) and compiled once, in `on_configure`,
-//! into [`Routes`] (validated). Errors carry the path of the offending field, e.g.
-//! `routes["checkout"].emit[1]: unknown variant "b4"`.
+//! It is read into [`Envelope`] (raw, as written: [`json`] parses, [`read`] checks shapes and
+//! unknown fields) and compiled once, in `on_configure`, into [`Routes`] (validated).
+//! Errors carry the path of the offending field, e.g.
+//! `routes["checkout"].emit[1]: unknown format "b4", expected one of "w3c", ...`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
-mod strict;
+pub mod json;
+pub mod read;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use json::Json;
+use read::{FromJson, Object};
 
 /// Where a config value sits, rendered like `routes["checkout"].emit[1]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,10 +81,25 @@ fn is_identifier(name: &str) -> bool {
 }
 
 fn push_quoted_key(path: &mut String, key: &str) {
-    path.push('[');
-    // Debug quoting escapes quotes and control characters in hostile keys.
-    path.push_str(&format!("{key:?}"));
-    path.push(']');
+    path.push_str("[\"");
+    path.push_str(&escape(key));
+    path.push_str("\"]");
+}
+
+/// Escapes `"`, `\\` and control characters so a value quoted in a message stays one line.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A config error: JSON that does not fit the schema, or a value that is not allowed.
@@ -114,72 +131,46 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses JSON into `T`, naming the offending field on error. Objects only where `T`
-/// has a struct, and no key written twice (see [`strict`]).
-pub fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
-    let json_error = |path: FieldPath, err: &serde_json::Error| ConfigError::Json {
-        path,
-        message: strip_position(&err.to_string()),
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let strict::UniqueKeys(value) = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| json_error(serde_path(err.path()), err.inner()))?;
-    deserializer
-        .end()
-        .map_err(|err| json_error(FieldPath::root(), &err))?;
-    serde_path_to_error::deserialize(strict::Strict(&value))
-        .map_err(|err| json_error(serde_path(err.path()), err.inner()))
-}
-
-fn serde_path(path: &serde_path_to_error::Path) -> FieldPath {
-    use serde_path_to_error::Segment;
-    let mut out = FieldPath::root();
-    let mut previous: Option<&str> = None;
-    for segment in path.iter() {
-        out = match segment {
-            Segment::Seq { index } => out.index(*index),
-            // The key under `routes` is a route name: data, always quoted.
-            Segment::Map { key } if previous == Some("routes") => out.key(key),
-            Segment::Map { key } => out.field(key),
-            Segment::Enum { variant } => out.field(variant),
-            Segment::Unknown => out.field("?"),
-        };
-        previous = match segment {
-            Segment::Map { key } => Some(key.as_str()),
-            _ => None,
-        };
-    }
-    out
-}
-
-/// serde_json appends " at line 1 column 42": the field path says it better.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
-        None => message.to_owned(),
-    }
+/// Parses JSON and reads it as `T`, naming the offending field on error.
+pub fn parse_json<T: FromJson>(input: &[u8]) -> Result<T, ConfigError> {
+    let value = json::parse(input).map_err(|err| ConfigError::Json {
+        path: FieldPath::root(),
+        message: err.to_string(),
+    })?;
+    T::from_json(&value, &FieldPath::root())
 }
 
 /// The plugin JSON as written: a default policy and per-route policies.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, bound = "C: Deserialize<'de>")]
+#[derive(Debug)]
 pub struct Envelope<C> {
-    #[serde(default)]
     pub default: Option<C>,
-    #[serde(default)]
-    pub routes: BTreeMap<String, C>,
+    /// In the order written.
+    pub routes: Vec<(String, C)>,
 }
 
 impl<C> Default for Envelope<C> {
     fn default() -> Self {
         Self {
             default: None,
-            routes: BTreeMap::new(),
+            routes: Vec::new(),
         }
     }
 }
 
-impl<C: DeserializeOwned> Envelope<C> {
+impl<C: FromJson> FromJson for Envelope<C> {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let default = object.optional("default")?;
+        let routes = match object.raw("routes") {
+            Some((routes, at)) => read::map(routes, &at)?,
+            None => Vec::new(),
+        };
+        object.finish()?;
+        Ok(Self { default, routes })
+    }
+}
+
+impl<C: FromJson> Envelope<C> {
     /// Parses plugin JSON; empty input is an empty envelope (the filter does nothing).
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
@@ -242,15 +233,6 @@ impl<P> Routes<P> {
     }
 }
 
-/// For optional settings whose default is "on": absent means the default, `null` means off.
-pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer)
-}
-
 /// A lower-case HTTP header name, validated (RFC 9110 token, no pseudo-headers).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HeaderName(String);
@@ -281,12 +263,22 @@ fn is_token_char(c: char) -> bool {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Debug)]
     struct Policy {
         size: u32,
-        #[serde(default)]
         names: Vec<String>,
+    }
+
+    impl FromJson for Policy {
+        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+            let mut object = Object::new(value, at)?;
+            let policy = Policy {
+                size: object.required("size")?,
+                names: object.or("names", Vec::new())?,
+            };
+            object.finish()?;
+            Ok(policy)
+        }
     }
 
     fn compile(json: &str) -> Result<Routes<u32>, ConfigError> {
@@ -319,25 +311,37 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_names_the_route() {
+    fn unknown_field_names_the_route_and_the_field() {
         let err = compile(r#"{"routes": {"checkout": {"size": 2, "szie": 3}}}"#).unwrap_err();
         assert!(matches!(err, ConfigError::Json { .. }));
-        let text = err.to_string();
-        assert!(text.starts_with(r#"routes["checkout"]"#), "{text}");
-        assert!(text.contains("unknown field `szie`"), "{text}");
+        assert_eq!(
+            err.to_string(),
+            r#"routes["checkout"].szie: unknown field, expected one of "size", "names""#
+        );
     }
 
     #[test]
     fn unknown_top_level_key_is_rejected() {
         let err = compile(r#"{"route": {}}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `route`"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            r#"route: unknown field, expected one of "default", "routes""#
+        );
     }
 
     #[test]
-    fn wrong_type_names_the_field() {
+    fn wrong_type_names_the_field_and_what_was_found() {
         let err = compile(r#"{"default": {"size": "big"}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"default.size: expected a whole number (u32), found the string "big""#
+        );
+        let err = compile(r#"{"default": {"size": -1}}"#).unwrap_err();
         assert_eq!(err.path().as_str(), "default.size");
-        assert!(!err.to_string().contains("line 1"), "{err}");
+        let err = compile(r#"{"default": {"size": 1.5}}"#).unwrap_err();
+        assert_eq!(err.path().as_str(), "default.size");
+        let err = compile(r#"{"default": {}}"#).unwrap_err();
+        assert_eq!(err.to_string(), r#"default: missing field "size""#);
     }
 
     #[test]
@@ -353,70 +357,67 @@ mod tests {
     }
 
     #[test]
-    fn route_written_twice_is_rejected() {
+    fn a_key_written_twice_is_rejected_anywhere() {
         let err = compile(r#"{"routes": {"a": {"size": 1}, "a": {"size": 2}}}"#).unwrap_err();
         assert!(
-            err.to_string().contains(r#"key "a" is written twice"#),
+            err.to_string().contains("key written twice at line 1"),
             "{err}"
         );
+        let err = compile(r#"{"default": {"size": 1, "size": 2}}"#).unwrap_err();
+        assert!(err.to_string().contains("key written twice"), "{err}");
     }
 
     #[test]
-    fn trailing_garbage_and_bad_json_are_rejected() {
+    fn bad_json_and_wrong_shapes_are_rejected() {
         assert!(compile(r#"{} x"#).is_err());
         assert!(compile(r#"{"default": "#).is_err());
         assert!(compile(r#"[]"#).is_err());
-        assert!(
-            compile(r#"{"default": [1]}"#).is_err(),
-            "a policy given as a list"
+        assert_eq!(
+            compile(r#"{"default": [1]}"#).unwrap_err().to_string(),
+            "default: expected an object, found a list"
         );
         assert!(compile(r#"{"default": {"size": 1, "names": "x"}}"#).is_err());
+        assert!(compile(r#"{"default": null}"#).is_err());
     }
 
     #[test]
-    fn any_key_written_twice_is_rejected() {
-        let err = compile(r#"{"default": {"size": 1, "size": 2}}"#).unwrap_err();
-        assert_eq!(err.path().as_str(), "default");
-        assert!(
-            err.to_string().contains(r#"key "size" is written twice"#),
-            "{err}"
-        );
+    fn routes_keep_the_order_written() {
+        let envelope =
+            Envelope::<Policy>::from_json(br#"{"routes": {"z": {"size": 1}, "a": {"size": 2}}}"#)
+                .unwrap();
+        let names: Vec<&str> = envelope.routes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["z", "a"]);
     }
 
-    #[derive(Debug, PartialEq, Deserialize)]
-    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    #[derive(Debug, Clone, Copy, PartialEq)]
     enum Key {
         Client,
-        Header(String),
-        Cookie { name: String },
+        Path,
     }
 
     #[test]
-    fn enums_take_a_name_or_an_object_with_one_key() {
-        let keys: Vec<Key> =
-            parse_json(br#"["client", {"header": "x-id"}, {"cookie": {"name": "u"}}]"#).unwrap();
+    fn one_of_names_the_choices() {
+        let choices = [("client", Key::Client), ("path", Key::Path)];
+        let at = FieldPath::root().field("key");
+        let read =
+            |json: &str| read::one_of(&json::parse(json.as_bytes()).unwrap(), &at, "key", &choices);
+        assert_eq!(read(r#""path""#).unwrap(), Key::Path);
         assert_eq!(
-            keys,
-            [
-                Key::Client,
-                Key::Header("x-id".into()),
-                Key::Cookie { name: "u".into() }
-            ]
+            read(r#""server""#).unwrap_err().to_string(),
+            r#"key: unknown key "server", expected one of "client", "path""#
         );
-        assert!(parse_json::<Key>(br#"{"header": "a", "cookie": {"name": "u"}}"#).is_err());
-        assert!(parse_json::<Key>(br#"{"cookie": ["u"]}"#).is_err());
-        assert!(parse_json::<Key>(br#""header""#).is_err());
-        let err = parse_json::<Vec<Key>>(br#"["client", "server"]"#).unwrap_err();
-        assert_eq!(err.path().as_str(), "[1]");
+        assert!(read("1").is_err());
     }
 
     #[test]
     fn numbers_keep_their_type() {
         assert!(parse_json::<u32>(b"1.5").is_err());
         assert!(parse_json::<u32>(b"-1").is_err());
+        assert!(parse_json::<u32>(b"4294967296").is_err());
         assert!(parse_json::<u32>(br#""1""#).is_err());
         assert_eq!(parse_json::<f64>(b"1").unwrap(), 1.0);
-        assert_eq!(parse_json::<Option<u32>>(b"null").unwrap(), None);
+        assert_eq!(parse_json::<f64>(b"-2.5e1").unwrap(), -25.0);
+        assert!(parse_json::<f64>(b"1e999").is_err());
     }
 
     #[test]
@@ -439,5 +440,6 @@ mod tests {
             .field("headers")
             .field("x-a");
         assert_eq!(at.as_str(), r#"routes["we\"ird"].headers["x-a"]"#);
+        assert_eq!(escape("a\nb"), "a?b");
     }
 }

@@ -7,9 +7,9 @@
 pub mod b3;
 pub mod w3c;
 
-use serde::Deserialize;
-
-use crate::config::{ConfigError, FieldPath, HeaderName, nullable};
+use crate::config::json::Json;
+use crate::config::read::{FromJson, Object, one_of};
+use crate::config::{ConfigError, FieldPath, HeaderName};
 use crate::hex;
 use crate::host::RequestHost;
 use b3::{B3, Sampling};
@@ -19,31 +19,50 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const DEFAULT_RESPONSE_HEADER: &str = "x-trace-id";
 
 /// One route's trace policy as written in plugin JSON.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct TraceConfig {
     /// `propagate` keeps a valid incoming traceparent; `child` continues it with a new
     /// span id as parent.
-    #[serde(default)]
     pub mode: Mode,
     /// Formats written to the upstream request. Default: `["w3c"]`.
-    #[serde(default = "default_emit")]
     pub emit: Vec<Format>,
-    /// Response header carrying the trace id; `null` turns it off.
-    #[serde(default = "default_response_header", deserialize_with = "nullable")]
+    /// Response header carrying the trace id (default `x-trace-id`); `null` turns it off.
     pub response_header: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+impl FromJson for TraceConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            mode: object.or("mode", Mode::default())?,
+            emit: object.or("emit", vec![Format::W3c])?,
+            response_header: object
+                .nullable("response_header", Some(DEFAULT_RESPONSE_HEADER.to_owned()))?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
     #[default]
     Propagate,
     Child,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+impl FromJson for Mode {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        one_of(
+            value,
+            at,
+            "mode",
+            &[("propagate", Self::Propagate), ("child", Self::Child)],
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `traceparent` (and `tracestate` when kept).
     W3c,
@@ -55,12 +74,26 @@ pub enum Format {
     RequestId,
 }
 
-fn default_emit() -> Vec<Format> {
-    vec![Format::W3c]
+impl Format {
+    const NAMES: [(&'static str, Format); 4] = [
+        ("w3c", Self::W3c),
+        ("b3", Self::B3),
+        ("b3multi", Self::B3multi),
+        ("request_id", Self::RequestId),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, format)| *format == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
-fn default_response_header() -> Option<String> {
-    Some(DEFAULT_RESPONSE_HEADER.to_owned())
+impl FromJson for Format {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        one_of(value, at, "format", &Self::NAMES)
+    }
 }
 
 /// A validated trace policy.
@@ -96,7 +129,7 @@ impl TracePolicy {
                 return Err(at
                     .field("emit")
                     .index(i)
-                    .invalid(format!("{format:?} is listed twice")));
+                    .invalid(format!("{} is listed twice", format.as_str())));
             }
             *flag = true;
         }
@@ -143,6 +176,16 @@ pub enum Source {
     New,
 }
 
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::W3c => "w3c",
+            Self::B3 => "b3",
+            Self::New => "new",
+        }
+    }
+}
+
 /// A request header change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
@@ -181,7 +224,14 @@ impl TracePolicy {
     pub fn decide(&self, host: &mut impl RequestHost) -> Decision {
         let incoming = host
             .request_header(w3c::TRACEPARENT)
-            .map(|value| TraceParent::parse(&value));
+            .map(|value| TraceParent::parse(&value))
+            .map(|parsed| match parsed {
+                // Envoy shows only the first of repeated headers; two are invalid.
+                Ok(_) if host.request_header_values(w3c::TRACEPARENT).len() > 1 => {
+                    Err(w3c::TraceParentError::Repeated)
+                }
+                other => other,
+            });
         let invalid_traceparent = matches!(incoming, Some(Err(_)));
         let (mut out, source, traceparent) = match incoming {
             Some(Ok(tp)) => (

@@ -1,0 +1,134 @@
+//! The demo upstream: answers every request with what it received.
+//!
+//! `200 {"service": "v1", "method": ..., "path": ..., "headers": {lower-case name: value}}`;
+//! a request header `x-echo-status: N` sets the status, `x-echo-delay-ms: N` delays the
+//! answer. `/__count` returns how many requests were served (it is not counted itself), so
+//! tests can prove the upstream was not contacted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+/// Longest delay honoured, so a test cannot hang an upstream.
+const MAX_DELAY_MS: u64 = 30_000;
+
+struct Echo {
+    service: String,
+    served: AtomicU64,
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    service: &str,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = Arc::new(Echo {
+        service: service.to_owned(),
+        served: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/__count", get(count))
+        .fallback(echo)
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn count(State(echo): State<Arc<Echo>>) -> String {
+    echo.served.load(Ordering::SeqCst).to_string()
+}
+
+async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
+    echo.served.fetch_add(1, Ordering::SeqCst);
+    let headers = request.headers();
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let status = number("x-echo-status")
+        .and_then(|n| u16::try_from(n).ok())
+        .and_then(|n| StatusCode::from_u16(n).ok())
+        .unwrap_or(StatusCode::OK);
+    if let Some(delay) = number("x-echo-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(delay.min(MAX_DELAY_MS))).await;
+    }
+    let mut seen = Map::new();
+    for name in headers.keys() {
+        let values: Vec<String> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        seen.insert(name.as_str().to_owned(), Value::String(values.join(",")));
+    }
+    let body = json!({
+        "service": echo.service,
+        "method": request.method().as_str(),
+        "path": request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "headers": seen,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// An echo upstream on its own thread and runtime, bound to 127.0.0.1; stopped on drop.
+pub struct EchoServer {
+    pub service: String,
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(service: &str) -> std::io::Result<Self> {
+        Self::start_on(
+            service,
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+        )
+    }
+
+    pub fn start_on(service: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(TcpListener::bind(addr))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let name = service.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("echo-{service}"))
+            .spawn(move || {
+                let stop = async {
+                    let _ = rx.await;
+                };
+                if let Err(err) = runtime.block_on(serve(&name, listener, stop)) {
+                    eprintln!("echo {name}: {err}");
+                }
+            })?;
+        Ok(Self {
+            service: service.to_owned(),
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

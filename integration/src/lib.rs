@@ -1,0 +1,25 @@
+//! Real-Envoy test support: the echo upstream, Envoy config generation, the Envoy backends
+//! and the [`Mesh`] harness that ties them together behind one builder.
+//!
+//! ```no_run
+//! use mesh_integration::Mesh;
+//! let mesh = Mesh::builder()
+//!     .filter("traceid", r#"{"routes": {"checkout": {}}}"#)
+//!     .start()
+//!     .unwrap();
+//! let reply = mesh.get("/checkout").send();
+//! assert!(reply.upstream_header("traceparent").is_some());
+//! ```
+// Test support: a failed expectation should stop the test loudly, with Envoy's log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod echo;
+pub mod envoy;
+mod mesh;
+
+pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};

