@@ -68,3 +68,24 @@ filter_names() {
     grep -q 'cdylib' "$dir/Cargo.toml" 2>/dev/null && basename "$dir"
   done
 }
+
+# render_envoy_config <out>: envoy/envoy.yaml with its ${...} placeholders filled from
+# ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT and DIST.
+render_envoy_config() {
+  local out="$1"
+  sed -e "s|\${ENVOY_PORT}|$ENVOY_PORT|g" -e "s|\${ADMIN_PORT}|$ADMIN_PORT|g" \
+      -e "s|\${V1_PORT}|$V1_PORT|g" -e "s|\${V2_PORT}|$V2_PORT|g" -e "s|\${DIST}|$DIST|g" \
+      "$ROOT/envoy/envoy.yaml" > "$out"
+  if grep -qE '\$\{[A-Z_]+\}' "$out"; then die "unfilled placeholder in $out: $(grep -oE '\$\{[A-Z_]+\}' "$out" | head -1)"; fi
+}
+
+# wait_http <url> <seconds> <pid>: until the URL answers 200, the process dies, or time runs out.
+wait_http() {
+  local url="$1" seconds="$2" pid="$3" i
+  for ((i = 0; i < seconds * 10; i++)); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
