@@ -7,13 +7,17 @@
 //! - [`host`]: what a filter may ask of the proxy, split by request phase.
 //! - [`filter`]: the [`filter::Filter`] trait every filter implements and the adapter drives.
 //! - [`stats`]: metric naming shared by all filters.
+//! - [`store`]: shared-data records updated with compare-and-swap.
+//! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod fake;
 pub mod filter;
+pub mod hash;
 pub mod hex;
 pub mod host;
 pub mod stats;
+pub mod store;
 pub mod trace;
