@@ -8,8 +8,8 @@
 //! 1. `on_configure`: the envelope's policies are compiled once with [`Filter::compile`].
 //! 2. The first request on a route [`Filter::bind`]s the route's policy to that route name
 //!    (stats handles, shared-data keys); the result is cached for the VM's lifetime.
-//! 3. Each request: [`Filter::on_request`], then [`Filter::on_response`] unless this filter
-//!    answered the request itself.
+//! 3. Each request: [`Filter::on_request`], then [`Filter::on_response`] and
+//!    [`Filter::on_done`] unless this filter answered the request itself.
 
 use std::rc::Rc;
 
@@ -82,4 +82,9 @@ pub trait Filter: Sized {
         _host: &mut impl ResponseHost,
     ) {
     }
+
+    /// The stream is over (Envoy's log phase): after the response, or after a reset or
+    /// timeout that produced no upstream response. Properties such as `["response", "code"]`
+    /// and `["response", "flags"]` are readable here; headers are not.
+    fn on_done(&self, _route: &Self::Route, _request: &mut Self::Request, _host: &mut impl Host) {}
 }

@@ -21,6 +21,9 @@ pub struct ConfigurePhase;
 pub struct RequestPhase;
 #[derive(Debug)]
 pub struct ResponsePhase;
+/// The log phase: the stream is over; properties only.
+#[derive(Debug)]
+pub struct DonePhase;
 
 /// The proxy, as seen from one phase of one VM.
 pub struct Proxy<'a, Phase> {
@@ -62,6 +65,15 @@ impl<'a> Proxy<'a, RequestPhase> {
 
 impl<'a> Proxy<'a, ResponsePhase> {
     pub(crate) fn response(rng: &'a RefCell<fastrand::Rng>) -> Self {
+        Self {
+            rng,
+            phase: PhantomData,
+        }
+    }
+}
+
+impl<'a> Proxy<'a, DonePhase> {
+    pub(crate) fn done(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
             phase: PhantomData,

@@ -9,7 +9,7 @@
 //! - `on_configure` returns false on any config error, so Envoy refuses the config.
 //! - The route name is read once per request (`xds.route_name`); the bound route is cached
 //!   per route name for the VM's lifetime (route names are finite: they come from config).
-//! - A filter's response phase does not run for a local reply the filter sent itself.
+//! - A filter's response and done phases do not run for a local reply the filter sent itself.
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
 
 mod host;
@@ -185,6 +185,18 @@ impl<F: Filter> HttpContext for Http<F> {
             state.filter.on_response(route, request, &mut host);
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.replied {
+            return;
+        }
+        if let (Some(state), Some(route), Some(request)) =
+            (&self.state, &self.route, &mut self.request)
+        {
+            let mut host = Proxy::done(&state.rng);
+            state.filter.on_done(route, request, &mut host);
+        }
     }
 }
 
