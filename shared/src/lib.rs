@@ -9,6 +9,7 @@
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`hash`]: the stable hash behind slots and cohorts.
+//! - [`request`]: request facts several filters key on (client IP).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod filter;
 pub mod hash;
 pub mod hex;
 pub mod host;
+pub mod request;
 pub mod stats;
 pub mod store;
 pub mod trace;
