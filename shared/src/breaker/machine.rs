@@ -136,7 +136,7 @@ impl BreakerPolicy {
                     transition: Some(transition),
                 }
             }
-            State::HalfOpen if record.probes_admitted < u64::from(self.half_open_max_requests) => {
+            State::HalfOpen if record.probes_admitted < self.half_open_max_requests => {
                 let mut next = record.clone();
                 next.probes_admitted += 1;
                 next.last_probe_at = now;
@@ -210,7 +210,7 @@ impl BreakerPolicy {
                     Some(Reason::ProbeFailed)
                 } else {
                     next.probes_succeeded += 1;
-                    (next.probes_succeeded >= u64::from(self.half_open_max_requests))
+                    (next.probes_succeeded >= self.half_open_max_requests)
                         .then_some(Reason::ProbesSucceeded)
                 }
             }
@@ -239,15 +239,15 @@ impl BreakerPolicy {
     fn trips(&self, record: &Record, now: Nanos) -> Option<Reason> {
         if self
             .consecutive_failures
-            .is_some_and(|n| record.consecutive_failures >= u64::from(n))
+            .is_some_and(|n| record.consecutive_failures >= n)
         {
             return Some(Reason::ConsecutiveFailures);
         }
         let window = record.window(now, self.bucket);
-        if window.calls < u64::from(self.min_requests) {
+        if window.calls < self.min_requests {
             return None;
         }
-        let reached = |part: u64, percent: u32| part * 100 >= u64::from(percent) * window.calls;
+        let reached = |part: u64, percent: u64| part * 100 >= percent * window.calls;
         if self
             .failure_rate_percent
             .is_some_and(|p| reached(window.failures, p))
