@@ -347,6 +347,7 @@ fn records_round_trip_and_foreign_ones_read_as_closed() {
     record.consecutive_failures = 4;
     let bytes = record.encode();
     assert_eq!(bytes.len(), RECORD_BYTES);
+    assert_eq!(RECORD_BYTES, 392, "the README gives the size");
     assert_eq!(Record::decode(Some(&bytes)), record);
     assert_eq!(Record::decode(None), Record::default());
     assert_eq!(Record::decode(Some(&bytes[1..])), Record::default());
