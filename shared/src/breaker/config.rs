@@ -203,13 +203,13 @@ fn in_range(
     high: u64,
     at: &FieldPath,
     field: &str,
-) -> Result<u64, ConfigError> {
+) -> Result<(), ConfigError> {
     if value < low || value > high {
         return Err(at
             .field(field)
             .invalid(format!("must be between {low} and {high}")));
     }
-    Ok(value)
+    Ok(())
 }
 
 fn millis(ms: u64) -> Nanos {
@@ -298,13 +298,8 @@ impl BreakerPolicy {
 }
 
 fn compile_fallback(config: FallbackConfig, at: &FieldPath) -> Result<Fallback, ConfigError> {
-    let status = in_range(
-        config.status.unwrap_or(DEFAULT_FALLBACK_STATUS),
-        200,
-        599,
-        at,
-        "status",
-    )? as u16;
+    let status = config.status.unwrap_or(DEFAULT_FALLBACK_STATUS);
+    in_range(status, 200, 599, at, "status")?;
     let headers_at = at.field("headers");
     let mut headers = Vec::with_capacity(config.headers.len());
     for (name, value) in config.headers {
@@ -322,7 +317,8 @@ fn compile_fallback(config: FallbackConfig, at: &FieldPath) -> Result<Fallback, 
         headers.push((header.as_str().to_owned(), value));
     }
     Ok(Fallback {
-        status,
+        // In range: checked above.
+        status: status as u16,
         headers,
         body: config.body.into_bytes(),
     })

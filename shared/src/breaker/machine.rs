@@ -299,12 +299,12 @@ pub fn admit(policy: &BreakerPolicy, host: &mut impl Host, key: &str) -> Outcome
         let record = Record::decode(bytes);
         step(&record, policy.admit(&record, now))
     });
-    updated.unwrap_or(Outcome {
+    updated.unwrap_or_else(|_| Outcome {
         result: Admission::Reject {
             state: State::HalfOpen,
             retry_after_secs: 1,
         },
-        state: State::HalfOpen,
+        state: Record::decode(host.shared_get(key).as_ref().map(|s| s.value.as_slice())).state,
         transition: None,
     })
 }

@@ -834,6 +834,11 @@ fn exhausted_retries_drop_the_count_and_refuse_the_probe() {
         (State::HalfOpen, 1),
         "no probe without counting it"
     );
+    assert_eq!(
+        b.admit().state,
+        State::Open,
+        "the gauge shows the stored state"
+    );
     b.host.cas_conflicts = 0;
     assert_eq!(b.record().state, State::Open);
     assert!(b.pass().probe);
