@@ -250,7 +250,7 @@ fn a_client_that_hangs_up_is_not_a_failure() {
     let mut client = TcpStream::connect(mesh.listener()).unwrap();
     client
         .write_all(
-            b"GET /fragile HTTP/1.1\r\nhost: mesh\r\nx-echo-status: 500\r\nx-echo-delay-ms: 3000\r\n\r\n",
+            b"GET /fragile HTTP/1.1\r\nhost: mesh\r\nx-echo-status: 500\r\nx-echo-delay-ms: 5000\r\n\r\n",
         )
         .unwrap();
     assert!(
@@ -326,10 +326,10 @@ fn the_probe_budget_holds_across_workers() {
     let served = mesh.upstream_count("v1");
     wait_open(1_000);
     std::thread::scope(|scope| {
-        // The probe stays at the upstream for 6 s while other requests arrive.
+        // The probe stays at the upstream for 10 s while other requests arrive.
         let probe = scope.spawn(|| {
             mesh.get("/fragile")
-                .header("x-echo-delay-ms", "6000")
+                .header("x-echo-delay-ms", "10000")
                 .new_connection()
                 .send()
         });
