@@ -63,6 +63,11 @@ if [ -n "$smoke" ]; then
   grep -q "\"traceparent\":\"00-$trace_id-" "$run/smoke-body.json" \
     || die "upstream did not see traceparent with trace id $trace_id: $(cat "$run/smoke-body.json")"
   say "ok: upstream saw traceparent 00-$trace_id-..., response carried x-trace-id $trace_id"
+  say "smoke check: 3 failures open the breaker on $base/fragile"
+  for _ in 1 2 3; do curl -sS -o /dev/null -H 'x-echo-status: 500' "$base/fragile"; done
+  state="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-circuit-state" {print $2}')"
+  [ "$state" = open ] || die "the breaker did not open after 3 failures (x-circuit-state: '$state')"
+  say "ok: the fourth request got the fallback with x-circuit-state: open"
   exit 0
 fi
 
@@ -79,6 +84,11 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   curl -s $base/catalog -H 'traceparent: 00-zzz' ; curl -s $base/catalog -H 'b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1'
   # the canary route (header match) answers from v2
   curl -s $base/checkout -H 'x-canary: true'
+  # the breaker: 3 failures in a row open it; for 5 s the fallback answers (503, JSON,
+  # x-circuit-state: open, Retry-After) and v1 is not called; then one probe decides
+  for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo
+  curl -si $base/fragile ; curl -s http://127.0.0.1:$V1_PORT/__count
+  sleep 5; curl -si $base/fragile
   # what the filters counted
   curl -s 'http://127.0.0.1:$ADMIN_PORT/stats?filter=mesh_'
 

@@ -257,6 +257,18 @@ fn listener_address(agent: &ureq::Agent, admin: SocketAddr) -> Result<SocketAddr
         .map_err(|e| format!("listener address: {e}"))
 }
 
+/// Like [`agent`], but every request opens a connection of its own.
+pub fn unpooled_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .build(),
+    )
+}
+
 /// An HTTP client that returns every status as a response (tests look at 4xx/5xx).
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::new_with_config(

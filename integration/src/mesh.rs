@@ -16,6 +16,8 @@ pub struct RouteSpec {
     /// Only requests with this header value match.
     pub header: Option<(String, String)>,
     pub upstream: String,
+    /// The route's upstream timeout; default 15 s.
+    pub timeout_ms: Option<u64>,
 }
 
 impl RouteSpec {
@@ -25,7 +27,14 @@ impl RouteSpec {
             prefix: prefix.to_owned(),
             header: None,
             upstream: upstream.to_owned(),
+            timeout_ms: None,
         }
+    }
+
+    /// Envoy answers 504 itself when the upstream takes longer than this.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
     }
 
     pub fn when_header(mut self, name: &str, value: &str) -> Self {
@@ -41,7 +50,10 @@ impl RouteSpec {
         json!({
             "name": self.name,
             "match": matcher,
-            "route": { "cluster": self.upstream, "timeout": "15s" }
+            "route": {
+                "cluster": self.upstream,
+                "timeout": format!("{}s", self.timeout_ms.unwrap_or(15_000) as f64 / 1000.0)
+            }
         })
     }
 }
@@ -52,6 +64,7 @@ pub fn demo_routes() -> Vec<RouteSpec> {
         RouteSpec::new("checkout-canary", "/checkout", "v2").when_header("x-canary", "true"),
         RouteSpec::new("checkout", "/checkout", "v1"),
         RouteSpec::new("catalog", "/catalog", "v1"),
+        RouteSpec::new("fragile", "/fragile", "v1"),
         RouteSpec::new("plain", "/plain", "v1"),
         RouteSpec::new("", "/unnamed", "v1"),
         RouteSpec::new("default", "/", "v1"),
@@ -63,6 +76,7 @@ pub struct MeshBuilder {
     filters: Vec<(String, String)>,
     routes: Vec<RouteSpec>,
     upstreams: Vec<String>,
+    closed_upstreams: Vec<String>,
     concurrency: u32,
 }
 
@@ -78,6 +92,13 @@ impl MeshBuilder {
     /// Replaces the demo routes.
     pub fn routes(mut self, routes: Vec<RouteSpec>) -> Self {
         self.routes = routes;
+        self
+    }
+
+    /// Adds a cluster `name` whose endpoint is a 127.0.0.1 port nothing listens on: every
+    /// connection is refused (Envoy answers 503, flag UF).
+    pub fn closed_upstream(mut self, name: &str) -> Self {
+        self.closed_upstreams.push(name.to_owned());
         self
     }
 
@@ -108,10 +129,17 @@ impl MeshBuilder {
         for name in &self.upstreams {
             upstreams.push(EchoServer::start(name).map_err(|e| fail(format!("echo {name}: {e}")))?);
         }
-        let clusters = upstreams
+        let mut clusters: Vec<Value> = upstreams
             .iter()
             .map(|u| envoy::cluster(&u.service, u.addr))
             .collect();
+        for name in &self.closed_upstreams {
+            // Bound, then released: nothing listens there afterwards.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| fail(format!("closed upstream {name}: {e}")))?;
+            clusters.push(envoy::cluster(name, port));
+        }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
         let config = envoy::bootstrap(http_filters, routes, clusters);
         let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
@@ -120,6 +148,7 @@ impl MeshBuilder {
             envoy,
             upstreams,
             agent: envoy::agent(Duration::from_secs(20)),
+            unpooled: envoy::unpooled_agent(Duration::from_secs(20)),
         })
     }
 }
@@ -130,6 +159,8 @@ pub struct Mesh {
     envoy: EnvoyProcess,
     upstreams: Vec<EchoServer>,
     agent: ureq::Agent,
+    /// Opens a new connection per request (Envoy spreads connections over its workers).
+    unpooled: ureq::Agent,
     base: String,
 }
 
@@ -139,6 +170,7 @@ impl Mesh {
             filters: Vec::new(),
             routes: demo_routes(),
             upstreams: vec!["v1".to_owned(), "v2".to_owned()],
+            closed_upstreams: Vec::new(),
             concurrency: 1,
         }
     }
@@ -153,7 +185,25 @@ impl Mesh {
             request: ureq::http::Request::builder()
                 .method(method)
                 .uri(format!("{}{path}", self.base)),
+            new_connection: false,
         }
+    }
+
+    /// Connections each Envoy worker has accepted so far, by worker index.
+    pub fn worker_connections(&self) -> Vec<u64> {
+        // listener.<address>.worker_<n>.downstream_cx_total
+        let text = self.admin("/stats?filter=downstream_cx_total");
+        let mut workers: Vec<(u32, u64)> = text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(": ")?;
+                let worker = name.strip_prefix("listener.")?.split(".worker_").nth(1)?;
+                let worker = worker.strip_suffix(".downstream_cx_total")?;
+                Some((worker.parse().ok()?, value.trim().parse().ok()?))
+            })
+            .collect();
+        workers.sort_unstable();
+        workers.into_iter().map(|(_, count)| count).collect()
     }
 
     /// Requests the upstream `service` has served.
@@ -203,6 +253,11 @@ impl Mesh {
         reply.body_mut().read_to_string().unwrap()
     }
 
+    /// Envoy's listener, for clients the harness does not provide (raw TCP).
+    pub fn listener(&self) -> std::net::SocketAddr {
+        self.envoy.listener
+    }
+
     pub fn envoy_log(&self) -> String {
         self.envoy.log()
     }
@@ -224,6 +279,7 @@ impl Drop for Mesh {
 pub struct Call<'a> {
     mesh: &'a Mesh,
     request: ureq::http::request::Builder,
+    new_connection: bool,
 }
 
 impl Call<'_> {
@@ -233,9 +289,20 @@ impl Call<'_> {
         self
     }
 
+    /// Sends the request on a connection of its own, which Envoy may give to any worker.
+    pub fn new_connection(mut self) -> Self {
+        self.new_connection = true;
+        self
+    }
+
     pub fn send(self) -> Reply {
         let request = self.request.body(()).unwrap();
-        let mut response = self.mesh.agent.run(request).unwrap_or_else(|e| {
+        let agent = if self.new_connection {
+            &self.mesh.unpooled
+        } else {
+            &self.mesh.agent
+        };
+        let mut response = agent.run(request).unwrap_or_else(|e| {
             panic!(
                 "request failed: {e}\n--- envoy log ---\n{}",
                 self.mesh.envoy.log()

@@ -11,8 +11,10 @@
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`request`]: request facts several filters key on (client IP).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
+//! - [`breaker`]: the circuit breaker's policy, failure classification and state machine.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod config;
 pub mod fake;
 pub mod filter;

@@ -1,0 +1,378 @@
+//! Circuit breaking: while a route's (or cluster's) upstream keeps failing or is slow, answer
+//! with the route's fallback instead of calling it, then let probes decide when it is back.
+//!
+//! Glue only: [`machine::admit`] decides at the request, [`classify::classify`] and
+//! [`machine::complete`] count the call when the stream is over (Envoy's log phase, the one
+//! phase every finished stream reaches once: after a response, or after a reset or timeout
+//! that produced none). The response phase only notes when the response headers came, for
+//! the latency. The state lives in shared data, so every Envoy worker sees one breaker.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use mesh_policy::breaker::classify::{self, Finished, VIA_UPSTREAM, Verdict};
+use mesh_policy::breaker::machine::{self, Admission, Ticket, Transition};
+use mesh_policy::breaker::record::State;
+use mesh_policy::breaker::{
+    BreakerConfig, BreakerPolicy, CIRCUIT_STATE_HEADER, KeyBy, RETRY_AFTER_HEADER, shared_key,
+};
+use mesh_policy::config::{ConfigError, FieldPath};
+use mesh_policy::filter::{Filter, LocalReply, Plugin, Verdict as FilterVerdict};
+use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost};
+use mesh_policy::stats;
+
+/// `mesh_breaker_requests_total{route, outcome}`.
+pub const REQUESTS_TOTAL: &str = "mesh_breaker_requests_total";
+/// `mesh_breaker_transitions_total{route, to}`.
+pub const TRANSITIONS_TOTAL: &str = "mesh_breaker_transitions_total";
+/// `mesh_breaker_state{route}` (and `cluster` when keyed by cluster): 0 closed, 1 open,
+/// 2 half-open.
+pub const STATE: &str = "mesh_breaker_state";
+
+/// A route keyed by cluster tracks at most this many clusters; more pass untracked. Route
+/// clusters come from Envoy's config, but `cluster_header` routes take them from a request
+/// header, and shared-data keys are never deleted.
+pub const MAX_CLUSTERS_PER_ROUTE: usize = 32;
+
+/// What happened to a request, as the `outcome` label counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Closed: passed to the upstream.
+    Allowed,
+    /// Half-open: passed as a probe.
+    Probe,
+    /// Open, or half-open over the probe budget: answered with the fallback.
+    Rejected,
+    /// Finished: the upstream answered with a status outside the failure set.
+    Success,
+    /// Finished: a failure status, reset, connect failure or timeout.
+    Failure,
+    /// Finished: at least `slow_call_ms` (counted besides success or failure).
+    Slow,
+    /// Finished without the upstream deciding it (the client left first): not counted.
+    Ignored,
+    /// Finished, but the shared record could not be updated: not counted.
+    Dropped,
+}
+
+impl Counted {
+    pub const ALL: [Counted; 8] = [
+        Self::Allowed,
+        Self::Probe,
+        Self::Rejected,
+        Self::Success,
+        Self::Failure,
+        Self::Slow,
+        Self::Ignored,
+        Self::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Probe => "probe",
+            Self::Rejected => "rejected",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Slow => "slow",
+            Self::Ignored => "ignored",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+#[derive(Debug)]
+pub struct Breaker {
+    prefix: String,
+}
+
+/// One breaker as a route sees it: its shared-data key and state gauge.
+#[derive(Debug)]
+pub struct BoundBreaker {
+    /// The cluster name when keyed by cluster; empty when keyed by route.
+    cluster: Vec<u8>,
+    key: String,
+    state: Metric,
+}
+
+/// A breaker policy bound to one route.
+#[derive(Debug)]
+pub struct BreakerRoute {
+    policy: Rc<BreakerPolicy>,
+    name: String,
+    requests: [Metric; Counted::ALL.len()],
+    transitions: [Metric; STATES.len()],
+    /// Keyed by route: the one breaker. Keyed by cluster: one per cluster seen, added as
+    /// they come (at most [`MAX_CLUSTERS_PER_ROUTE`]).
+    breakers: RefCell<Vec<Rc<BoundBreaker>>>,
+}
+
+/// What the end of a passed request needs.
+#[derive(Debug)]
+pub struct Pending {
+    breaker: Rc<BoundBreaker>,
+    ticket: Ticket,
+    started: Nanos,
+    responded: Option<Nanos>,
+}
+
+impl BreakerRoute {
+    fn count(&self, host: &mut impl Host, counted: Counted) {
+        let at = Counted::ALL.iter().position(|c| *c == counted);
+        if let Some(metric) = at.and_then(|i| self.requests.get(i)) {
+            host.increment_metric(*metric, 1);
+        }
+    }
+
+    /// The breaker this request belongs to; `None` leaves the request alone.
+    fn breaker(&self, prefix: &str, host: &mut impl Host) -> Option<Rc<BoundBreaker>> {
+        if self.policy.key == KeyBy::Route {
+            return self.breakers.borrow().first().cloned();
+        }
+        let cluster = host.property(&["xds", "cluster_name"])?;
+        if let Some(bound) = self.breakers.borrow().iter().find(|b| b.cluster == cluster) {
+            return Some(Rc::clone(bound));
+        }
+        let mut breakers = self.breakers.borrow_mut();
+        if breakers.len() >= MAX_CLUSTERS_PER_ROUTE {
+            log::debug!(
+                "breaker route={}: over {MAX_CLUSTERS_PER_ROUTE} clusters, cluster {} passes untracked",
+                self.name,
+                String::from_utf8_lossy(&cluster)
+            );
+            return None;
+        }
+        let name = String::from_utf8_lossy(&cluster).into_owned();
+        let bound = Rc::new(BoundBreaker {
+            key: shared_key(prefix, KeyBy::Cluster, &name),
+            state: host.define_metric(
+                MetricKind::Gauge,
+                &stats::metric_name(STATE, &[("route", &self.name), ("cluster", &name)]),
+            ),
+            cluster,
+        });
+        breakers.push(Rc::clone(&bound));
+        Some(bound)
+    }
+
+    /// Sets the gauge to the state just read or written, and reports a transition once (it
+    /// is made by exactly one winning compare-and-swap).
+    fn observe(
+        &self,
+        host: &mut impl Host,
+        breaker: &BoundBreaker,
+        state: State,
+        transition: Option<Transition>,
+    ) {
+        host.record_metric(breaker.state, state.gauge());
+        let Some(t) = transition else {
+            return;
+        };
+        let at = STATES.iter().position(|s| *s == t.to);
+        if let Some(metric) = at.and_then(|i| self.transitions.get(i)) {
+            host.increment_metric(*metric, 1);
+        }
+        log::info!(
+            "breaker route={} key={}: {} -> {} ({}): window {} calls, {} failed, {} slow; \
+             {} failures in a row; {} probes succeeded",
+            self.name,
+            breaker.key,
+            t.from.as_str(),
+            t.to.as_str(),
+            t.reason.as_str(),
+            t.window.calls,
+            t.window.failures,
+            t.window.slow,
+            t.consecutive_failures,
+            t.probes_succeeded
+        );
+    }
+}
+
+/// The fallback reply, with the breaker's state and when to try again.
+fn fallback_reply(policy: &BreakerPolicy, state: State, retry_after_secs: u64) -> LocalReply {
+    let fallback = &policy.fallback;
+    let mut headers = Vec::with_capacity(fallback.headers.len() + 2);
+    headers.extend(fallback.headers.iter().cloned());
+    headers.push((CIRCUIT_STATE_HEADER.to_owned(), state.as_str().to_owned()));
+    headers.push((RETRY_AFTER_HEADER.to_owned(), retry_after_secs.to_string()));
+    LocalReply {
+        status: fallback.status,
+        headers,
+        body: fallback.body.clone(),
+    }
+}
+
+fn property_u64(host: &impl Host, path: &[&str]) -> Option<u64> {
+    host.property(path)
+        .as_deref()
+        .and_then(classify::property_u64)
+}
+
+impl Filter for Breaker {
+    const NAME: &'static str = "breaker";
+    type Config = BreakerConfig;
+    type Policy = BreakerPolicy;
+    type Route = BreakerRoute;
+    /// `None` when the request was not tracked.
+    type Request = Option<Pending>;
+
+    fn new(plugin: &Plugin) -> Self {
+        Self {
+            prefix: plugin.key_prefix(),
+        }
+    }
+
+    fn compile(&self, config: BreakerConfig, at: &FieldPath) -> Result<BreakerPolicy, ConfigError> {
+        BreakerPolicy::compile(config, at)
+    }
+
+    fn bind(
+        &self,
+        policy: Rc<BreakerPolicy>,
+        route_name: &str,
+        host: &mut impl Host,
+    ) -> BreakerRoute {
+        let name = stats::route_label(route_name).to_owned();
+        let requests = Counted::ALL.map(|counted| {
+            stats::route_counter(
+                host,
+                REQUESTS_TOTAL,
+                route_name,
+                ("outcome", counted.as_str()),
+            )
+        });
+        let transitions = STATES.map(|state| {
+            stats::route_counter(host, TRANSITIONS_TOTAL, route_name, ("to", state.as_str()))
+        });
+        let mut breakers = Vec::new();
+        if policy.key == KeyBy::Route {
+            breakers.push(Rc::new(BoundBreaker {
+                cluster: Vec::new(),
+                key: shared_key(&self.prefix, KeyBy::Route, route_name),
+                state: host.define_metric(
+                    MetricKind::Gauge,
+                    &stats::metric_name(STATE, &[("route", &name)]),
+                ),
+            }));
+        }
+        BreakerRoute {
+            policy,
+            name,
+            requests,
+            transitions,
+            breakers: RefCell::new(breakers),
+        }
+    }
+
+    fn on_request(
+        &self,
+        route: &BreakerRoute,
+        host: &mut impl RequestHost,
+    ) -> (FilterVerdict, Option<Pending>) {
+        let Some(breaker) = route.breaker(&self.prefix, host) else {
+            return (FilterVerdict::Continue, None);
+        };
+        let started = host.now();
+        let outcome = machine::admit(&route.policy, host, &breaker.key);
+        route.observe(host, &breaker, outcome.state, outcome.transition);
+        match outcome.result {
+            Admission::Pass(ticket) => {
+                let counted = if ticket.probe {
+                    Counted::Probe
+                } else {
+                    Counted::Allowed
+                };
+                route.count(host, counted);
+                let pending = Pending {
+                    breaker,
+                    ticket,
+                    started,
+                    responded: None,
+                };
+                (FilterVerdict::Continue, Some(pending))
+            }
+            Admission::Reject {
+                state,
+                retry_after_secs,
+            } => {
+                route.count(host, Counted::Rejected);
+                log::debug!(
+                    "breaker route={} key={}: rejected ({}), retry after {retry_after_secs} s",
+                    route.name,
+                    breaker.key,
+                    state.as_str()
+                );
+                let reply = fallback_reply(&route.policy, state, retry_after_secs);
+                (FilterVerdict::Reply(reply), None)
+            }
+        }
+    }
+
+    fn on_response(
+        &self,
+        _route: &BreakerRoute,
+        pending: &mut Option<Pending>,
+        host: &mut impl ResponseHost,
+    ) {
+        // Latency ends at the response headers; the call is counted once, in on_done.
+        if let Some(pending) = pending {
+            pending.responded = Some(host.now());
+        }
+    }
+
+    fn on_done(&self, route: &BreakerRoute, pending: &mut Option<Pending>, host: &mut impl Host) {
+        // take(): whatever calls this twice, a call is counted once.
+        let Some(pending) = pending.take() else {
+            return;
+        };
+        let end = pending.responded.unwrap_or_else(|| host.now());
+        let finished = Finished {
+            status: property_u64(host, &["response", "code"])
+                .and_then(|code| u16::try_from(code).ok())
+                .filter(|code| *code != 0),
+            flags: property_u64(host, &["response", "flags"]).unwrap_or(0),
+            via_upstream: host.property(&["response", "code_details"]).as_deref()
+                == Some(VIA_UPSTREAM),
+            latency: end.saturating_sub(pending.started),
+        };
+        let policy = &route.policy;
+        let call = classify::classify(
+            &finished,
+            &policy.failure_status,
+            policy.slow_calls.map(|slow| slow.threshold),
+        );
+        route.count(
+            host,
+            match call.verdict {
+                Verdict::Success => Counted::Success,
+                Verdict::Failure(_) => Counted::Failure,
+                Verdict::Ignored => Counted::Ignored,
+            },
+        );
+        if call.slow {
+            route.count(host, Counted::Slow);
+        }
+        match machine::complete(policy, host, &pending.breaker.key, pending.ticket, call) {
+            Ok(outcome) => {
+                route.observe(host, &pending.breaker, outcome.state, outcome.transition);
+            }
+            Err(err) => {
+                route.count(host, Counted::Dropped);
+                log::debug!(
+                    "breaker route={} key={}: call not counted: shared data {err:?}",
+                    route.name,
+                    pending.breaker.key
+                );
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mesh_adapter::export_filter!(Breaker);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! What one finished call means for the breaker, decided apart from the state machine (as
+//! tower-http separates its response classifiers from the services that use them).
+//!
+//! The facts come from Envoy's log phase, measured on Envoy 1.40:
+//! - `response.code_details` is `via_upstream` exactly when the status came from the upstream.
+//! - A connect failure, reset or timeout is a local reply by the router (503, 504) with
+//!   `response.flags` saying why (UF, UR, UC, UT...) and details such as
+//!   `upstream_reset_before_response_started{...}` or `response_timeout`.
+//! - A client that hangs up first leaves no status, flag DC and details
+//!   `downstream_remote_disconnect`: not the upstream's fault.
+
+use super::config::StatusMatch;
+use crate::host::Nanos;
+
+/// Envoy's `response.flags` bits (`StreamInfo::CoreResponseFlag`, the legacy bit vector).
+pub mod flags {
+    pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+    pub const UPSTREAM_REMOTE_RESET: u64 = 0x10;
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+    pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 0x40;
+    pub const UPSTREAM_OVERFLOW: u64 = 0x80;
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
+    pub const UPSTREAM_MAX_STREAM_DURATION_REACHED: u64 = 0x8_0000;
+    pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
+
+    /// The upstream failed to answer: unreachable, reset, too slow or broken. Not UO: that is
+    /// Envoy's own concurrency cap refusing to call the upstream, not the upstream failing.
+    pub const UPSTREAM_FAILURE: u64 = NO_HEALTHY_UPSTREAM
+        | UPSTREAM_REQUEST_TIMEOUT
+        | UPSTREAM_REMOTE_RESET
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_CONNECTION_TERMINATION
+        | UPSTREAM_RETRY_LIMIT_EXCEEDED
+        | UPSTREAM_MAX_STREAM_DURATION_REACHED
+        | UPSTREAM_PROTOCOL_ERROR;
+}
+
+/// `response.code_details` of a response whose status the upstream sent.
+pub const VIA_UPSTREAM: &[u8] = b"via_upstream";
+
+/// The status codes that count as failures: one bit per code 100..=599.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 8]);
+
+impl StatusSet {
+    pub fn from_matches(matches: &[StatusMatch]) -> Self {
+        let mut set = Self::default();
+        for m in matches {
+            let (low, high) = match *m {
+                StatusMatch::Code(code) => (code, code),
+                StatusMatch::Class(class) => (class * 100, class * 100 + 99),
+            };
+            for code in low..=high {
+                set.insert(code);
+            }
+        }
+        set
+    }
+
+    fn slot(code: u16) -> Option<(usize, u64)> {
+        let offset = usize::from(code.checked_sub(100)?);
+        (offset < 500).then(|| (offset / 64, 1u64 << (offset % 64)))
+    }
+
+    fn insert(&mut self, code: u16) {
+        if let Some((word, bit)) = Self::slot(code)
+            && let Some(w) = self.0.get_mut(word)
+        {
+            *w |= bit;
+        }
+    }
+
+    pub fn contains(&self, code: u16) -> bool {
+        Self::slot(code)
+            .and_then(|(word, bit)| self.0.get(word).map(|w| w & bit != 0))
+            .unwrap_or(false)
+    }
+}
+
+/// What Envoy says about a finished stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// `response.code`; `None` when no response was sent (the client left first).
+    pub status: Option<u16>,
+    /// `response.flags`.
+    pub flags: u64,
+    /// `response.code_details` was `via_upstream`.
+    pub via_upstream: bool,
+    /// Request headers to response headers; to the end of the stream when no response
+    /// headers were sent.
+    pub latency: Nanos,
+}
+
+/// How the breaker counts a finished call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The upstream answered with a status outside the failure set.
+    Success,
+    /// A failure status, or a reset, connect failure or timeout.
+    Failure(Failure),
+    /// Not the upstream's doing (the client hung up, another filter or a direct response
+    /// answered): not counted, except as slow once it took `slow_call_ms`.
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Status,
+    Timeout,
+    Reset,
+}
+
+/// A classified call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub verdict: Verdict,
+    /// At least `slow_call_ms` (only with the slow-call condition configured).
+    pub slow: bool,
+}
+
+impl Call {
+    pub fn failed(&self) -> bool {
+        matches!(self.verdict, Verdict::Failure(_))
+    }
+
+    /// Whether the call counts in the window at all.
+    pub fn counts(&self) -> bool {
+        !matches!(self.verdict, Verdict::Ignored) || self.slow
+    }
+}
+
+/// Classifies a finished stream; `slow_threshold` is `slow_call_ms` when configured.
+pub fn classify(
+    finished: &Finished,
+    failure_status: &StatusSet,
+    slow_threshold: Option<Nanos>,
+) -> Call {
+    let timeouts = flags::UPSTREAM_REQUEST_TIMEOUT | flags::UPSTREAM_MAX_STREAM_DURATION_REACHED;
+    let verdict = if finished.flags & timeouts != 0 {
+        Verdict::Failure(Failure::Timeout)
+    } else if finished.flags & flags::UPSTREAM_FAILURE != 0 {
+        // Also after a 200 whose body was cut off by a reset.
+        Verdict::Failure(Failure::Reset)
+    } else {
+        match finished.status {
+            Some(status) if finished.via_upstream => {
+                if failure_status.contains(status) {
+                    Verdict::Failure(Failure::Status)
+                } else {
+                    Verdict::Success
+                }
+            }
+            _ => Verdict::Ignored,
+        }
+    };
+    let slow = slow_threshold.is_some_and(|threshold| finished.latency >= threshold);
+    Call { verdict, slow }
+}
+
+/// Reads Envoy's integer properties (`response.code`, `response.flags`): 8 bytes,
+/// little-endian.
+pub fn property_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}

@@ -1,0 +1,342 @@
+//! The state machine: Closed → Open → HalfOpen → Closed (or back to Open), as pure
+//! functions of a [`Record`] and the time, plus the two calls that run them against shared
+//! data with compare-and-swap.
+//!
+//! - Closed admits everything and counts finished calls; it opens on `consecutive_failures`
+//!   in a row, or when, with at least `min_requests` calls in the window, failures reach
+//!   `failure_rate_percent` or slow calls reach `slow_call_rate_percent` of them.
+//! - Open rejects until `open_ms` have passed; the first request after that moves it to
+//!   HalfOpen and is its first probe.
+//! - HalfOpen admits at most `half_open_max_requests` probes across all workers (counted in
+//!   the record) and rejects the rest. `half_open_max_requests` successful probes close it;
+//!   one failed (or slow) probe opens it again. A probe whose client hangs up frees its slot.
+//!   A probe that has not finished `probe_timeout_ms` after the last probe was admitted
+//!   counts as failed (the next request reopens the breaker), so a lost probe cannot keep
+//!   the breaker half-open forever.
+//! - Every transition starts a new generation; a call's outcome counts only in the
+//!   generation that admitted it, so a late answer from before a transition changes nothing.
+
+use super::classify::{Call, Verdict};
+use super::config::BreakerPolicy;
+use super::record::{Counts, Record, State};
+use crate::host::{Host, NANOS_PER_SEC, Nanos};
+use crate::store::{self, Step, UpdateError};
+
+/// What a passed request carries to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub generation: u64,
+    /// Admitted as a half-open probe.
+    pub probe: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Pass(Ticket),
+    /// Answer with the fallback.
+    Reject {
+        state: State,
+        /// Whole seconds until a probe may go, rounded up, at least 1.
+        retry_after_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    ConsecutiveFailures,
+    FailureRate,
+    SlowCallRate,
+    OpenElapsed,
+    ProbeFailed,
+    ProbeLost,
+    ProbesSucceeded,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConsecutiveFailures => "consecutive_failures",
+            Self::FailureRate => "failure_rate",
+            Self::SlowCallRate => "slow_call_rate",
+            Self::OpenElapsed => "open_elapsed",
+            Self::ProbeFailed => "probe_failed",
+            Self::ProbeLost => "probe_lost",
+            Self::ProbesSucceeded => "probes_succeeded",
+        }
+    }
+}
+
+/// A state change, with the counts that caused it (for the one log line it gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: Reason,
+    /// The closed window when it opened.
+    pub window: Counts,
+    pub consecutive_failures: u64,
+    pub probes_succeeded: u64,
+}
+
+/// One decision: its result, the record to write (if it changed) and the transition made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<T> {
+    pub result: T,
+    pub next: Option<Record>,
+    pub transition: Option<Transition>,
+}
+
+/// What a call against shared data did, and the state it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome<T> {
+    pub result: T,
+    pub state: State,
+    pub transition: Option<Transition>,
+}
+
+/// Read-modify-write rounds before giving up on a contended breaker.
+pub const ATTEMPTS: u32 = store::DEFAULT_ATTEMPTS;
+
+fn secs_until(now: Nanos, then: Nanos) -> u64 {
+    then.saturating_sub(now).div_ceil(NANOS_PER_SEC).max(1)
+}
+
+impl BreakerPolicy {
+    /// Whether a request may go to the upstream now.
+    pub fn admit(&self, record: &Record, now: Nanos) -> Decision<Admission> {
+        let pass = |record: &Record, probe| {
+            Admission::Pass(Ticket {
+                generation: record.generation,
+                probe,
+            })
+        };
+        match record.state {
+            State::Closed => Decision {
+                result: pass(record, false),
+                next: None,
+                transition: None,
+            },
+            State::Open if now < record.open_until => Decision {
+                result: Admission::Reject {
+                    state: State::Open,
+                    retry_after_secs: secs_until(now, record.open_until),
+                },
+                next: None,
+                transition: None,
+            },
+            State::Open => {
+                let mut next = record.clone();
+                next.enter(State::HalfOpen, now);
+                next.probes_admitted = 1;
+                next.last_probe_at = now;
+                let transition = self.transition(record, &next, Reason::OpenElapsed, now);
+                Decision {
+                    result: pass(&next, true),
+                    next: Some(next),
+                    transition: Some(transition),
+                }
+            }
+            State::HalfOpen if record.probes_admitted < self.half_open_max_requests => {
+                let mut next = record.clone();
+                next.probes_admitted += 1;
+                next.last_probe_at = now;
+                Decision {
+                    result: pass(&next, true),
+                    next: Some(next),
+                    transition: None,
+                }
+            }
+            State::HalfOpen if now >= record.last_probe_at.saturating_add(self.probe_timeout) => {
+                let next = self.opened(record, now);
+                let transition = self.transition(record, &next, Reason::ProbeLost, now);
+                Decision {
+                    result: Admission::Reject {
+                        state: State::Open,
+                        retry_after_secs: secs_until(now, next.open_until),
+                    },
+                    next: Some(next),
+                    transition: Some(transition),
+                }
+            }
+            State::HalfOpen => Decision {
+                result: Admission::Reject {
+                    state: State::HalfOpen,
+                    // The probes decide soon; ask again then.
+                    retry_after_secs: 1,
+                },
+                next: None,
+                transition: None,
+            },
+        }
+    }
+
+    /// Counts a finished call admitted with `ticket`.
+    pub fn complete(
+        &self,
+        record: &Record,
+        ticket: Ticket,
+        call: Call,
+        now: Nanos,
+    ) -> Decision<()> {
+        let unchanged = Decision {
+            result: (),
+            next: None,
+            transition: None,
+        };
+        if ticket.generation != record.generation {
+            // Admitted before the last transition: that state is gone.
+            return unchanged;
+        }
+        let mut next = record.clone();
+        let reason = match (record.state, ticket.probe) {
+            (State::Closed, false) => {
+                if !call.counts() {
+                    return unchanged;
+                }
+                next.count(now, self.bucket, call.failed(), call.slow);
+                match call.verdict {
+                    Verdict::Failure(_) => next.consecutive_failures += 1,
+                    Verdict::Success => next.consecutive_failures = 0,
+                    Verdict::Ignored => {}
+                }
+                self.trips(&next, now)
+            }
+            (State::HalfOpen, true) => {
+                if !call.counts() {
+                    // The client left: the probe proved nothing, let another one go.
+                    next.probes_admitted = next.probes_admitted.saturating_sub(1);
+                    None
+                } else if call.failed() || call.slow {
+                    Some(Reason::ProbeFailed)
+                } else {
+                    next.probes_succeeded += 1;
+                    (next.probes_succeeded >= self.half_open_max_requests)
+                        .then_some(Reason::ProbesSucceeded)
+                }
+            }
+            _ => return unchanged,
+        };
+        let transition = reason.map(|reason| {
+            let before = next.clone();
+            next = match reason {
+                Reason::ProbesSucceeded => {
+                    let mut closed = before.clone();
+                    closed.enter(State::Closed, now);
+                    closed
+                }
+                _ => self.opened(&before, now),
+            };
+            self.transition(&before, &next, reason, now)
+        });
+        Decision {
+            result: (),
+            next: Some(next),
+            transition,
+        }
+    }
+
+    /// The condition that opens a closed breaker with these counts, if any.
+    fn trips(&self, record: &Record, now: Nanos) -> Option<Reason> {
+        if self
+            .consecutive_failures
+            .is_some_and(|n| record.consecutive_failures >= n)
+        {
+            return Some(Reason::ConsecutiveFailures);
+        }
+        let window = record.window(now, self.bucket);
+        if window.calls < self.min_requests {
+            return None;
+        }
+        let reached = |part: u64, percent: u64| part * 100 >= percent * window.calls;
+        if self
+            .failure_rate_percent
+            .is_some_and(|p| reached(window.failures, p))
+        {
+            return Some(Reason::FailureRate);
+        }
+        if self
+            .slow_calls
+            .is_some_and(|slow| reached(window.slow, slow.rate_percent))
+        {
+            return Some(Reason::SlowCallRate);
+        }
+        None
+    }
+
+    fn opened(&self, record: &Record, now: Nanos) -> Record {
+        let mut next = record.clone();
+        next.enter(State::Open, now);
+        next.open_until = now.saturating_add(self.open);
+        next
+    }
+
+    fn transition(
+        &self,
+        before: &Record,
+        after: &Record,
+        reason: Reason,
+        now: Nanos,
+    ) -> Transition {
+        Transition {
+            from: before.state,
+            to: after.state,
+            reason,
+            window: before.window(now, self.bucket),
+            consecutive_failures: before.consecutive_failures,
+            probes_succeeded: before.probes_succeeded,
+        }
+    }
+}
+
+/// Admits or rejects a request against the breaker stored at `key`.
+///
+/// A closed breaker is only read. When the write a probe needs loses every CAS round (or the
+/// host refuses it), the request is rejected as half-open: the breaker is not closed, and
+/// a probe that cannot be counted could break the probe budget.
+pub fn admit(policy: &BreakerPolicy, host: &mut impl Host, key: &str) -> Outcome<Admission> {
+    let now = host.now();
+    let updated = store::update(host, key, ATTEMPTS, |bytes| {
+        let record = Record::decode(bytes);
+        step(&record, policy.admit(&record, now))
+    });
+    updated.unwrap_or_else(|_| Outcome {
+        result: Admission::Reject {
+            state: State::HalfOpen,
+            retry_after_secs: 1,
+        },
+        state: Record::decode(host.shared_get(key).as_ref().map(|s| s.value.as_slice())).state,
+        transition: None,
+    })
+}
+
+/// Counts a finished call in the breaker at `key`. When every CAS round is lost (or the host
+/// refuses the write) the call is not counted: the caller reports it as dropped.
+pub fn complete(
+    policy: &BreakerPolicy,
+    host: &mut impl Host,
+    key: &str,
+    ticket: Ticket,
+    call: Call,
+) -> Result<Outcome<()>, UpdateError> {
+    let now = host.now();
+    store::update(host, key, ATTEMPTS, |bytes| {
+        let record = Record::decode(bytes);
+        step(&record, policy.complete(&record, ticket, call, now))
+    })
+}
+
+/// A decision about `record` as one round of [`store::update`].
+fn step<T>(record: &Record, decision: Decision<T>) -> Step<Outcome<T>> {
+    let state = decision
+        .next
+        .as_ref()
+        .map_or(record.state, |next| next.state);
+    Step {
+        write: decision.next.map(|next| next.encode()),
+        result: Outcome {
+            result: decision.result,
+            state,
+            transition: decision.transition,
+        },
+    }
+}

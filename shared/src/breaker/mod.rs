@@ -1,0 +1,36 @@
+//! The circuit breaker: stop calling an upstream that keeps failing or turns slow, answer
+//! with a fallback meanwhile, then let a few probes decide whether it is back.
+//!
+//! - [`config`]: the per-route config and its validation into a [`BreakerPolicy`].
+//! - [`classify`]: what a finished call was (success, failure, not the upstream's doing;
+//!   slow or not), from the facts Envoy gives at the end of a stream.
+//! - [`record`]: the state shared by every Envoy worker, as a fixed-size binary record.
+//! - [`machine`]: the state machine over that record, pure, plus [`machine::admit`] and
+//!   [`machine::complete`], which run it against shared data with compare-and-swap.
+//!
+//! Nothing here reads a clock or shared data except through [`Host`](crate::host::Host).
+
+pub mod classify;
+pub mod config;
+pub mod machine;
+pub mod record;
+
+pub use config::{BreakerConfig, BreakerPolicy, KeyBy};
+
+/// Response header on a rejected request: the breaker's state (`open`, `half_open`).
+pub const CIRCUIT_STATE_HEADER: &str = "x-circuit-state";
+pub const RETRY_AFTER_HEADER: &str = "retry-after";
+
+/// The shared-data key of one breaker: the plugin's prefix, what the breaker is keyed by,
+/// and the route or cluster name. Both name sets come from Envoy's config, so the keys are
+/// bounded (Envoy never deletes a key).
+pub fn shared_key(prefix: &str, by: KeyBy, name: &str) -> String {
+    let kind = match by {
+        KeyBy::Route => "route",
+        KeyBy::Cluster => "cluster",
+    };
+    format!("{prefix}/breaker/{kind}/{name}")
+}
+
+#[cfg(test)]
+mod tests;
