@@ -65,6 +65,7 @@ pub struct MeshBuilder {
     routes: Vec<RouteSpec>,
     upstreams: Vec<String>,
     concurrency: u32,
+    use_remote_address: bool,
 }
 
 impl MeshBuilder {
@@ -85,6 +86,13 @@ impl MeshBuilder {
     /// Envoy worker threads (each runs its own VM of every module). Default 1.
     pub fn concurrency(mut self, workers: u32) -> Self {
         self.concurrency = workers;
+        self
+    }
+
+    /// The connection manager's `use_remote_address`: with `true`, `source.address` is the TCP
+    /// peer; with Envoy's default `false`, Envoy takes it from the last `x-forwarded-for` entry.
+    pub fn use_remote_address(mut self, on: bool) -> Self {
+        self.use_remote_address = on;
         self
     }
 
@@ -114,7 +122,11 @@ impl MeshBuilder {
             .map(|u| envoy::cluster(&u.service, u.addr))
             .collect();
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
-        let config = envoy::bootstrap(http_filters, routes, clusters);
+        let mut config = envoy::bootstrap(http_filters, routes, clusters);
+        if self.use_remote_address {
+            config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["use_remote_address"] = json!(true);
+        }
         let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener),
@@ -141,6 +153,7 @@ impl Mesh {
             routes: demo_routes(),
             upstreams: vec!["v1".to_owned(), "v2".to_owned()],
             concurrency: 1,
+            use_remote_address: false,
         }
     }
 

@@ -353,6 +353,95 @@ fn stats_reach_prometheus_with_route_and_decision_labels() {
     );
 }
 
+/// With `use_remote_address: true` the client address is the connection's peer:
+/// `x-forwarded-for` cannot pick a fresh bucket. The reply is configurable (status, body,
+/// content type, headers off).
+#[test]
+fn client_address_keys_ignore_forwarded_for_and_the_reply_is_configurable() {
+    let mesh = Mesh::builder()
+        .filter(
+            "ratelimit",
+            r#"{"routes": {"limited": {
+                "limits": [{"rate_per_s": 0.01, "burst": 2, "key": "client_address"}],
+                "status": 503, "body": "slow down", "content_type": "text/plain",
+                "rate_limit_headers": false
+            }}}"#,
+        )
+        .concurrency(2)
+        .use_remote_address(true)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let began = Instant::now();
+    let replies: Vec<Reply> = (1..=4)
+        .map(|i| {
+            mesh.get("/limited")
+                .header("x-forwarded-for", format!("192.0.2.{i}"))
+                .send()
+        })
+        .collect();
+    let elapsed = began.elapsed();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 503, 503]);
+    assert_eq!(
+        replies[0].header("x-ratelimit-limit"),
+        None,
+        "headers are off"
+    );
+    let rejected = &replies[2];
+    assert_eq!(rejected.text(), "slow down");
+    assert_eq!(
+        rejected.header("content-type").as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(rejected.header("x-ratelimit-remaining"), None);
+    // One token every 100 s.
+    let retry_after = number(rejected, "retry-after");
+    let earliest = (100.0 - elapsed.as_secs_f64()).ceil() as u64;
+    assert!((earliest..=100).contains(&retry_after), "{retry_after}");
+    assert_eq!(mesh.upstream_count("v1"), 2);
+}
+
+/// Envoy's default (`use_remote_address: false`, also Istio's sidecar inbound listener) takes
+/// `source.address` from the last `x-forwarded-for` entry, which the client writes. This pins
+/// the behaviour the README warns about: each forged address gets a bucket of its own.
+#[test]
+fn without_use_remote_address_envoy_takes_the_client_address_from_forwarded_for() {
+    let mesh = mesh_with(
+        r#"{"routes": {"limited": {"limits": [{"rate_per_s": 0.01, "burst": 1, "key": "client_address"}]}}}"#,
+    );
+    let forged: Vec<u16> = (1..=3)
+        .map(|i| {
+            mesh.get("/limited")
+                .header("x-forwarded-for", format!("192.0.2.{i}"))
+                .send()
+                .status
+        })
+        .collect();
+    assert_eq!(forged, [200, 200, 200]);
+    let plain: Vec<u16> = (0..2).map(|_| mesh.get("/limited").send().status).collect();
+    assert_eq!(plain, [200, 429]);
+}
+
+/// Path keys: spellings of one path share its bucket; another path has its own.
+#[test]
+fn path_keys_are_normalised() {
+    let mesh = mesh_with(
+        r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 0.01, "burst": 3, "key": "path"}]}}}"#,
+    );
+    // Every spelling must still match the route's prefix (`/checkout`, case-sensitive).
+    for path in [
+        "/checkout/items",
+        "/checkout/Items?page=2",
+        "/checkout//%69tems/",
+    ] {
+        let reply = mesh.get(path).send();
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.service().as_deref(), Some("v1"), "{path}");
+    }
+    assert_eq!(mesh.get("/checkout/ITEMS").send().status, 429);
+    assert_eq!(mesh.get("/checkout/other").send().status, 200);
+}
+
 #[test]
 fn config_with_a_bad_limit_is_refused_naming_route_and_field() {
     for (config, expected) in [
