@@ -15,7 +15,9 @@ use crate::request::client_ip;
 pub enum Key {
     /// One bucket for the whole route.
     Route,
-    /// The client's IP (`source.address`, the connection's peer; never `x-forwarded-for`).
+    /// The client's IP: Envoy's `source.address` (never a header the filter parses). That is
+    /// the TCP peer only when the connection manager has `use_remote_address: true`; with
+    /// Envoy's default `false` Envoy itself takes it from the last `x-forwarded-for` entry.
     ClientAddress,
     /// The normalised path, see [`normalize_path`].
     Path,

@@ -607,3 +607,25 @@ fn time_is_absolute_in_the_records() {
     let tat = u64::from_le_bytes(record.try_into().unwrap());
     assert_eq!(tat, FakeHost::START + 100 * NANOS_PER_MS);
 }
+
+#[test]
+fn the_readme_example_compiles() {
+    let json = r#"{
+      "routes": {
+        "limited": {"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}}]},
+        "checkout": {
+          "limits": [
+            {"rate_per_s": 2, "burst": 5, "key": "client_address"},
+            {"rate_per_s": 100, "burst": 50}
+          ],
+          "dry_run": true
+        }
+      }
+    }"#;
+    let routes = Envelope::<RateLimitConfig>::from_json(json.as_bytes())
+        .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
+        .unwrap();
+    let checkout = routes.policy_for("checkout").unwrap();
+    assert!(checkout.dry_run);
+    assert_eq!(checkout.limits[0].key, key::Key::ClientAddress);
+}
