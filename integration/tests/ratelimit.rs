@@ -315,7 +315,7 @@ fn dry_run_lets_everything_through_and_counts() {
     );
     assert!(
         mesh.envoy_log()
-            .contains("ratelimit route=catalog: dry run: 1 requests would have been rejected"),
+            .contains("ratelimit route=catalog dry_run=true would_reject=1"),
         "{}",
         mesh.envoy_log()
     );

@@ -140,13 +140,13 @@ impl Filter for RateLimit {
             host.increment_metric(route.store_error_counter(error), 1);
             if let Some(count) = route.store_error_log.note(host.now()) {
                 log::warn!(
-                    "ratelimit route={}: shared data not updated ({}) for {count} requests; {}",
+                    "ratelimit route={} store_error={} requests={count} action={}",
                     route.name,
                     error_label(error),
                     if policy.failure_mode_deny {
-                        "rejected (failure_mode_deny)"
+                        "rejected"
                     } else {
-                        "let through"
+                        "let_through"
                     }
                 );
             }
@@ -162,7 +162,7 @@ impl Filter for RateLimit {
             Decision::DryRunRejected => {
                 if let Some(count) = route.dry_run_log.note(host.now()) {
                     log::info!(
-                        "ratelimit route={}: dry run: {count} requests would have been rejected",
+                        "ratelimit route={} dry_run=true would_reject={count}",
                         route.name
                     );
                 }
@@ -190,8 +190,8 @@ impl Filter for RateLimit {
     }
 }
 
-/// Logs at most once per [`LOG_EVERY`] per route and VM, with the count since the last line:
-/// never a line per request.
+/// Logs at most once per [`LOG_EVERY`] per route and VM, with the count since the last line
+/// (the first event is logged at once): never a line per request.
 #[derive(Debug, Default)]
 struct Throttle {
     next_at: Cell<Nanos>,

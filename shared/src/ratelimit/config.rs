@@ -10,6 +10,9 @@ use crate::config::read::{FromJson, Object, one_of, type_error};
 use crate::config::{ConfigError, FieldPath, HeaderName};
 use crate::host::NANOS_PER_SEC;
 
+// The bounds below are spelled out in the error messages too (literals, not `format!`: every
+// byte counts in the module budget); the tests check the messages.
+
 /// Limits per route: each costs a shared-data read (and a write when it admits) per request.
 pub const MAX_LIMITS: usize = 8;
 /// Slots of a keyed limit when `slots` is not given.
@@ -219,7 +222,7 @@ impl RateLimitPolicy {
             return Err(limits_at.invalid("must list at least one limit"));
         }
         if config.limits.len() > MAX_LIMITS {
-            return Err(limits_at.invalid(format!("at most {MAX_LIMITS} limits per route")));
+            return Err(limits_at.invalid("at most 8 limits per route"));
         }
         let mut limits = Vec::with_capacity(config.limits.len());
         for (i, limit) in config.limits.into_iter().enumerate() {
@@ -263,9 +266,7 @@ impl Limit {
         let burst = NonZeroU32::new(config.burst)
             .ok_or_else(|| at.field("burst").invalid("must be at least 1"))?;
         if config.burst > MAX_BURST {
-            return Err(at
-                .field("burst")
-                .invalid(format!("must be at most {MAX_BURST}")));
+            return Err(at.field("burst").invalid("must be at most 1000000"));
         }
         // One token every 1e12 / millis ns, rounded: 1000 ns (1e6/s) to 1e12 ns (0.001/s).
         let period = Duration::from_nanos((NANOS_PER_SEC * 1000 + millis / 2) / millis);
@@ -291,7 +292,7 @@ impl Limit {
             (_, None) => DEFAULT_SLOTS,
             (_, Some(0)) => return Err(slots_at.invalid("must be at least 1")),
             (_, Some(slots)) if slots > MAX_SLOTS => {
-                return Err(slots_at.invalid(format!("must be at most {MAX_SLOTS}")));
+                return Err(slots_at.invalid("must be at most 65536"));
             }
             (_, Some(slots)) => slots,
         };
