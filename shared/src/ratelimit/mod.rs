@@ -277,7 +277,6 @@ impl RouteLimits {
                     if policy.failure_mode_deny {
                         return self.reject(0, None, store_error);
                     }
-                    set(&mut budgets, i, None);
                 }
             }
         }
