@@ -63,6 +63,10 @@ if [ -n "$smoke" ]; then
   grep -q "\"traceparent\":\"00-$trace_id-" "$run/smoke-body.json" \
     || die "upstream did not see traceparent with trace id $trace_id: $(cat "$run/smoke-body.json")"
   say "ok: upstream saw traceparent 00-$trace_id-..., response carried x-trace-id $trace_id"
+  say "smoke check of the rate limiter through $base/limited"
+  limit="$(curl -fsS -D - -o /dev/null -H 'x-api-key: smoke' "$base/limited" | grep -i '^x-ratelimit-limit:' | tr -d '\r' | awk '{print $2}')"
+  [ "$limit" = 10 ] || die "no x-ratelimit-limit: 10 on /limited (got '$limit')"
+  say "ok: /limited carried x-ratelimit-limit $limit"
   say "smoke check: 3 failures open the breaker on $base/fragile"
   for _ in 1 2 3; do curl -sS -o /dev/null -H 'x-echo-status: 500' "$base/fragile"; done
   state="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-circuit-state" {print $2}')"
@@ -84,6 +88,9 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   curl -s $base/catalog -H 'traceparent: 00-zzz' ; curl -s $base/catalog -H 'b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1'
   # the canary route (header match) answers from v2
   curl -s $base/checkout -H 'x-canary: true'
+  # rate limit on /limited: 5/s, burst 10 per x-api-key; the rest of a burst gets 429
+  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' $base/limited -H 'x-api-key: demo'; done; echo
+  curl -si $base/limited -H 'x-api-key: demo' | grep -iE '^(HTTP|retry-after|x-ratelimit)'
   # the breaker: 3 failures in a row open it; for 5 s the fallback answers (503, JSON,
   # x-circuit-state: open, Retry-After) and v1 is not called; then one probe decides
   for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo

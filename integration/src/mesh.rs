@@ -67,6 +67,7 @@ pub fn demo_routes() -> Vec<RouteSpec> {
         RouteSpec::new("fragile", "/fragile", "v1"),
         RouteSpec::new("plain", "/plain", "v1"),
         RouteSpec::new("", "/unnamed", "v1"),
+        RouteSpec::new("limited", "/limited", "v1"),
         RouteSpec::new("default", "/", "v1"),
     ]
 }
@@ -78,6 +79,7 @@ pub struct MeshBuilder {
     upstreams: Vec<String>,
     closed_upstreams: Vec<String>,
     concurrency: u32,
+    use_remote_address: bool,
 }
 
 impl MeshBuilder {
@@ -105,6 +107,13 @@ impl MeshBuilder {
     /// Envoy worker threads (each runs its own VM of every module). Default 1.
     pub fn concurrency(mut self, workers: u32) -> Self {
         self.concurrency = workers;
+        self
+    }
+
+    /// The connection manager's `use_remote_address`: with `true`, `source.address` is the TCP
+    /// peer; with Envoy's default `false`, Envoy takes it from the last `x-forwarded-for` entry.
+    pub fn use_remote_address(mut self, on: bool) -> Self {
+        self.use_remote_address = on;
         self
     }
 
@@ -141,7 +150,11 @@ impl MeshBuilder {
             clusters.push(envoy::cluster(name, port));
         }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
-        let config = envoy::bootstrap(http_filters, routes, clusters);
+        let mut config = envoy::bootstrap(http_filters, routes, clusters);
+        if self.use_remote_address {
+            config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["use_remote_address"] = json!(true);
+        }
         let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener),
@@ -172,6 +185,7 @@ impl Mesh {
             upstreams: vec!["v1".to_owned(), "v2".to_owned()],
             closed_upstreams: Vec::new(),
             concurrency: 1,
+            use_remote_address: false,
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`request`]: request facts several filters key on (client IP).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
+//! - [`ratelimit`]: token buckets (governor's GCRA) in shared data, keys and slots.
 //! - [`breaker`]: the circuit breaker's policy, failure classification and state machine.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod filter;
 pub mod hash;
 pub mod hex;
 pub mod host;
+pub mod ratelimit;
 pub mod request;
 pub mod stats;
 pub mod store;

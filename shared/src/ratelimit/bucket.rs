@@ -1,0 +1,319 @@
+//! One token bucket decision, with governor's GCRA over a slot record read from shared data.
+//!
+//! A slot's state is one number, governor's *theoretical arrival time* (TAT): the instant at
+//! which the bucket is full again. It is stored as absolute wall-clock nanoseconds, so every VM
+//! (each with its own limiter) reads it the same way: governor measures time from the
+//! limiter's creation instant, and [`decide`] creates its limiter at the Unix epoch.
+//!
+//! governor does the arithmetic; this module only feeds it the record that was read and
+//! takes back the record to write. Reading and writing shared data is the caller's job
+//! (one read, then a compare-and-swap write), so the decision itself is a pure function.
+
+use std::cell::Cell;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+
+use crate::host::NANOS_PER_SEC;
+
+/// A slot record: the TAT, little-endian u64 nanoseconds since the epoch.
+pub type Record = [u8; 8];
+
+/// The record of a slot nobody has used: a TAT at the epoch, so the bucket is full.
+pub const FULL: Record = 0u64.to_le_bytes();
+
+/// A validated rate: `burst` tokens, one more every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    quota: Quota,
+}
+
+impl Rate {
+    /// `None` if the period is zero.
+    pub fn new(period: Duration, burst: NonZeroU32) -> Option<Self> {
+        let quota = Quota::with_period(period)?.allow_burst(burst);
+        Some(Self { quota })
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.quota.burst_size().get()
+    }
+
+    pub fn period(&self) -> Duration {
+        self.quota.replenish_interval()
+    }
+
+    /// How far ahead of now a TAT can lie: the time an empty bucket takes to fill.
+    fn horizon(&self) -> u64 {
+        duration_nanos(self.quota.burst_size_replenished_in())
+    }
+}
+
+/// What the bucket said about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Admitted: write `record` (with the CAS token of the read) to take the token.
+    Admit {
+        record: Record,
+        /// Tokens left after this request.
+        remaining: u32,
+        /// Nanoseconds until the bucket is full again.
+        full_in: u64,
+    },
+    /// Not admitted.
+    Reject {
+        /// Nanoseconds until a request would be admitted.
+        wait: u64,
+        /// Nanoseconds until the bucket is full again.
+        full_in: u64,
+        /// A record to write although nothing was admitted: the read one was impossible (the
+        /// clock stepped back, or not a record of ours) and is replaced by an empty bucket
+        /// now, so that it refills from now on. `None` normally: a rejection writes nothing.
+        repair: Option<Record>,
+    },
+}
+
+/// Decides one request at `now` (wall-clock nanoseconds) against the slot record read from
+/// shared data (`None`: never written, a full bucket).
+pub fn decide(rate: &Rate, record: Option<&[u8]>, now: u64) -> Outcome {
+    // An empty bucket at `now`: its TAT is a whole bucket ahead.
+    let empty = now.saturating_add(rate.horizon());
+    let read = record.map(|bytes| match Record::try_from(bytes) {
+        // Further ahead than an empty bucket means the wall clock stepped back: take it as
+        // empty now. Never as full: that would hand out tokens.
+        Ok(record) => u64::from_le_bytes(record).min(empty),
+        // Not a record of ours: empty as well, for the same reason.
+        Err(_) => empty,
+    });
+    let repaired = read == Some(empty) && record != Some(empty.to_le_bytes().as_slice());
+    let slot = OneSlot {
+        read: read.map(Nanos::from),
+        written: Cell::new(None),
+    };
+    let limiter = RateLimiter::<NotKeyed, _, _, StateInformationMiddleware>::new(
+        rate.quota,
+        slot,
+        EpochClock(Cell::new(0)),
+    );
+    // Created at the epoch; from here on governor reads the request's time.
+    limiter.clock().0.set(now);
+    let checked = limiter.check();
+    let slot = limiter.into_state_store();
+    match (checked, slot.written.get()) {
+        (Ok(snapshot), Some(tat)) => {
+            let tat = tat.as_u64();
+            Outcome::Admit {
+                record: tat.to_le_bytes(),
+                remaining: snapshot.remaining_burst_capacity(),
+                full_in: tat.saturating_sub(now),
+            }
+        }
+        (Err(not_until), _) => Outcome::Reject {
+            wait: duration_nanos(not_until.wait_time_from(Nanos::from(now))),
+            full_in: read.unwrap_or(now).saturating_sub(now),
+            repair: repaired.then(|| empty.to_le_bytes()),
+        },
+        // governor admitted without handing back a state: cannot happen; refuse to guess.
+        (Ok(_), None) => Outcome::Reject {
+            wait: duration_nanos(rate.period()),
+            full_in: rate.horizon(),
+            repair: None,
+        },
+    }
+}
+
+/// Whole seconds, rounded up: `Retry-After` and `X-RateLimit-Reset`.
+pub fn seconds_up(nanos: u64) -> u64 {
+    nanos.div_ceil(NANOS_PER_SEC)
+}
+
+fn duration_nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// governor's state store for a single decision: the TAT as read, and the TAT governor
+/// wants stored if it admits.
+struct OneSlot {
+    read: Option<Nanos>,
+    written: Cell<Option<Nanos>>,
+}
+
+impl StateStore for OneSlot {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let (outcome, tat) = f(self.read)?;
+        self.written.set(Some(tat));
+        Ok(outcome)
+    }
+}
+
+/// Absolute time for governor: reads 0 (the epoch) while the limiter is created, so governor's
+/// "start" is the epoch, then the request's wall-clock time.
+struct EpochClock(Cell<u64>);
+
+impl Clock for EpochClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.0.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::NANOS_PER_MS;
+
+    const NOW: u64 = 1_767_225_600 * NANOS_PER_SEC;
+
+    fn rate(per_s: u64, burst: u32) -> Rate {
+        Rate::new(
+            Duration::from_nanos(NANOS_PER_SEC / per_s),
+            NonZeroU32::new(burst).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Runs `n` requests at `now` against `record`, writing back what the outcomes say.
+    fn run(rate: &Rate, record: &mut Option<Record>, now: u64, n: usize) -> usize {
+        let mut admitted = 0;
+        for _ in 0..n {
+            match decide(rate, record.as_ref().map(|r| r.as_slice()), now) {
+                Outcome::Admit { record: next, .. } => {
+                    *record = Some(next);
+                    admitted += 1;
+                }
+                Outcome::Reject {
+                    repair: Some(next), ..
+                } => *record = Some(next),
+                Outcome::Reject { repair: None, .. } => {}
+            }
+        }
+        admitted
+    }
+
+    #[test]
+    fn a_fresh_bucket_admits_the_burst_then_refills_at_the_rate() {
+        let rate = rate(100, 50);
+        let mut record = None;
+        assert_eq!(run(&rate, &mut record, NOW, 80), 50);
+        // 100/s: one token every 10 ms.
+        assert_eq!(run(&rate, &mut record, NOW + 10 * NANOS_PER_MS, 5), 1);
+        assert_eq!(run(&rate, &mut record, NOW + 255 * NANOS_PER_MS, 100), 24);
+        // Long idle: never more than the burst.
+        assert_eq!(run(&rate, &mut record, NOW + 3600 * NANOS_PER_SEC, 100), 50);
+    }
+
+    #[test]
+    fn the_never_written_record_is_a_full_bucket() {
+        let rate = rate(5, 10);
+        let mut record = Some(FULL);
+        assert_eq!(run(&rate, &mut record, NOW, 30), 10);
+    }
+
+    #[test]
+    fn state_is_absolute_so_limiters_made_at_any_time_agree() {
+        // Every decide() makes its own limiter (as every VM does); the record alone carries
+        // the state, so a bucket emptied "by one VM" is empty for the next.
+        let rate = rate(5, 10);
+        let mut record = None;
+        assert_eq!(run(&rate, &mut record, NOW, 10), 10);
+        let later = NOW + 50 * NANOS_PER_MS;
+        assert!(matches!(
+            decide(&rate, record.as_ref().map(|r| r.as_slice()), later),
+            Outcome::Reject { .. }
+        ));
+        let tat = u64::from_le_bytes(record.unwrap());
+        assert_eq!(tat, NOW + 10 * 200 * NANOS_PER_MS, "TAT is wall-clock time");
+    }
+
+    #[test]
+    fn admitted_requests_report_remaining_tokens_and_time_to_full() {
+        let rate = rate(5, 10);
+        match decide(&rate, None, NOW) {
+            Outcome::Admit {
+                remaining, full_in, ..
+            } => {
+                assert_eq!(remaining, 9);
+                assert_eq!(full_in, 200 * NANOS_PER_MS);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejections_say_how_long_to_wait() {
+        let rate = rate(5, 10);
+        let mut record = None;
+        run(&rate, &mut record, NOW, 10);
+        let at = NOW + 30 * NANOS_PER_MS;
+        match decide(&rate, record.as_ref().map(|r| r.as_slice()), at) {
+            Outcome::Reject { wait, full_in, .. } => {
+                assert_eq!(wait, 170 * NANOS_PER_MS);
+                assert_eq!(full_in, 2 * NANOS_PER_SEC - 30 * NANOS_PER_MS);
+                assert_eq!(seconds_up(wait), 1);
+                assert_eq!(seconds_up(full_in), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn slow_rates_wait_whole_periods() {
+        // One token every 10 s.
+        let rate = Rate::new(Duration::from_secs(10), NonZeroU32::new(1).unwrap()).unwrap();
+        let mut record = None;
+        assert_eq!(run(&rate, &mut record, NOW, 1), 1);
+        match decide(&rate, record.as_ref().map(|r| r.as_slice()), NOW + 1) {
+            Outcome::Reject { wait, .. } => assert_eq!(seconds_up(wait), 10),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(run(&rate, &mut record, NOW + 10 * NANOS_PER_SEC, 2), 1);
+    }
+
+    #[test]
+    fn a_clock_step_back_leaves_an_empty_bucket_not_a_stuck_one() {
+        let rate = rate(5, 10);
+        let mut record = None;
+        run(&rate, &mut record, NOW, 10);
+        // The clock goes back an hour: the stored TAT lies far in the future.
+        let back = NOW - 3600 * NANOS_PER_SEC;
+        assert_eq!(run(&rate, &mut record, back, 5), 0, "empty, not full");
+        assert_eq!(
+            run(&rate, &mut record, back + 400 * NANOS_PER_MS, 5),
+            2,
+            "refilling at the rate, not blocked for an hour"
+        );
+    }
+
+    #[test]
+    fn a_record_of_the_wrong_size_is_an_empty_bucket_not_a_full_one() {
+        let rate = rate(5, 2);
+        let repair = match decide(&rate, Some(&[1, 2, 3]), NOW) {
+            Outcome::Reject {
+                repair: Some(repair),
+                ..
+            } => repair,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(u64::from_le_bytes(repair), NOW + 400 * NANOS_PER_MS);
+        assert!(matches!(
+            decide(&rate, Some(&repair), NOW + 200 * NANOS_PER_MS),
+            Outcome::Admit { remaining: 0, .. }
+        ));
+        // A normal rejection has nothing to repair.
+        assert!(matches!(
+            decide(&rate, Some(&repair), NOW),
+            Outcome::Reject { repair: None, .. }
+        ));
+    }
+}

@@ -1,0 +1,378 @@
+//! Token-bucket rate limiting, one bucket per key for all of Envoy.
+//!
+//! Each Envoy worker runs its own VM, so buckets live in Envoy's shared data, where every VM
+//! sees them: one fixed-size record per slot (see [`bucket`] for the record, [`key`] for
+//! slots). The arithmetic is governor's GCRA; the state it keeps is absolute wall-clock time,
+//! so VMs agree.
+//!
+//! A request is checked in two phases:
+//! 1. **Decide.** For every limit that applies, read its slot record and let governor decide.
+//!    If any limit rejects, the request is rejected and nothing is written: a request
+//!    rejected by one limit takes no token from the others (a client flooding its own
+//!    per-key limit does not drain a route-wide one).
+//! 2. **Take.** Write each admitting limit's new record with the CAS token of its read. If
+//!    another VM wrote the slot in between, that limit is decided again from a fresh read
+//!    ([`store::update`], bounded retries). Should it now reject, the request is rejected;
+//!    the limits already written keep the token they took (a rare race, never an extra
+//!    admission).
+//!
+//! In the common case a request costs one shared-data read and one CAS write per limit.
+//! When the retries run out or the host refuses a write, the request is let through
+//! (`failure_mode_deny: false`, the default) or rejected, and the error is reported.
+//!
+//! Slot records are created when a VM first binds a route, before it decides anything
+//! ([`RateLimitPolicy::bind`]): Envoy has no "create if absent", and two VMs creating the
+//! same record while deciding could each take the same token.
+
+pub mod bucket;
+pub mod config;
+pub mod key;
+
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::rc::Rc;
+
+pub use config::{
+    DEFAULT_SLOTS, KeyConfig, Limit, LimitConfig, MAX_LIMITS, RateLimitConfig, RateLimitPolicy,
+};
+
+use crate::filter::LocalReply;
+use crate::host::{Host, RequestHost, SharedError};
+use crate::store::{self, Step, UpdateError};
+use bucket::Outcome;
+use key::KeyValue;
+
+pub const RETRY_AFTER: &str = "retry-after";
+pub const LIMIT_HEADER: &str = "x-ratelimit-limit";
+pub const REMAINING_HEADER: &str = "x-ratelimit-remaining";
+pub const RESET_HEADER: &str = "x-ratelimit-reset";
+
+/// The shared-data key of one slot: `<plugin prefix>/ratelimit/<route>/<limit>/<slot>`.
+pub fn slot_key(key_prefix: &str, route_name: &str, limit_index: usize, slot: u32) -> String {
+    format!("{}{slot}", key_base(key_prefix, route_name, limit_index))
+}
+
+fn key_base(key_prefix: &str, route_name: &str, limit_index: usize) -> String {
+    format!("{key_prefix}/ratelimit/{route_name}/{limit_index}/")
+}
+
+/// What the policy decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No limit applied (every limit is header-keyed, skipped when the header is missing).
+    Unlimited,
+    Allowed,
+    Rejected,
+    /// Dry run: would have been rejected; let through.
+    DryRunRejected,
+}
+
+impl Decision {
+    /// The stats label; `None` for [`Decision::Unlimited`], which is not counted.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Unlimited => None,
+            Self::Allowed => Some("allowed"),
+            Self::Rejected => Some("rejected"),
+            Self::DryRunRejected => Some("dry_run_rejected"),
+        }
+    }
+}
+
+/// The tightest limit as the `X-RateLimit-*` headers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The limit's burst (bucket size).
+    pub limit: u32,
+    /// Tokens left after this request.
+    pub remaining: u32,
+    /// Whole seconds, rounded up, until the bucket is full again.
+    pub reset_s: u64,
+}
+
+/// The result of [`RouteLimits::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    pub decision: Decision,
+    /// For `X-RateLimit-*`: the rejecting limit, else the one with the fewest tokens left.
+    /// `None` when no limit applied or shared data failed.
+    pub budget: Option<Budget>,
+    /// Rejected: whole seconds, rounded up (at least 1), until a retry can pass.
+    pub retry_after_s: u64,
+    /// Shared data could not be updated; the decision is `failure_mode_deny`'s.
+    pub store_error: Option<UpdateError>,
+}
+
+/// A policy bound to one route in one VM: the slot keys of its limits.
+#[derive(Debug)]
+pub struct RouteLimits {
+    policy: Rc<RateLimitPolicy>,
+    limits: Vec<BoundLimit>,
+    /// Reused to build slot keys, so a request allocates no key.
+    scratch: RefCell<String>,
+}
+
+#[derive(Debug)]
+struct BoundLimit {
+    salt: u64,
+    key_base: String,
+}
+
+/// A limit that admitted the request in phase 1 and has its token to take.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    slot: u32,
+    cas: Option<u32>,
+    record: bucket::Record,
+}
+
+impl RateLimitPolicy {
+    /// Binds the policy to `route_name` and creates the slot records that do not exist yet
+    /// (every slot of every limit: the memory a limit will ever use).
+    pub fn bind(
+        self: &Rc<Self>,
+        key_prefix: &str,
+        route_name: &str,
+        host: &mut impl Host,
+    ) -> RouteLimits {
+        let limits: Vec<BoundLimit> = (0..self.limits.len())
+            .map(|i| BoundLimit {
+                salt: key::salt(route_name, i),
+                key_base: key_base(key_prefix, route_name, i),
+            })
+            .collect();
+        let mut failed = 0u32;
+        let mut key = String::new();
+        for (limit, bound) in self.limits.iter().zip(&limits) {
+            for slot in 0..limit.slots {
+                key.clear();
+                key.push_str(&bound.key_base);
+                let _ = write!(key, "{slot}");
+                if host.shared_get(&key).is_none()
+                    && host.shared_set(&key, &bucket::FULL, None).is_err()
+                {
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            log::warn!(
+                "ratelimit route={route_name}: {failed} slot records could not be created; they are created on first use"
+            );
+        }
+        RouteLimits {
+            policy: Rc::clone(self),
+            limits,
+            scratch: RefCell::new(String::with_capacity(key.capacity())),
+        }
+    }
+}
+
+impl RouteLimits {
+    pub fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+
+    /// Decides one request and takes its tokens (see the module docs for the two phases).
+    pub fn check(&self, host: &mut impl RequestHost) -> Check {
+        let now = host.now();
+        let policy = &*self.policy;
+        let mut pending: [Option<Pending>; MAX_LIMITS] = [None; MAX_LIMITS];
+        let mut budgets: [Option<Budget>; MAX_LIMITS] = [None; MAX_LIMITS];
+        // (wait, budget) of the rejecting limit that asks for the longest wait.
+        let mut rejected: Option<(u64, Budget)> = None;
+
+        for (i, (limit, bound)) in policy.limits.iter().zip(&self.limits).enumerate() {
+            let value = limit.key.read(host);
+            if value == KeyValue::Skip {
+                continue;
+            }
+            let slot = key::slot(bound.salt, &value, limit.slots);
+            let read = self.with_key(i, slot, |key| host.shared_get(key));
+            let record = read.as_ref().map(|r| r.value.as_slice());
+            match bucket::decide(&limit.rate, record, now) {
+                Outcome::Admit {
+                    record,
+                    remaining,
+                    full_in,
+                } => {
+                    set(&mut budgets, i, budget(limit, remaining, full_in));
+                    set(
+                        &mut pending,
+                        i,
+                        Pending {
+                            slot,
+                            cas: read.map(|r| r.cas),
+                            record,
+                        },
+                    );
+                }
+                Outcome::Reject {
+                    wait,
+                    full_in,
+                    repair,
+                } => {
+                    if let Some(repair) = repair {
+                        // Rare (the clock stepped back): best effort, the next request repairs
+                        // it otherwise.
+                        let cas = read.map(|r| r.cas);
+                        let _ = self.with_key(i, slot, |key| host.shared_set(key, &repair, cas));
+                    }
+                    if rejected.is_none_or(|(longest, _)| wait > longest) {
+                        rejected = Some((wait, budget(limit, 0, full_in)));
+                    }
+                }
+            }
+        }
+        if let Some((wait, budget)) = rejected {
+            return self.reject(wait, Some(budget), None);
+        }
+        if pending.iter().all(Option::is_none) {
+            return Check {
+                decision: Decision::Unlimited,
+                budget: None,
+                retry_after_s: 0,
+                store_error: None,
+            };
+        }
+
+        let mut store_error = None;
+        for (i, (limit, pending)) in policy.limits.iter().zip(pending).enumerate() {
+            let Some(pending) = pending else { continue };
+            let taken = self.with_key(i, pending.slot, |key| {
+                match host.shared_set(key, &pending.record, pending.cas) {
+                    Ok(()) => Ok(None),
+                    Err(SharedError::Failed) => Err(UpdateError::Failed),
+                    // Another VM took from this slot since the read: decide again.
+                    Err(SharedError::CasMismatch) => {
+                        store::update(host, key, store::DEFAULT_ATTEMPTS - 1, |record| {
+                            let outcome = bucket::decide(&limit.rate, record, now);
+                            let write = match outcome {
+                                Outcome::Admit { record, .. }
+                                | Outcome::Reject {
+                                    repair: Some(record),
+                                    ..
+                                } => Some(record.to_vec()),
+                                Outcome::Reject { repair: None, .. } => None,
+                            };
+                            Step {
+                                write,
+                                result: outcome,
+                            }
+                        })
+                        .map(Some)
+                    }
+                }
+            });
+            match taken {
+                Ok(None) => {}
+                Ok(Some(Outcome::Admit {
+                    remaining, full_in, ..
+                })) => set(&mut budgets, i, budget(limit, remaining, full_in)),
+                Ok(Some(Outcome::Reject { wait, full_in, .. })) => {
+                    return self.reject(wait, Some(budget(limit, 0, full_in)), None);
+                }
+                Err(error) => {
+                    store_error = Some(error);
+                    if policy.failure_mode_deny {
+                        return self.reject(0, None, store_error);
+                    }
+                }
+            }
+        }
+        Check {
+            decision: Decision::Allowed,
+            budget: if store_error.is_some() {
+                None
+            } else {
+                tightest(&budgets)
+            },
+            retry_after_s: 0,
+            store_error,
+        }
+    }
+
+    fn reject(&self, wait: u64, budget: Option<Budget>, store_error: Option<UpdateError>) -> Check {
+        Check {
+            decision: if self.policy.dry_run {
+                Decision::DryRunRejected
+            } else {
+                Decision::Rejected
+            },
+            budget,
+            retry_after_s: bucket::seconds_up(wait).max(1),
+            store_error,
+        }
+    }
+
+    /// Runs `f` with the shared-data key of `slot` of limit `limit`.
+    fn with_key<R>(&self, limit: usize, slot: u32, f: impl FnOnce(&str) -> R) -> R {
+        let base = self.limits.get(limit).map_or("", |b| b.key_base.as_str());
+        match self.scratch.try_borrow_mut() {
+            Ok(mut key) => {
+                key.clear();
+                key.push_str(base);
+                let _ = write!(key, "{slot}");
+                f(&key)
+            }
+            Err(_) => f(&format!("{base}{slot}")),
+        }
+    }
+}
+
+impl RateLimitPolicy {
+    /// The local reply for a rejected request.
+    pub fn reject_reply(&self, check: &Check) -> LocalReply {
+        let mut headers = vec![
+            (RETRY_AFTER.to_owned(), check.retry_after_s.to_string()),
+            ("content-type".to_owned(), self.content_type.clone()),
+        ];
+        if let Some(budget) = check.budget.filter(|_| self.rate_limit_headers) {
+            headers.extend(
+                budget_headers(&budget)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_string())),
+            );
+        }
+        LocalReply {
+            status: self.status,
+            headers,
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// The `X-RateLimit-*` headers and their values.
+pub fn budget_headers(budget: &Budget) -> [(&'static str, u64); 3] {
+    [
+        (LIMIT_HEADER, u64::from(budget.limit)),
+        (REMAINING_HEADER, u64::from(budget.remaining)),
+        (RESET_HEADER, budget.reset_s),
+    ]
+}
+
+fn budget(limit: &Limit, remaining: u32, full_in: u64) -> Budget {
+    Budget {
+        limit: limit.rate.burst(),
+        remaining,
+        reset_s: bucket::seconds_up(full_in),
+    }
+}
+
+/// The budget with the fewest tokens left (the longest reset among equals).
+fn tightest(budgets: &[Option<Budget>]) -> Option<Budget> {
+    budgets
+        .iter()
+        .flatten()
+        .copied()
+        .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_s)))
+}
+
+fn set<T>(slots: &mut [Option<T>], index: usize, value: impl Into<Option<T>>) {
+    if let Some(slot) = slots.get_mut(index) {
+        *slot = value.into();
+    }
+}
+
+#[cfg(test)]
+mod tests;

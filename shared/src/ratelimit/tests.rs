@@ -1,0 +1,631 @@
+use super::*;
+use crate::config::{Envelope, FieldPath, parse_json};
+use crate::fake::FakeHost;
+use crate::host::{Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, Shared};
+
+const PREFIX: &str = "mesh.ratelimit/mesh.ratelimit";
+
+fn policy(json: &str) -> Rc<RateLimitPolicy> {
+    let config: RateLimitConfig = parse_json(json.as_bytes()).unwrap();
+    Rc::new(RateLimitPolicy::compile(config, &FieldPath::root()).unwrap())
+}
+
+fn bind(json: &str, host: &mut impl Host) -> RouteLimits {
+    policy(json).bind(PREFIX, "limited", host)
+}
+
+fn compile_err(json: &str) -> String {
+    let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
+    match envelope.and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile)) {
+        Ok(_) => panic!("{json} should be rejected"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// `n` requests at the host's current time; how many each decision got.
+fn send(route: &RouteLimits, host: &mut FakeHost, n: usize) -> (usize, usize) {
+    let mut allowed = 0;
+    let mut rejected = 0;
+    for _ in 0..n {
+        match route.check(host).decision {
+            Decision::Allowed => allowed += 1,
+            Decision::Rejected | Decision::DryRunRejected => rejected += 1,
+            Decision::Unlimited => {}
+        }
+    }
+    (allowed, rejected)
+}
+
+fn with_key(host: &mut FakeHost, key: &str) {
+    host.set_request_header("x-api-key", key.as_bytes());
+}
+
+const PER_KEY: &str =
+    r#"{"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}}]}"#;
+
+#[test]
+fn defaults() {
+    let p = policy(r#"{"limits": [{"rate_per_s": 100, "burst": 50}]}"#);
+    assert_eq!(p.limits.len(), 1);
+    assert_eq!(p.limits[0].key, key::Key::Route);
+    assert_eq!(p.limits[0].slots, 1);
+    assert_eq!(p.limits[0].rate.burst(), 50);
+    assert_eq!(
+        p.limits[0].rate.period(),
+        std::time::Duration::from_millis(10)
+    );
+    assert!(!p.dry_run);
+    assert_eq!(p.status, 429);
+    assert_eq!(p.body, br#"{"error":"rate_limited"}"#);
+    assert_eq!(p.content_type, "application/json");
+    assert!(p.rate_limit_headers);
+    assert!(!p.failure_mode_deny);
+    let p = policy(PER_KEY);
+    assert_eq!(p.limits[0].slots, DEFAULT_SLOTS);
+    assert!(matches!(
+        &p.limits[0].key,
+        key::Key::Header { name, missing: key::Missing::Share } if name.as_str() == "x-api-key"
+    ));
+    let p = policy(r#"{"limits": [{"rate_per_s": 0.5, "burst": 1, "key": "path", "slots": 7}]}"#);
+    assert_eq!(p.limits[0].rate.period(), std::time::Duration::from_secs(2));
+    assert_eq!(p.limits[0].slots, 7);
+    for (rate, period_ns) in [
+        ("0.001", 1_000_000_000_000),
+        ("2.250", 444_444_444),
+        ("3", 333_333_333),
+        ("1000000", 1000),
+    ] {
+        let p = policy(&format!(
+            r#"{{"limits": [{{"rate_per_s": {rate}, "burst": 1}}]}}"#
+        ));
+        assert_eq!(p.limits[0].rate.period().as_nanos(), period_ns, "{rate}");
+    }
+}
+
+#[test]
+fn config_errors_name_route_and_field() {
+    let cases = [
+        (
+            r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 1, "burst": 0}]}}}"#,
+            r#"routes["checkout"].limits[0].burst: must be at least 1"#,
+        ),
+        (
+            r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 1, "burst": 1}, {"rate_per_s": 0, "burst": 1}]}}}"#,
+            r#"routes["checkout"].limits[1].rate_per_s: must be between 0.001 and 1000000"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 2000000}]}}"#,
+            "default.limits[0].burst: must be at most 1000000",
+        ),
+        (
+            r#"{"default": {"limits": []}}"#,
+            "default.limits: must list at least one limit",
+        ),
+        (r#"{"default": {}}"#, r#"default: missing field "limits""#),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "slots": 8}]}}"#,
+            "default.limits[0].slots: a route-wide limit (no key) has one bucket; slots apply to keyed limits",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": "path", "slots": 0}]}}"#,
+            "default.limits[0].slots: must be at least 1",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": "path", "slots": 65537}]}}"#,
+            "default.limits[0].slots: must be at most 65536",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": "ip"}]}}"#,
+            r#"default.limits[0].key: unknown key "ip", expected one of "route", "client_address", "path""#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": {"header": "x key"}}]}}"#,
+            r#"default.limits[0].key.header: header name "x key" has character ' ', which HTTP does not allow in a name"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": {"header": "x", "when_missing": "deny"}}]}}"#,
+            r#"default.limits[0].key.when_missing: unknown choice "deny", expected one of "share", "skip""#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": {"heder": "x"}}]}}"#,
+            r#"default.limits[0].key: missing field "header""#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": 3}]}}"#,
+            r#"default.limits[0].key: expected "route", "client_address", "path" or {"header": "<name>"}, found the number 3"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1}], "status": 200}}"#,
+            "default.status: must be a 4xx or 5xx status (default 429)",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1}], "content_type": "a\nb"}}"#,
+            "default.content_type: must be a non-empty header value of printable ASCII",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "brust": 2}]}}"#,
+            r#"default.limits[0].brust: unknown field, expected one of "rate_per_s", "burst", "key", "slots""#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1e2, "burst": 1}]}}"#,
+            "default.limits[0].rate_per_s: expected a plain decimal number with at most 3 decimals, like 100 or 0.5, found the number 1e2",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 0.0005, "burst": 1}]}}"#,
+            "default.limits[0].rate_per_s: expected a plain decimal number with at most 3 decimals, like 100 or 0.5, found the number 0.0005",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": -1, "burst": 1}]}}"#,
+            "default.limits[0].rate_per_s: expected a plain decimal number with at most 3 decimals, like 100 or 0.5, found the number -1",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1000000.001, "burst": 1}]}}"#,
+            "default.limits[0].rate_per_s: must be between 0.001 and 1000000",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": "5", "burst": 1}]}}"#,
+            r#"default.limits[0].rate_per_s: expected a number, found the string "5""#,
+        ),
+    ];
+    for (json, expected) in cases {
+        assert_eq!(compile_err(json), expected, "{json}");
+    }
+    let nine = [r#"{"rate_per_s": 1, "burst": 1}"#; 9].join(",");
+    assert_eq!(
+        compile_err(&format!(r#"{{"default": {{"limits": [{nine}]}}}}"#)),
+        "default.limits: at most 8 limits per route"
+    );
+}
+
+#[test]
+fn the_burst_passes_then_requests_are_rejected_with_retry_after() {
+    let mut host = FakeHost::new();
+    let route = bind(r#"{"limits": [{"rate_per_s": 5, "burst": 10}]}"#, &mut host);
+    let first = route.check(&mut host);
+    assert_eq!(first.decision, Decision::Allowed);
+    assert_eq!(
+        first.budget,
+        Some(Budget {
+            limit: 10,
+            remaining: 9,
+            reset_s: 1
+        })
+    );
+    assert_eq!(send(&route, &mut host, 29), (9, 20));
+    host.advance_ms(50);
+    let rejected = route.check(&mut host);
+    assert_eq!(rejected.decision, Decision::Rejected);
+    // The next token is due 200 ms after the start; 150 ms left: 1 s rounded up.
+    assert_eq!(rejected.retry_after_s, 1);
+    assert_eq!(
+        rejected.budget,
+        Some(Budget {
+            limit: 10,
+            remaining: 0,
+            reset_s: 2
+        })
+    );
+    assert_eq!(rejected.store_error, None);
+}
+
+#[test]
+fn tokens_come_back_at_the_rate_and_never_beyond_the_burst() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 100, "burst": 50}]}"#,
+        &mut host,
+    );
+    assert_eq!(send(&route, &mut host, 200), (50, 150));
+    host.advance_ms(100);
+    assert_eq!(send(&route, &mut host, 200).0, 10);
+    host.advance_ms(60_000);
+    assert_eq!(send(&route, &mut host, 200).0, 50);
+}
+
+#[test]
+fn slow_rates_give_a_long_retry_after() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 0.1, "burst": 1}]}"#,
+        &mut host,
+    );
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    host.advance_ms(300);
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.retry_after_s, 10);
+    host.advance_ms(9_700);
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+}
+
+#[test]
+fn every_vm_shares_one_bucket() {
+    // Two VMs: each binds the route itself and keeps nothing but what shared data holds.
+    let mut host = FakeHost::new();
+    let vm1 = bind(PER_KEY, &mut host);
+    with_key(&mut host, "alice");
+    assert_eq!(send(&vm1, &mut host, 6), (6, 0));
+    host.advance_ms(1);
+    let vm2 = bind(PER_KEY, &mut host);
+    assert_eq!(
+        send(&vm2, &mut host, 6),
+        (4, 2),
+        "vm2 binding did not refill"
+    );
+    assert_eq!(send(&vm1, &mut host, 6), (0, 6));
+}
+
+#[test]
+fn keys_are_independent() {
+    let mut host = FakeHost::new();
+    let route = bind(PER_KEY, &mut host);
+    let (alice, bob) = (
+        KeyValue::Value(b"alice".to_vec()),
+        KeyValue::Value(b"bob".to_vec()),
+    );
+    let salt = key::salt("limited", 0);
+    assert_ne!(
+        key::slot(salt, &alice, DEFAULT_SLOTS),
+        key::slot(salt, &bob, DEFAULT_SLOTS)
+    );
+    with_key(&mut host, "alice");
+    assert_eq!(send(&route, &mut host, 30), (10, 20));
+    with_key(&mut host, "bob");
+    assert_eq!(send(&route, &mut host, 30), (10, 20));
+}
+
+#[test]
+fn colliding_keys_share_a_bucket_and_gain_nothing() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}, "slots": 1}]}"#,
+        &mut host,
+    );
+    with_key(&mut host, "alice");
+    assert_eq!(send(&route, &mut host, 4), (4, 0));
+    // Every other key lands in alice's slot: together they get what is left of one bucket.
+    for i in 0..100 {
+        with_key(&mut host, &format!("newcomer-{i}"));
+        send(&route, &mut host, 1);
+    }
+    with_key(&mut host, "alice");
+    assert_eq!(send(&route, &mut host, 10), (0, 10));
+}
+
+#[test]
+fn memory_is_bounded_by_slots_however_many_keys_arrive() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [
+            {"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}, "slots": 64},
+            {"rate_per_s": 5, "burst": 10, "key": "path", "slots": 16},
+            {"rate_per_s": 1000, "burst": 1000}
+        ]}"#,
+        &mut host,
+    );
+    // Every record a limit will ever use exists once the route is bound.
+    assert_eq!(host.shared_keys(), 64 + 16 + 1);
+    for i in 0..10_000 {
+        with_key(&mut host, &format!("client-{i}"));
+        host.set_request_header(":path", format!("/limited/{i}").as_bytes());
+        route.check(&mut host);
+    }
+    assert_eq!(host.shared_keys(), 64 + 16 + 1);
+    assert!(
+        host.shared_get(&slot_key(PREFIX, "limited", 2, 0))
+            .is_some()
+    );
+}
+
+#[test]
+fn binding_again_keeps_the_state_of_existing_slots() {
+    let mut host = FakeHost::new();
+    let route = bind(r#"{"limits": [{"rate_per_s": 1, "burst": 3}]}"#, &mut host);
+    assert_eq!(send(&route, &mut host, 3), (3, 0));
+    let again = bind(r#"{"limits": [{"rate_per_s": 1, "burst": 3}]}"#, &mut host);
+    assert_eq!(send(&again, &mut host, 3), (0, 3));
+}
+
+#[test]
+fn a_request_rejected_by_one_limit_takes_no_token_from_the_others() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [
+            {"rate_per_s": 1, "burst": 20},
+            {"rate_per_s": 1, "burst": 2, "key": {"header": "x-api-key"}}
+        ]}"#,
+        &mut host,
+    );
+    with_key(&mut host, "noisy");
+    assert_eq!(send(&route, &mut host, 50), (2, 48));
+    // The route-wide bucket lost only the two admitted requests.
+    for i in 0..18 {
+        with_key(&mut host, &format!("quiet-{i}"));
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed, "{i}");
+    }
+    with_key(&mut host, "one-more");
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.budget.map(|b| b.limit), Some(20));
+}
+
+#[test]
+fn headers_describe_the_tightest_limit() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [
+            {"rate_per_s": 10, "burst": 100},
+            {"rate_per_s": 1, "burst": 3, "key": "client_address"}
+        ]}"#,
+        &mut host,
+    );
+    host.set_property(&["source", "address"], "10.0.0.1:5555");
+    let check = route.check(&mut host);
+    assert_eq!(
+        check.budget,
+        Some(Budget {
+            limit: 3,
+            remaining: 2,
+            reset_s: 1
+        })
+    );
+    send(&route, &mut host, 2);
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.retry_after_s, 1);
+    assert_eq!(
+        check.budget,
+        Some(Budget {
+            limit: 3,
+            remaining: 0,
+            reset_s: 3
+        })
+    );
+    // Another client address has its own bucket.
+    host.set_property(&["source", "address"], "10.0.0.2:5555");
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+}
+
+#[test]
+fn missing_header_shares_one_bucket_or_skips_the_limit() {
+    let mut host = FakeHost::new();
+    let shared = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 2, "key": {"header": "x-api-key"}}]}"#,
+        &mut host,
+    );
+    assert_eq!(send(&shared, &mut host, 5), (2, 3));
+    host.set_request_header("x-api-key", b"");
+    assert_eq!(send(&shared, &mut host, 1), (0, 1), "empty is missing");
+
+    let mut host = FakeHost::new();
+    let skip = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 2, "key": {"header": "x-api-key", "when_missing": "skip"}}]}"#,
+        &mut host,
+    );
+    let check = skip.check(&mut host);
+    assert_eq!(check.decision, Decision::Unlimited);
+    assert_eq!(check.budget, None);
+    assert_eq!(send(&skip, &mut host, 50), (0, 0));
+    with_key(&mut host, "k");
+    assert_eq!(send(&skip, &mut host, 5), (2, 3));
+}
+
+#[test]
+fn path_keys_normalise_so_spellings_share_a_bucket() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 3, "key": "path"}]}"#,
+        &mut host,
+    );
+    for path in ["/api/items", "/API/items?page=2", "//api/%69tems/"] {
+        host.set_request_header(":path", path.as_bytes());
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed, "{path}");
+    }
+    host.set_request_header(":path", b"/Api/Items");
+    assert_eq!(route.check(&mut host).decision, Decision::Rejected);
+    host.set_request_header(":path", b"/api/other");
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+}
+
+#[test]
+fn dry_run_counts_would_be_rejections_and_writes_nothing_for_them() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 2}], "dry_run": true}"#,
+        &mut host,
+    );
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    let key = slot_key(PREFIX, "limited", 0, 0);
+    let before = host.shared_get(&key).unwrap();
+    assert_eq!(route.check(&mut host).decision, Decision::DryRunRejected);
+    assert_eq!(host.shared_get(&key).unwrap(), before);
+}
+
+#[test]
+fn a_cas_conflict_is_decided_again_and_takes_one_token() {
+    let mut host = FakeHost::new();
+    let route = bind(r#"{"limits": [{"rate_per_s": 1, "burst": 3}]}"#, &mut host);
+    host.cas_conflicts = 5;
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Allowed);
+    assert_eq!(check.store_error, None);
+    assert_eq!(check.budget.map(|b| b.remaining), Some(2));
+    assert_eq!(host.cas_conflicts, 0);
+    assert_eq!(send(&route, &mut host, 5), (2, 3));
+}
+
+/// A host where another VM takes the slot's last token between our read and our write.
+struct Racing {
+    host: FakeHost,
+    /// Written (as another VM would) just before our next CAS write.
+    steal: Option<(String, Vec<u8>)>,
+}
+
+impl Host for Racing {
+    fn now(&self) -> Nanos {
+        self.host.now()
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.host.random_u64()
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+    fn shared_get(&self, key: &str) -> Option<Shared> {
+        self.host.shared_get(key)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if let Some((stolen, record)) = self.steal.take() {
+            self.host.shared_put(&stolen, &record);
+        }
+        self.host.shared_set(key, value, cas)
+    }
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
+        self.host.define_metric(kind, name)
+    }
+    fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        self.host.increment_metric(metric, delta);
+    }
+    fn record_metric(&mut self, metric: Metric, value: u64) {
+        self.host.record_metric(metric, value);
+    }
+}
+
+impl RequestHost for Racing {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.host.request_header_values(name)
+    }
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.host.set_request_header(name, value);
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.host.remove_request_header(name);
+    }
+    fn clear_route_cache(&mut self) {
+        self.host.clear_route_cache();
+    }
+}
+
+#[test]
+fn losing_the_last_token_to_another_vm_rejects() {
+    let mut host = Racing {
+        host: FakeHost::new(),
+        steal: None,
+    };
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 1}, {"rate_per_s": 1, "burst": 5, "key": "path"}]}"#,
+        &mut host,
+    );
+    host.host.set_request_header(":path", b"/a");
+    // The route-wide bucket has one token; another VM takes it after our read.
+    let key = slot_key(PREFIX, "limited", 0, 0);
+    let empty = (host.host.now() + NANOS_PER_SEC).to_le_bytes().to_vec();
+    host.steal = Some((key.clone(), empty.clone()));
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.retry_after_s, 1);
+    assert_eq!(host.shared_get(&key).unwrap().value, empty);
+}
+
+#[test]
+fn exhausted_retries_fail_open_by_default_and_closed_when_asked() {
+    let mut host = FakeHost::new();
+    let open = bind(r#"{"limits": [{"rate_per_s": 1, "burst": 3}]}"#, &mut host);
+    host.cas_conflicts = usize::MAX;
+    let check = open.check(&mut host);
+    assert_eq!(check.decision, Decision::Allowed);
+    assert_eq!(check.store_error, Some(UpdateError::Contended));
+    assert_eq!(check.budget, None);
+
+    let mut host = FakeHost::new();
+    let closed = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 3}], "failure_mode_deny": true}"#,
+        &mut host,
+    );
+    host.cas_conflicts = usize::MAX;
+    let check = closed.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.store_error, Some(UpdateError::Contended));
+    assert_eq!(check.retry_after_s, 1);
+}
+
+#[test]
+fn the_reject_reply_carries_status_headers_and_body() {
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 5, "burst": 1}], "status": 503, "body": "slow down", "content_type": "text/plain"}"#,
+        &mut host,
+    );
+    route.check(&mut host);
+    let check = route.check(&mut host);
+    let reply = route.policy().reject_reply(&check);
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body, b"slow down");
+    let header = |name: &str| {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("retry-after"), Some("1"));
+    assert_eq!(header("content-type"), Some("text/plain"));
+    assert_eq!(header("x-ratelimit-limit"), Some("1"));
+    assert_eq!(header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(header("x-ratelimit-reset"), Some("1"));
+
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 5, "burst": 1}], "rate_limit_headers": false}"#,
+        &mut host,
+    );
+    let check = route.check(&mut host);
+    let reply = route.policy().reject_reply(&check);
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body, br#"{"error":"rate_limited"}"#);
+    assert!(
+        reply
+            .headers
+            .iter()
+            .all(|(n, _)| !n.starts_with("x-ratelimit"))
+    );
+    assert!(reply.headers.iter().any(|(n, _)| n == "retry-after"));
+}
+
+#[test]
+fn time_is_absolute_in_the_records() {
+    let mut host = FakeHost::new();
+    let route = bind(r#"{"limits": [{"rate_per_s": 10, "burst": 1}]}"#, &mut host);
+    route.check(&mut host);
+    let record = host
+        .shared_get(&slot_key(PREFIX, "limited", 0, 0))
+        .unwrap()
+        .value;
+    let tat = u64::from_le_bytes(record.try_into().unwrap());
+    assert_eq!(tat, FakeHost::START + 100 * NANOS_PER_MS);
+}
+
+#[test]
+fn the_readme_example_compiles() {
+    let json = r#"{
+      "routes": {
+        "limited": {"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}}]},
+        "checkout": {
+          "limits": [
+            {"rate_per_s": 2, "burst": 5, "key": "client_address"},
+            {"rate_per_s": 100, "burst": 50}
+          ],
+          "dry_run": true
+        }
+      }
+    }"#;
+    let routes = Envelope::<RateLimitConfig>::from_json(json.as_bytes())
+        .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
+        .unwrap();
+    let checkout = routes.policy_for("checkout").unwrap();
+    assert!(checkout.dry_run);
+    assert_eq!(checkout.limits[0].key, key::Key::ClientAddress);
+}
