@@ -11,8 +11,10 @@
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`request`]: request facts several filters key on (client IP).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
+//! - [`canary`]: the canary release decision, cookie and query-string parsing.
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod config;
 pub mod fake;
 pub mod filter;

@@ -1,0 +1,712 @@
+//! The canary policy: which release a request belongs to, written as a request header that
+//! the routes match on (an Istio VirtualService header match sends it to subset v2).
+//!
+//! Order of decision, per request:
+//! 1. The tag header as the client sent it: kept and obeyed with `trust_incoming`, else
+//!    ignored (and removed), so clients cannot put themselves into the canary.
+//! 2. The rules, in order: the first that matches decides.
+//! 3. The weighted split: `percent` of the keys go to the canary. The key is the first
+//!    present of the `sticky` sources (then the sticky cookie); its point in `[0, 1)` is
+//!    `stable_hash(salt, key)`, so a key always gets the same answer on a route, two routes'
+//!    cohorts differ, and raising the percent only adds keys. Without a key: a random draw,
+//!    or, with a sticky cookie, a new random key that the response stores in the cookie.
+//!
+//! [`CanaryPolicy::decide`] only reads the request; the caller applies [`Decision::tag`].
+
+pub mod cookie;
+pub mod query;
+
+use crate::config::json::Json;
+use crate::config::read::{FromJson, Object, one_of, type_error};
+use crate::config::{ConfigError, FieldPath, HeaderName};
+use crate::hash::{stable_hash, unit_interval};
+use crate::hex;
+use crate::host::RequestHost;
+use crate::request::client_ip;
+
+pub const DEFAULT_HEADER: &str = "x-canary";
+pub const DEFAULT_VALUE: &str = "true";
+/// 30 days.
+pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 30 * 24 * 60 * 60;
+pub const CLIENT_ADDRESS: &str = "client_address";
+/// The Envoy attribute the client address comes from (the connection's peer).
+pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
+
+/// One route's canary policy as written in plugin JSON.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    /// The request header that carries the decision (default `x-canary`).
+    pub header: String,
+    /// Its value for the canary (default `"true"`); stable requests go without the header.
+    pub value: String,
+    /// Keep and obey a tag the request already carries (for internal hops that tagged).
+    pub trust_incoming: bool,
+    /// Checked in order; the first that matches decides.
+    pub rules: Vec<RuleConfig>,
+    /// Share of keys (or of requests without a key) sent to the canary, 0–100.
+    pub percent: f64,
+    /// Where the sticky key comes from, first present wins.
+    pub sticky: Vec<StickyKeyConfig>,
+    /// A cookie that keeps a browser without a sticky key in its cohort.
+    pub sticky_cookie: Option<StickyCookieConfig>,
+    /// The hash salt that picks the cohort; default: the route name.
+    pub salt: Option<String>,
+    /// A response header that tells the decision (for debugging); off by default.
+    pub response_header: Option<String>,
+}
+
+impl FromJson for CanaryConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            header: object.or("header", DEFAULT_HEADER.to_owned())?,
+            value: object.or("value", DEFAULT_VALUE.to_owned())?,
+            trust_incoming: object.or("trust_incoming", false)?,
+            rules: object.or("rules", Vec::new())?,
+            percent: object.or("percent", 0.0)?,
+            sticky: object.or("sticky", Vec::new())?,
+            sticky_cookie: object.nullable("sticky_cookie", None)?,
+            salt: object.nullable("salt", None)?,
+            response_header: object.nullable("response_header", None)?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// Which release a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    Canary,
+    Stable,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Self::Canary, Self::Stable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::Stable => "stable",
+        }
+    }
+}
+
+impl FromJson for Release {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        one_of(
+            value,
+            at,
+            "release",
+            &[("canary", Self::Canary), ("stable", Self::Stable)],
+        )
+    }
+}
+
+/// A rule as written: one target (`header`, `cookie`, `query` or `path_prefix`) and, except
+/// for `path_prefix`, one test (`exact`, `prefix` or `present`).
+#[derive(Debug, Clone, Default)]
+pub struct RuleConfig {
+    /// The stats label of the rule; default its index.
+    pub name: Option<String>,
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub path_prefix: Option<String>,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+    /// Where a matching request goes; default the canary.
+    pub release: Option<Release>,
+}
+
+impl FromJson for RuleConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            name: object.optional("name")?,
+            header: object.optional("header")?,
+            cookie: object.optional("cookie")?,
+            query: object.optional("query")?,
+            path_prefix: object.optional("path_prefix")?,
+            exact: object.optional("exact")?,
+            prefix: object.optional("prefix")?,
+            present: object.optional("present")?,
+            release: object.optional("release")?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// A sticky key source as written: `{"header": name}`, `{"cookie": name}` or
+/// `"client_address"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKeyConfig {
+    Header(String),
+    Cookie(String),
+    ClientAddress,
+}
+
+impl FromJson for StickyKeyConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        if let Json::String(_) = value {
+            return one_of(value, at, "key", &[(CLIENT_ADDRESS, ())]).map(|()| Self::ClientAddress);
+        }
+        if !matches!(value, Json::Object(_)) {
+            return Err(type_error(
+                value,
+                at,
+                r#""client_address" or an object with "header" or "cookie""#,
+            ));
+        }
+        let mut object = Object::new(value, at)?;
+        let header = object.optional("header")?;
+        let cookie = object.optional("cookie")?;
+        object.finish()?;
+        match (header, cookie) {
+            (Some(header), None) => Ok(Self::Header(header)),
+            (None, Some(cookie)) => Ok(Self::Cookie(cookie)),
+            (None, None) => Err(at.invalid(r#"needs "header" or "cookie""#)),
+            (Some(_), Some(_)) => {
+                Err(at
+                    .invalid(r#""header" and "cookie" cannot be combined: list them as two keys"#))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StickyCookieConfig {
+    pub name: String,
+    pub max_age_s: u64,
+    pub path: String,
+    pub secure: bool,
+}
+
+impl FromJson for StickyCookieConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            name: object.required("name")?,
+            max_age_s: object.or("max_age_s", DEFAULT_COOKIE_MAX_AGE_S)?,
+            path: object.or("path", "/".to_owned())?,
+            secure: object.or("secure", true)?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// A validated canary policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryPolicy {
+    pub header: HeaderName,
+    pub value: String,
+    pub trust_incoming: bool,
+    pub rules: Vec<Rule>,
+    /// 0–100.
+    pub percent: f64,
+    pub sticky: Vec<StickyKey>,
+    pub sticky_cookie: Option<StickyCookie>,
+    pub salt: Option<String>,
+    pub response_header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub target: Target,
+    pub release: Release,
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Header(HeaderName, Test),
+    Cookie(String, Test),
+    /// A query parameter, compared decoded.
+    Query(String, Test),
+    /// The path without its query string starts with this.
+    PathPrefix(String),
+}
+
+/// How a rule tests the value it looks at (bytes; case-sensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Test {
+    Exact(String),
+    Prefix(String),
+    /// `true`: the value is there (even empty); `false`: it is not.
+    Present(bool),
+}
+
+impl Test {
+    pub fn matches(&self, value: Option<&[u8]>) -> bool {
+        match self {
+            Self::Exact(expected) => value == Some(expected.as_bytes()),
+            Self::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_bytes())),
+            Self::Present(present) => value.is_some() == *present,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(String),
+    ClientAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    pub max_age_s: u64,
+    pub path: String,
+    pub secure: bool,
+}
+
+impl StickyCookie {
+    /// The `set-cookie` value that stores a new sticky key.
+    pub fn set_cookie(&self, key: &str) -> String {
+        cookie::set_cookie(&self.name, key, self.max_age_s, &self.path, self.secure)
+    }
+}
+
+impl CanaryPolicy {
+    pub fn compile(config: CanaryConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+        let header = HeaderName::parse(&config.header, &at.field("header"))?;
+        if !is_header_value(&config.value) {
+            return Err(at.field("value").invalid(format!(
+                "{:?} is not a usable header value: printable ASCII, not empty, no spaces at either end",
+                config.value
+            )));
+        }
+        let rules_at = at.field("rules");
+        let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.into_iter().enumerate() {
+            let rule = Rule::compile(rule, i, &header, &rules_at.index(i))?;
+            if rules.iter().any(|other| other.name == rule.name) {
+                return Err(rules_at
+                    .index(i)
+                    .field("name")
+                    .invalid(format!("{:?} names two rules", rule.name)));
+            }
+            rules.push(rule);
+        }
+        if !(0.0..=100.0).contains(&config.percent) {
+            return Err(at
+                .field("percent")
+                .invalid(format!("{} is not between 0 and 100", config.percent)));
+        }
+        let sticky_at = at.field("sticky");
+        let sticky = config
+            .sticky
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| StickyKey::compile(key, &header, &sticky_at.index(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sticky_cookie = match config.sticky_cookie {
+            Some(c) => Some(StickyCookie::compile(c, &at.field("sticky_cookie"))?),
+            None => None,
+        };
+        if config.salt.as_deref() == Some("") {
+            return Err(at
+                .field("salt")
+                .invalid("must not be empty (leave it out to salt with the route name)"));
+        }
+        let response_header = match config.response_header {
+            Some(name) => Some(HeaderName::parse(&name, &at.field("response_header"))?),
+            None => None,
+        };
+        Ok(Self {
+            header,
+            value: config.value,
+            trust_incoming: config.trust_incoming,
+            rules,
+            percent: config.percent,
+            sticky,
+            sticky_cookie,
+            salt: config.salt,
+            response_header,
+        })
+    }
+}
+
+impl Rule {
+    fn compile(
+        config: RuleConfig,
+        index: usize,
+        tag: &HeaderName,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
+        let name = config.name.unwrap_or_else(|| index.to_string());
+        if !is_label_value(&name) {
+            return Err(at.field("name").invalid(format!(
+                "{name:?} is not a usable stats label: letters, digits, '_', '-', '.'"
+            )));
+        }
+        let targets = [
+            ("header", config.header),
+            ("cookie", config.cookie),
+            ("query", config.query),
+            ("path_prefix", config.path_prefix),
+        ];
+        let mut given = targets
+            .into_iter()
+            .filter_map(|(field, value)| value.map(|v| (field, v)));
+        let Some((field, value)) = given.next() else {
+            return Err(at.invalid(r#"needs one of "header", "cookie", "query", "path_prefix""#));
+        };
+        if let Some((other, _)) = given.next() {
+            return Err(at.field(other).invalid(format!(
+                "a rule looks at one thing: {field:?} and {other:?} cannot be combined (write two rules)"
+            )));
+        }
+        let tests = [
+            ("exact", config.exact.map(Test::Exact)),
+            ("prefix", config.prefix.map(Test::Prefix)),
+            ("present", config.present.map(Test::Present)),
+        ];
+        let mut tests = tests
+            .into_iter()
+            .filter_map(|(name, test)| test.map(|t| (name, t)));
+        let first_test = tests.next();
+        if let (Some((first, _)), Some((other, _))) = (&first_test, tests.next()) {
+            return Err(at.field(other).invalid(format!(
+                "{first:?} and {other:?} cannot be combined: a rule has one test"
+            )));
+        }
+        let field_at = at.field(field);
+        let target = match (field, first_test) {
+            ("path_prefix", None) => {
+                if !value.starts_with('/') {
+                    return Err(field_at.invalid(format!("{value:?} must start with '/'")));
+                }
+                Target::PathPrefix(value)
+            }
+            ("path_prefix", Some((test, _))) => {
+                return Err(at
+                    .field(test)
+                    .invalid(r#"not used with "path_prefix", which is its own test"#));
+            }
+            (_, None) => {
+                return Err(at.invalid(format!(
+                    r#"{field:?} needs one of "exact", "prefix", "present""#
+                )));
+            }
+            ("header", Some((_, test))) => {
+                let name = HeaderName::parse(&value, &field_at)?;
+                if name == *tag {
+                    return Err(field_at.invalid(format!(
+                        "{value:?} is the tag header itself, which is removed before rules run \
+                         (set trust_incoming to obey it)"
+                    )));
+                }
+                Target::Header(name, test)
+            }
+            ("cookie", Some((_, test))) => {
+                if !cookie::is_name(&value) {
+                    return Err(field_at.invalid(format!("{value:?} is not a cookie name")));
+                }
+                Target::Cookie(value, test)
+            }
+            (_, Some((_, test))) => {
+                if value.is_empty() {
+                    return Err(field_at.invalid("the parameter name is empty"));
+                }
+                Target::Query(value, test)
+            }
+        };
+        Ok(Self {
+            name,
+            target,
+            release: config.release.unwrap_or(Release::Canary),
+        })
+    }
+}
+
+impl StickyKey {
+    fn compile(
+        config: StickyKeyConfig,
+        tag: &HeaderName,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
+        Ok(match config {
+            StickyKeyConfig::Header(name) => {
+                let at = at.field("header");
+                let header = HeaderName::parse(&name, &at)?;
+                if header == *tag {
+                    return Err(at.invalid(format!(
+                        "{name:?} is the tag header itself, which carries the decision, not a key"
+                    )));
+                }
+                Self::Header(header)
+            }
+            StickyKeyConfig::Cookie(name) => {
+                if !cookie::is_name(&name) {
+                    return Err(at
+                        .field("cookie")
+                        .invalid(format!("{name:?} is not a cookie name")));
+                }
+                Self::Cookie(name)
+            }
+            StickyKeyConfig::ClientAddress => Self::ClientAddress,
+        })
+    }
+}
+
+impl StickyCookie {
+    fn compile(config: StickyCookieConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+        if !cookie::is_name(&config.name) {
+            return Err(at
+                .field("name")
+                .invalid(format!("{:?} is not a cookie name", config.name)));
+        }
+        if config.max_age_s == 0 {
+            return Err(at.field("max_age_s").invalid("must be at least 1"));
+        }
+        if !cookie::is_path(&config.path) {
+            return Err(at.field("path").invalid(format!(
+                "{:?} is not a cookie path: starts with '/', printable ASCII, no ';'",
+                config.path
+            )));
+        }
+        Ok(Self {
+            name: config.name,
+            max_age_s: config.max_age_s,
+            path: config.path,
+            secure: config.secure,
+        })
+    }
+}
+
+/// Printable ASCII, not empty, no space at either end: safe in any header and in a route's
+/// exact header match.
+fn is_header_value(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && value.bytes().all(|c| (0x20..0x7f).contains(&c))
+}
+
+fn is_label_value(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// Why a request got its release; a stats label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The request came tagged and the policy trusts incoming tags.
+    Trusted,
+    /// The rule at this index matched.
+    Rule(usize),
+    /// The split, by the request's sticky key.
+    Sticky,
+    /// The split, by a random draw (the request had no key).
+    Random,
+}
+
+impl Reason {
+    /// The reasons that are not rules.
+    pub const SPLITS: [Reason; 3] = [Self::Trusted, Self::Sticky, Self::Random];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trusted => "trusted",
+            Self::Rule(_) => "rule",
+            Self::Sticky => "sticky",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// What to do with the tag header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagEdit {
+    /// Leave the request's headers as they are.
+    Keep,
+    /// Set the tag header to the policy's value (replacing any the client sent).
+    Set,
+    /// Remove the tag header the client sent.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub release: Release,
+    pub reason: Reason,
+    pub tag: TagEdit,
+    /// A new sticky key to store in the sticky cookie: the request had none.
+    pub new_sticky_key: Option<String>,
+}
+
+impl CanaryPolicy {
+    /// Decides the request's release. `salt` is the configured salt or the route name.
+    /// Reads the request through `host` and changes nothing.
+    pub fn decide(&self, salt: &[u8], host: &mut impl RequestHost) -> Decision {
+        let incoming = host.request_header(self.header.as_str());
+        if self.trust_incoming
+            && let Some(value) = &incoming
+        {
+            let release = if value.as_slice() == self.value.as_bytes() {
+                Release::Canary
+            } else {
+                Release::Stable
+            };
+            return Decision {
+                release,
+                reason: Reason::Trusted,
+                tag: TagEdit::Keep,
+                new_sticky_key: None,
+            };
+        }
+        let mut request = Request::new(&*host);
+        let ruled = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(&mut request));
+        let (release, reason, new_sticky_key) = match ruled {
+            Some((i, rule)) => (rule.release, Reason::Rule(i), None),
+            None => match self.sticky_key(&mut request) {
+                Some(key) => (self.release_at(point(salt, &key)), Reason::Sticky, None),
+                None => self.draw(salt, host),
+            },
+        };
+        let tag = match (release, incoming.is_some()) {
+            (Release::Canary, _) => TagEdit::Set,
+            (Release::Stable, true) => TagEdit::Remove,
+            (Release::Stable, false) => TagEdit::Keep,
+        };
+        Decision {
+            release,
+            reason,
+            tag,
+            new_sticky_key,
+        }
+    }
+
+    /// The first present, non-empty sticky key; the sticky cookie comes last.
+    fn sticky_key<H: RequestHost>(&self, request: &mut Request<'_, H>) -> Option<Vec<u8>> {
+        let configured = self.sticky.iter().find_map(|source| {
+            let key = match source {
+                StickyKey::Header(name) => request.host.request_header(name.as_str()),
+                StickyKey::Cookie(name) => request.cookie(name).map(<[u8]>::to_vec),
+                StickyKey::ClientAddress => request
+                    .host
+                    .property(&SOURCE_ADDRESS)
+                    .map(|address| client_ip(&address).to_vec()),
+            };
+            key.filter(|k| !k.is_empty())
+        });
+        configured.or_else(|| {
+            let name = &self.sticky_cookie.as_ref()?.name;
+            request
+                .cookie(name)
+                .filter(|k| !k.is_empty())
+                .map(<[u8]>::to_vec)
+        })
+    }
+
+    /// No key: a random draw; with a sticky cookie, a new random key the cookie keeps.
+    fn draw(&self, salt: &[u8], host: &mut impl RequestHost) -> (Release, Reason, Option<String>) {
+        if self.sticky_cookie.is_none() {
+            let release = self.release_at(unit_interval(host.random_u64()));
+            return (release, Reason::Random, None);
+        }
+        let mut key = [0u8; 16];
+        let (high, low) = key.split_at_mut(8);
+        high.copy_from_slice(&host.random_u64().to_be_bytes());
+        low.copy_from_slice(&host.random_u64().to_be_bytes());
+        let key = hex::encode(&key);
+        let release = self.release_at(point(salt, key.as_bytes()));
+        (release, Reason::Random, Some(key))
+    }
+
+    /// The release of a point in `[0, 1)`: below `percent / 100` is the canary, so raising
+    /// the percent only moves points from stable to canary.
+    pub fn release_at(&self, point: f64) -> Release {
+        if self.percent >= 100.0 || point < self.percent / 100.0 {
+            Release::Canary
+        } else {
+            Release::Stable
+        }
+    }
+
+    /// The debugging response header's value: `canary; rule=force`, `stable; sticky`.
+    pub fn describe(&self, decision: &Decision) -> String {
+        let release = decision.release.as_str();
+        match decision.reason {
+            Reason::Rule(i) => {
+                let name = self.rules.get(i).map_or("", |rule| rule.name.as_str());
+                format!("{release}; rule={name}")
+            }
+            reason => format!("{release}; {}", reason.as_str()),
+        }
+    }
+}
+
+/// A sticky key's point in `[0, 1)` on a route.
+pub fn point(salt: &[u8], key: &[u8]) -> f64 {
+    unit_interval(stable_hash(&[salt, key]))
+}
+
+impl Rule {
+    fn matches<H: RequestHost>(&self, request: &mut Request<'_, H>) -> bool {
+        match &self.target {
+            Target::Header(name, test) => {
+                test.matches(request.host.request_header(name.as_str()).as_deref())
+            }
+            Target::Cookie(name, test) => test.matches(request.cookie(name)),
+            Target::Query(name, test) => {
+                let value = request
+                    .path()
+                    .and_then(|path| query::param(query::query_of(path), name.as_bytes()));
+                test.matches(value.as_deref())
+            }
+            Target::PathPrefix(prefix) => request
+                .path()
+                .is_some_and(|path| query::path_only(path).starts_with(prefix.as_bytes())),
+        }
+    }
+}
+
+/// The request as rules and keys see it: `:path` and `cookie` are read once, when first
+/// needed.
+struct Request<'h, H> {
+    host: &'h H,
+    path: Option<Option<Vec<u8>>>,
+    cookie: Option<Option<Vec<u8>>>,
+}
+
+impl<'h, H: RequestHost> Request<'h, H> {
+    fn new(host: &'h H) -> Self {
+        Self {
+            host,
+            path: None,
+            cookie: None,
+        }
+    }
+
+    fn path(&mut self) -> Option<&[u8]> {
+        let host = self.host;
+        self.path
+            .get_or_insert_with(|| host.request_header(":path"))
+            .as_deref()
+    }
+
+    fn cookie(&mut self, name: &str) -> Option<&[u8]> {
+        let host = self.host;
+        let header = self
+            .cookie
+            .get_or_insert_with(|| host.request_header("cookie"))
+            .as_deref()?;
+        cookie::find(header, name.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests;
