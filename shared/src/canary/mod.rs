@@ -6,7 +6,8 @@
 //!    ignored (and removed), so clients cannot put themselves into the canary.
 //! 2. The rules, in order: the first that matches decides.
 //! 3. The weighted split: `percent` of the keys go to the canary. The key is the first
-//!    present of the `sticky` sources (then the sticky cookie); its point in `[0, 1)` is
+//!    first the request has of the `sticky` sources (header, cookie, client address, then the
+//!    sticky cookie); its point in `[0, 1)` is
 //!    `stable_hash(salt, key)`, so a key always gets the same answer on a route, two routes'
 //!    cohorts differ, and raising the percent only adds keys. Without a key: a random draw,
 //!    or, with a sticky cookie, a new random key that the response stores in the cookie.
@@ -14,21 +15,22 @@
 //! [`CanaryPolicy::decide`] only reads the request; the caller applies [`Decision::tag`].
 
 pub mod cookie;
+pub mod percent;
 pub mod query;
 
 use crate::config::json::Json;
-use crate::config::read::{FromJson, Object, one_of, type_error};
-use crate::config::{ConfigError, FieldPath, HeaderName};
+use crate::config::read::{FromJson, Object, one_of};
+use crate::config::{ConfigError, FieldPath, HeaderName, escape};
 use crate::hash::{stable_hash, unit_interval};
 use crate::hex;
 use crate::host::RequestHost;
 use crate::request::client_ip;
+pub use percent::Percent;
 
 pub const DEFAULT_HEADER: &str = "x-canary";
 pub const DEFAULT_VALUE: &str = "true";
 /// 30 days.
 pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 30 * 24 * 60 * 60;
-pub const CLIENT_ADDRESS: &str = "client_address";
 /// The Envoy attribute the client address comes from (the connection's peer).
 pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 
@@ -44,9 +46,9 @@ pub struct CanaryConfig {
     /// Checked in order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
     /// Share of keys (or of requests without a key) sent to the canary, 0–100.
-    pub percent: f64,
-    /// Where the sticky key comes from, first present wins.
-    pub sticky: Vec<StickyKeyConfig>,
+    pub percent: Percent,
+    /// Where the sticky key comes from.
+    pub sticky: StickyConfig,
     /// A cookie that keeps a browser without a sticky key in its cohort.
     pub sticky_cookie: Option<StickyCookieConfig>,
     /// The hash salt that picks the cohort; default: the route name.
@@ -63,8 +65,8 @@ impl FromJson for CanaryConfig {
             value: object.or("value", DEFAULT_VALUE.to_owned())?,
             trust_incoming: object.or("trust_incoming", false)?,
             rules: object.or("rules", Vec::new())?,
-            percent: object.or("percent", 0.0)?,
-            sticky: object.or("sticky", Vec::new())?,
+            percent: object.or("percent", Percent::ZERO)?,
+            sticky: object.or("sticky", StickyConfig::default())?,
             sticky_cookie: object.nullable("sticky_cookie", None)?,
             salt: object.nullable("salt", None)?,
             response_header: object.nullable("response_header", None)?,
@@ -139,40 +141,26 @@ impl FromJson for RuleConfig {
     }
 }
 
-/// A sticky key source as written: `{"header": name}`, `{"cookie": name}` or
-/// `"client_address"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StickyKeyConfig {
-    Header(String),
-    Cookie(String),
-    ClientAddress,
+/// Where the sticky key comes from: the first of these the request has (an empty value
+/// counts as absent).
+#[derive(Debug, Clone, Default)]
+pub struct StickyConfig {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    /// The client's IP (`source.address` without the port).
+    pub client_address: bool,
 }
 
-impl FromJson for StickyKeyConfig {
+impl FromJson for StickyConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        if let Json::String(_) = value {
-            return one_of(value, at, "key", &[(CLIENT_ADDRESS, ())]).map(|()| Self::ClientAddress);
-        }
-        if !matches!(value, Json::Object(_)) {
-            return Err(type_error(
-                value,
-                at,
-                r#""client_address" or an object with "header" or "cookie""#,
-            ));
-        }
         let mut object = Object::new(value, at)?;
-        let header = object.optional("header")?;
-        let cookie = object.optional("cookie")?;
+        let config = Self {
+            header: object.optional("header")?,
+            cookie: object.optional("cookie")?,
+            client_address: object.or("client_address", false)?,
+        };
         object.finish()?;
-        match (header, cookie) {
-            (Some(header), None) => Ok(Self::Header(header)),
-            (None, Some(cookie)) => Ok(Self::Cookie(cookie)),
-            (None, None) => Err(at.invalid(r#"needs "header" or "cookie""#)),
-            (Some(_), Some(_)) => {
-                Err(at
-                    .invalid(r#""header" and "cookie" cannot be combined: list them as two keys"#))
-            }
-        }
+        Ok(config)
     }
 }
 
@@ -199,15 +187,15 @@ impl FromJson for StickyCookieConfig {
 }
 
 /// A validated canary policy.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanaryPolicy {
     pub header: HeaderName,
     pub value: String,
     pub trust_incoming: bool,
     pub rules: Vec<Rule>,
     /// 0–100.
-    pub percent: f64,
-    pub sticky: Vec<StickyKey>,
+    pub percent: Percent,
+    pub sticky: Sticky,
     pub sticky_cookie: Option<StickyCookie>,
     pub salt: Option<String>,
     pub response_header: Option<HeaderName>,
@@ -250,11 +238,12 @@ impl Test {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StickyKey {
-    Header(HeaderName),
-    Cookie(String),
-    ClientAddress,
+/// The sticky key sources, tried in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sticky {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<String>,
+    pub client_address: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,35 +265,26 @@ impl CanaryPolicy {
     pub fn compile(config: CanaryConfig, at: &FieldPath) -> Result<Self, ConfigError> {
         let header = HeaderName::parse(&config.header, &at.field("header"))?;
         if !is_header_value(&config.value) {
-            return Err(at.field("value").invalid(format!(
-                "{:?} is not a usable header value: printable ASCII, not empty, no spaces at either end",
-                config.value
-            )));
+            return Err(bad(
+                &at.field("value"),
+                &config.value,
+                "is not a usable header value: printable ASCII, not empty, no spaces at either end",
+            ));
         }
         let rules_at = at.field("rules");
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.into_iter().enumerate() {
-            let rule = Rule::compile(rule, i, &header, &rules_at.index(i))?;
+            let at = rules_at.index(i);
+            let rule = Rule::compile(rule, i, &header, &at)?;
             if rules.iter().any(|other| other.name == rule.name) {
-                return Err(rules_at
-                    .index(i)
-                    .field("name")
-                    .invalid(format!("{:?} names two rules", rule.name)));
+                return Err(bad(&at.field("name"), &rule.name, "names two rules"));
             }
             rules.push(rule);
         }
-        if !(0.0..=100.0).contains(&config.percent) {
-            return Err(at
-                .field("percent")
-                .invalid(format!("{} is not between 0 and 100", config.percent)));
+        if config.percent > Percent::HUNDRED {
+            return Err(at.field("percent").invalid("must be at most 100"));
         }
-        let sticky_at = at.field("sticky");
-        let sticky = config
-            .sticky
-            .into_iter()
-            .enumerate()
-            .map(|(i, key)| StickyKey::compile(key, &header, &sticky_at.index(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sticky = Sticky::compile(config.sticky, &header, &at.field("sticky"))?;
         let sticky_cookie = match config.sticky_cookie {
             Some(c) => Some(StickyCookie::compile(c, &at.field("sticky_cookie"))?),
             None => None,
@@ -332,6 +312,15 @@ impl CanaryPolicy {
     }
 }
 
+/// `"<value>" <why>`: one formatting site for every message that quotes a value.
+fn bad(at: &FieldPath, value: &str, why: &str) -> ConfigError {
+    at.invalid(format!("\"{}\" {why}", escape(value)))
+}
+
+const TAG_IN_RULE: &str =
+    "is the tag header itself, which is removed before rules run (set trust_incoming to obey it)";
+const NOT_A_COOKIE_NAME: &str = "is not a cookie name";
+
 impl Rule {
     fn compile(
         config: RuleConfig,
@@ -341,81 +330,75 @@ impl Rule {
     ) -> Result<Self, ConfigError> {
         let name = config.name.unwrap_or_else(|| index.to_string());
         if !is_label_value(&name) {
-            return Err(at.field("name").invalid(format!(
-                "{name:?} is not a usable stats label: letters, digits, '_', '-', '.'"
-            )));
+            return Err(bad(
+                &at.field("name"),
+                &name,
+                "is not a usable stats label: letters, digits, '_', '-', '.'",
+            ));
         }
         let targets = [
-            ("header", config.header),
-            ("cookie", config.cookie),
-            ("query", config.query),
-            ("path_prefix", config.path_prefix),
+            ("header", config.header.is_some()),
+            ("cookie", config.cookie.is_some()),
+            ("query", config.query.is_some()),
+            ("path_prefix", config.path_prefix.is_some()),
         ];
-        let mut given = targets
-            .into_iter()
-            .filter_map(|(field, value)| value.map(|v| (field, v)));
-        let Some((field, value)) = given.next() else {
-            return Err(at.invalid(r#"needs one of "header", "cookie", "query", "path_prefix""#));
-        };
-        if let Some((other, _)) = given.next() {
-            return Err(at.field(other).invalid(format!(
-                "a rule looks at one thing: {field:?} and {other:?} cannot be combined (write two rules)"
-            )));
+        if let Some(second) = second_given(&targets) {
+            return Err(at
+                .field(second)
+                .invalid("a rule looks at one thing: write two rules"));
         }
         let tests = [
-            ("exact", config.exact.map(Test::Exact)),
-            ("prefix", config.prefix.map(Test::Prefix)),
-            ("present", config.present.map(Test::Present)),
+            ("exact", config.exact.is_some()),
+            ("prefix", config.prefix.is_some()),
+            ("present", config.present.is_some()),
         ];
-        let mut tests = tests
-            .into_iter()
-            .filter_map(|(name, test)| test.map(|t| (name, t)));
-        let first_test = tests.next();
-        if let (Some((first, _)), Some((other, _))) = (&first_test, tests.next()) {
-            return Err(at.field(other).invalid(format!(
-                "{first:?} and {other:?} cannot be combined: a rule has one test"
-            )));
+        if let Some(second) = second_given(&tests) {
+            return Err(at
+                .field(second)
+                .invalid("a rule has one test: \"exact\", \"prefix\" or \"present\""));
         }
-        let field_at = at.field(field);
-        let target = match (field, first_test) {
-            ("path_prefix", None) => {
-                if !value.starts_with('/') {
-                    return Err(field_at.invalid(format!("{value:?} must start with '/'")));
-                }
-                Target::PathPrefix(value)
+        let test = config
+            .exact
+            .map(Test::Exact)
+            .or(config.prefix.map(Test::Prefix))
+            .or(config.present.map(Test::Present));
+        let needs_test = |field: &str| {
+            at.field(field)
+                .invalid("needs a test next to it: \"exact\", \"prefix\" or \"present\"")
+        };
+        let target = if let Some(value) = config.header {
+            let at = at.field("header");
+            let name = HeaderName::parse(&value, &at)?;
+            if name == *tag {
+                return Err(bad(&at, &value, TAG_IN_RULE));
             }
-            ("path_prefix", Some((test, _))) => {
+            Target::Header(name, test.ok_or_else(|| needs_test("header"))?)
+        } else if let Some(name) = config.cookie {
+            if !cookie::is_name(&name) {
+                return Err(bad(&at.field("cookie"), &name, NOT_A_COOKIE_NAME));
+            }
+            Target::Cookie(name, test.ok_or_else(|| needs_test("cookie"))?)
+        } else if let Some(name) = config.query {
+            if name.is_empty() {
+                return Err(at.field("query").invalid("the parameter name is empty"));
+            }
+            Target::Query(name, test.ok_or_else(|| needs_test("query"))?)
+        } else if let Some(prefix) = config.path_prefix {
+            if test.is_some() {
                 return Err(at
-                    .field(test)
-                    .invalid(r#"not used with "path_prefix", which is its own test"#));
+                    .field("path_prefix")
+                    .invalid("is its own test: it takes no \"exact\", \"prefix\" or \"present\""));
             }
-            (_, None) => {
-                return Err(at.invalid(format!(
-                    r#"{field:?} needs one of "exact", "prefix", "present""#
-                )));
+            if !prefix.starts_with('/') {
+                return Err(bad(
+                    &at.field("path_prefix"),
+                    &prefix,
+                    "must start with '/'",
+                ));
             }
-            ("header", Some((_, test))) => {
-                let name = HeaderName::parse(&value, &field_at)?;
-                if name == *tag {
-                    return Err(field_at.invalid(format!(
-                        "{value:?} is the tag header itself, which is removed before rules run \
-                         (set trust_incoming to obey it)"
-                    )));
-                }
-                Target::Header(name, test)
-            }
-            ("cookie", Some((_, test))) => {
-                if !cookie::is_name(&value) {
-                    return Err(field_at.invalid(format!("{value:?} is not a cookie name")));
-                }
-                Target::Cookie(value, test)
-            }
-            (_, Some((_, test))) => {
-                if value.is_empty() {
-                    return Err(field_at.invalid("the parameter name is empty"));
-                }
-                Target::Query(value, test)
-            }
+            Target::PathPrefix(prefix)
+        } else {
+            return Err(at.invalid(r#"needs one of "header", "cookie", "query", "path_prefix""#));
         };
         Ok(Self {
             name,
@@ -425,32 +408,45 @@ impl Rule {
     }
 }
 
-impl StickyKey {
+/// The second of the fields that are set, if more than one is.
+fn second_given(fields: &[(&'static str, bool)]) -> Option<&'static str> {
+    fields
+        .iter()
+        .filter(|(_, given)| *given)
+        .nth(1)
+        .map(|(name, _)| *name)
+}
+
+impl Sticky {
     fn compile(
-        config: StickyKeyConfig,
+        config: StickyConfig,
         tag: &HeaderName,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        Ok(match config {
-            StickyKeyConfig::Header(name) => {
+        let header = match config.header {
+            Some(name) => {
                 let at = at.field("header");
                 let header = HeaderName::parse(&name, &at)?;
                 if header == *tag {
-                    return Err(at.invalid(format!(
-                        "{name:?} is the tag header itself, which carries the decision, not a key"
-                    )));
+                    return Err(bad(
+                        &at,
+                        &name,
+                        "is the tag header itself, which carries the decision, not a key",
+                    ));
                 }
-                Self::Header(header)
+                Some(header)
             }
-            StickyKeyConfig::Cookie(name) => {
-                if !cookie::is_name(&name) {
-                    return Err(at
-                        .field("cookie")
-                        .invalid(format!("{name:?} is not a cookie name")));
-                }
-                Self::Cookie(name)
-            }
-            StickyKeyConfig::ClientAddress => Self::ClientAddress,
+            None => None,
+        };
+        if let Some(name) = &config.cookie
+            && !cookie::is_name(name)
+        {
+            return Err(bad(&at.field("cookie"), name, NOT_A_COOKIE_NAME));
+        }
+        Ok(Self {
+            header,
+            cookie: config.cookie,
+            client_address: config.client_address,
         })
     }
 }
@@ -458,18 +454,17 @@ impl StickyKey {
 impl StickyCookie {
     fn compile(config: StickyCookieConfig, at: &FieldPath) -> Result<Self, ConfigError> {
         if !cookie::is_name(&config.name) {
-            return Err(at
-                .field("name")
-                .invalid(format!("{:?} is not a cookie name", config.name)));
+            return Err(bad(&at.field("name"), &config.name, NOT_A_COOKIE_NAME));
         }
         if config.max_age_s == 0 {
             return Err(at.field("max_age_s").invalid("must be at least 1"));
         }
         if !cookie::is_path(&config.path) {
-            return Err(at.field("path").invalid(format!(
-                "{:?} is not a cookie path: starts with '/', printable ASCII, no ';'",
-                config.path
-            )));
+            return Err(bad(
+                &at.field("path"),
+                &config.path,
+                "is not a cookie path: starts with '/', printable ASCII, no ';'",
+            ));
         }
         Ok(Self {
             name: config.name,
@@ -589,26 +584,24 @@ impl CanaryPolicy {
         }
     }
 
-    /// The first present, non-empty sticky key; the sticky cookie comes last.
+    /// The first present, non-empty sticky key: header, cookie, client address, then the
+    /// sticky cookie.
     fn sticky_key<H: RequestHost>(&self, request: &mut Request<'_, H>) -> Option<Vec<u8>> {
-        let configured = self.sticky.iter().find_map(|source| {
-            let key = match source {
-                StickyKey::Header(name) => request.host.request_header(name.as_str()),
-                StickyKey::Cookie(name) => request.cookie(name).map(<[u8]>::to_vec),
-                StickyKey::ClientAddress => request
-                    .host
+        let sticky = &self.sticky;
+        let host = request.host;
+        sticky
+            .header
+            .as_ref()
+            .and_then(|name| host.request_header(name.as_str()))
+            .and_then(non_empty)
+            .or_else(|| request.cookie_key(sticky.cookie.as_deref()))
+            .or_else(|| {
+                let address = host
                     .property(&SOURCE_ADDRESS)
-                    .map(|address| client_ip(&address).to_vec()),
-            };
-            key.filter(|k| !k.is_empty())
-        });
-        configured.or_else(|| {
-            let name = &self.sticky_cookie.as_ref()?.name;
-            request
-                .cookie(name)
-                .filter(|k| !k.is_empty())
-                .map(<[u8]>::to_vec)
-        })
+                    .filter(|_| sticky.client_address)?;
+                non_empty(client_ip(&address).to_vec())
+            })
+            .or_else(|| request.cookie_key(self.sticky_cookie.as_ref().map(|c| c.name.as_str())))
     }
 
     /// No key: a random draw; with a sticky cookie, a new random key the cookie keeps.
@@ -629,7 +622,7 @@ impl CanaryPolicy {
     /// The release of a point in `[0, 1)`: below `percent / 100` is the canary, so raising
     /// the percent only moves points from stable to canary.
     pub fn release_at(&self, point: f64) -> Release {
-        if self.percent >= 100.0 || point < self.percent / 100.0 {
+        if self.percent >= Percent::HUNDRED || point < self.percent.fraction() {
             Release::Canary
         } else {
             Release::Stable
@@ -647,6 +640,10 @@ impl CanaryPolicy {
             reason => format!("{release}; {}", reason.as_str()),
         }
     }
+}
+
+fn non_empty(key: Vec<u8>) -> Option<Vec<u8>> {
+    (!key.is_empty()).then_some(key)
 }
 
 /// A sticky key's point in `[0, 1)` on a route.
@@ -696,6 +693,11 @@ impl<'h, H: RequestHost> Request<'h, H> {
         self.path
             .get_or_insert_with(|| host.request_header(":path"))
             .as_deref()
+    }
+
+    /// A cookie's value as a sticky key: absent when empty.
+    fn cookie_key(&mut self, name: Option<&str>) -> Option<Vec<u8>> {
+        non_empty(self.cookie(name?)?.to_vec())
     }
 
     fn cookie(&mut self, name: &str) -> Option<&[u8]> {

@@ -36,8 +36,8 @@ fn defaults() {
     assert_eq!(p.value, "true");
     assert!(!p.trust_incoming);
     assert!(p.rules.is_empty());
-    assert_eq!(p.percent, 0.0);
-    assert!(p.sticky.is_empty());
+    assert_eq!(p.percent, Percent::ZERO);
+    assert_eq!(p.sticky, Sticky::default());
     assert_eq!(p.sticky_cookie, None);
     assert_eq!(p.salt, None);
     assert_eq!(p.response_header, None);
@@ -67,14 +67,14 @@ fn a_full_config_compiles() {
                 {"path_prefix": "/new"}
             ],
             "percent": 12.5,
-            "sticky": [{"header": "x-user-id"}, {"cookie": "uid"}, "client_address"],
+            "sticky": {"header": "x-user-id", "cookie": "uid", "client_address": true},
             "sticky_cookie": {"name": "mesh-canary", "max_age_s": 60, "path": "/shop", "secure": false},
             "salt": "checkout",
             "response_header": "x-canary-decision"
         }"#,
     );
     assert_eq!(p.header.as_str(), "x-release");
-    assert_eq!(p.percent, 12.5);
+    assert_eq!(p.percent, Percent::from_millionths(12_500_000));
     assert_eq!(
         p.rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["force", "beta", "opt-out", "3"]
@@ -86,11 +86,11 @@ fn a_full_config_compiles() {
     assert_eq!(p.rules[2].release, Release::Stable);
     assert_eq!(
         p.sticky,
-        [
-            StickyKey::Header(HeaderName::parse("x-user-id", &FieldPath::root()).unwrap()),
-            StickyKey::Cookie("uid".into()),
-            StickyKey::ClientAddress
-        ]
+        Sticky {
+            header: Some(HeaderName::parse("x-user-id", &FieldPath::root()).unwrap()),
+            cookie: Some("uid".into()),
+            client_address: true,
+        }
     );
 }
 
@@ -99,15 +99,15 @@ fn config_errors_name_route_and_field() {
     let cases = [
         (
             r#"{"percent": 101}"#,
-            r#"routes["checkout"].percent: 101 is not between 0 and 100"#,
+            r#"routes["checkout"].percent: must be at most 100"#,
         ),
         (
             r#"{"percent": -0.5}"#,
-            r#"routes["checkout"].percent: -0.5 is not between 0 and 100"#,
+            r#"routes["checkout"].percent: expected a number from 0 to 100 with at most 6 decimals, found the number -0.5"#,
         ),
         (
             r#"{"percent": "20"}"#,
-            r#"routes["checkout"].percent: expected a number, found the string "20""#,
+            r#"routes["checkout"].percent: expected a number from 0 to 100 with at most 6 decimals, found the string "20""#,
         ),
         (
             r#"{"percnt": 20}"#,
@@ -123,7 +123,7 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"value": "a\nb"}"#,
-            r#"routes["checkout"].value: "a\nb" is not a usable header value"#,
+            r#"routes["checkout"].value: "a?b" is not a usable header value"#,
         ),
         (
             r#"{"rules": [{"path_prefix": "/a"}, {"exact": "1"}]}"#,
@@ -131,19 +131,19 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"rules": [{"header": "x-a", "cookie": "b", "present": true}]}"#,
-            r#"routes["checkout"].rules[0].cookie: a rule looks at one thing: "header" and "cookie" cannot be combined (write two rules)"#,
+            r#"routes["checkout"].rules[0].cookie: a rule looks at one thing: write two rules"#,
         ),
         (
             r#"{"rules": [{"header": "x-a"}]}"#,
-            r#"routes["checkout"].rules[0]: "header" needs one of "exact", "prefix", "present""#,
+            r#"routes["checkout"].rules[0].header: needs a test next to it: "exact", "prefix" or "present""#,
         ),
         (
             r#"{"rules": [{"header": "x-a", "exact": "1", "present": true}]}"#,
-            r#"routes["checkout"].rules[0].present: "exact" and "present" cannot be combined: a rule has one test"#,
+            r#"routes["checkout"].rules[0].present: a rule has one test: "exact", "prefix" or "present""#,
         ),
         (
             r#"{"rules": [{"path_prefix": "/a", "exact": "1"}]}"#,
-            r#"routes["checkout"].rules[0].exact: not used with "path_prefix", which is its own test"#,
+            r#"routes["checkout"].rules[0].path_prefix: is its own test: it takes no "exact", "prefix" or "present""#,
         ),
         (
             r#"{"rules": [{"path_prefix": "a"}]}"#,
@@ -182,36 +182,24 @@ fn config_errors_name_route_and_field() {
             r#"routes["checkout"].rules[0].name: "a;b" is not a usable stats label"#,
         ),
         (
-            r#"{"sticky": [{"header": "x-user-id"}, "client"]}"#,
-            r#"routes["checkout"].sticky[1]: unknown key "client", expected one of "client_address""#,
+            r#"{"sticky": [{"header": "x-user-id"}]}"#,
+            r#"routes["checkout"].sticky: expected an object, found a list"#,
         ),
         (
-            r#"{"sticky": [{}]}"#,
-            r#"routes["checkout"].sticky[0]: needs "header" or "cookie""#,
+            r#"{"sticky": {"query": "b"}}"#,
+            r#"routes["checkout"].sticky.query: unknown field, expected one of "header", "cookie", "client_address""#,
         ),
         (
-            r#"{"sticky": [{"header": "a", "cookie": "b"}]}"#,
-            r#"routes["checkout"].sticky[0]: "header" and "cookie" cannot be combined"#,
+            r#"{"sticky": {"client_address": "yes"}}"#,
+            r#"routes["checkout"].sticky.client_address: expected true or false"#,
         ),
         (
-            r#"{"sticky": [{"header": "a", "query": "b"}]}"#,
-            r#"routes["checkout"].sticky[0].query: unknown field, expected one of "header", "cookie""#,
+            r#"{"sticky": {"header": "x-canary"}}"#,
+            r#"routes["checkout"].sticky.header: "x-canary" is the tag header itself"#,
         ),
         (
-            r#"{"sticky": [3]}"#,
-            r#"routes["checkout"].sticky[0]: expected "client_address" or an object with "header" or "cookie", found the number 3"#,
-        ),
-        (
-            r#"{"sticky": {"header": "x-user-id"}}"#,
-            r#"routes["checkout"].sticky: expected a list, found an object"#,
-        ),
-        (
-            r#"{"sticky": [{"header": "x-canary"}]}"#,
-            r#"routes["checkout"].sticky[0].header: "x-canary" is the tag header itself"#,
-        ),
-        (
-            r#"{"sticky": [{"cookie": "a;"}]}"#,
-            r#"routes["checkout"].sticky[0].cookie: "a;" is not a cookie name"#,
+            r#"{"sticky": {"cookie": "a;"}}"#,
+            r#"routes["checkout"].sticky.cookie: "a;" is not a cookie name"#,
         ),
         (
             r#"{"sticky_cookie": {}}"#,
@@ -364,7 +352,7 @@ fn a_trusted_tag_is_kept_and_obeyed() {
 
 fn split_policy(percent: f64) -> CanaryPolicy {
     policy(&format!(
-        r#"{{"percent": {percent}, "sticky": [{{"header": "x-user-id"}}]}}"#
+        r#"{{"percent": {percent}, "sticky": {{"header": "x-user-id"}}}}"#
     ))
 }
 
@@ -422,7 +410,7 @@ fn routes_with_other_salts_have_other_cohorts() {
 #[test]
 fn the_first_present_key_is_used_and_empty_keys_are_absent() {
     let p = policy(
-        r#"{"percent": 50, "sticky": [{"header": "x-user-id"}, {"cookie": "uid"}, "client_address"]}"#,
+        r#"{"percent": 50, "sticky": {"header": "x-user-id", "cookie": "uid", "client_address": true}}"#,
     );
     let point_of = |key: &str| point(b"checkout", key.as_bytes());
     let expect = |key: &str| p.release_at(point_of(key));
@@ -456,7 +444,7 @@ fn without_a_key_the_host_draws() {
 #[test]
 fn the_sticky_cookie_mints_a_key_and_then_keys_on_it() {
     let p = policy(
-        r#"{"percent": 50, "sticky": [{"header": "x-user-id"}], "sticky_cookie": {"name": "mc"}}"#,
+        r#"{"percent": 50, "sticky": {"header": "x-user-id"}, "sticky_cookie": {"name": "mc"}}"#,
     );
     let mut host = FakeHost::new();
     host.script_random(&[0x0123_4567_89ab_cdef, 1]);
@@ -500,8 +488,9 @@ proptest! {
         user in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
         address in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60)),
         trust in any::<bool>(),
-        percent in 0.0..=100.0f64,
+        percent in 0..=100_000_000u64,
     ) {
+        let percent = format!("{}.{:06}", percent / 1_000_000, percent % 1_000_000);
         let p = policy(&format!(
             r#"{{"trust_incoming": {trust}, "percent": {percent},
                 "rules": [
@@ -509,7 +498,7 @@ proptest! {
                     {{"query": "canary", "exact": "1"}},
                     {{"path_prefix": "/new", "release": "stable"}}
                 ],
-                "sticky": [{{"header": "x-user-id"}}, {{"cookie": "uid"}}, "client_address"],
+                "sticky": {{"header": "x-user-id", "cookie": "uid", "client_address": true}},
                 "sticky_cookie": {{"name": "mc"}}}}"#
         ));
         let mut host = FakeHost::new();
@@ -539,10 +528,10 @@ proptest! {
     #[test]
     fn a_key_always_gets_the_same_release(
         key in proptest::collection::vec(any::<u8>(), 1..64),
-        percent in 0.0..=100.0f64,
+        percent in 0..=100u32,
         draws in any::<[u64; 2]>(),
     ) {
-        let p = split_policy(percent);
+        let p = split_policy(f64::from(percent));
         let release = |draws: &[u64]| {
             let mut host = FakeHost::new().with_request_header("x-user-id", &key);
             host.script_random(draws);
