@@ -47,15 +47,10 @@ pub fn is_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
-/// A `Path` attribute: starts with `/`, printable ASCII, no `;`.
-pub fn is_path(path: &str) -> bool {
-    path.starts_with('/') && path.bytes().all(|c| (0x21..0x7f).contains(&c) && c != b';')
-}
-
-/// The `set-cookie` value that stores `value` (cookie-safe: the caller mints it as hex).
-pub fn set_cookie(name: &str, value: &str, max_age_s: u64, path: &str, secure: bool) -> String {
-    let mut out =
-        format!("{name}={value}; Max-Age={max_age_s}; Path={path}; HttpOnly; SameSite=Lax");
+/// The `set-cookie` value that stores `value` (cookie-safe: the caller mints it as hex) for
+/// every path of the host: a cohort holds for the whole site.
+pub fn set_cookie(name: &str, value: &str, max_age_s: u64, secure: bool) -> String {
+    let mut out = format!("{name}={value}; Max-Age={max_age_s}; Path=/; HttpOnly; SameSite=Lax");
     if secure {
         out.push_str("; Secure");
     }
@@ -97,28 +92,23 @@ mod tests {
     }
 
     #[test]
-    fn names_and_paths_are_checked() {
+    fn names_are_checked() {
         assert!(is_name("mesh-canary"));
         assert!(!is_name(""));
         assert!(!is_name("a b"));
         assert!(!is_name("a=b"));
         assert!(!is_name("a;b"));
-        assert!(is_path("/"));
-        assert!(is_path("/shop"));
-        assert!(!is_path("shop"));
-        assert!(!is_path("/a;b"));
-        assert!(!is_path("/a b"));
     }
 
     #[test]
     fn set_cookie_has_the_attributes() {
         assert_eq!(
-            set_cookie("c", "00ff", 60, "/", true),
+            set_cookie("c", "00ff", 60, true),
             "c=00ff; Max-Age=60; Path=/; HttpOnly; SameSite=Lax; Secure"
         );
         assert_eq!(
-            set_cookie("c", "1", 1, "/shop", false),
-            "c=1; Max-Age=1; Path=/shop; HttpOnly; SameSite=Lax"
+            set_cookie("c", "1", 1, false),
+            "c=1; Max-Age=1; Path=/; HttpOnly; SameSite=Lax"
         );
     }
 

@@ -168,7 +168,6 @@ impl FromJson for StickyConfig {
 pub struct StickyCookieConfig {
     pub name: String,
     pub max_age_s: u64,
-    pub path: String,
     pub secure: bool,
 }
 
@@ -178,7 +177,6 @@ impl FromJson for StickyCookieConfig {
         let config = Self {
             name: object.required("name")?,
             max_age_s: object.or("max_age_s", DEFAULT_COOKIE_MAX_AGE_S)?,
-            path: object.or("path", "/".to_owned())?,
             secure: object.or("secure", true)?,
         };
         object.finish()?;
@@ -250,14 +248,13 @@ pub struct Sticky {
 pub struct StickyCookie {
     pub name: String,
     pub max_age_s: u64,
-    pub path: String,
     pub secure: bool,
 }
 
 impl StickyCookie {
     /// The `set-cookie` value that stores a new sticky key.
     pub fn set_cookie(&self, key: &str) -> String {
-        cookie::set_cookie(&self.name, key, self.max_age_s, &self.path, self.secure)
+        cookie::set_cookie(&self.name, key, self.max_age_s, self.secure)
     }
 }
 
@@ -328,7 +325,7 @@ impl Rule {
         tag: &HeaderName,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        let name = config.name.unwrap_or_else(|| index.to_string());
+        let name = config.name.unwrap_or_else(|| decimal(index));
         if !is_label_value(&name) {
             return Err(bad(
                 &at.field("name"),
@@ -408,6 +405,19 @@ impl Rule {
     }
 }
 
+/// `index` in decimal, without the formatting machinery (module size).
+fn decimal(mut index: usize) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b'0' + (index % 10) as u8);
+        index /= 10;
+        if index == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().map(|d| char::from(*d)).collect()
+}
+
 /// The second of the fields that are set, if more than one is.
 fn second_given(fields: &[(&'static str, bool)]) -> Option<&'static str> {
     fields
@@ -459,17 +469,9 @@ impl StickyCookie {
         if config.max_age_s == 0 {
             return Err(at.field("max_age_s").invalid("must be at least 1"));
         }
-        if !cookie::is_path(&config.path) {
-            return Err(bad(
-                &at.field("path"),
-                &config.path,
-                "is not a cookie path: starts with '/', printable ASCII, no ';'",
-            ));
-        }
         Ok(Self {
             name: config.name,
             max_age_s: config.max_age_s,
-            path: config.path,
             secure: config.secure,
         })
     }
@@ -631,14 +633,16 @@ impl CanaryPolicy {
 
     /// The debugging response header's value: `canary; rule=force`, `stable; sticky`.
     pub fn describe(&self, decision: &Decision) -> String {
-        let release = decision.release.as_str();
+        let mut text = String::from(decision.release.as_str());
+        text.push_str("; ");
         match decision.reason {
             Reason::Rule(i) => {
-                let name = self.rules.get(i).map_or("", |rule| rule.name.as_str());
-                format!("{release}; rule={name}")
+                text.push_str("rule=");
+                text.push_str(self.rules.get(i).map_or("", |rule| rule.name.as_str()));
             }
-            reason => format!("{release}; {}", reason.as_str()),
+            reason => text.push_str(reason.as_str()),
         }
+        text
     }
 }
 

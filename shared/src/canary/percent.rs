@@ -46,8 +46,7 @@ impl Percent {
             None => (false, mantissa),
         };
         let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        let fraction = fraction.trim_end_matches('0');
-        let digits = whole
+        let mut digits = whole
             .bytes()
             .chain(fraction.bytes())
             .try_fold(0u64, |n, c| {
@@ -55,16 +54,16 @@ impl Percent {
                     .checked_add(u64::from(c.checked_sub(b'0')?))
             })?;
         // The value is digits × 10^shift millionths.
-        let shift = exponent + DECIMALS - i64::try_from(fraction.len()).ok()?;
-        let power = |shift: i64| 10u64.checked_pow(u32::try_from(shift).ok()?);
+        let mut shift = exponent + DECIMALS - i64::try_from(fraction.len()).ok()?;
+        while shift < 0 && digits != 0 && digits % 10 == 0 {
+            digits /= 10;
+            shift += 1;
+        }
         let millionths = if digits == 0 {
             0
-        } else if shift >= 0 {
-            digits.checked_mul(power(shift)?)?
         } else {
-            // Digits below a millionth must be zeros (they were trimmed, so none are left).
-            let divisor = power(-shift)?;
-            (digits % divisor == 0).then_some(digits / divisor)?
+            // A negative shift left: digits below a millionth of a percent.
+            digits.checked_mul(10u64.checked_pow(u32::try_from(shift).ok()?)?)?
         };
         (!negative || millionths == 0).then_some(Self(millionths))
     }
