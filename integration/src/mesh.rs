@@ -54,6 +54,7 @@ pub fn demo_routes() -> Vec<RouteSpec> {
         RouteSpec::new("catalog", "/catalog", "v1"),
         RouteSpec::new("plain", "/plain", "v1"),
         RouteSpec::new("", "/unnamed", "v1"),
+        RouteSpec::new("default-canary", "/", "v2").when_header("x-canary", "true"),
         RouteSpec::new("default", "/", "v1"),
     ]
 }
