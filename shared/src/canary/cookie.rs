@@ -92,6 +92,19 @@ mod tests {
     }
 
     #[test]
+    fn huge_headers_are_read_in_one_pass() {
+        let mut header = "x=1; ".repeat(200_000).into_bytes();
+        header.extend_from_slice(b"wanted=");
+        header.extend(std::iter::repeat_n(b'v', 1 << 20));
+        assert_eq!(find(&header, b"wanted").map(<[u8]>::len), Some(1 << 20));
+        assert_eq!(find(&vec![b';'; 1 << 20], b"a"), None);
+        assert_eq!(
+            find(&vec![b'='; 1 << 20], b""),
+            Some(&vec![b'='; (1 << 20) - 1][..])
+        );
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(is_name("mesh-canary"));
         assert!(!is_name(""));

@@ -29,6 +29,7 @@ pub use percent::Percent;
 
 pub const DEFAULT_HEADER: &str = "x-canary";
 pub const DEFAULT_VALUE: &str = "true";
+pub const DEFAULT_COOKIE: &str = "mesh-canary";
 /// 30 days.
 pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 30 * 24 * 60 * 60;
 /// The Envoy attribute the client address comes from (the connection's peer).
@@ -175,7 +176,7 @@ impl FromJson for StickyCookieConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
         let mut object = Object::new(value, at)?;
         let config = Self {
-            name: object.required("name")?,
+            name: object.or("name", DEFAULT_COOKIE.to_owned())?,
             max_age_s: object.or("max_age_s", DEFAULT_COOKIE_MAX_AGE_S)?,
             secure: object.or("secure", true)?,
         };

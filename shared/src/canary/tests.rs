@@ -41,13 +41,13 @@ fn defaults() {
     assert_eq!(p.sticky_cookie, None);
     assert_eq!(p.salt, None);
     assert_eq!(p.response_header, None);
-    let p = policy(r#"{"sticky_cookie": {"name": "c"}, "rules": [{"path_prefix": "/x"}]}"#);
+    let p = policy(r#"{"sticky_cookie": {}, "rules": [{"path_prefix": "/x"}]}"#);
     assert_eq!(decimal(0), "0");
     assert_eq!(decimal(1907), "1907");
     assert_eq!(
         p.sticky_cookie,
         Some(StickyCookie {
-            name: "c".into(),
+            name: "mesh-canary".into(),
             max_age_s: DEFAULT_COOKIE_MAX_AGE_S,
             secure: true
         })
@@ -201,10 +201,6 @@ fn config_errors_name_route_and_field() {
         (
             r#"{"sticky": {"cookie": "a;"}}"#,
             r#"routes["checkout"].sticky.cookie: "a;" is not a cookie name"#,
-        ),
-        (
-            r#"{"sticky_cookie": {}}"#,
-            r#"routes["checkout"].sticky_cookie: missing field "name""#,
         ),
         (
             r#"{"sticky_cookie": {"name": "c", "max_age_s": 0}}"#,
