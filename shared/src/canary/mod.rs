@@ -5,12 +5,12 @@
 //! 1. The tag header as the client sent it: kept and obeyed with `trust_incoming`, else
 //!    ignored (and removed), so clients cannot put themselves into the canary.
 //! 2. The rules, in order: the first that matches decides.
-//! 3. The weighted split: `percent` of the keys go to the canary. The key is the first
-//!    first the request has of the `sticky` sources (header, cookie, client address, then the
-//!    sticky cookie); its point in `[0, 1)` is
-//!    `stable_hash(salt, key)`, so a key always gets the same answer on a route, two routes'
-//!    cohorts differ, and raising the percent only adds keys. Without a key: a random draw,
-//!    or, with a sticky cookie, a new random key that the response stores in the cookie.
+//! 3. The weighted split: `percent` of the keys go to the canary. The key is the first of
+//!    the `sticky` sources the request has (header, cookie, client address, then the sticky
+//!    cookie); its point in `[0, 1)` is `stable_hash(salt, key)`, so a key always gets the
+//!    same answer on a route, two routes' cohorts differ, and raising the percent only adds
+//!    keys. Without a key: a random draw, or, with a sticky cookie, a new random key that the
+//!    response stores in the cookie.
 //!
 //! [`CanaryPolicy::decide`] only reads the request; the caller applies [`Decision::tag`].
 
@@ -165,6 +165,8 @@ impl FromJson for StickyConfig {
     }
 }
 
+/// The cookie that keeps a browser without a sticky key in its cohort. Defaults:
+/// `mesh-canary`, 30 days, `Secure`.
 #[derive(Debug, Clone)]
 pub struct StickyCookieConfig {
     pub name: String,
@@ -599,9 +601,10 @@ impl CanaryPolicy {
             .and_then(non_empty)
             .or_else(|| request.cookie_key(sticky.cookie.as_deref()))
             .or_else(|| {
-                let address = host
-                    .property(&SOURCE_ADDRESS)
-                    .filter(|_| sticky.client_address)?;
+                // A host call only when the policy keys on the address.
+                let address = sticky
+                    .client_address
+                    .then(|| host.property(&SOURCE_ADDRESS))??;
                 non_empty(client_ip(&address).to_vec())
             })
             .or_else(|| request.cookie_key(self.sticky_cookie.as_ref().map(|c| c.name.as_str())))

@@ -424,6 +424,9 @@ fn the_first_present_key_is_used_and_empty_keys_are_absent() {
 #[test]
 fn without_a_key_the_host_draws() {
     let p = split_policy(20.0);
+    // The client address is a key only when asked for.
+    let mut host = FakeHost::new().with_property(&["source", "address"], "10.0.0.9:1000");
+    assert_eq!(decide(&p, &mut host).reason, Reason::Random);
     let mut host = FakeHost::new();
     host.script_random(&[0, u64::MAX]);
     let d = decide(&p, &mut host);
