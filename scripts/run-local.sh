@@ -63,6 +63,18 @@ if [ -n "$smoke" ]; then
   grep -q "\"traceparent\":\"00-$trace_id-" "$run/smoke-body.json" \
     || die "upstream did not see traceparent with trace id $trace_id: $(cat "$run/smoke-body.json")"
   say "ok: upstream saw traceparent 00-$trace_id-..., response carried x-trace-id $trace_id"
+
+  # The canary demo policy on /: the x-canary-force rule goes to v2; user-3 is in the 20 %
+  # (v2) and user-1 is not, and a client-sent x-canary does not change that.
+  say "smoke check of the canary filter through $base/"
+  upstream_of() { curl -fsS "$@" | grep -o '"service":"v[12]"' | cut -d'"' -f4; }
+  for check in "v2|-H x-canary-force:true" "v2|-H x-user-id:user-3" "v1|-H x-user-id:user-1 -H x-canary:true"; do
+    want="${check%%|*}"
+    # shellcheck disable=SC2086 # the header arguments are meant to split
+    got="$(upstream_of ${check#*|} "$base/")"
+    [ "$got" = "$want" ] || die "canary: curl ${check#*|} $base/ reached '$got', expected $want"
+  done
+  say "ok: the force rule and user-3 reached v2; user-1 with a forged x-canary stayed on v1"
   say "smoke check of the rate limiter through $base/limited"
   limit="$(curl -fsS -D - -o /dev/null -H 'x-api-key: smoke' "$base/limited" | grep -i '^x-ratelimit-limit:' | tr -d '\r' | awk '{print $2}')"
   [ "$limit" = 10 ] || die "no x-ratelimit-limit: 10 on /limited (got '$limit')"
@@ -88,6 +100,15 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   curl -s $base/catalog -H 'traceparent: 00-zzz' ; curl -s $base/catalog -H 'b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1'
   # the canary route (header match) answers from v2
   curl -s $base/checkout -H 'x-canary: true'
+  # canary on /: 20 % of users by x-user-id go to v2 (user-3 does, user-1 does not); the
+  # x-canary-force rule always does; x-canary-decision tells why
+  curl -si $base/ -H 'x-user-id: user-3' ; curl -si $base/ -H 'x-user-id: user-1'
+  curl -si $base/ -H 'x-canary-force: true'
+  # a client cannot tag itself: x-canary from the client is removed (user-1 stays on v1)
+  curl -s $base/ -H 'x-user-id: user-1' -H 'x-canary: true'
+  # /checkout: cookie beta=1 goes to v2; without a user id the response sets a mesh-canary
+  # cookie that keeps this browser in its cohort
+  curl -s $base/checkout -H 'cookie: beta=1' ; curl -si $base/checkout
   # rate limit on /limited: 5/s, burst 10 per x-api-key; the rest of a burst gets 429
   for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' $base/limited -H 'x-api-key: demo'; done; echo
   curl -si $base/limited -H 'x-api-key: demo' | grep -iE '^(HTTP|retry-after|x-ratelimit)'

@@ -64,10 +64,11 @@ pub fn demo_routes() -> Vec<RouteSpec> {
         RouteSpec::new("checkout-canary", "/checkout", "v2").when_header("x-canary", "true"),
         RouteSpec::new("checkout", "/checkout", "v1"),
         RouteSpec::new("catalog", "/catalog", "v1"),
+        RouteSpec::new("limited", "/limited", "v1"),
         RouteSpec::new("fragile", "/fragile", "v1"),
         RouteSpec::new("plain", "/plain", "v1"),
         RouteSpec::new("", "/unnamed", "v1"),
-        RouteSpec::new("limited", "/limited", "v1"),
+        RouteSpec::new("default-canary", "/", "v2").when_header("x-canary", "true"),
         RouteSpec::new("default", "/", "v1"),
     ]
 }

@@ -244,6 +244,11 @@ impl ResponseHost for FakeHost {
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
         replace(&mut self.response_headers, name, value);
     }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        self.response_headers
+            .push((name.to_owned(), value.to_vec()));
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +293,13 @@ mod tests {
         host.increment_metric(a, 2);
         host.increment_metric(b, 3);
         assert_eq!(host.metric("c"), Some(5));
+    }
+
+    #[test]
+    fn added_response_headers_keep_the_values_there() {
+        let mut host = FakeHost::new().with_response_header("set-cookie", "a=1");
+        host.add_response_header("set-cookie", b"b=2");
+        assert_eq!(host.response_values("set-cookie"), ["a=1", "b=2"]);
     }
 
     #[test]

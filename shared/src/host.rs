@@ -79,6 +79,9 @@ pub trait ResponseHost: Host {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Replaces every value of the header with this one.
     fn set_response_header(&mut self, name: &str, value: &[u8]);
+    /// Adds a value, keeping those already there (`set-cookie` must not replace the
+    /// upstream's cookies).
+    fn add_response_header(&mut self, name: &str, value: &[u8]);
 
     /// The upstream's (or a local reply's) status code, if there is a valid one.
     fn response_status(&self) -> Option<u16> {

@@ -11,11 +11,13 @@
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`request`]: request facts several filters key on (client IP).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
+//! - [`canary`]: the canary release decision, cookie and query-string parsing.
 //! - [`ratelimit`]: token buckets (governor's GCRA) in shared data, keys and slots.
 //! - [`breaker`]: the circuit breaker's policy, failure classification and state machine.
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod canary;
 pub mod config;
 pub mod fake;
 pub mod filter;

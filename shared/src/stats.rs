@@ -13,7 +13,9 @@ use crate::host::{Host, Metric, MetricKind};
 pub const UNNAMED_ROUTE: &str = "unnamed";
 
 /// Every label name the filters use; `envoy/` has one tag extractor for each.
-pub const LABELS: &[&str] = &["route", "outcome", "decision", "error", "to", "cluster"];
+pub const LABELS: &[&str] = &[
+    "route", "outcome", "release", "reason", "rule", "decision", "error", "to", "cluster",
+];
 
 /// The stat name for a metric with labels.
 pub fn metric_name(base: &str, labels: &[(&str, &str)]) -> String {

@@ -189,4 +189,8 @@ impl ResponseHost for Proxy<'_, ResponsePhase> {
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value));
     }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value);
+    }
 }

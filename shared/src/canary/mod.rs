@@ -1,0 +1,722 @@
+//! The canary policy: which release a request belongs to, written as a request header that
+//! the routes match on (an Istio VirtualService header match sends it to subset v2).
+//!
+//! Order of decision, per request:
+//! 1. The tag header as the client sent it: kept and obeyed with `trust_incoming`, else
+//!    ignored (and removed), so clients cannot put themselves into the canary.
+//! 2. The rules, in order: the first that matches decides.
+//! 3. The weighted split: `percent` of the keys go to the canary. The key is the first of
+//!    the `sticky` sources the request has (header, cookie, client address, then the sticky
+//!    cookie); its point in `[0, 1)` is `stable_hash(salt, key)`, so a key always gets the
+//!    same answer on a route, two routes' cohorts differ, and raising the percent only adds
+//!    keys. Without a key: a random draw, or, with a sticky cookie, a new random key that the
+//!    response stores in the cookie.
+//!
+//! [`CanaryPolicy::decide`] only reads the request; the caller applies [`Decision::tag`].
+
+pub mod cookie;
+pub mod percent;
+pub mod query;
+
+use crate::config::json::Json;
+use crate::config::read::{FromJson, Object, one_of};
+use crate::config::{ConfigError, FieldPath, HeaderName, escape};
+use crate::hash::{stable_hash, unit_interval};
+use crate::hex;
+use crate::host::RequestHost;
+use crate::request::client_ip;
+pub use percent::Percent;
+
+pub const DEFAULT_HEADER: &str = "x-canary";
+pub const DEFAULT_VALUE: &str = "true";
+pub const DEFAULT_COOKIE: &str = "mesh-canary";
+/// 30 days.
+pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 30 * 24 * 60 * 60;
+/// The Envoy attribute the client address comes from (the connection's peer).
+pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
+
+/// One route's canary policy as written in plugin JSON.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    /// The request header that carries the decision (default `x-canary`).
+    pub header: String,
+    /// Its value for the canary (default `"true"`); stable requests go without the header.
+    pub value: String,
+    /// Keep and obey a tag the request already carries (for internal hops that tagged).
+    pub trust_incoming: bool,
+    /// Checked in order; the first that matches decides.
+    pub rules: Vec<RuleConfig>,
+    /// Share of keys (or of requests without a key) sent to the canary, 0–100.
+    pub percent: Percent,
+    /// Where the sticky key comes from.
+    pub sticky: StickyConfig,
+    /// A cookie that keeps a browser without a sticky key in its cohort.
+    pub sticky_cookie: Option<StickyCookieConfig>,
+    /// The hash salt that picks the cohort; default: the route name.
+    pub salt: Option<String>,
+    /// A response header that tells the decision (for debugging); off by default.
+    pub response_header: Option<String>,
+}
+
+impl FromJson for CanaryConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            header: object.or("header", DEFAULT_HEADER.to_owned())?,
+            value: object.or("value", DEFAULT_VALUE.to_owned())?,
+            trust_incoming: object.or("trust_incoming", false)?,
+            rules: object.or("rules", Vec::new())?,
+            percent: object.or("percent", Percent::ZERO)?,
+            sticky: object.or("sticky", StickyConfig::default())?,
+            sticky_cookie: object.nullable("sticky_cookie", None)?,
+            salt: object.nullable("salt", None)?,
+            response_header: object.nullable("response_header", None)?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// Which release a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    Canary,
+    Stable,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Self::Canary, Self::Stable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::Stable => "stable",
+        }
+    }
+}
+
+impl FromJson for Release {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        one_of(
+            value,
+            at,
+            "release",
+            &[("canary", Self::Canary), ("stable", Self::Stable)],
+        )
+    }
+}
+
+/// A rule as written: one target (`header`, `cookie`, `query` or `path_prefix`) and, except
+/// for `path_prefix`, one test (`exact`, `prefix` or `present`).
+#[derive(Debug, Clone, Default)]
+pub struct RuleConfig {
+    /// The stats label of the rule; default its index.
+    pub name: Option<String>,
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub path_prefix: Option<String>,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+    /// Where a matching request goes; default the canary.
+    pub release: Option<Release>,
+}
+
+impl FromJson for RuleConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            name: object.optional("name")?,
+            header: object.optional("header")?,
+            cookie: object.optional("cookie")?,
+            query: object.optional("query")?,
+            path_prefix: object.optional("path_prefix")?,
+            exact: object.optional("exact")?,
+            prefix: object.optional("prefix")?,
+            present: object.optional("present")?,
+            release: object.optional("release")?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// Where the sticky key comes from: the first of these the request has (an empty value
+/// counts as absent).
+#[derive(Debug, Clone, Default)]
+pub struct StickyConfig {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    /// The client's IP (`source.address` without the port).
+    pub client_address: bool,
+}
+
+impl FromJson for StickyConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            header: object.optional("header")?,
+            cookie: object.optional("cookie")?,
+            client_address: object.or("client_address", false)?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// The cookie that keeps a browser without a sticky key in its cohort. Defaults:
+/// `mesh-canary`, 30 days, `Secure`.
+#[derive(Debug, Clone)]
+pub struct StickyCookieConfig {
+    pub name: String,
+    pub max_age_s: u64,
+    pub secure: bool,
+}
+
+impl FromJson for StickyCookieConfig {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        let mut object = Object::new(value, at)?;
+        let config = Self {
+            name: object.or("name", DEFAULT_COOKIE.to_owned())?,
+            max_age_s: object.or("max_age_s", DEFAULT_COOKIE_MAX_AGE_S)?,
+            secure: object.or("secure", true)?,
+        };
+        object.finish()?;
+        Ok(config)
+    }
+}
+
+/// A validated canary policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryPolicy {
+    pub header: HeaderName,
+    pub value: String,
+    pub trust_incoming: bool,
+    pub rules: Vec<Rule>,
+    /// 0–100.
+    pub percent: Percent,
+    pub sticky: Sticky,
+    pub sticky_cookie: Option<StickyCookie>,
+    pub salt: Option<String>,
+    pub response_header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub target: Target,
+    pub release: Release,
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Header(HeaderName, Test),
+    Cookie(String, Test),
+    /// A query parameter, compared decoded.
+    Query(String, Test),
+    /// The path without its query string starts with this.
+    PathPrefix(String),
+}
+
+/// How a rule tests the value it looks at (bytes; case-sensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Test {
+    Exact(String),
+    Prefix(String),
+    /// `true`: the value is there (even empty); `false`: it is not.
+    Present(bool),
+}
+
+impl Test {
+    pub fn matches(&self, value: Option<&[u8]>) -> bool {
+        match self {
+            Self::Exact(expected) => value == Some(expected.as_bytes()),
+            Self::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_bytes())),
+            Self::Present(present) => value.is_some() == *present,
+        }
+    }
+}
+
+/// The sticky key sources, tried in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sticky {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<String>,
+    pub client_address: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    pub max_age_s: u64,
+    pub secure: bool,
+}
+
+impl StickyCookie {
+    /// The `set-cookie` value that stores a new sticky key.
+    pub fn set_cookie(&self, key: &str) -> String {
+        cookie::set_cookie(&self.name, key, self.max_age_s, self.secure)
+    }
+}
+
+impl CanaryPolicy {
+    pub fn compile(config: CanaryConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+        let header = HeaderName::parse(&config.header, &at.field("header"))?;
+        if !is_header_value(&config.value) {
+            return Err(bad(
+                &at.field("value"),
+                &config.value,
+                "is not a usable header value: printable ASCII, not empty, no spaces at either end",
+            ));
+        }
+        let rules_at = at.field("rules");
+        let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.into_iter().enumerate() {
+            let at = rules_at.index(i);
+            let rule = Rule::compile(rule, i, &header, &at)?;
+            if rules.iter().any(|other| other.name == rule.name) {
+                return Err(bad(&at.field("name"), &rule.name, "names two rules"));
+            }
+            rules.push(rule);
+        }
+        if config.percent > Percent::HUNDRED {
+            return Err(at.field("percent").invalid("must be at most 100"));
+        }
+        let sticky = Sticky::compile(config.sticky, &header, &at.field("sticky"))?;
+        let sticky_cookie = match config.sticky_cookie {
+            Some(c) => Some(StickyCookie::compile(c, &at.field("sticky_cookie"))?),
+            None => None,
+        };
+        if config.salt.as_deref() == Some("") {
+            return Err(at
+                .field("salt")
+                .invalid("must not be empty (leave it out to salt with the route name)"));
+        }
+        let response_header = match config.response_header {
+            Some(name) => Some(HeaderName::parse(&name, &at.field("response_header"))?),
+            None => None,
+        };
+        Ok(Self {
+            header,
+            value: config.value,
+            trust_incoming: config.trust_incoming,
+            rules,
+            percent: config.percent,
+            sticky,
+            sticky_cookie,
+            salt: config.salt,
+            response_header,
+        })
+    }
+}
+
+/// `"<value>" <why>`: one formatting site for every message that quotes a value.
+fn bad(at: &FieldPath, value: &str, why: &str) -> ConfigError {
+    at.invalid(format!("\"{}\" {why}", escape(value)))
+}
+
+const TAG_IN_RULE: &str =
+    "is the tag header itself, which is removed before rules run (set trust_incoming to obey it)";
+const NOT_A_COOKIE_NAME: &str = "is not a cookie name";
+
+impl Rule {
+    fn compile(
+        config: RuleConfig,
+        index: usize,
+        tag: &HeaderName,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
+        let name = config.name.unwrap_or_else(|| decimal(index));
+        if !is_label_value(&name) {
+            return Err(bad(
+                &at.field("name"),
+                &name,
+                "is not a usable stats label: letters, digits, '_', '-', '.'",
+            ));
+        }
+        let targets = [
+            ("header", config.header.is_some()),
+            ("cookie", config.cookie.is_some()),
+            ("query", config.query.is_some()),
+            ("path_prefix", config.path_prefix.is_some()),
+        ];
+        if let Some(second) = second_given(&targets) {
+            return Err(at
+                .field(second)
+                .invalid("a rule looks at one thing: write two rules"));
+        }
+        let tests = [
+            ("exact", config.exact.is_some()),
+            ("prefix", config.prefix.is_some()),
+            ("present", config.present.is_some()),
+        ];
+        if let Some(second) = second_given(&tests) {
+            return Err(at
+                .field(second)
+                .invalid("a rule has one test: \"exact\", \"prefix\" or \"present\""));
+        }
+        let test = config
+            .exact
+            .map(Test::Exact)
+            .or(config.prefix.map(Test::Prefix))
+            .or(config.present.map(Test::Present));
+        let needs_test = |field: &str| {
+            at.field(field)
+                .invalid("needs a test next to it: \"exact\", \"prefix\" or \"present\"")
+        };
+        let target = if let Some(value) = config.header {
+            let at = at.field("header");
+            let name = HeaderName::parse(&value, &at)?;
+            if name == *tag {
+                return Err(bad(&at, &value, TAG_IN_RULE));
+            }
+            Target::Header(name, test.ok_or_else(|| needs_test("header"))?)
+        } else if let Some(name) = config.cookie {
+            if !cookie::is_name(&name) {
+                return Err(bad(&at.field("cookie"), &name, NOT_A_COOKIE_NAME));
+            }
+            Target::Cookie(name, test.ok_or_else(|| needs_test("cookie"))?)
+        } else if let Some(name) = config.query {
+            if name.is_empty() {
+                return Err(at.field("query").invalid("the parameter name is empty"));
+            }
+            Target::Query(name, test.ok_or_else(|| needs_test("query"))?)
+        } else if let Some(prefix) = config.path_prefix {
+            if test.is_some() {
+                return Err(at
+                    .field("path_prefix")
+                    .invalid("is its own test: it takes no \"exact\", \"prefix\" or \"present\""));
+            }
+            if !prefix.starts_with('/') {
+                return Err(bad(
+                    &at.field("path_prefix"),
+                    &prefix,
+                    "must start with '/'",
+                ));
+            }
+            Target::PathPrefix(prefix)
+        } else {
+            return Err(at.invalid(r#"needs one of "header", "cookie", "query", "path_prefix""#));
+        };
+        Ok(Self {
+            name,
+            target,
+            release: config.release.unwrap_or(Release::Canary),
+        })
+    }
+}
+
+/// `index` in decimal, without the formatting machinery (module size).
+fn decimal(mut index: usize) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b'0' + (index % 10) as u8);
+        index /= 10;
+        if index == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().map(|d| char::from(*d)).collect()
+}
+
+/// The second of the fields that are set, if more than one is.
+fn second_given(fields: &[(&'static str, bool)]) -> Option<&'static str> {
+    fields
+        .iter()
+        .filter(|(_, given)| *given)
+        .nth(1)
+        .map(|(name, _)| *name)
+}
+
+impl Sticky {
+    fn compile(
+        config: StickyConfig,
+        tag: &HeaderName,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
+        let header = match config.header {
+            Some(name) => {
+                let at = at.field("header");
+                let header = HeaderName::parse(&name, &at)?;
+                if header == *tag {
+                    return Err(bad(
+                        &at,
+                        &name,
+                        "is the tag header itself, which carries the decision, not a key",
+                    ));
+                }
+                Some(header)
+            }
+            None => None,
+        };
+        if let Some(name) = &config.cookie
+            && !cookie::is_name(name)
+        {
+            return Err(bad(&at.field("cookie"), name, NOT_A_COOKIE_NAME));
+        }
+        Ok(Self {
+            header,
+            cookie: config.cookie,
+            client_address: config.client_address,
+        })
+    }
+}
+
+impl StickyCookie {
+    fn compile(config: StickyCookieConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+        if !cookie::is_name(&config.name) {
+            return Err(bad(&at.field("name"), &config.name, NOT_A_COOKIE_NAME));
+        }
+        if config.max_age_s == 0 {
+            return Err(at.field("max_age_s").invalid("must be at least 1"));
+        }
+        Ok(Self {
+            name: config.name,
+            max_age_s: config.max_age_s,
+            secure: config.secure,
+        })
+    }
+}
+
+/// Printable ASCII, not empty, no space at either end: safe in any header and in a route's
+/// exact header match.
+fn is_header_value(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && value.bytes().all(|c| (0x20..0x7f).contains(&c))
+}
+
+fn is_label_value(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// Why a request got its release; a stats label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The request came tagged and the policy trusts incoming tags.
+    Trusted,
+    /// The rule at this index matched.
+    Rule(usize),
+    /// The split, by the request's sticky key.
+    Sticky,
+    /// The split, by a random draw (the request had no key).
+    Random,
+}
+
+impl Reason {
+    /// The reasons that are not rules.
+    pub const SPLITS: [Reason; 3] = [Self::Trusted, Self::Sticky, Self::Random];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trusted => "trusted",
+            Self::Rule(_) => "rule",
+            Self::Sticky => "sticky",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// What to do with the tag header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagEdit {
+    /// Leave the request's headers as they are.
+    Keep,
+    /// Set the tag header to the policy's value (replacing any the client sent).
+    Set,
+    /// Remove the tag header the client sent.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub release: Release,
+    pub reason: Reason,
+    pub tag: TagEdit,
+    /// A new sticky key to store in the sticky cookie: the request had none.
+    pub new_sticky_key: Option<String>,
+}
+
+impl CanaryPolicy {
+    /// Decides the request's release. `salt` is the configured salt or the route name.
+    /// Reads the request through `host` and changes nothing.
+    pub fn decide(&self, salt: &[u8], host: &mut impl RequestHost) -> Decision {
+        let incoming = host.request_header(self.header.as_str());
+        if self.trust_incoming
+            && let Some(value) = &incoming
+        {
+            let release = if value.as_slice() == self.value.as_bytes() {
+                Release::Canary
+            } else {
+                Release::Stable
+            };
+            return Decision {
+                release,
+                reason: Reason::Trusted,
+                tag: TagEdit::Keep,
+                new_sticky_key: None,
+            };
+        }
+        let mut request = Request::new(&*host);
+        let ruled = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, rule)| rule.matches(&mut request));
+        let (release, reason, new_sticky_key) = match ruled {
+            Some((i, rule)) => (rule.release, Reason::Rule(i), None),
+            None => match self.sticky_key(&mut request) {
+                Some(key) => (self.release_at(point(salt, &key)), Reason::Sticky, None),
+                None => self.draw(salt, host),
+            },
+        };
+        let tag = match (release, incoming.is_some()) {
+            (Release::Canary, _) => TagEdit::Set,
+            (Release::Stable, true) => TagEdit::Remove,
+            (Release::Stable, false) => TagEdit::Keep,
+        };
+        Decision {
+            release,
+            reason,
+            tag,
+            new_sticky_key,
+        }
+    }
+
+    /// The first present, non-empty sticky key: header, cookie, client address, then the
+    /// sticky cookie.
+    fn sticky_key<H: RequestHost>(&self, request: &mut Request<'_, H>) -> Option<Vec<u8>> {
+        let sticky = &self.sticky;
+        let host = request.host;
+        sticky
+            .header
+            .as_ref()
+            .and_then(|name| host.request_header(name.as_str()))
+            .and_then(non_empty)
+            .or_else(|| request.cookie_key(sticky.cookie.as_deref()))
+            .or_else(|| {
+                // A host call only when the policy keys on the address.
+                let address = sticky
+                    .client_address
+                    .then(|| host.property(&SOURCE_ADDRESS))??;
+                non_empty(client_ip(&address).to_vec())
+            })
+            .or_else(|| request.cookie_key(self.sticky_cookie.as_ref().map(|c| c.name.as_str())))
+    }
+
+    /// No key: a random draw; with a sticky cookie, a new random key the cookie keeps.
+    fn draw(&self, salt: &[u8], host: &mut impl RequestHost) -> (Release, Reason, Option<String>) {
+        if self.sticky_cookie.is_none() {
+            let release = self.release_at(unit_interval(host.random_u64()));
+            return (release, Reason::Random, None);
+        }
+        let mut key = [0u8; 16];
+        let (high, low) = key.split_at_mut(8);
+        high.copy_from_slice(&host.random_u64().to_be_bytes());
+        low.copy_from_slice(&host.random_u64().to_be_bytes());
+        let key = hex::encode(&key);
+        let release = self.release_at(point(salt, key.as_bytes()));
+        (release, Reason::Random, Some(key))
+    }
+
+    /// The release of a point in `[0, 1)`: below `percent / 100` is the canary, so raising
+    /// the percent only moves points from stable to canary.
+    pub fn release_at(&self, point: f64) -> Release {
+        if self.percent >= Percent::HUNDRED || point < self.percent.fraction() {
+            Release::Canary
+        } else {
+            Release::Stable
+        }
+    }
+
+    /// The debugging response header's value: `canary; rule=force`, `stable; sticky`.
+    pub fn describe(&self, decision: &Decision) -> String {
+        let mut text = String::from(decision.release.as_str());
+        text.push_str("; ");
+        match decision.reason {
+            Reason::Rule(i) => {
+                text.push_str("rule=");
+                text.push_str(self.rules.get(i).map_or("", |rule| rule.name.as_str()));
+            }
+            reason => text.push_str(reason.as_str()),
+        }
+        text
+    }
+}
+
+fn non_empty(key: Vec<u8>) -> Option<Vec<u8>> {
+    (!key.is_empty()).then_some(key)
+}
+
+/// A sticky key's point in `[0, 1)` on a route.
+pub fn point(salt: &[u8], key: &[u8]) -> f64 {
+    unit_interval(stable_hash(&[salt, key]))
+}
+
+impl Rule {
+    fn matches<H: RequestHost>(&self, request: &mut Request<'_, H>) -> bool {
+        match &self.target {
+            Target::Header(name, test) => {
+                test.matches(request.host.request_header(name.as_str()).as_deref())
+            }
+            Target::Cookie(name, test) => test.matches(request.cookie(name)),
+            Target::Query(name, test) => {
+                let value = request
+                    .path()
+                    .and_then(|path| query::param(query::query_of(path), name.as_bytes()));
+                test.matches(value.as_deref())
+            }
+            Target::PathPrefix(prefix) => request
+                .path()
+                .is_some_and(|path| query::path_only(path).starts_with(prefix.as_bytes())),
+        }
+    }
+}
+
+/// The request as rules and keys see it: `:path` and `cookie` are read once, when first
+/// needed.
+struct Request<'h, H> {
+    host: &'h H,
+    path: Option<Option<Vec<u8>>>,
+    cookie: Option<Option<Vec<u8>>>,
+}
+
+impl<'h, H: RequestHost> Request<'h, H> {
+    fn new(host: &'h H) -> Self {
+        Self {
+            host,
+            path: None,
+            cookie: None,
+        }
+    }
+
+    fn path(&mut self) -> Option<&[u8]> {
+        let host = self.host;
+        self.path
+            .get_or_insert_with(|| host.request_header(":path"))
+            .as_deref()
+    }
+
+    /// A cookie's value as a sticky key: absent when empty.
+    fn cookie_key(&mut self, name: Option<&str>) -> Option<Vec<u8>> {
+        non_empty(self.cookie(name?)?.to_vec())
+    }
+
+    fn cookie(&mut self, name: &str) -> Option<&[u8]> {
+        let host = self.host;
+        let header = self
+            .cookie
+            .get_or_insert_with(|| host.request_header("cookie"))
+            .as_deref()?;
+        cookie::find(header, name.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests;
