@@ -12,6 +12,8 @@
 //! - A filter's response and done phases do not run for a local reply the filter sent itself.
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
 
+#[cfg(any(test, target_arch = "wasm32"))]
+mod alloc;
 mod host;
 
 use std::cell::RefCell;
