@@ -17,9 +17,9 @@ mod alloc;
 mod host;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
+use hashbrown::HashMap;
 use mesh_policy::config::{Envelope, FieldPath, Routes};
 use mesh_policy::filter::{Filter, Plugin, Verdict};
 use mesh_policy::host::Host;
@@ -46,7 +46,8 @@ pub fn start<F: Filter + 'static>() {
     proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
 }
 
-/// Bound routes by Envoy route name; `None` caches "no policy applies".
+/// Bound routes by Envoy route name; `None` caches "no policy applies". hashbrown, as in the
+/// SDK: std's `HashMap` costs its random seeding and SipHash in every module.
 type BoundRoutes<F> = HashMap<Vec<u8>, Option<Rc<<F as Filter>::Route>>>;
 
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
