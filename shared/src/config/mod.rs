@@ -6,7 +6,6 @@
 //! Errors carry the path of the offending field, e.g.
 //! `routes["checkout"].emit[1]: unknown format "b4", expected one of "w3c", ...`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -191,28 +190,33 @@ impl<C> Envelope<C> {
             Some(config) => Some(Rc::new(compile(config, &at.field("default"))?)),
             None => None,
         };
-        let mut routes = HashMap::with_capacity(self.routes.len());
+        let mut routes = Vec::with_capacity(self.routes.len());
         let routes_at = at.field("routes");
         for (name, config) in self.routes {
             let policy = compile(config, &routes_at.key(&name))?;
-            routes.insert(name, Rc::new(policy));
+            routes.push((name, Rc::new(policy)));
         }
         Ok(Routes { default, routes })
     }
 }
 
 /// Compiled policies by Envoy route name.
+///
+/// A list in the order written, not a map: it is searched once per route name and VM (the
+/// adapter caches what it finds), and std's `HashMap` would bring its random seeding and
+/// SipHash into every module (see ARCHITECTURE.md, module size). Names are unique: the JSON
+/// parser refuses a key written twice.
 #[derive(Debug)]
 pub struct Routes<P> {
     default: Option<Rc<P>>,
-    routes: HashMap<String, Rc<P>>,
+    routes: Vec<(String, Rc<P>)>,
 }
 
 impl<P> Default for Routes<P> {
     fn default() -> Self {
         Self {
             default: None,
-            routes: HashMap::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -220,16 +224,20 @@ impl<P> Default for Routes<P> {
 impl<P> Routes<P> {
     /// The route's own policy, else the default, else none (leave the request alone).
     pub fn policy_for(&self, route_name: &str) -> Option<&Rc<P>> {
-        self.routes.get(route_name).or(self.default.as_ref())
+        self.routes
+            .iter()
+            .find(|(name, _)| name == route_name)
+            .map(|(_, policy)| policy)
+            .or(self.default.as_ref())
     }
 
     pub fn is_empty(&self) -> bool {
         self.default.is_none() && self.routes.is_empty()
     }
 
-    /// Route names with a policy of their own.
+    /// Route names with a policy of their own, in the order written.
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
+        self.routes.iter().map(|(name, _)| name.as_str())
     }
 }
 
@@ -243,8 +251,11 @@ impl HeaderName {
             return Err(at.invalid("header name is empty"));
         }
         if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
+            // Quoted by hand: `{:?}` of a str or char brings core's Unicode escaping tables.
             return Err(at.invalid(format!(
-                "header name {name:?} has character {bad:?}, which HTTP does not allow in a name"
+                "header name \"{}\" has character '{}', which HTTP does not allow in a name",
+                escape(name),
+                escape(bad.encode_utf8(&mut [0; 4]))
             )));
         }
         Ok(Self(name.to_ascii_lowercase()))
@@ -256,7 +267,8 @@ impl HeaderName {
 }
 
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+    // Bytes, not `str::contains`: its char search links core's str-slicing panic.
+    c.is_ascii_alphanumeric() || (c.is_ascii() && b"!#$%&'*+-.^_`|~".contains(&(c as u8)))
 }
 
 #[cfg(test)]
