@@ -11,6 +11,8 @@
 //!   per route name for the VM's lifetime (route names are finite: they come from config).
 //! - A filter's response and done phases do not run for a local reply the filter sent itself.
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
+//! - No body, trailer or TCP callbacks: `scripts/build.sh` removes their exports, so Envoy
+//!   does not enter the VM for them. Handle one here and take it off `DROP_EXPORTS` there.
 
 #[cfg(any(test, target_arch = "wasm32"))]
 mod alloc;
