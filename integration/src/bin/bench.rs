@@ -942,6 +942,11 @@ fn run() -> Result<(), Error> {
     let load_before = load_average();
     eprintln!("load average before: {load_before}");
 
+    // One unmeasured run first: the first Envoy after a quiet spell runs measurably slower
+    // (cold caches, CPU frequency), which would tilt the first repetition.
+    if let Some(bare) = variants.first() {
+        measure(bare, upstream.addr, &script, &options, ticks)?;
+    }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for rep in 1..=options.repeat {
         for (variant, runs) in variants.iter().zip(samples.iter_mut()) {
