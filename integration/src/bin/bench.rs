@@ -456,7 +456,12 @@ fn run_wrk(
 
 /// utime + stime of the whole process (every thread), in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<u64, Error> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    cpu_ticks_of(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a `/proc/.../stat` file.
+fn cpu_ticks_of(path: &str) -> Result<u64, Error> {
+    let stat = std::fs::read_to_string(path)?;
     // The command name may contain spaces: fields count from after its closing parenthesis.
     let rest = stat
         .rsplit_once(')')
@@ -468,6 +473,31 @@ fn cpu_ticks(pid: u32) -> Result<u64, Error> {
         Ok(fields.get(i).ok_or("short /proc stat")?.parse::<u64>()?)
     };
     Ok(tick(11)? + tick(12)?)
+}
+
+/// CPU ticks of the thread named `wrk:worker_0` (Envoy's one worker) and of all the others
+/// (main thread, V8's compiler threads...).
+fn worker_and_other_ticks(pid: u32) -> Result<(u64, u64), Error> {
+    let (mut worker, mut other) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let Ok(tid) = task
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .parse::<u32>()
+        else {
+            continue;
+        };
+        let ticks = cpu_ticks_of(&format!("/proc/{pid}/task/{tid}/stat"))?;
+        if name.trim() == "wrk:worker_0" {
+            worker += ticks;
+        } else {
+            other += ticks;
+        }
+    }
+    Ok((worker, other))
 }
 
 fn rss_kb(pid: u32) -> Result<u64, Error> {
@@ -563,6 +593,9 @@ fn smoke(agent: &ureq::Agent, envoy: &EnvoyProcess, variant: &Variant) -> Result
 struct Sample {
     rps: f64,
     cpu_us_per_request: f64,
+    /// Of that, Envoy's worker thread and every other thread (V8 compiling, main thread).
+    worker_us: f64,
+    other_us: f64,
     p50_us: f64,
     p99_us: f64,
     rss_kb: u64,
@@ -608,6 +641,7 @@ fn measure(
         Some(dir) => Some(start_perf(dir, variant.name, pid)?),
         None => None,
     };
+    let threads_before = worker_and_other_ticks(pid)?;
     let cpu_before = cpu_ticks(pid)?;
     let load = run_wrk(
         script,
@@ -617,6 +651,7 @@ fn measure(
         options.max_seconds,
     )?;
     let cpu_after = cpu_ticks(pid)?;
+    let threads_after = worker_and_other_ticks(pid)?;
     if let Some(perf) = perf {
         stop_perf(perf)?;
     }
@@ -649,7 +684,10 @@ fn measure(
         }
     }
     let cpu_seconds = (cpu_after - cpu_before) as f64 / ticks_per_second as f64;
+    let per_request = |ticks: u64| ticks as f64 * 1e6 / ticks_per_second as f64 / served as f64;
     Ok(Sample {
+        worker_us: per_request(threads_after.0.saturating_sub(threads_before.0)),
+        other_us: per_request(threads_after.1.saturating_sub(threads_before.1)),
         rps: load.requests as f64 / load.seconds,
         cpu_us_per_request: cpu_seconds * 1e6 / served as f64,
         p50_us: load.p50_us,
@@ -953,10 +991,12 @@ fn run() -> Result<(), Error> {
             let sample = measure(variant, upstream.addr, &script, &options, ticks)
                 .map_err(|e| format!("{} (repetition {rep}): {e}", variant.name))?;
             eprintln!(
-                "  rep {rep} {:<16} {:>7.0} req/s  {:>6.1} µs/req  p50 {:>5.2} ms  p99 {:>5.2} ms  RSS {:>5.1} MB  (load {})",
+                "  rep {rep} {:<16} {:>7.0} req/s  {:>6.1} µs/req (worker {:>6.1}, other {:>5.1})  p50 {:>5.2} ms  p99 {:>5.2} ms  RSS {:>5.1} MB  (load {})",
                 variant.name,
                 sample.rps,
                 sample.cpu_us_per_request,
+                sample.worker_us,
+                sample.other_us,
                 sample.p50_us / 1000.0,
                 sample.p99_us / 1000.0,
                 sample.rss_kb as f64 / 1024.0,
