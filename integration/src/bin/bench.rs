@@ -4,11 +4,16 @@
 //! For every variant (no filter, the SDK-only pass-through module, each of our four filters
 //! with a realistic policy, all four chained, Envoy's `local_ratelimit`, a Lua filter adding a
 //! header) it starts Envoy with `--concurrency 1` in front of a fixed fast upstream, checks
-//! that the filters really run, warms up (V8 compiles modules at load), then lets `wrk` send
-//! a fixed number of requests (bounded in time too) and reads Envoy's CPU time (utime +
-//! stime from `/proc/<pid>/stat`) and request count around it. Three repetitions, variants
-//! interleaved, medians reported; prints a markdown table and the targets, and writes the
-//! results file.
+//! that the filters really run and warms up (V8 compiles modules at load).
+//!
+//! That Envoy has two listeners: the variant's filter chain, and a bare one (router only).
+//! wrk sends a fixed number of requests (bounded in time too) in windows that alternate
+//! between them (bare, variant, variant, bare, ...), and Envoy's CPU time is read around each
+//! window. On a shared machine the CPU time a request takes drifts by tens of percent from
+//! one second to the next; a variant compared with the bare listener of the same process a
+//! moment apart keeps that drift out of "added µs per request". Three repetitions (a fresh
+//! Envoy each), variants interleaved, medians reported; prints a markdown table and the
+//! targets, and writes the results file.
 //!
 //! Everything listens on 127.0.0.1; every process started here is stopped by its own handle.
 
@@ -29,32 +34,33 @@ const ROUTE: &str = "bench";
 /// What `scripts/build.sh` enforces.
 const MODULE_BUDGET: u64 = 150 * 1024;
 
-const USAGE: &str = "usage: bench [--requests N] [--warmup N] [--connections N] [--repeat N]
-             [--max-seconds N] [--only name,name] [--out FILE] [--perf DIR]";
+const USAGE: &str = "usage: bench [--requests N] [--windows N] [--warmup N] [--connections N]
+             [--repeat N] [--max-seconds N] [--only name,name] [--out FILE]";
 
 struct Options {
+    /// Measured requests per variant and repetition, on each listener.
     requests: u64,
+    /// Window pairs those requests are split into.
+    windows: u64,
     warmup: u64,
     connections: u32,
     repeat: usize,
     max_seconds: u64,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
-    /// Record `perf` profiles of Envoy during the measured requests here.
-    perf: Option<PathBuf>,
 }
 
 impl Options {
     fn parse() -> Result<Self, Error> {
         let mut options = Self {
-            requests: 40_000,
+            requests: 30_000,
+            windows: 5,
             warmup: 5_000,
             connections: 32,
             repeat: 3,
             max_seconds: 60,
             only: None,
             out: None,
-            perf: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -64,6 +70,7 @@ impl Options {
             };
             match flag.as_str() {
                 "--requests" => options.requests = value()?.parse()?,
+                "--windows" => options.windows = value()?.parse()?,
                 "--warmup" => options.warmup = value()?.parse()?,
                 "--connections" => options.connections = value()?.parse()?,
                 "--repeat" => options.repeat = value()?.parse()?,
@@ -72,7 +79,6 @@ impl Options {
                     options.only = Some(value()?.split(',').map(str::to_owned).collect());
                 }
                 "--out" => options.out = Some(PathBuf::from(value()?)),
-                "--perf" => options.perf = Some(PathBuf::from(value()?)),
                 _ => return Err(format!("unknown argument {flag}\n{USAGE}").into()),
             }
         }
@@ -259,46 +265,102 @@ fn variants() -> Vec<Variant> {
 
 /// `200 ok` for every request; `/smoke` also lists the request header names it received in
 /// `x-seen`, so a run can prove what the filters added.
+///
+/// A canned HTTP/1.1 responder rather than axum: the upstream shares two CPUs with Envoy and
+/// wrk, so the less it costs the less it disturbs Envoy's numbers. It serves what the
+/// benchmark sends (GET, no body, keep-alive) and nothing else.
 struct Upstream {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+const OK_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+
+/// The answer to one request head (`GET ... HTTP/1.1` up to the blank line).
+fn upstream_response(head: &[u8]) -> Vec<u8> {
+    if !head.starts_with(b"GET /smoke") {
+        return OK_RESPONSE.to_vec();
+    }
+    let names: Vec<String> = String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, _)| name.trim().to_ascii_lowercase())
+        .collect();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-seen: {}\r\ncontent-length: 2\r\n\r\nok",
+        names.join(",")
+    )
+    .into_bytes()
+}
+
+/// Answers every request head on one connection until the peer closes it.
+async fn serve_connection(socket: tokio::net::TcpStream) -> std::io::Result<()> {
+    use std::io::ErrorKind::WouldBlock;
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        socket.readable().await?;
+        let read = match socket.try_read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        buffer.extend_from_slice(chunk.get(..read).unwrap_or_default());
+        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buffer.drain(..end + 4).collect();
+            out.extend_from_slice(&upstream_response(&head));
+        }
+        let mut written = 0;
+        while written < out.len() {
+            socket.writable().await?;
+            match socket.try_write(out.get(written..).unwrap_or_default()) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.clear();
+        if buffer.len() > 64 * 1024 {
+            return Ok(()); // not what the benchmark sends
+        }
+    }
+}
+
 impl Upstream {
     fn start() -> Result<Self, Error> {
-        use axum::Router;
-        use axum::http::HeaderMap;
-        use axum::routing::get;
-
-        async fn ok() -> &'static str {
-            "ok"
-        }
-        async fn smoke(headers: HeaderMap) -> ([(&'static str, String); 1], &'static str) {
-            let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
-            ([("x-seen", names.join(","))], "ok")
-        }
-
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bench-upstream".into())
             .spawn(move || {
-                let app = Router::new().route("/smoke", get(smoke)).fallback(ok);
-                let served = runtime.block_on(async {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = rx.await;
-                        })
-                        .await
+                runtime.block_on(async {
+                    loop {
+                        tokio::select! {
+                            _ = &mut rx => break,
+                            accepted = listener.accept() => match accepted {
+                                Ok((socket, _)) => {
+                                    let _ = socket.set_nodelay(true);
+                                    tokio::spawn(async move {
+                                        let _ = serve_connection(socket).await;
+                                    });
+                                }
+                                Err(err) => {
+                                    eprintln!("bench upstream: {err}");
+                                    break;
+                                }
+                            },
+                        }
+                    }
                 });
-                if let Err(err) = served {
-                    eprintln!("bench upstream: {err}");
-                }
             })?;
         Ok(Self {
             addr,
@@ -323,24 +385,25 @@ impl Drop for Upstream {
 // The load generator
 
 /// wrk's per-thread script: the same request stream for every variant (a user id out of
-/// 1000 and an API key out of 16 per request). After `args[1]` responses the thread stops
-/// and says so on stderr (unbuffered); wrk itself would sleep out its `-d`, so the driver
-/// interrupts it then, and wrk prints the summary line from `done`.
+/// 1000 and an API key out of 16 per request, built once in `init`, so wrk spends little
+/// per request). After sending `args[1]` requests the thread says so on stderr (unbuffered)
+/// and stops; wrk itself would sleep out its `-d`, so the driver interrupts it then, and wrk
+/// prints the summary line from `done`.
 const WRK_SCRIPT: &str = r#"
-local limit, seen, n = 0, 0, 0
+local requests, count, limit, n = {}, 1000, 0, 0
 function init(args)
   limit = tonumber(args[1]) or 0
+  for i = 1, count do
+    requests[i] = wrk.format("GET", "/", {["x-user-id"] = "user-" .. i, ["x-api-key"] = "key-" .. (i % 16)})
+  end
 end
 function request()
   n = n + 1
-  return wrk.format("GET", "/", {["x-user-id"] = "user-" .. (n % 1000), ["x-api-key"] = "key-" .. (n % 16)})
-end
-function response(status, headers, body)
-  seen = seen + 1
-  if limit > 0 and seen == limit then
+  if limit > 0 and n == limit then
     io.stderr:write("DONE\n")
     wrk.thread:stop()
   end
+  return requests[n % count + 1]
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -454,50 +517,24 @@ fn run_wrk(
 // ---------------------------------------------------------------------------------------
 // Envoy as a process
 
-/// utime + stime of the whole process (every thread), in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64, Error> {
-    cpu_ticks_of(&format!("/proc/{pid}/stat"))
-}
-
-/// utime + stime from a `/proc/.../stat` file.
-fn cpu_ticks_of(path: &str) -> Result<u64, Error> {
-    let stat = std::fs::read_to_string(path)?;
-    // The command name may contain spaces: fields count from after its closing parenthesis.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the whole line are the 12th and 13th after the name.
-    let tick = |i: usize| -> Result<u64, Error> {
-        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<u64>()?)
-    };
-    Ok(tick(11)? + tick(12)?)
-}
-
-/// CPU ticks of the thread named `wrk:worker_0` (Envoy's one worker) and of all the others
-/// (main thread, V8's compiler threads...).
-fn worker_and_other_ticks(pid: u32) -> Result<(u64, u64), Error> {
-    let (mut worker, mut other) = (0, 0);
+/// CPU time of the whole process (every thread), in nanoseconds: the sum of its threads'
+/// `/proc/<pid>/task/<tid>/schedstat` run times. The same quantity as utime + stime, at
+/// nanosecond rather than clock-tick resolution (short windows need it).
+fn process_cpu_ns(pid: u32) -> Result<u64, Error> {
+    let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let task = task?.path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        let Ok(tid) = task
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .parse::<u32>()
-        else {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has no file any more: skip it.
+        let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };
-        let ticks = cpu_ticks_of(&format!("/proc/{pid}/task/{tid}/stat"))?;
-        if name.trim() == "wrk:worker_0" {
-            worker += ticks;
-        } else {
-            other += ticks;
-        }
+        total += text
+            .split_whitespace()
+            .next()
+            .ok_or("empty schedstat")?
+            .parse::<u64>()?;
     }
-    Ok((worker, other))
+    Ok(total)
 }
 
 fn rss_kb(pid: u32) -> Result<u64, Error> {
@@ -507,11 +544,6 @@ fn rss_kb(pid: u32) -> Result<u64, Error> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .ok_or("no VmRSS")?;
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
-}
-
-fn clock_ticks_per_second() -> Result<u64, Error> {
-    let out = Command::new("getconf").arg("CLK_TCK").output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 /// The sum of every Envoy stat whose name contains `needle` (0 when none does); a needle
@@ -533,7 +565,25 @@ fn stat_sum(agent: &ureq::Agent, admin: SocketAddr, needle: &str) -> Result<u64,
         .sum())
 }
 
-/// Envoy's config for a variant: one route named [`ROUTE`] to the upstream.
+/// The two listeners of a run: the variant's chain and the bare one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Bare,
+    Variant,
+}
+
+impl Side {
+    /// The connection manager's stat prefix (`http.<prefix>.downstream_rq_total`).
+    fn stat_prefix(self) -> &'static str {
+        match self {
+            Self::Bare => "bare",
+            Self::Variant => "ingress",
+        }
+    }
+}
+
+/// Envoy's config for a variant: its filters on the first listener, none on a second one
+/// named `bare`; both take the one route named [`ROUTE`] to the upstream.
 fn envoy_config(variant: &Variant, upstream: SocketAddr) -> Result<String, Error> {
     let dist = envoy::dist_dir();
     let mut filters = Vec::new();
@@ -545,23 +595,66 @@ fn envoy_config(variant: &Variant, upstream: SocketAddr) -> Result<String, Error
         filters.push(envoy::wasm_filter(module, &wasm, plugin_json));
     }
     filters.extend(variant.native.iter().cloned());
-    let route = json!({
-        "name": ROUTE,
-        "match": { "prefix": "/" },
-        "route": { "cluster": "upstream", "timeout": "15s" }
-    });
-    let config = envoy::bootstrap(
-        filters,
-        vec![route],
-        vec![envoy::cluster("upstream", upstream)],
-    );
+    let route = || {
+        json!({
+            "name": ROUTE,
+            "match": { "prefix": "/" },
+            "route": { "cluster": "upstream", "timeout": "15s" }
+        })
+    };
+    let cluster = || vec![envoy::cluster("upstream", upstream)];
+    let mut config = envoy::bootstrap(filters, vec![route()], cluster());
+    let mut bare = envoy::bootstrap(Vec::new(), vec![route()], cluster())
+        .pointer("/static_resources/listeners/0")
+        .cloned()
+        .ok_or("bootstrap without a listener")?;
+    *bare.pointer_mut("/name").ok_or("listener without a name")? = json!("bare");
+    *bare
+        .pointer_mut("/filter_chains/0/filters/0/typed_config/stat_prefix")
+        .ok_or("listener without a connection manager")? = json!(Side::Bare.stat_prefix());
+    config
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .ok_or("bootstrap listeners are not a list")?
+        .push(bare);
     Ok(config.to_string())
 }
 
+/// The address Envoy bound the listener `name` to.
+fn listener_address(
+    agent: &ureq::Agent,
+    admin: SocketAddr,
+    name: &str,
+) -> Result<SocketAddr, Error> {
+    let text = agent
+        .get(format!("http://{admin}/listeners?format=json"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    let listeners: Value = serde_json::from_str(&text)?;
+    let socket = listeners
+        .pointer("/listener_statuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|l| l.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|l| l.pointer("/local_address/socket_address"))
+        .ok_or_else(|| format!("no listener {name}"))?;
+    let address = socket
+        .get("address")
+        .and_then(Value::as_str)
+        .ok_or("no listener address")?;
+    let port = socket
+        .get("port_value")
+        .and_then(Value::as_u64)
+        .ok_or("no listener port")?;
+    Ok(format!("{address}:{port}").parse()?)
+}
+
 /// One request through Envoy; checks what the variant promises to do to it.
-fn smoke(agent: &ureq::Agent, envoy: &EnvoyProcess, variant: &Variant) -> Result<(), Error> {
+fn smoke(agent: &ureq::Agent, listener: SocketAddr, variant: &Variant) -> Result<(), Error> {
     let response = agent
-        .get(format!("http://{}/smoke", envoy.listener))
+        .get(format!("http://{listener}/smoke"))
         .header("x-user-id", "user-1")
         .header("x-api-key", "key-1")
         .call()?;
@@ -590,14 +683,75 @@ fn smoke(agent: &ureq::Agent, envoy: &EnvoyProcess, variant: &Variant) -> Result
     Ok(())
 }
 
-struct Sample {
+/// One window: requests on one listener and the CPU Envoy spent on them.
+struct Window {
     rps: f64,
     cpu_us_per_request: f64,
-    /// Of that, Envoy's worker thread and every other thread (V8 compiling, main thread).
-    worker_us: f64,
-    other_us: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// Runs one window and checks that every request was answered by the upstream.
+fn window(
+    side: Side,
+    listener: SocketAddr,
+    pid: u32,
+    agent: &ureq::Agent,
+    admin: SocketAddr,
+    script: &Path,
+    options: &Options,
+) -> Result<Window, Error> {
+    let prefix = side.stat_prefix();
+    let served_stat = format!("=http.{prefix}.downstream_rq_total");
+    let refused = |agent: &ureq::Agent| -> Result<u64, Error> {
+        Ok(
+            stat_sum(agent, admin, &format!("=http.{prefix}.downstream_rq_4xx"))?
+                + stat_sum(agent, admin, &format!("=http.{prefix}.downstream_rq_5xx"))?,
+        )
+    };
+    let served_before = stat_sum(agent, admin, &served_stat)?;
+    let refused_before = refused(agent)?;
+    // The admin calls above run on Envoy's main thread: read the CPU after them.
+    let cpu_before = process_cpu_ns(pid)?;
+    let requests = options.requests / options.windows;
+    let load = run_wrk(
+        script,
+        listener,
+        options.connections,
+        requests,
+        options.max_seconds,
+    )?;
+    let cpu_after = process_cpu_ns(pid)?;
+    let served = stat_sum(agent, admin, &served_stat)? - served_before;
+    let refused = refused(agent)? - refused_before;
+    // Requests still in flight when wrk stops are reset, not refused: only 4xx/5xx count.
+    if load.errors > 0 || refused > 0 || served < load.requests || served == 0 {
+        return Err(format!(
+            "{prefix} listener: {} wrk errors, {refused} of {served} requests answered 4xx/5xx (wrk counted {})",
+            load.errors, load.requests
+        )
+        .into());
+    }
+    Ok(Window {
+        rps: load.requests as f64 / load.seconds,
+        cpu_us_per_request: (cpu_after - cpu_before) as f64 / 1e3 / served as f64,
+        p50_us: load.p50_us,
+        p99_us: load.p99_us,
+    })
+}
+
+/// One repetition of one variant: medians over its windows.
+struct Sample {
+    /// The variant listener.
+    rps: f64,
+    cpu_us_per_request: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// The bare listener of the same Envoy.
+    bare_cpu_us_per_request: f64,
+    /// Window pairs: variant minus the bare window next to it.
+    added_us: f64,
+    rps_vs_bare: f64,
     rss_kb: u64,
 }
 
@@ -606,124 +760,90 @@ fn measure(
     upstream: SocketAddr,
     script: &Path,
     options: &Options,
-    ticks_per_second: u64,
 ) -> Result<Sample, Error> {
     let config = envoy_config(variant, upstream)?;
     let envoy = EnvoyProcess::start(&config, "json", 1)?;
     let pid = envoy.pid();
+    let admin = envoy.admin;
     let agent = envoy::agent(Duration::from_secs(10));
-    smoke(&agent, &envoy, variant)?;
-    // Warm-up: V8 compiles at load, first requests bind routes and create shared data.
-    run_wrk(
-        script,
-        envoy.listener,
-        options.connections,
-        options.warmup,
-        options.max_seconds,
-    )?;
+    let listeners = [
+        (Side::Variant, envoy.listener),
+        (Side::Bare, listener_address(&agent, admin, "bare")?),
+    ];
+    smoke(&agent, envoy.listener, variant)?;
+    // Warm-up: V8 compiles at load (and tiers up hot code), first requests bind routes and
+    // create shared data.
+    for (_, listener) in listeners {
+        run_wrk(
+            script,
+            listener,
+            options.connections,
+            options.warmup,
+            options.max_seconds,
+        )?;
+    }
     let stat_before: Vec<u64> = variant
         .checks
         .iter()
         .map(|c| match c {
-            Check::StatGrew(needle) => stat_sum(&agent, envoy.admin, needle),
+            Check::StatGrew(needle) => stat_sum(&agent, admin, needle),
             _ => Ok(0),
         })
         .collect::<Result<_, _>>()?;
-    let served_before = stat_sum(&agent, envoy.admin, "=http.ingress.downstream_rq_total")?;
-    let refused = |agent: &ureq::Agent| -> Result<u64, Error> {
-        Ok(
-            stat_sum(agent, envoy.admin, "=http.ingress.downstream_rq_4xx")?
-                + stat_sum(agent, envoy.admin, "=http.ingress.downstream_rq_5xx")?,
-        )
-    };
-    let refused_before = refused(&agent)?;
-    let perf = match &options.perf {
-        Some(dir) => Some(start_perf(dir, variant.name, pid)?),
-        None => None,
-    };
-    let threads_before = worker_and_other_ticks(pid)?;
-    let cpu_before = cpu_ticks(pid)?;
-    let load = run_wrk(
-        script,
-        envoy.listener,
-        options.connections,
-        options.requests,
-        options.max_seconds,
-    )?;
-    let cpu_after = cpu_ticks(pid)?;
-    let threads_after = worker_and_other_ticks(pid)?;
-    if let Some(perf) = perf {
-        stop_perf(perf)?;
+    let mut bare = Vec::new();
+    let mut ours = Vec::new();
+    for w in 0..options.windows {
+        // bare, variant, variant, bare, ...: neither side always goes first.
+        let order = if w % 2 == 0 {
+            [Side::Bare, Side::Variant]
+        } else {
+            [Side::Variant, Side::Bare]
+        };
+        for side in order {
+            let listener = listeners
+                .iter()
+                .find(|(s, _)| *s == side)
+                .map(|(_, l)| *l)
+                .ok_or("no listener")?;
+            let measured = window(side, listener, pid, &agent, admin, script, options)
+                .map_err(|e| format!("{}: {e}", variant.name))?;
+            match side {
+                Side::Bare => bare.push(measured),
+                Side::Variant => ours.push(measured),
+            }
+        }
     }
-    let log_bytes = envoy.log().len();
-    if log_bytes > 1_000_000 {
-        eprintln!("  warning: Envoy logged {log_bytes} bytes: per-request log lines cost CPU");
-    }
-    let served =
-        stat_sum(&agent, envoy.admin, "=http.ingress.downstream_rq_total")? - served_before;
-    let refused = refused(&agent)? - refused_before;
-    let rss = rss_kb(pid)?;
-    // Requests still in flight when wrk stops are reset, not refused: only 4xx/5xx count.
-    if load.errors > 0 || refused > 0 || served < load.requests {
-        return Err(format!(
-            "{}: {} wrk errors, {refused} of {served} requests answered 4xx/5xx (wrk counted {})",
-            variant.name, load.errors, load.requests
-        )
-        .into());
-    }
+    let measured_requests = options.requests / options.windows * options.windows;
     for (check, before) in variant.checks.iter().zip(stat_before) {
         if let Check::StatGrew(needle) = check {
-            let grown = stat_sum(&agent, envoy.admin, needle)? - before;
-            if grown < load.requests {
+            let grown = stat_sum(&agent, admin, needle)? - before;
+            if grown < measured_requests {
                 return Err(format!(
-                    "{}: {needle} grew by {grown} for {} requests",
-                    variant.name, load.requests
+                    "{}: {needle} grew by {grown} for {measured_requests} requests",
+                    variant.name
                 )
                 .into());
             }
         }
     }
-    let cpu_seconds = (cpu_after - cpu_before) as f64 / ticks_per_second as f64;
-    let per_request = |ticks: u64| ticks as f64 * 1e6 / ticks_per_second as f64 / served as f64;
-    Ok(Sample {
-        worker_us: per_request(threads_after.0.saturating_sub(threads_before.0)),
-        other_us: per_request(threads_after.1.saturating_sub(threads_before.1)),
-        rps: load.requests as f64 / load.seconds,
-        cpu_us_per_request: cpu_seconds * 1e6 / served as f64,
-        p50_us: load.p50_us,
-        p99_us: load.p99_us,
-        rss_kb: rss,
-    })
-}
-
-/// `perf record` of the Envoy process, call graphs included.
-fn start_perf(dir: &Path, name: &str, pid: u32) -> Result<std::process::Child, Error> {
-    std::fs::create_dir_all(dir)?;
-    let child = Command::new("perf")
-        .args(["record", "-g", "-q", "-p", &pid.to_string(), "-o"])
-        .arg(dir.join(format!("{name}.data")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run perf: {e}"))?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(child)
-}
-
-fn stop_perf(mut perf: std::process::Child) -> Result<(), Error> {
-    let _ = Command::new("kill")
-        .args(["-INT", &perf.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while perf.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = perf.kill();
-            let _ = perf.wait();
-            return Err("perf did not stop".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let log_bytes = envoy.log().len();
+    if log_bytes > 1_000_000 {
+        eprintln!("  warning: Envoy logged {log_bytes} bytes: per-request log lines cost CPU");
     }
-    Ok(())
+    let of = |windows: &[Window], f: fn(&Window) -> f64| median(windows.iter().map(f).collect());
+    let pairs = |f: fn(&Window, &Window) -> f64| {
+        median(ours.iter().zip(&bare).map(|(v, b)| f(v, b)).collect())
+    };
+    Ok(Sample {
+        rps: of(&ours, |w| w.rps),
+        cpu_us_per_request: of(&ours, |w| w.cpu_us_per_request),
+        p50_us: of(&ours, |w| w.p50_us),
+        p99_us: of(&ours, |w| w.p99_us),
+        bare_cpu_us_per_request: of(&bare, |w| w.cpu_us_per_request),
+        added_us: pairs(|v, b| v.cpu_us_per_request - b.cpu_us_per_request),
+        rps_vs_bare: pairs(|v, b| v.rps / b.rps),
+        rss_kb: rss_kb(pid)?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -743,8 +863,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// A variant's medians; ratios and added CPU are taken per repetition against that
-/// repetition's bare run, then the median of those.
+/// A variant's medians over its repetitions.
 struct Row {
     name: &'static str,
     what: &'static str,
@@ -752,6 +871,7 @@ struct Row {
     rps: f64,
     rps_vs_bare: f64,
     cpu_us: f64,
+    bare_cpu_us: f64,
     added_us: f64,
     p50_us: f64,
     p99_us: f64,
@@ -769,36 +889,34 @@ fn module_bytes(variant: &Variant) -> u64 {
         .sum()
 }
 
-fn rows(variants: &[Variant], samples: &[Vec<Sample>]) -> Result<Vec<Row>, Error> {
-    let bare = samples.first().ok_or("no bare runs")?;
+fn rows(variants: &[Variant], samples: &[Vec<Sample>]) -> Vec<Row> {
     variants
         .iter()
         .zip(samples)
         .map(|(variant, runs)| {
-            let paired = |f: &dyn Fn(&Sample, &Sample) -> f64| {
-                median(runs.iter().zip(bare).map(|(s, b)| f(s, b)).collect())
-            };
-            Ok(Row {
+            let m = |f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+            Row {
                 name: variant.name,
                 what: variant.what,
                 ours: variant.ours,
-                rps: median(runs.iter().map(|s| s.rps).collect()),
-                rps_vs_bare: paired(&|s, b| s.rps / b.rps),
-                cpu_us: median(runs.iter().map(|s| s.cpu_us_per_request).collect()),
-                added_us: paired(&|s, b| s.cpu_us_per_request - b.cpu_us_per_request),
-                p50_us: median(runs.iter().map(|s| s.p50_us).collect()),
-                p99_us: median(runs.iter().map(|s| s.p99_us).collect()),
-                rss_mb: median(runs.iter().map(|s| s.rss_kb as f64 / 1024.0).collect()),
+                rps: m(|s| s.rps),
+                rps_vs_bare: m(|s| s.rps_vs_bare),
+                cpu_us: m(|s| s.cpu_us_per_request),
+                bare_cpu_us: m(|s| s.bare_cpu_us_per_request),
+                added_us: m(|s| s.added_us),
+                p50_us: m(|s| s.p50_us),
+                p99_us: m(|s| s.p99_us),
+                rss_mb: m(|s| s.rss_kb as f64 / 1024.0),
                 module_bytes: module_bytes(variant),
-            })
+            }
         })
         .collect()
 }
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| variant | what | req/s | vs bare | Envoy CPU µs/req | added µs/req | p50 ms | p99 ms | RSS MB | module KB |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| variant | what | req/s | vs bare | Envoy CPU µs/req | bare listener µs/req | added µs/req | p50 ms | p99 ms | RSS MB | module KB |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         let module = if r.module_bytes == 0 {
@@ -806,19 +924,16 @@ fn table(rows: &[Row]) -> String {
         } else {
             format!("{:.1}", r.module_bytes as f64 / 1024.0)
         };
-        let added = if r.name == "bare" {
-            "–".to_owned()
-        } else {
-            format!("{:+.1}", r.added_us)
-        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.1} | {added} | {:.2} | {:.2} | {:.1} | {module} |",
+            "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:+.1} | {:.2} | {:.2} | {:.1} | {module} |",
             r.name,
             r.what,
             r.rps,
             r.rps_vs_bare,
             r.cpu_us,
+            r.bare_cpu_us,
+            r.added_us,
             r.p50_us / 1000.0,
             r.p99_us / 1000.0,
             r.rss_mb
@@ -968,10 +1083,9 @@ fn run() -> Result<(), Error> {
     let options = Options::parse()?;
     let mut variants = variants();
     if let Some(only) = &options.only {
-        // The bare run stays: every other number is relative to it.
+        // The bare run stays: it is the first (unmeasured) run and the table's reference.
         variants.retain(|v| v.name == "bare" || only.iter().any(|o| o == v.name));
     }
-    let ticks = clock_ticks_per_second()?;
     let script_dir = tempfile::Builder::new().prefix("mesh-bench-").tempdir()?;
     let script = script_dir.path().join("bench.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
@@ -983,20 +1097,21 @@ fn run() -> Result<(), Error> {
     // One unmeasured run first: the first Envoy after a quiet spell runs measurably slower
     // (cold caches, CPU frequency), which would tilt the first repetition.
     if let Some(bare) = variants.first() {
-        measure(bare, upstream.addr, &script, &options, ticks)?;
+        measure(bare, upstream.addr, &script, &options)?;
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for rep in 1..=options.repeat {
         for (variant, runs) in variants.iter().zip(samples.iter_mut()) {
-            let sample = measure(variant, upstream.addr, &script, &options, ticks)
+            let sample = measure(variant, upstream.addr, &script, &options)
                 .map_err(|e| format!("{} (repetition {rep}): {e}", variant.name))?;
             eprintln!(
-                "  rep {rep} {:<16} {:>7.0} req/s  {:>6.1} µs/req (worker {:>6.1}, other {:>5.1})  p50 {:>5.2} ms  p99 {:>5.2} ms  RSS {:>5.1} MB  (load {})",
+                "  rep {rep} {:<16} {:>7.0} req/s ({:.2}× bare)  {:>6.1} µs/req (bare listener {:>6.1}, added {:>+6.1})  p50 {:>5.2} ms  p99 {:>5.2} ms  RSS {:>5.1} MB  (load {})",
                 variant.name,
                 sample.rps,
+                sample.rps_vs_bare,
                 sample.cpu_us_per_request,
-                sample.worker_us,
-                sample.other_us,
+                sample.bare_cpu_us_per_request,
+                sample.added_us,
                 sample.p50_us / 1000.0,
                 sample.p99_us / 1000.0,
                 sample.rss_kb as f64 / 1024.0,
@@ -1006,7 +1121,7 @@ fn run() -> Result<(), Error> {
         }
     }
     let load_after = load_average();
-    let rows = rows(&variants, &samples)?;
+    let rows = rows(&variants, &samples);
     let table = table(&rows);
     let targets = targets(&rows);
     let mut target_lines = String::new();
@@ -1022,18 +1137,25 @@ fn run() -> Result<(), Error> {
     if let Some(out) = &options.out {
         let report = format!(
             "# Benchmark results\n\n\
-             Written by `scripts/bench.sh` ({started}). What it measures and how: README.md,\n\
-             \"Benchmark\". Envoy `--concurrency 1` in front of a fixed upstream answering `200 ok`;\n\
-             wrk with 1 thread and {} connections on loopback; per run {} warm-up requests, then\n\
-             {} measured; {} repetitions, variants interleaved, medians. \"vs bare\" and \"added\"\n\
-             are taken per repetition against that repetition's bare run. Envoy CPU is the\n\
-             process's utime + stime over the measured requests; RSS after them.\n\n\
+             Written by `scripts/bench.sh` ({started}); what it measures and how: README.md,\n\
+             \"Benchmark\". Envoy `--concurrency 1` in front of a fixed upstream answering `200 ok`,\n\
+             wrk with 1 thread and {} connections on loopback. Each Envoy has two listeners, the\n\
+             variant's filters and a bare one; after {} warm-up requests on each, {} measured\n\
+             requests per listener in {} window pairs alternating between them. Envoy CPU is the\n\
+             process's CPU time (all threads; utime + stime, read at ns resolution from\n\
+             schedstat) over a window divided by the requests Envoy served in it; \"added\" and\n\
+             \"vs bare\" compare each variant window with the bare window next to it. Medians over\n\
+             windows, then over {} repetitions (a fresh Envoy each, variants interleaved). RSS\n\
+             after the run. The bare row compares two bare listeners: its \"added\" is the\n\
+             method's noise.\n\n\
              ## Machine\n\n{}\
-             - load average (1, 5, 15 min): {load_before} before, {load_after} after\n\n\
+             - load average (1, 5, 15 min): {load_before} before, {load_after} after (the\n  \
+             benchmark itself keeps about one CPU busy)\n\n\
              ## Results\n\n{table}\n## Targets\n\n{target_lines}",
             options.connections,
             options.warmup,
-            options.requests,
+            options.requests / options.windows * options.windows,
+            options.windows,
             options.repeat,
             machine(),
         );
