@@ -247,17 +247,25 @@ impl Prometheus {
 
     /// Polls `check` until it returns `Some` (bounded by [`WAIT`]); `what` names it in the
     /// failure.
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut(&Self) -> Option<T>) -> T {
+        self.poll(check).unwrap_or_else(|| {
+            panic!(
+                "waited {WAIT:?} for {what}\n--- prometheus log ---\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Polls `check` until it returns `Some`, for at most [`WAIT`].
+    pub fn poll<T>(&self, mut check: impl FnMut(&Self) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(found) = check(self) {
-                return found;
+                return Some(found);
             }
-            assert!(
-                Instant::now() < deadline,
-                "waited {WAIT:?} for {what}\n--- prometheus log ---\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -562,17 +562,27 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
     let stats = settle_and_scrape(&mesh, &seen, &prometheus);
     assert_prometheus_has(&prometheus, &stats);
 
-    // The breaker's state over time, as the dashboard draws it: closed, open, closed.
-    let history = prometheus
-        .query_range(r#"mesh_breaker_state{route="fragile"}"#, started, "1s")
-        .unwrap();
-    assert_eq!(history.len(), 1, "{history:?}");
-    let mut states = history[0].1.clone();
-    // A scrape may catch the probe in flight (2, half-open) between open and closed.
-    states.dedup();
-    let mut without_probe: Vec<f64> = states.iter().copied().filter(|s| *s != 2.0).collect();
-    without_probe.dedup();
-    assert_eq!(without_probe, [0.0, 1.0, 0.0], "{states:?}");
+    // The breaker's state over time, as the dashboard draws it: closed, open, closed. The
+    // range query's last step may fall before the last scrape: poll until it covers it.
+    let mut last = Vec::new();
+    let found = prometheus.poll(|p| {
+        let history = p
+            .query_range(r#"mesh_breaker_state{route="fragile"}"#, started, "1s")
+            .ok()?;
+        let [(_, values)] = history.as_slice() else {
+            last = vec![f64::NAN; history.len()];
+            return None;
+        };
+        // A scrape may catch the probe in flight (2, half-open) between open and closed.
+        let mut states: Vec<f64> = values.iter().copied().filter(|s| *s != 2.0).collect();
+        states.dedup();
+        last.clone_from(&states);
+        (states == [0.0, 1.0, 0.0]).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "breaker states over time: {last:?}, expected 0, 1, 0"
+    );
 
     // Every panel of the dashboard returns data.
     let dashboard: Value =
