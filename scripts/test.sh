@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_rust
 ensure_binaryen
 ensure_envoy
+ensure_prometheus
 ensure_apt curl curl
 
 # Crates that build for wasm32: every one but the integration tests.

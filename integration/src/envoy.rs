@@ -85,12 +85,25 @@ pub fn wasm_filter(module: &str, wasm: &Path, plugin_json: &str) -> Value {
     })
 }
 
-/// One tag extractor per label of `mesh_policy::stats`, so labels become Prometheus labels.
+/// The tag extractor regex for a label of `mesh_policy::stats` (`;label=value` in the name).
+pub fn label_regex(label: &str) -> String {
+    format!("(;{label}=([^;]*))")
+}
+
+/// The tag that makes the plugin name of Envoy's per-plugin wasm stats
+/// (`wasm.<plugin>.vm_reload_success`) a label: `envoy_wasm_vm_reload_success{wasm_plugin}`.
+pub const WASM_PLUGIN_TAG: &str = "wasm_plugin";
+/// Its regex: the plugin name may contain dots; the stat name after it starts with `vm_`.
+pub const WASM_PLUGIN_REGEX: &str = r"^wasm\.((.+)\.)vm_";
+
+/// One tag extractor per label of `mesh_policy::stats`, so labels become Prometheus labels,
+/// plus [`WASM_PLUGIN_TAG`].
 pub fn stats_tags() -> Value {
-    let tags: Vec<Value> = mesh_policy::stats::LABELS
+    let mut tags: Vec<Value> = mesh_policy::stats::LABELS
         .iter()
-        .map(|label| json!({ "tag_name": label, "regex": format!("(;{label}=([^;]*))") }))
+        .map(|label| json!({ "tag_name": label, "regex": label_regex(label) }))
         .collect();
+    tags.push(json!({ "tag_name": WASM_PLUGIN_TAG, "regex": WASM_PLUGIN_REGEX }));
     Value::Array(tags)
 }
 
@@ -151,6 +164,16 @@ pub struct EnvoyProcess {
 impl EnvoyProcess {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
     pub fn start(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
+        Self::start_with_args(config, extension, concurrency, &[])
+    }
+
+    /// [`EnvoyProcess::start`] with more command-line arguments (e.g. `--config-yaml`).
+    pub fn start_with_args(
+        config: &str,
+        extension: &str,
+        concurrency: u32,
+        extra_args: &[String],
+    ) -> Result<Self, StartError> {
         let fail = |reason: String| StartError {
             reason,
             log: String::new(),
@@ -176,6 +199,7 @@ impl EnvoyProcess {
             .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
             .arg("--admin-address-path")
             .arg(&admin_path)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
             .stderr(log)

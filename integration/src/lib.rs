@@ -21,5 +21,6 @@
 pub mod echo;
 pub mod envoy;
 mod mesh;
+pub mod prometheus;
 
 pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};

@@ -268,6 +268,11 @@ impl Mesh {
         reply.body_mut().read_to_string().unwrap()
     }
 
+    /// Envoy's admin address (what Prometheus scrapes at `/stats/prometheus`).
+    pub fn admin_address(&self) -> std::net::SocketAddr {
+        self.envoy.admin
+    }
+
     /// Envoy's listener, for clients the harness does not provide (raw TCP).
     pub fn listener(&self) -> std::net::SocketAddr {
         self.envoy.listener

@@ -19,6 +19,18 @@ pub enum UpdateError {
     Failed,
 }
 
+impl UpdateError {
+    pub const ALL: [UpdateError; 2] = [Self::Contended, Self::Failed];
+
+    /// The `error` label of the filters' `*_store_errors_total` counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Contended => "contended",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// What one round of an update decided.
 #[derive(Debug)]
 pub struct Step<R> {

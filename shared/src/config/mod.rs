@@ -227,6 +227,11 @@ impl<P> Routes<P> {
         self.default.is_none() && self.routes.is_empty()
     }
 
+    /// Whether routes without a policy of their own get the default.
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
     /// Route names with a policy of their own.
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
         self.routes.keys().map(String::as_str)
