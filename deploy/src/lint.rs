@@ -123,10 +123,11 @@ pub fn lint(docs: &[Doc], options: &Options) -> Vec<Finding> {
         options,
         findings: Vec::new(),
     };
-    let crds = match Crds::vendored() {
+    static CRDS: std::sync::OnceLock<Result<Crds, String>> = std::sync::OnceLock::new();
+    let crds = match CRDS.get_or_init(Crds::vendored) {
         Ok(crds) => Some(crds),
         Err(e) => {
-            lint.push(Severity::Error, "istio/crds", "CRDs", "", e);
+            lint.push(Severity::Error, "istio/crds", "CRDs", "", e.clone());
             None
         }
     };
@@ -135,7 +136,7 @@ pub fn lint(docs: &[Doc], options: &Options) -> Vec<Finding> {
     for doc in docs {
         let value = &doc.value;
         let subject = subject_of(value);
-        if let Some(crds) = &crds
+        if let Some(crds) = crds
             && let Some(violations) = crds.validate(value)
         {
             for v in violations {
@@ -472,6 +473,21 @@ fn check_plugin(lint: &mut Lint<'_>, u: &PluginUse, all: &[PluginUse]) {
             return;
         }
     };
+    if u.tables.is_empty() && !configured.routes.is_empty() {
+        let none = if u.placement.is_some() {
+            "no VirtualService among the inputs"
+        } else {
+            "no route_config in this connection manager"
+        };
+        lint.push(
+            Severity::Warning,
+            &u.file,
+            &u.subject,
+            &format!("{}.routes", u.at),
+            format!("route names not checked: {none}"),
+        );
+        return;
+    }
     let known: Vec<&str> = u
         .tables
         .iter()
