@@ -171,7 +171,6 @@ fn a_tagged_twin_without_the_policy_is_a_warning() {
 fn filters_after_canary_want_the_twin_configured_alike() {
     let found = findings(&istio_with("istio/breaker.yaml", |t| {
         t.replace("      fragile:", "      checkout:")
-            .replace("          body", "          body")
     }));
     let f = only(&found, Severity::Warning);
     assert!(
