@@ -157,7 +157,7 @@ fn ratelimit_policy() -> Value {
 
 fn breaker_policy() -> Value {
     let count = |min: u64, max: u64| json!({"type": "integer", "minimum": min, "maximum": max});
-    let mut with_default = |min: u64, max: u64, default: u64| {
+    let with_default = |min: u64, max: u64, default: u64| {
         let mut v = count(min, max);
         v["default"] = json!(default);
         v
