@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: format, lints (host and wasm32), unit tests, the wasm build, the real-Envoy
-# integration tests and a smoke run of scripts/run-local.sh. Installs what it needs.
+# Every test: format, lints (host and wasm32), unit tests, the wasm build and OCI images,
+# the deploy lint over istio/ and envoy/, the real-Envoy integration tests and a smoke run of scripts/run-local.sh. Installs what it needs.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -27,8 +27,12 @@ cargo clippy --locked --target wasm32-wasip1 "${wasm_packages[@]}" --quiet -- -D
 say "unit tests"
 cargo test --locked --workspace --exclude mesh-integration --quiet
 
-say "wasm build"
-scripts/build.sh
+say "wasm build and OCI images"
+scripts/package.sh
+
+say "deploy checks: the images read back, mesh-lint over istio/ and envoy/"
+cargo test --locked -p mesh-deploy --quiet -- --ignored
+scripts/lint.sh
 
 say "integration tests (real Envoy, dist/*.wasm)"
 cargo test --locked -p mesh-integration --quiet
