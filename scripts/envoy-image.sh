@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 rootfs=""
-trap 'rm -rf "$rootfs"; stop_started_docker' EXIT
+trap 'rm -rf "$rootfs"; release_docker' EXIT
 trap 'exit 130' INT TERM
 ensure_envoy
 ensure_docker

@@ -105,52 +105,68 @@ ensure_wasm_bindgen_runner() {
   fi
 }
 
-# The docker daemon. ensure_docker makes sure `docker info` answers: when it does not and we
+# The docker daemon. ensure_docker makes sure `docker info` answers. When it does not and we
 # are root on Linux, it installs Debian's docker.io and iptables and starts dockerd in the
-# background with its own data root and log under MESH_DOCKER_STATE, and records its PID in
-# MESH_DOCKERD_PID; stop_started_docker stops that daemon (only that one, by PID).
+# background with its own data root, pidfile and log under MESH_DOCKER_STATE.
+# release_docker, at the end of a script, stops that dockerd (by the PID in its pidfile) unless
+# another script still uses it: every script that called ensure_docker holds a shared lock on
+# $MESH_DOCKER_STATE/users.lock while it runs, and only a script that gets it exclusively stops
+# the daemon. A daemon the scripts did not start (no pidfile there) is never stopped.
 MESH_DOCKER_STATE="${MESH_DOCKER_STATE:-/var/lib/mesh-filters-docker}"
-MESH_DOCKERD_PID=""
+MESH_DOCKER_USERS_FD=""
 ensure_docker() {
-  docker info >/dev/null 2>&1 && return 0
-  if [ "$(uname -s)" != Linux ] || [ "$(id -u)" != 0 ]; then
-    die "no docker daemon answers ('docker info' failed), and starting one needs root on Linux. Start docker, or run the integration tests on the native Envoy: MESH_HARNESS=process scripts/test.sh"
+  local can_start=""
+  [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ] && can_start=1
+  if [ -n "$can_start" ] && [ -z "$MESH_DOCKER_USERS_FD" ]; then
+    mkdir -p "$MESH_DOCKER_STATE"
+    exec {MESH_DOCKER_USERS_FD}>>"$MESH_DOCKER_STATE/users.lock"
+    # Before looking: a daemon being stopped holds the lock exclusively until it is gone.
+    flock -s "$MESH_DOCKER_USERS_FD"
   fi
-  ensure_apt docker.io dockerd
-  ensure_apt iptables iptables
-  mkdir -p "$MESH_DOCKER_STATE"
-  say "starting dockerd (data root $MESH_DOCKER_STATE/data, log $MESH_DOCKER_STATE/dockerd.log)"
-  # Its own session: a Ctrl-C on the tests must not take the daemon down under them.
-  setsid dockerd --data-root "$MESH_DOCKER_STATE/data" --pidfile "$MESH_DOCKER_STATE/dockerd.pid" \
-    >"$MESH_DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
-  MESH_DOCKERD_PID=$!
-  local i
-  for ((i = 0; i < 300; i++)); do
-    docker info >/dev/null 2>&1 && return 0
-    if ! kill -0 "$MESH_DOCKERD_PID" 2>/dev/null; then
-      MESH_DOCKERD_PID=""
-      tail -n 20 "$MESH_DOCKER_STATE/dockerd.log" >&2
-      die "dockerd exited at start (log: $MESH_DOCKER_STATE/dockerd.log); MESH_HARNESS=process runs the tests without docker"
-    fi
-    sleep 0.1
-  done
-  stop_started_docker
-  die "dockerd did not answer within 30 s (log: $MESH_DOCKER_STATE/dockerd.log)"
+  docker info >/dev/null 2>&1 && return 0
+  [ -n "$can_start" ] \
+    || die "no docker daemon answers ('docker info' failed), and starting one needs root on Linux. Start docker, or run the integration tests on the native Envoy: MESH_HARNESS=process scripts/test.sh"
+  (ensure_apt docker.io dockerd && ensure_apt iptables iptables) \
+    || die "could not install docker.io and iptables; MESH_HARNESS=process runs the integration tests without docker"
+  local start_fd i
+  exec {start_fd}>>"$MESH_DOCKER_STATE/start.lock"
+  flock -x "$start_fd" # one starter; the others find it answering
+  if ! docker info >/dev/null 2>&1; then
+    say "starting dockerd (data root $MESH_DOCKER_STATE/data, log $MESH_DOCKER_STATE/dockerd.log)"
+    # Its own session, so a Ctrl-C on the tests does not take it down under them; without our
+    # lock descriptors, so it never holds the locks.
+    setsid dockerd --data-root "$MESH_DOCKER_STATE/data" --pidfile "$MESH_DOCKER_STATE/dockerd.pid" \
+      >"$MESH_DOCKER_STATE/dockerd.log" 2>&1 </dev/null {start_fd}>&- {MESH_DOCKER_USERS_FD}>&- &
+    for ((i = 0; i < 300; i++)); do
+      docker info >/dev/null 2>&1 && break
+      kill -0 "$!" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  exec {start_fd}>&-
+  docker info >/dev/null 2>&1 && return 0
+  tail -n 20 "$MESH_DOCKER_STATE/dockerd.log" >&2
+  die "dockerd did not start (log: $MESH_DOCKER_STATE/dockerd.log); MESH_HARNESS=process runs the integration tests without docker"
 }
 
-stop_started_docker() {
-  [ -n "$MESH_DOCKERD_PID" ] || return 0
-  say "stopping the dockerd this script started (pid $MESH_DOCKERD_PID)"
-  kill "$MESH_DOCKERD_PID" 2>/dev/null || true
-  local i
-  # dockerd stops its containers and its containerd first; give it time, then insist.
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$MESH_DOCKERD_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$MESH_DOCKERD_PID" 2>/dev/null && kill -9 "$MESH_DOCKERD_PID" 2>/dev/null
-  wait "$MESH_DOCKERD_PID" 2>/dev/null || true
-  MESH_DOCKERD_PID=""
+release_docker() {
+  [ -n "$MESH_DOCKER_USERS_FD" ] || return 0
+  local pidfile="$MESH_DOCKER_STATE/dockerd.pid" pid i
+  if flock -n -x "$MESH_DOCKER_USERS_FD"; then
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = dockerd ]; then
+      say "stopping the dockerd the scripts started (pid $pid)"
+      kill "$pid" 2>/dev/null || true
+      # dockerd stops its containers and its containerd first; give it time, then insist.
+      for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    fi
+  fi
+  exec {MESH_DOCKER_USERS_FD}>&-
+  MESH_DOCKER_USERS_FD=""
 }
 
 # The Envoy image the docker harness runs: ENVOY_IMAGE, else the local one that
