@@ -9,7 +9,8 @@
 //!
 //! Mounts: the generated config (read-only), `dist/` (read-only) and a directory where Envoy
 //! writes its admin address. The entrypoint is the `envoy` binary itself (no shell, no
-//! wrapper script), which every Envoy image has at `/usr/local/bin/envoy`.
+//! wrapper script), which every Envoy image has at `/usr/local/bin/envoy`, run as root (uid 0)
+//! whatever user the image defaults to.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ impl EnvoyContainer {
         );
         let container = GenericImage::new(name, tag)
             .with_entrypoint(ENVOY_IN_IMAGE)
+            // Whatever user the image defaults to: the mounted tempdir is the test's, mode 0700.
+            .with_user("0")
             .with_network("host")
             .with_mount(read_only(&config_dir, CONFIG_DIR))
             .with_mount(read_only(&dist, DIST))
