@@ -138,7 +138,12 @@ ensure_docker() {
     setsid dockerd --data-root "$MESH_DOCKER_STATE/data" --pidfile "$MESH_DOCKER_STATE/dockerd.pid" \
       >"$MESH_DOCKER_STATE/dockerd.log" 2>&1 </dev/null {start_fd}>&- {MESH_DOCKER_USERS_FD}>&- &
     for ((i = 0; i < 300; i++)); do
-      docker info >/dev/null 2>&1 && break
+      if docker info >/dev/null 2>&1; then
+        # A fresh daemon on our data root, no user yet: Envoy containers in it are from a run
+        # interrupted before it could remove them (stopped when the daemon stopped).
+        docker container prune -f --filter label=org.mesh-filters.envoy >/dev/null
+        break
+      fi
       kill -0 "$!" 2>/dev/null || break
       sleep 0.1
     done

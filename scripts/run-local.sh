@@ -69,7 +69,7 @@ if [ -n "$docker" ]; then
   say "starting envoy in a container from $image"
   rm -f "$cidfile"
   # Host network: Envoy binds 127.0.0.1 as in envoy.yaml and reaches the upstreams there.
-  docker run --rm --cidfile "$cidfile" --network host --user 0 \
+  docker run --rm --cidfile "$cidfile" --network host --user 0 --label org.mesh-filters.envoy=run-local \
     -v "$run/envoy.yaml:/mesh/config/envoy.yaml:ro" -v "$ROOT/dist:/mesh/dist:ro" \
     --entrypoint /usr/local/bin/envoy "$image" -c /mesh/config/envoy.yaml "${envoy_args[@]}" \
     >"$run/envoy.log" 2>&1 &

@@ -32,6 +32,9 @@ const CONFIG_DIR: &str = "/mesh/config";
 const RUN_DIR: &str = "/mesh/run";
 /// The Envoy binary in the official images and in ours.
 const ENVOY_IN_IMAGE: &str = "/usr/local/bin/envoy";
+/// The label on every Envoy container of the scripts and the harness: after an interrupted
+/// run, `docker rm -f $(docker ps -aq --filter label=org.mesh-filters.envoy)` removes them.
+pub const LABEL: &str = "org.mesh-filters.envoy";
 
 /// The image to run: `ENVOY_IMAGE`, else [`DEFAULT_IMAGE`].
 pub fn image() -> String {
@@ -85,6 +88,7 @@ impl EnvoyContainer {
             // Whatever user the image defaults to: the mounted tempdir is the test's, mode 0700.
             .with_user("0")
             .with_network("host")
+            .with_label(LABEL, "harness")
             .with_mount(read_only(&config_dir, CONFIG_DIR))
             .with_mount(read_only(&dist, DIST))
             .with_mount(Mount::bind_mount(path_text(&run_dir), RUN_DIR))
