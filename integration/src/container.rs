@@ -22,7 +22,8 @@ use testcontainers::{Container, GenericImage, ImageExt};
 
 use crate::envoy::{self, StartError, Starting};
 
-/// The local image `scripts/envoy-image.sh` builds (FROM scratch, the wheel's Envoy).
+/// The local image `scripts/envoy-image.sh` builds (FROM scratch, the wheel's Envoy); the tag
+/// follows `ENVOY_VERSION` in `scripts/lib.sh` (`scripts/test.sh` passes it as `ENVOY_IMAGE`).
 pub const DEFAULT_IMAGE: &str = "mesh-envoy:1.40.0";
 /// `dist/` inside the container.
 pub const DIST: &str = "/mesh/dist";
