@@ -1,5 +1,6 @@
 //! Real-Envoy test support: the echo upstream, Envoy config generation, the Envoy backends
-//! and the [`Mesh`] harness that ties them together behind one builder.
+//! (a child process, or a container: `MESH_HARNESS=process|docker`) and the [`Mesh`] harness
+//! that ties them together behind one builder.
 //!
 //! ```no_run
 //! use mesh_integration::Mesh;
@@ -18,6 +19,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod container;
 pub mod echo;
 pub mod envoy;
 mod mesh;

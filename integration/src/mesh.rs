@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::echo::EchoServer;
-use crate::envoy::{self, EnvoyProcess, StartError};
+use crate::envoy::{self, Envoy, Harness, StartError};
 
 /// A route in the generated Envoy config.
 #[derive(Debug, Clone)]
@@ -123,6 +123,7 @@ impl MeshBuilder {
             reason,
             log: String::new(),
         };
+        let harness = Harness::from_env().map_err(fail)?;
         let dist = envoy::dist_dir();
         let mut http_filters = Vec::new();
         for (module, plugin_json) in &self.filters {
@@ -133,7 +134,11 @@ impl MeshBuilder {
                     wasm.display()
                 )));
             }
-            http_filters.push(envoy::wasm_filter(module, &wasm, plugin_json));
+            http_filters.push(envoy::wasm_filter(
+                module,
+                &harness.module_path(module),
+                plugin_json,
+            ));
         }
         let mut upstreams = Vec::new();
         for name in &self.upstreams {
@@ -156,9 +161,9 @@ impl MeshBuilder {
             config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
                 ["use_remote_address"] = json!(true);
         }
-        let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
+        let envoy = Envoy::start(harness, &config.to_string(), "json", self.concurrency)?;
         Ok(Mesh {
-            base: format!("http://{}", envoy.listener),
+            base: format!("http://{}", envoy.listener()),
             envoy,
             upstreams,
             agent: envoy::agent(Duration::from_secs(20)),
@@ -167,10 +172,10 @@ impl MeshBuilder {
     }
 }
 
-/// A running Envoy with its echo upstreams. Everything stops on drop; Envoy's log is
-/// printed if the test is failing.
+/// A running Envoy with its echo upstreams, on the backend `MESH_HARNESS` chooses. Everything
+/// stops on drop; Envoy's log is printed if the test is failing.
 pub struct Mesh {
-    envoy: EnvoyProcess,
+    envoy: Envoy,
     upstreams: Vec<EchoServer>,
     agent: ureq::Agent,
     /// Opens a new connection per request (Envoy spreads connections over its workers).
@@ -262,7 +267,7 @@ impl Mesh {
     pub fn admin(&self, path: &str) -> String {
         let mut reply = self
             .agent
-            .get(format!("http://{}{path}", self.envoy.admin))
+            .get(format!("http://{}{path}", self.envoy.admin()))
             .call()
             .unwrap();
         reply.body_mut().read_to_string().unwrap()
@@ -270,12 +275,12 @@ impl Mesh {
 
     /// Envoy's admin address (what Prometheus scrapes at `/stats/prometheus`).
     pub fn admin_address(&self) -> std::net::SocketAddr {
-        self.envoy.admin
+        self.envoy.admin()
     }
 
     /// Envoy's listener, for clients the harness does not provide (raw TCP).
     pub fn listener(&self) -> std::net::SocketAddr {
-        self.envoy.listener
+        self.envoy.listener()
     }
 
     pub fn envoy_log(&self) -> String {
@@ -284,6 +289,11 @@ impl Mesh {
 
     pub fn envoy_running(&mut self) -> bool {
         self.envoy.is_running()
+    }
+
+    /// The Envoy itself (its process or container), for tests of the harness.
+    pub fn envoy(&self) -> &Envoy {
+        &self.envoy
     }
 }
 

@@ -82,7 +82,10 @@ pub fn write_u64s(fields: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use crate::fake::FakeHost;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn increment(host: &mut FakeHost) -> Result<u64, UpdateError> {
         update(host, "k", DEFAULT_ATTEMPTS, |record| {

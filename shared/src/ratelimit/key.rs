@@ -141,10 +141,13 @@ fn hex_value(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use crate::config::FieldPath;
     use crate::fake::FakeHost;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn normalized(path: &str) -> String {
         let mut bytes = path.as_bytes().to_vec();

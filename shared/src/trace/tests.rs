@@ -1,4 +1,7 @@
 use proptest::prelude::*;
+// On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::config::{Envelope, parse_json};

@@ -207,6 +207,9 @@ fn valid_value(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const TRACE: &str = "12345678901234567890123456789012";
     const PARENT: &str = "1234567890123456";
