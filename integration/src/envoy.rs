@@ -46,6 +46,16 @@ pub fn dist_dir() -> PathBuf {
     }
 }
 
+/// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
+/// workspace's wasm32-wasip1 release build of `mesh-fixture`.
+pub fn fixture_wasm() -> PathBuf {
+    match std::env::var_os("MESH_FIXTURE") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/wasm32-wasip1/release/mesh_fixture.wasm"),
+    }
+}
+
 /// Envoy did not become ready.
 #[derive(Debug)]
 pub struct StartError {
@@ -224,6 +234,10 @@ impl EnvoyProcess {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

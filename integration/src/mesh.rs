@@ -1,6 +1,7 @@
 //! The harness: echo upstreams plus an Envoy with the real `.wasm` modules, from one builder.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -73,22 +74,67 @@ pub fn demo_routes() -> Vec<RouteSpec> {
     ]
 }
 
+/// One wasm filter of the chain.
+#[derive(Debug)]
+struct FilterSpec {
+    /// The stats and plugin name: `mesh.<module>`.
+    module: String,
+    /// `dist/<module>.wasm` unless set.
+    wasm: Option<PathBuf>,
+    plugin_json: String,
+    /// Envoy's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`); unset: Envoy's
+    /// default.
+    failure_policy: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct MeshBuilder {
-    filters: Vec<(String, String)>,
+    filters: Vec<FilterSpec>,
     routes: Vec<RouteSpec>,
     upstreams: Vec<String>,
     closed_upstreams: Vec<String>,
     concurrency: u32,
     use_remote_address: bool,
+    max_request_headers_kb: Option<u32>,
 }
 
 impl MeshBuilder {
     /// Adds the module `dist/<module>.wasm` with this plugin JSON (taken verbatim, so tests
     /// can pass invalid JSON). Filters run in the order they are added.
     pub fn filter(mut self, module: &str, plugin_json: &str) -> Self {
-        self.filters
-            .push((module.to_owned(), plugin_json.to_owned()));
+        self.filters.push(FilterSpec {
+            module: module.to_owned(),
+            wasm: None,
+            plugin_json: plugin_json.to_owned(),
+            failure_policy: None,
+        });
+        self
+    }
+
+    /// Adds the test fixture module (`integration/fixture`, never shipped), named `fixture`:
+    /// it panics on `x-fixture-panic` and shows what a filter reads of a request.
+    pub fn fixture(mut self) -> Self {
+        self.filters.push(FilterSpec {
+            module: "fixture".to_owned(),
+            wasm: Some(envoy::fixture_wasm()),
+            plugin_json: r#"{"default": {}}"#.to_owned(),
+            failure_policy: None,
+        });
+        self
+    }
+
+    /// Envoy's `failure_policy` for the filter added last: what Envoy does once its VM has
+    /// failed (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`; Istio's `failStrategy`).
+    pub fn failure_policy(mut self, policy: &str) -> Self {
+        if let Some(last) = self.filters.last_mut() {
+            last.failure_policy = Some(policy.to_owned());
+        }
+        self
+    }
+
+    /// The connection manager's `max_request_headers_kb` (Envoy's default: 60).
+    pub fn max_request_headers_kb(mut self, kb: u32) -> Self {
+        self.max_request_headers_kb = Some(kb);
         self
     }
 
@@ -125,15 +171,22 @@ impl MeshBuilder {
         };
         let dist = envoy::dist_dir();
         let mut http_filters = Vec::new();
-        for (module, plugin_json) in &self.filters {
-            let wasm = dist.join(format!("{module}.wasm"));
+        for spec in &self.filters {
+            let wasm = spec
+                .wasm
+                .clone()
+                .unwrap_or_else(|| dist.join(format!("{}.wasm", spec.module)));
             if !wasm.is_file() {
                 return Err(fail(format!(
-                    "{} is missing: run scripts/build.sh first",
+                    "{} is missing: run scripts/build.sh (filters) or scripts/test.sh (the fixture) first",
                     wasm.display()
                 )));
             }
-            http_filters.push(envoy::wasm_filter(module, &wasm, plugin_json));
+            let mut filter = envoy::wasm_filter(&spec.module, &wasm, &spec.plugin_json);
+            if let Some(policy) = &spec.failure_policy {
+                filter["typed_config"]["config"]["failure_policy"] = json!(policy);
+            }
+            http_filters.push(filter);
         }
         let mut upstreams = Vec::new();
         for name in &self.upstreams {
@@ -152,9 +205,13 @@ impl MeshBuilder {
         }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
         let mut config = envoy::bootstrap(http_filters, routes, clusters);
+        let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"];
         if self.use_remote_address {
-            config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-                ["use_remote_address"] = json!(true);
+            manager["use_remote_address"] = json!(true);
+        }
+        if let Some(kb) = self.max_request_headers_kb {
+            manager["max_request_headers_kb"] = json!(kb);
         }
         let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
         Ok(Mesh {
@@ -187,6 +244,7 @@ impl Mesh {
             closed_upstreams: Vec::new(),
             concurrency: 1,
             use_remote_address: false,
+            max_request_headers_kb: None,
         }
     }
 
@@ -275,6 +333,19 @@ impl Mesh {
 
     pub fn envoy_log(&self) -> String {
         self.envoy.log()
+    }
+
+    /// Envoy's process id (for its memory in `/proc`).
+    pub fn envoy_pid(&self) -> u32 {
+        self.envoy.pid()
+    }
+
+    /// Whether Envoy's admin answers `/ready` with 200.
+    pub fn ready(&self) -> bool {
+        self.agent
+            .get(format!("http://{}/ready", self.envoy.admin))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
     }
 
     pub fn envoy_running(&mut self) -> bool {
