@@ -1,5 +1,6 @@
 //! Real-Envoy test support: the echo upstream, Envoy config generation, the Envoy backends
-//! and the [`Mesh`] harness that ties them together behind one builder.
+//! and the [`Mesh`] harness that ties them together behind one builder; [`raw`] for
+//! requests no HTTP client sends (bytes that are not UTF-8, repeated and oversized headers).
 //!
 //! ```no_run
 //! use mesh_integration::Mesh;
@@ -21,5 +22,6 @@
 pub mod echo;
 pub mod envoy;
 mod mesh;
+pub mod raw;
 
 pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};

@@ -340,6 +340,16 @@ impl Mesh {
         self.envoy.pid()
     }
 
+    /// Sends a request given as bytes ([`crate::raw::request`]) on a new connection.
+    pub fn raw(&self, request: &[u8]) -> std::io::Result<crate::raw::RawReply> {
+        crate::raw::send(self.envoy.listener, request, Duration::from_secs(20))
+    }
+
+    /// Envoy's wasm VMs: counters from `/stats` and failures from the log.
+    pub fn wasm_health(&self) -> crate::raw::WasmHealth {
+        crate::raw::WasmHealth::read(&self.admin("/stats?filter=wasm"), &self.envoy.log())
+    }
+
     /// Whether Envoy's admin answers `/ready` with 200.
     pub fn ready(&self) -> bool {
         self.agent
