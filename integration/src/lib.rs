@@ -19,6 +19,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod chain;
 pub mod echo;
 pub mod envoy;
 mod mesh;
