@@ -391,30 +391,37 @@ impl Call<'_> {
         self
     }
 
+    /// Sends the request; panics (with Envoy's log) when no response comes.
     pub fn send(self) -> Reply {
-        let request = self.request.body(()).unwrap();
+        let mesh = self.mesh;
+        self.try_send().unwrap_or_else(|e| {
+            panic!(
+                "request failed: {e}\n--- envoy log ---\n{}",
+                mesh.envoy.log()
+            )
+        })
+    }
+
+    /// Sends the request; an error when no response comes.
+    pub fn try_send(self) -> Result<Reply, String> {
+        let request = self.request.body(()).map_err(|e| e.to_string())?;
         let agent = if self.new_connection {
             &self.mesh.unpooled
         } else {
             &self.mesh.agent
         };
-        let mut response = agent.run(request).unwrap_or_else(|e| {
-            panic!(
-                "request failed: {e}\n--- envoy log ---\n{}",
-                self.mesh.envoy.log()
-            )
-        });
+        let mut response = agent.run(request).map_err(|e| e.to_string())?;
         let headers = response
             .headers()
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
         let body = response.body_mut().read_to_vec().unwrap_or_default();
-        Reply {
+        Ok(Reply {
             status: response.status().as_u16(),
             headers,
             body,
-        }
+        })
     }
 }
 
