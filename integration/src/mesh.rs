@@ -259,6 +259,7 @@ impl Mesh {
                 .method(method)
                 .uri(format!("{}{path}", self.base)),
             new_connection: false,
+            agent: None,
         }
     }
 
@@ -376,9 +377,10 @@ pub struct Call<'a> {
     mesh: &'a Mesh,
     request: ureq::http::request::Builder,
     new_connection: bool,
+    agent: Option<&'a ureq::Agent>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     /// Adds a header (a second call with the same name adds a second header).
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.request = self.request.header(name, value.as_ref());
@@ -388,6 +390,13 @@ impl Call<'_> {
     /// Sends the request on a connection of its own, which Envoy may give to any worker.
     pub fn new_connection(mut self) -> Self {
         self.new_connection = true;
+        self
+    }
+
+    /// Sends the request with this client (e.g. `envoy::agent`): a thread with a client of its
+    /// own keeps its keep-alive connection, so one Envoy worker handles its requests in order.
+    pub fn via(mut self, agent: &'a ureq::Agent) -> Self {
+        self.agent = Some(agent);
         self
     }
 
@@ -405,10 +414,10 @@ impl Call<'_> {
     /// Sends the request; an error when no response comes.
     pub fn try_send(self) -> Result<Reply, String> {
         let request = self.request.body(()).map_err(|e| e.to_string())?;
-        let agent = if self.new_connection {
-            &self.mesh.unpooled
-        } else {
-            &self.mesh.agent
+        let agent = match (self.agent, self.new_connection) {
+            (Some(agent), _) => agent,
+            (None, true) => &self.mesh.unpooled,
+            (None, false) => &self.mesh.agent,
         };
         let mut response = agent.run(request).map_err(|e| e.to_string())?;
         let headers = response

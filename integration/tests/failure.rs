@@ -142,10 +142,21 @@ fn fail_closed_answers_503_from_then_on() {
 }
 
 /// `FAIL_RELOAD` answers 503 until a fresh VM is loaded (Envoy's default backoff: 1 s), then
-/// serves again, counted in the plugin's `vm_reload_success`.
+/// serves again, counted in the plugin's `vm_reload_success`. Shared data outlives the VM:
+/// the fixture's request count goes on where it was.
 #[test]
 fn fail_reload_serves_again_once_the_vm_is_reloaded() {
     let mesh = chain("FAIL_RELOAD");
+    let count = |reply: &Reply| -> u64 {
+        reply
+            .upstream_header("x-fixture-count")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for n in 1..=3 {
+        assert_eq!(count(&mesh.get("/checkout").send()), n);
+    }
     let before = mesh.wasm_health();
     assert_eq!(crash(&mesh, "fail-reload").status, 503);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -163,9 +174,10 @@ fn fail_reload_serves_again_once_the_vm_is_reloaded() {
         statuses.iter().all(|s| *s == 503 || *s == 200),
         "{statuses:?}"
     );
-    assert!(
-        reply.upstream_header("x-fixture-source-address").is_some(),
-        "the reloaded VM runs the fixture again"
+    assert_eq!(
+        count(&reply),
+        4,
+        "the reloaded VM reads the shared data the old one wrote"
     );
     let after = mesh.wasm_health();
     assert!(after.reloads > before.reloads, "{before:?} -> {after:?}");

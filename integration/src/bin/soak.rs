@@ -219,8 +219,16 @@ struct Transitions {
 fn fragile(soak: &Soak) -> Transitions {
     let mut expected = Transitions::default();
     let mut cycle = 0u64;
-    let fail = || soak.mesh.get("/fragile").header("x-echo-status", "500");
-    let ok = || soak.mesh.get("/fragile");
+    // A client of its own: one keep-alive connection, so one worker takes these requests in
+    // order and each call is counted (Envoy's log phase) before the next one is read.
+    let agent = mesh_integration::envoy::agent(Duration::from_secs(20));
+    let fail = || {
+        soak.mesh
+            .get("/fragile")
+            .via(&agent)
+            .header("x-echo-status", "500")
+    };
+    let ok = || soak.mesh.get("/fragile").via(&agent);
     let check = |reply: Option<Reply>, want: &str, cycle: u64, step: &str| -> bool {
         let Some(reply) = reply else {
             return false;
@@ -299,8 +307,10 @@ fn fragile(soak: &Soak) -> Transitions {
     expected
 }
 
-/// Calls to `slow` (route timeout 250 ms) that the upstream answers in 10 to 600 ms: the slow
-/// ones get Envoy's 504, the others 200.
+/// Calls to `slow` (route timeout 250 ms) that the upstream answers after 10 to 600 ms. A call
+/// slower than the timeout always gets Envoy's 504 (the upstream cannot answer sooner); a
+/// faster one gets 200, or 504 when the machine is too loaded to answer within the timeout
+/// (counted apart, not a failure: nothing here depends on how fast the machine is).
 fn slow(soak: &Soak, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     while soak.go() {
@@ -312,16 +322,12 @@ fn slow(soak: &Soak, seed: u64) {
         let Some(reply) = soak.send("slow", call) else {
             continue;
         };
-        let want = if delay > chain::SLOW_TIMEOUT_MS {
-            504
-        } else {
-            200
-        };
-        if reply.status != want {
-            soak.fail(format!(
-                "slow: delay {delay} ms: {}, expected {want}",
-                reply.status
-            ));
+        let timed_out = reply.status == 504 && reply.service().is_none();
+        match (delay > chain::SLOW_TIMEOUT_MS, reply.status) {
+            (true, _) if timed_out => {}
+            (false, 200) if reply.service().is_some() => {}
+            (false, _) if timed_out => soak.count("slow (fast call timed out)", 504),
+            _ => soak.fail(format!("slow: delay {delay} ms: {}", reply.status)),
         }
         pause(20);
     }
