@@ -36,6 +36,8 @@ fi
 # Crates that build for wasm32: every one but the integration tests.
 wasm_packages=(-p mesh-policy -p mesh-adapter)
 for f in $(filter_names); do wasm_packages+=(-p "mesh-$f"); done
+# The test fixture module (never shipped): linted like the filters.
+wasm_packages+=(-p mesh-fixture)
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -73,12 +75,18 @@ say "deploy checks: the images read back, mesh-lint over istio/ and envoy/"
 cargo test --locked -p mesh-deploy --quiet -- --ignored
 scripts/lint.sh
 
+say "test fixture module (integration/fixture, never shipped)"
+cargo build --quiet --locked --release --target wasm32-wasip1 -p mesh-fixture
+
 if [ "$MESH_HARNESS" = docker ]; then
   say "integration tests (real Envoy in containers from $ENVOY_IMAGE, dist/*.wasm)"
 else
   say "integration tests (real Envoy as a process: $MESH_ENVOY, dist/*.wasm)"
 fi
 cargo test --locked -p mesh-integration --quiet
+
+say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
+SOAK_SKIP_BUILD=1 scripts/soak.sh 30
 
 say "run-local smoke ($MESH_HARNESS)"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }

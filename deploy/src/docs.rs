@@ -58,7 +58,7 @@ pub fn load(path: &Path) -> Result<Vec<Doc>, String> {
 /// The documents of a YAML (or JSON) text; empty documents are skipped. Template
 /// placeholders `${NAME}` (envoy/envoy.yaml's, filled by scripts/run-local.sh) read as `0`.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Doc>, String> {
-    let text = placeholders().replace_all(text, "0");
+    let text = fill_placeholders(text);
     let yaml = YamlLoader::load_from_str(&text).map_err(|e| format!("{file}: not YAML: {e}"))?;
     yaml.iter()
         .filter(|y| !matches!(y, Yaml::Null))
@@ -71,11 +71,36 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Doc>, String> {
         .collect()
 }
 
-fn placeholders() -> &'static regex::Regex {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| {
-        regex::Regex::new(r"\$\{[A-Z][A-Z0-9_]*\}").unwrap_or_else(|_| unreachable!())
-    })
+/// `${NAME}` placeholders (upper-case letters, digits, `_`) replaced with `0`.
+fn fill_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let (before, after) = rest.split_at(start);
+        out.push_str(before);
+        let name_len = after
+            .get(2..)
+            .and_then(|tail| tail.find('}'))
+            .filter(|len| {
+                let name = after.get(2..2 + len).unwrap_or_default();
+                name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            });
+        match name_len {
+            Some(len) => {
+                out.push('0');
+                rest = after.get(len + 3..).unwrap_or_default();
+            }
+            None => {
+                out.push_str("${");
+                rest = after.get(2..).unwrap_or_default();
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A YAML tree as JSON. Keys become strings; floats that JSON cannot hold are errors.

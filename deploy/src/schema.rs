@@ -148,7 +148,8 @@ fn ratelimit_policy() -> Value {
             "body": {"type": "string", "default": ratelimit::DEFAULT_BODY},
             "content_type": {"type": "string", "minLength": 1, "default": ratelimit::DEFAULT_CONTENT_TYPE},
             "rate_limit_headers": {"type": "boolean", "default": true},
-            "failure_mode_deny": {"type": "boolean", "default": false}
+            "failure_mode_deny": {"type": "boolean", "default": false},
+            "trusted_hops": {"description": "Proxies in front trusted to append to x-forwarded-for; client_address keys read it only above 0.", "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0}
         }),
         &["limits"],
         json!({"limits": [{"rate_per_s": 5, "burst": 10}]}),

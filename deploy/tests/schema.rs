@@ -235,7 +235,7 @@ fn place(base: &Value, at: &[Value], value: Value) -> Value {
         cursor = match step {
             Value::String(key) => &mut cursor[key.as_str()],
             Value::Number(i) => &mut cursor[i.as_u64().unwrap() as usize],
-            _ => unreachable!(),
+            other => panic!("not a path step: {other}"),
         };
     }
     *cursor = value;

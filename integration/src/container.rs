@@ -14,19 +14,19 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use testcontainers::core::{AccessMode, Mount};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
-use crate::envoy::{self, StartError, Starting};
+use crate::envoy::{self, Harness, StartError, Starting};
 
 /// The local image `scripts/envoy-image.sh` builds (FROM scratch, the wheel's Envoy); the tag
 /// follows `ENVOY_VERSION` in `scripts/lib.sh` (`scripts/test.sh` passes it as `ENVOY_IMAGE`).
 pub const DEFAULT_IMAGE: &str = "mesh-envoy:1.40.0";
-/// `dist/` inside the container.
-pub const DIST: &str = "/mesh/dist";
+/// Where the modules are mounted inside the container, each as its own file.
+pub const MODULES: &str = "/mesh/modules";
 /// The generated config's directory inside the container.
 const CONFIG_DIR: &str = "/mesh/config";
 /// Where Envoy writes its admin address inside the container.
@@ -56,7 +56,12 @@ pub struct EnvoyContainer {
 
 impl EnvoyContainer {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
-    pub fn start(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
+    pub fn start(
+        config: &str,
+        extension: &str,
+        concurrency: u32,
+        modules: &[PathBuf],
+    ) -> Result<Self, StartError> {
         let fail = |reason: String| StartError {
             reason,
             log: String::new(),
@@ -73,9 +78,14 @@ impl EnvoyContainer {
         let config_file = format!("envoy.{extension}");
         fs::write(config_dir.join(&config_file), config)
             .map_err(|e| fail(format!("write config: {e}")))?;
-        let dist = envoy::dist_dir()
-            .canonicalize()
-            .map_err(|e| fail(format!("{}: {e}", envoy::dist_dir().display())))?;
+        let mut mounts = Vec::with_capacity(modules.len());
+        for module in modules {
+            let host = module
+                .canonicalize()
+                .map_err(|e| fail(format!("{}: {e}", module.display())))?;
+            let inside = Harness::Docker.module_path(module);
+            mounts.push(read_only(&host, &inside.display().to_string()));
+        }
 
         let image = image();
         let (name, tag) = split_image(&image);
@@ -84,24 +94,25 @@ impl EnvoyContainer {
             &Path::new(RUN_DIR).join("admin-address"),
             concurrency,
         );
-        let container = GenericImage::new(name, tag)
+        let mut image_request = GenericImage::new(name, tag)
             .with_entrypoint(ENVOY_IN_IMAGE)
             // Whatever user the image defaults to: the mounted tempdir is the test's, mode 0700.
             .with_user("0")
             .with_network("host")
             .with_label(LABEL, "harness")
             .with_mount(read_only(&config_dir, CONFIG_DIR))
-            .with_mount(read_only(&dist, DIST))
             .with_mount(Mount::bind_mount(path_text(&run_dir), RUN_DIR))
-            .with_cmd(args)
-            .start()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot start a container from {image}: {e}\n(is a docker daemon running? \
+            .with_cmd(args);
+        for mount in mounts {
+            image_request = image_request.with_mount(mount);
+        }
+        let container = image_request.start().map_err(|e| {
+            fail(format!(
+                "cannot start a container from {image}: {e}\n(is a docker daemon running? \
                      scripts/test.sh starts one; scripts/envoy-image.sh builds the default \
                      image; MESH_HARNESS=process runs Envoy without docker)"
-                ))
-            })?;
+            ))
+        })?;
         let mut envoy = Self {
             container,
             _dir: dir,
@@ -123,6 +134,16 @@ impl EnvoyContainer {
 
     pub fn id(&self) -> &str {
         self.container.id()
+    }
+
+    /// The container's Envoy process as the host sees it (`docker inspect`); 0 if unknown.
+    pub fn pid(&self) -> u32 {
+        std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Pid}}", self.id()])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// The container's output (Envoy logs to stderr).

@@ -42,12 +42,14 @@ impl Harness {
         }
     }
 
-    /// Where Envoy finds the built module `dist/<module>.wasm`.
-    pub fn module_path(self, module: &str) -> PathBuf {
-        let file = format!("{module}.wasm");
+    /// Where Envoy finds a module the test has at `wasm`: the same path for a process; for a
+    /// container, the file mounted under [`container::MODULES`] (see [`Envoy::start`]).
+    pub fn module_path(self, wasm: &Path) -> PathBuf {
         match self {
-            Self::Process => dist_dir().join(file),
-            Self::Docker => Path::new(container::DIST).join(file),
+            Self::Process => wasm.to_path_buf(),
+            Self::Docker => {
+                Path::new(container::MODULES).join(wasm.file_name().unwrap_or_default())
+            }
         }
     }
 }
@@ -61,11 +63,14 @@ pub enum Envoy {
 
 impl Envoy {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
+    /// `modules` are the wasm files the config names (through [`Harness::module_path`]): a
+    /// container gets each mounted read-only.
     pub fn start(
         harness: Harness,
         config: &str,
         extension: &str,
         concurrency: u32,
+        modules: &[PathBuf],
     ) -> Result<Self, StartError> {
         Ok(match harness {
             Harness::Process => Self::Process(EnvoyProcess::start(config, extension, concurrency)?),
@@ -73,8 +78,17 @@ impl Envoy {
                 config,
                 extension,
                 concurrency,
+                modules,
             )?)),
         })
+    }
+
+    /// Envoy's process id as the host sees it (a container's Envoy too).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Self::Process(envoy) => envoy.pid(),
+            Self::Container(envoy) => envoy.pid(),
+        }
     }
 
     pub fn admin(&self) -> SocketAddr {
@@ -133,6 +147,16 @@ pub fn dist_dir() -> PathBuf {
     match std::env::var_os("MESH_DIST") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist"),
+    }
+}
+
+/// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
+/// workspace's wasm32-wasip1 release build of `mesh-fixture`.
+pub fn fixture_wasm() -> PathBuf {
+    match std::env::var_os("MESH_FIXTURE") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/wasm32-wasip1/release/mesh_fixture.wasm"),
     }
 }
 

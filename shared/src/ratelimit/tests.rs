@@ -630,5 +630,8 @@ fn the_readme_example_compiles() {
         .unwrap();
     let checkout = routes.policy_for("checkout").unwrap();
     assert!(checkout.dry_run);
-    assert_eq!(checkout.limits[0].key, key::Key::ClientAddress);
+    assert_eq!(
+        checkout.limits[0].key,
+        key::Key::ClientAddress { trusted_hops: 0 }
+    );
 }

@@ -34,7 +34,7 @@ fn removes(decision: &Decision, name: &str) -> bool {
     decision.edits.contains(&Edit::Remove(match name {
         "tracestate" => w3c::TRACESTATE,
         "x-b3-parentspanid" => b3::PARENT_SPAN_ID,
-        _ => unreachable!(),
+        other => panic!("not a context: {other:?}"),
     }))
 }
 
