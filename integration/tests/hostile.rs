@@ -126,13 +126,13 @@ fn hostile_headers_leave_envoy_ready_no_vm_failed_and_every_answer_sane() {
         .stats()
         .iter()
         .filter(|(name, _)| {
-            name.starts_with("mesh_breaker_requests_total;") && name.ends_with(";outcome=allowed")
+            name.starts_with("mesh_breaker_requests_total;") && name.ends_with(";decision=allowed")
         })
         .map(|(_, value)| value)
         .sum();
     assert_eq!(
         admitted, served,
-        "mesh_breaker_requests_total outcome=allowed"
+        "mesh_breaker_requests_total decision=allowed"
     );
     // And a plain request still works.
     let reply = mesh.get("/checkout").send();
