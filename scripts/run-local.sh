@@ -4,22 +4,31 @@
 #
 #   scripts/run-local.sh            run until Ctrl-C
 #   scripts/run-local.sh --smoke    start, check a request end to end, stop (used by the tests)
+#   scripts/run-local.sh --docker   Envoy in a container: ENVOY_IMAGE (default: the local image
+#                                   scripts/envoy-image.sh builds), host network, config and
+#                                   dist/ mounted read-only; the upstreams stay processes
 #
 # Ports: ENVOY_PORT (10000), ADMIN_PORT (9901), V1_PORT (18081), V2_PORT (18082).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-smoke=""
-[ "${1:-}" = "--smoke" ] && smoke=1
+smoke="" docker=""
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) smoke=1 ;;
+    --docker) docker=1 ;;
+    *) die "unknown argument $arg (expected --smoke, --docker)" ;;
+  esac
+done
 
 export ENVOY_PORT="${ENVOY_PORT:-10000}" ADMIN_PORT="${ADMIN_PORT:-9901}"
 export V1_PORT="${V1_PORT:-18081}" V2_PORT="${V2_PORT:-18082}" DIST="$ROOT/dist"
 
 ensure_rust
 ensure_binaryen
-ensure_envoy
 ensure_apt curl curl
+[ -n "$docker" ] || ensure_envoy
 
 scripts/build.sh
 say "building the echo upstream"
@@ -28,14 +37,24 @@ cargo build --quiet --locked -p mesh-integration --bin echo
 run="$ROOT/.run"
 mkdir -p "$run"
 pids=()
+cidfile="$run/envoy.cid"
 stop_all() {
   trap - EXIT INT TERM
-  # Only what this script started, by PID.
+  # Only what this script started, by PID and container id.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -s "$cidfile" ]; then docker rm -f "$(cat "$cidfile")" >/dev/null 2>&1 || true; fi
+  rm -f "$cidfile"
+  release_docker
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
+if [ -n "$docker" ]; then
+  ensure_docker
+  image="${ENVOY_IMAGE:-}"
+  if [ -z "$image" ]; then scripts/envoy-image.sh; image="$MESH_ENVOY_IMAGE"; fi
+  DIST=/mesh/dist # where the container sees dist/
+fi
 
 for service in v1 v2; do
   port_var="${service^^}_PORT"
@@ -45,8 +64,18 @@ for service in v1 v2; do
 done
 
 render_envoy_config "$run/envoy.yaml"
-"$MESH_ENVOY" -c "$run/envoy.yaml" --disable-hot-restart --concurrency 2 \
-  --component-log-level wasm:debug >"$run/envoy.log" 2>&1 &
+envoy_args=(--disable-hot-restart --concurrency 2 --component-log-level wasm:debug)
+if [ -n "$docker" ]; then
+  say "starting envoy in a container from $image"
+  rm -f "$cidfile"
+  # Host network: Envoy binds 127.0.0.1 as in envoy.yaml and reaches the upstreams there.
+  docker run --rm --cidfile "$cidfile" --network host --user 0 --label org.mesh-filters.envoy=run-local \
+    -v "$run/envoy.yaml:/mesh/config/envoy.yaml:ro" -v "$ROOT/dist:/mesh/dist:ro" \
+    --entrypoint /usr/local/bin/envoy "$image" -c /mesh/config/envoy.yaml "${envoy_args[@]}" \
+    >"$run/envoy.log" 2>&1 &
+else
+  "$MESH_ENVOY" -c "$run/envoy.yaml" "${envoy_args[@]}" >"$run/envoy.log" 2>&1 &
+fi
 envoy_pid=$!
 pids+=("$envoy_pid")
 if ! wait_http "http://127.0.0.1:$ADMIN_PORT/ready" 60 "$envoy_pid"; then
@@ -84,6 +113,14 @@ if [ -n "$smoke" ]; then
   state="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-circuit-state" {print $2}')"
   [ "$state" = open ] || die "the breaker did not open after 3 failures (x-circuit-state: '$state')"
   say "ok: the fourth request got the fallback with x-circuit-state: open"
+  say "smoke check: the counters carry their labels at /stats/prometheus"
+  metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
+  for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
+                'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
+                'mesh_breaker_transitions_total{route="fragile",to="open"} 1'; do
+    grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
+  done
+  say "ok: route, outcome, decision and to are Prometheus labels"
   exit 0
 fi
 
@@ -117,8 +154,8 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo
   curl -si $base/fragile ; curl -s http://127.0.0.1:$V1_PORT/__count
   sleep 5; curl -si $base/fragile
-  # what the filters counted
-  curl -s 'http://127.0.0.1:$ADMIN_PORT/stats?filter=mesh_'
+  # what the filters counted, as Prometheus scrapes it (README: Observability)
+  curl -s 'http://127.0.0.1:$ADMIN_PORT/stats/prometheus' | grep '^mesh_'
 
 Ctrl-C stops everything this script started.
 MSG

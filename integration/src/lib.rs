@@ -1,5 +1,7 @@
 //! Real-Envoy test support: the echo upstream, Envoy config generation, the Envoy backends
-//! and the [`Mesh`] harness that ties them together behind one builder.
+//! (a child process, or a container: `MESH_HARNESS=process|docker`) and the [`Mesh`] harness
+//! that ties them together behind one builder; [`raw`] for
+//! requests no HTTP client sends (bytes that are not UTF-8, repeated and oversized headers).
 //!
 //! ```no_run
 //! use mesh_integration::Mesh;
@@ -18,8 +20,12 @@
     clippy::indexing_slicing
 )]
 
+pub mod chain;
+pub mod container;
 pub mod echo;
 pub mod envoy;
 mod mesh;
+pub mod prometheus;
+pub mod raw;
 
 pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};

@@ -1,12 +1,13 @@
 //! The harness: echo upstreams plus an Envoy with the real `.wasm` modules, from one builder.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::echo::EchoServer;
-use crate::envoy::{self, EnvoyProcess, StartError};
+use crate::envoy::{self, Envoy, Harness, StartError};
 
 /// A route in the generated Envoy config.
 #[derive(Debug, Clone)]
@@ -73,22 +74,67 @@ pub fn demo_routes() -> Vec<RouteSpec> {
     ]
 }
 
+/// One wasm filter of the chain.
+#[derive(Debug)]
+struct FilterSpec {
+    /// The stats and plugin name: `mesh.<module>`.
+    module: String,
+    /// `dist/<module>.wasm` unless set.
+    wasm: Option<PathBuf>,
+    plugin_json: String,
+    /// Envoy's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`); unset: Envoy's
+    /// default.
+    failure_policy: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct MeshBuilder {
-    filters: Vec<(String, String)>,
+    filters: Vec<FilterSpec>,
     routes: Vec<RouteSpec>,
     upstreams: Vec<String>,
     closed_upstreams: Vec<String>,
     concurrency: u32,
     use_remote_address: bool,
+    max_request_headers_kb: Option<u32>,
 }
 
 impl MeshBuilder {
     /// Adds the module `dist/<module>.wasm` with this plugin JSON (taken verbatim, so tests
     /// can pass invalid JSON). Filters run in the order they are added.
     pub fn filter(mut self, module: &str, plugin_json: &str) -> Self {
-        self.filters
-            .push((module.to_owned(), plugin_json.to_owned()));
+        self.filters.push(FilterSpec {
+            module: module.to_owned(),
+            wasm: None,
+            plugin_json: plugin_json.to_owned(),
+            failure_policy: None,
+        });
+        self
+    }
+
+    /// Adds the test fixture module (`integration/fixture`, never shipped), named `fixture`:
+    /// it panics on `x-fixture-panic` and shows what a filter reads of a request.
+    pub fn fixture(mut self) -> Self {
+        self.filters.push(FilterSpec {
+            module: "fixture".to_owned(),
+            wasm: Some(envoy::fixture_wasm()),
+            plugin_json: r#"{"default": {}}"#.to_owned(),
+            failure_policy: None,
+        });
+        self
+    }
+
+    /// Envoy's `failure_policy` for the filter added last: what Envoy does once its VM has
+    /// failed (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`; Istio's `failStrategy`).
+    pub fn failure_policy(mut self, policy: &str) -> Self {
+        if let Some(last) = self.filters.last_mut() {
+            last.failure_policy = Some(policy.to_owned());
+        }
+        self
+    }
+
+    /// The connection manager's `max_request_headers_kb` (Envoy's default: 60).
+    pub fn max_request_headers_kb(mut self, kb: u32) -> Self {
+        self.max_request_headers_kb = Some(kb);
         self
     }
 
@@ -123,17 +169,28 @@ impl MeshBuilder {
             reason,
             log: String::new(),
         };
+        let harness = Harness::from_env().map_err(fail)?;
         let dist = envoy::dist_dir();
         let mut http_filters = Vec::new();
-        for (module, plugin_json) in &self.filters {
-            let wasm = dist.join(format!("{module}.wasm"));
+        let mut modules = Vec::new();
+        for spec in &self.filters {
+            let wasm = spec
+                .wasm
+                .clone()
+                .unwrap_or_else(|| dist.join(format!("{}.wasm", spec.module)));
             if !wasm.is_file() {
                 return Err(fail(format!(
-                    "{} is missing: run scripts/build.sh first",
+                    "{} is missing: run scripts/build.sh (filters) or scripts/test.sh (the fixture) first",
                     wasm.display()
                 )));
             }
-            http_filters.push(envoy::wasm_filter(module, &wasm, plugin_json));
+            let mut filter =
+                envoy::wasm_filter(&spec.module, &harness.module_path(&wasm), &spec.plugin_json);
+            if let Some(policy) = &spec.failure_policy {
+                filter["typed_config"]["config"]["failure_policy"] = json!(policy);
+            }
+            http_filters.push(filter);
+            modules.push(wasm);
         }
         let mut upstreams = Vec::new();
         for name in &self.upstreams {
@@ -152,13 +209,23 @@ impl MeshBuilder {
         }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
         let mut config = envoy::bootstrap(http_filters, routes, clusters);
+        let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"];
         if self.use_remote_address {
-            config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-                ["use_remote_address"] = json!(true);
+            manager["use_remote_address"] = json!(true);
         }
-        let envoy = EnvoyProcess::start(&config.to_string(), "json", self.concurrency)?;
+        if let Some(kb) = self.max_request_headers_kb {
+            manager["max_request_headers_kb"] = json!(kb);
+        }
+        let envoy = Envoy::start(
+            harness,
+            &config.to_string(),
+            "json",
+            self.concurrency,
+            &modules,
+        )?;
         Ok(Mesh {
-            base: format!("http://{}", envoy.listener),
+            base: format!("http://{}", envoy.listener()),
             envoy,
             upstreams,
             agent: envoy::agent(Duration::from_secs(20)),
@@ -167,10 +234,10 @@ impl MeshBuilder {
     }
 }
 
-/// A running Envoy with its echo upstreams. Everything stops on drop; Envoy's log is
-/// printed if the test is failing.
+/// A running Envoy with its echo upstreams, on the backend `MESH_HARNESS` chooses. Everything
+/// stops on drop; Envoy's log is printed if the test is failing.
 pub struct Mesh {
-    envoy: EnvoyProcess,
+    envoy: Envoy,
     upstreams: Vec<EchoServer>,
     agent: ureq::Agent,
     /// Opens a new connection per request (Envoy spreads connections over its workers).
@@ -187,6 +254,7 @@ impl Mesh {
             closed_upstreams: Vec::new(),
             concurrency: 1,
             use_remote_address: false,
+            max_request_headers_kb: None,
         }
     }
 
@@ -201,6 +269,7 @@ impl Mesh {
                 .method(method)
                 .uri(format!("{}{path}", self.base)),
             new_connection: false,
+            agent: None,
         }
     }
 
@@ -262,23 +331,56 @@ impl Mesh {
     pub fn admin(&self, path: &str) -> String {
         let mut reply = self
             .agent
-            .get(format!("http://{}{path}", self.envoy.admin))
+            .get(format!("http://{}{path}", self.envoy.admin()))
             .call()
             .unwrap();
         reply.body_mut().read_to_string().unwrap()
     }
 
+    /// Envoy's admin address (what Prometheus scrapes at `/stats/prometheus`).
+    pub fn admin_address(&self) -> std::net::SocketAddr {
+        self.envoy.admin()
+    }
+
     /// Envoy's listener, for clients the harness does not provide (raw TCP).
     pub fn listener(&self) -> std::net::SocketAddr {
-        self.envoy.listener
+        self.envoy.listener()
     }
 
     pub fn envoy_log(&self) -> String {
         self.envoy.log()
     }
 
+    /// Envoy's process id (for its memory in `/proc`).
+    pub fn envoy_pid(&self) -> u32 {
+        self.envoy.pid()
+    }
+
+    /// Sends a request given as bytes ([`crate::raw::request`]) on a new connection.
+    pub fn raw(&self, request: &[u8]) -> std::io::Result<crate::raw::RawReply> {
+        crate::raw::send(self.envoy.listener(), request, Duration::from_secs(20))
+    }
+
+    /// Envoy's wasm VMs: counters from `/stats` and failures from the log.
+    pub fn wasm_health(&self) -> crate::raw::WasmHealth {
+        crate::raw::WasmHealth::read(&self.admin("/stats?filter=wasm"), &self.envoy.log())
+    }
+
+    /// Whether Envoy's admin answers `/ready` with 200.
+    pub fn ready(&self) -> bool {
+        self.agent
+            .get(format!("http://{}/ready", self.envoy.admin()))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    }
+
     pub fn envoy_running(&mut self) -> bool {
         self.envoy.is_running()
+    }
+
+    /// The Envoy itself (its process or container), for tests of the harness.
+    pub fn envoy(&self) -> &Envoy {
+        &self.envoy
     }
 }
 
@@ -295,9 +397,10 @@ pub struct Call<'a> {
     mesh: &'a Mesh,
     request: ureq::http::request::Builder,
     new_connection: bool,
+    agent: Option<&'a ureq::Agent>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     /// Adds a header (a second call with the same name adds a second header).
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.request = self.request.header(name, value.as_ref());
@@ -310,30 +413,44 @@ impl Call<'_> {
         self
     }
 
+    /// Sends the request with this client (e.g. `envoy::agent`): a thread with a client of its
+    /// own keeps its keep-alive connection, so one Envoy worker handles its requests in order.
+    pub fn via(mut self, agent: &'a ureq::Agent) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
+    /// Sends the request; panics (with Envoy's log) when no response comes.
     pub fn send(self) -> Reply {
-        let request = self.request.body(()).unwrap();
-        let agent = if self.new_connection {
-            &self.mesh.unpooled
-        } else {
-            &self.mesh.agent
-        };
-        let mut response = agent.run(request).unwrap_or_else(|e| {
+        let mesh = self.mesh;
+        self.try_send().unwrap_or_else(|e| {
             panic!(
                 "request failed: {e}\n--- envoy log ---\n{}",
-                self.mesh.envoy.log()
+                mesh.envoy.log()
             )
-        });
+        })
+    }
+
+    /// Sends the request; an error when no response comes.
+    pub fn try_send(self) -> Result<Reply, String> {
+        let request = self.request.body(()).map_err(|e| e.to_string())?;
+        let agent = match (self.agent, self.new_connection) {
+            (Some(agent), _) => agent,
+            (None, true) => &self.mesh.unpooled,
+            (None, false) => &self.mesh.agent,
+        };
+        let mut response = agent.run(request).map_err(|e| e.to_string())?;
         let headers = response
             .headers()
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
         let body = response.body_mut().read_to_vec().unwrap_or_default();
-        Reply {
+        Ok(Reply {
             status: response.status().as_u16(),
             headers,
             body,
-        }
+        })
     }
 }
 

@@ -63,10 +63,19 @@ fn assert_fallback(reply: &Reply, state: &str) {
     );
 }
 
-fn stat(mesh: &Mesh, route: &str, outcome: &str) -> u64 {
-    mesh.stat(&format!(
-        "mesh_breaker_requests_total;route={route};outcome={outcome}"
-    ))
+/// A breaker counter on `route`: a decision (`allowed`, `probe`, `rejected`), a call's outcome
+/// (`success`, `failure`, `ignored`), `slow`, or a store error (`contended`, `failed`).
+fn stat(mesh: &Mesh, route: &str, counted: &str) -> u64 {
+    mesh.stat(&match counted {
+        "allowed" | "probe" | "rejected" => {
+            format!("mesh_breaker_requests_total;route={route};decision={counted}")
+        }
+        "slow" => format!("mesh_breaker_slow_calls_total;route={route}"),
+        "contended" | "failed" => {
+            format!("mesh_breaker_store_errors_total;route={route};error={counted}")
+        }
+        _ => format!("mesh_breaker_calls_total;route={route};outcome={counted}"),
+    })
 }
 
 fn transitions(mesh: &Mesh, route: &str, to: &str) -> u64 {
@@ -123,7 +132,7 @@ fn three_failures_open_it_and_the_fallback_answers_without_the_upstream() {
     assert_eq!(gauge(&mesh, "fragile"), 1);
     assert!(
         mesh.envoy_log()
-            .contains("breaker route=fragile key=mesh.breaker/mesh.breaker/breaker/route/fragile: closed -> open (consecutive_failures)"),
+            .contains("breaker route=fragile key=mesh.breaker/mesh.breaker/breaker/route/fragile from=closed to=open reason=consecutive_failures window_calls=3 window_failures=3"),
         "the transition is logged"
     );
 }
@@ -387,7 +396,7 @@ fn routes_without_a_policy_are_untouched() {
 }
 
 #[test]
-fn stats_reach_prometheus_with_route_outcome_and_to_labels() {
+fn stats_reach_prometheus_with_route_decision_outcome_and_to_labels() {
     let mesh = start(&fragile(60_000, ""), 1);
     for _ in 0..3 {
         fail(&mesh, "/fragile");
@@ -397,8 +406,8 @@ fn stats_reach_prometheus_with_route_outcome_and_to_labels() {
     for line in [
         r#"mesh_breaker_state{route="fragile"} 1"#,
         r#"mesh_breaker_transitions_total{route="fragile",to="open"} 1"#,
-        r#"mesh_breaker_requests_total{route="fragile",outcome="rejected"} 1"#,
-        r#"mesh_breaker_requests_total{route="fragile",outcome="failure"} 3"#,
+        r#"mesh_breaker_requests_total{route="fragile",decision="rejected"} 1"#,
+        r#"mesh_breaker_calls_total{route="fragile",outcome="failure"} 3"#,
     ] {
         assert!(prometheus.contains(line), "{line} not in:\n{prometheus}");
     }

@@ -402,10 +402,12 @@ fn client_address_keys_ignore_forwarded_for_and_the_reply_is_configurable() {
 }
 
 /// Envoy's default (`use_remote_address: false`, also Istio's sidecar inbound listener) takes
-/// `source.address` from the last `x-forwarded-for` entry, which the client writes. This pins
-/// the behaviour the README warns about: each forged address gets a bucket of its own.
+/// `source.address` from the last `x-forwarded-for` entry, which the client writes (with port
+/// 0). Without trusted hops the filter never keys on such an address: every request whose
+/// address came from the header shares one bucket, so forging buys nothing; a request
+/// without the header is keyed on its connection's peer.
 #[test]
-fn without_use_remote_address_envoy_takes_the_client_address_from_forwarded_for() {
+fn a_forged_forwarded_for_buys_no_fresh_bucket() {
     let mesh = mesh_with(
         r#"{"routes": {"limited": {"limits": [{"rate_per_s": 0.01, "burst": 1, "key": "client_address"}]}}}"#,
     );
@@ -417,9 +419,31 @@ fn without_use_remote_address_envoy_takes_the_client_address_from_forwarded_for(
                 .status
         })
         .collect();
-    assert_eq!(forged, [200, 200, 200]);
+    assert_eq!(forged, [200, 429, 429], "each forged address got a bucket");
     let plain: Vec<u16> = (0..2).map(|_| mesh.get("/limited").send().status).collect();
     assert_eq!(plain, [200, 429]);
+}
+
+/// With `trusted_hops: 1` the key is the last `x-forwarded-for` entry (the one the trusted
+/// proxy in front appended); what the client wrote left of it changes nothing.
+#[test]
+fn trusted_hops_key_on_the_entry_the_trusted_proxy_appended() {
+    let mesh = mesh_with(
+        r#"{"routes": {"limited": {"trusted_hops": 1,
+            "limits": [{"rate_per_s": 0.01, "burst": 1, "key": "client_address"}]}}}"#,
+    );
+    let send = |xff: &str| {
+        mesh.get("/limited")
+            .header("x-forwarded-for", xff)
+            .send()
+            .status
+    };
+    assert_eq!(send("198.51.100.1"), 200);
+    assert_eq!(send("6.6.6.1, 198.51.100.1"), 429);
+    assert_eq!(send("6.6.6.2,198.51.100.1"), 429);
+    assert_eq!(send("198.51.100.2"), 200, "another client of the proxy");
+    // No header: the connection's peer, a bucket of its own.
+    assert_eq!(mesh.get("/limited").send().status, 200);
 }
 
 /// Path keys: spellings of one path share its bucket; another path has its own.
@@ -440,6 +464,31 @@ fn path_keys_are_normalised() {
     }
     assert_eq!(mesh.get("/checkout/ITEMS").send().status, 429);
     assert_eq!(mesh.get("/checkout/other").send().status, 200);
+}
+
+/// The tricks an attacker tries on a path-keyed limit: double encoding, encoded slashes and
+/// dots, dot segments, path parameters, backslashes. Envoy passes them on unchanged (no
+/// `normalize_path` in the test config), so the filter's normalisation alone must catch them.
+#[test]
+fn path_keys_cannot_be_dodged_by_encoding_tricks() {
+    let mesh = mesh_with(
+        r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 0.01, "burst": 1, "key": "path"}]}}}"#,
+    );
+    assert_eq!(mesh.get("/checkout/pay").send().status, 200);
+    for path in [
+        "/checkout/%2570ay",
+        "/checkout%2Fpay",
+        "/checkout/x/../pay",
+        "/checkout/x/%2e%2e/pay",
+        "/checkout/./pay;jsessionid=1",
+        "/checkout/x/..;/pay",
+        "/checkout%5Cpay",
+        "/checkout/PAY/",
+    ] {
+        let reply = mesh.get(path).send();
+        assert_eq!(reply.status, 429, "{path} got a bucket of its own");
+    }
+    assert_eq!(mesh.get("/checkout/paid").send().status, 200);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use crate::config::read::FromJson;
 
-use crate::config::{ConfigError, FieldPath};
+use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::host::{Host, RequestHost, ResponseHost};
 
 /// Who this instance of the plugin is: Istio sets no vm_id, so shared-data keys are
@@ -87,4 +87,12 @@ pub trait Filter: Sized {
     /// timeout that produced no upstream response. Properties such as `["response", "code"]`
     /// and `["response", "flags"]` are readable here; headers are not.
     fn on_done(&self, _route: &Self::Route, _request: &mut Self::Request, _host: &mut impl Host) {}
+}
+
+/// Reads and compiles plugin JSON for `filter`: the adapter's `on_configure` steps (kept
+/// inline there, where a shared call costs module bytes), run natively by `mesh-lint` so it
+/// reports exactly the error Envoy would log.
+pub fn configure<F: Filter>(filter: &F, json: &[u8]) -> Result<Routes<F::Policy>, ConfigError> {
+    Envelope::<F::Config>::from_json(json)
+        .and_then(|envelope| envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at)))
 }

@@ -9,7 +9,8 @@
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`hash`]: the stable hash behind slots and cohorts.
-//! - [`request`]: request facts several filters key on (client IP).
+//! - [`request`]: request facts several filters key on (client IP, the connection's peer,
+//!   the address a trusted proxy saw).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
 //! - [`canary`]: the canary release decision, cookie and query-string parsing.
 //! - [`ratelimit`]: token buckets (governor's GCRA) in shared data, keys and slots.

@@ -19,6 +19,18 @@ pub enum UpdateError {
     Failed,
 }
 
+impl UpdateError {
+    pub const ALL: [UpdateError; 2] = [Self::Contended, Self::Failed];
+
+    /// The `error` label of the filters' `*_store_errors_total` counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Contended => "contended",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// What one round of an update decided.
 #[derive(Debug)]
 pub struct Step<R> {
@@ -70,7 +82,10 @@ pub fn write_u64s(fields: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use crate::fake::FakeHost;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn increment(host: &mut FakeHost) -> Result<u64, UpdateError> {
         update(host, "k", DEFAULT_ATTEMPTS, |record| {

@@ -107,22 +107,29 @@ impl<F: Filter + 'static> RootContext for Root<F> {
         let routes = match compiled {
             Ok(routes) => routes,
             Err(err) => {
-                log::error!("{}: plugin config rejected: {err}", F::NAME);
+                // `error=` runs to the end of the line (it quotes route names).
+                log::error!(
+                    "{} config=rejected plugin={} error={err}",
+                    F::NAME,
+                    plugin.name
+                );
                 return false;
             }
         };
-        if routes.is_empty() {
-            log::warn!(
-                "{}: plugin config has no policy: every request passes untouched",
-                F::NAME
-            );
-        }
-        log::info!(
-            "{}: configured (plugin {}, root id {}): routes [{}]",
+        // One line per load, key=value; a config without any policy is worth a warning.
+        let level = if routes.is_empty() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            "{} config=loaded plugin={} root_id={} default={} routes={}",
             F::NAME,
             plugin.name,
             plugin.root_id,
-            routes.route_names().collect::<Vec<_>>().join(", ")
+            routes.has_default(),
+            routes.route_names().collect::<Vec<_>>().join(",")
         );
         self.state = Some(Rc::new(State {
             filter,

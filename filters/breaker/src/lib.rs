@@ -20,9 +20,17 @@ use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, LocalReply, Plugin, Verdict as FilterVerdict};
 use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost};
 use mesh_policy::stats;
+use mesh_policy::store::UpdateError;
 
-/// `mesh_breaker_requests_total{route, outcome}`.
+/// `mesh_breaker_requests_total{route, decision}`: every tracked request, once, at its
+/// request headers.
 pub const REQUESTS_TOTAL: &str = "mesh_breaker_requests_total";
+/// `mesh_breaker_calls_total{route, outcome}`: every passed call, once, when it ends.
+pub const CALLS_TOTAL: &str = "mesh_breaker_calls_total";
+/// `mesh_breaker_slow_calls_total{route}`: passed calls at least `slow_call_ms` slow.
+pub const SLOW_CALLS_TOTAL: &str = "mesh_breaker_slow_calls_total";
+/// `mesh_breaker_store_errors_total{route, error}`: shared data could not be updated.
+pub const STORE_ERRORS_TOTAL: &str = "mesh_breaker_store_errors_total";
 /// `mesh_breaker_transitions_total{route, to}`.
 pub const TRANSITIONS_TOTAL: &str = "mesh_breaker_transitions_total";
 /// `mesh_breaker_state{route}` (and `cluster` when keyed by cluster): 0 closed, 1 open,
@@ -34,49 +42,67 @@ pub const STATE: &str = "mesh_breaker_state";
 /// header, and shared-data keys are never deleted.
 pub const MAX_CLUSTERS_PER_ROUTE: usize = 32;
 
-/// What happened to a request, as the `outcome` label counts it.
+/// What the breaker counts: a request's decision, then its call's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
-    /// Closed: passed to the upstream.
+    /// Decision: closed, passed to the upstream.
     Allowed,
-    /// Half-open: passed as a probe.
+    /// Decision: half-open, passed as a probe.
     Probe,
-    /// Open, or half-open over the probe budget: answered with the fallback.
+    /// Decision: open, or half-open over the probe budget: answered with the fallback.
     Rejected,
-    /// Finished: the upstream answered with a status outside the failure set.
+    /// Outcome: the upstream answered with a status outside the failure set.
     Success,
-    /// Finished: a failure status, reset, connect failure or timeout.
+    /// Outcome: a failure status, reset, connect failure or timeout.
     Failure,
-    /// Finished: at least `slow_call_ms` (counted besides success or failure).
-    Slow,
-    /// Finished without the upstream deciding it (the client left first): not counted.
+    /// Outcome: finished without the upstream deciding it (the client left first).
     Ignored,
-    /// Finished, but the shared record could not be updated: not counted.
-    Dropped,
+    /// Besides the outcome: at least `slow_call_ms`.
+    Slow,
+    /// Shared data: every compare-and-swap round lost.
+    Contended,
+    /// Shared data: the host refused the write.
+    StoreFailed,
 }
 
 impl Counted {
-    pub const ALL: [Counted; 8] = [
+    pub const ALL: [Counted; 9] = [
         Self::Allowed,
         Self::Probe,
         Self::Rejected,
         Self::Success,
         Self::Failure,
-        Self::Slow,
         Self::Ignored,
-        Self::Dropped,
+        Self::Slow,
+        Self::Contended,
+        Self::StoreFailed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// The metric and its label (`None`: the metric has only `route`).
+    pub fn metric(self) -> (&'static str, Option<(&'static str, &'static str)>) {
         match self {
-            Self::Allowed => "allowed",
-            Self::Probe => "probe",
-            Self::Rejected => "rejected",
-            Self::Success => "success",
-            Self::Failure => "failure",
-            Self::Slow => "slow",
-            Self::Ignored => "ignored",
-            Self::Dropped => "dropped",
+            Self::Allowed => (REQUESTS_TOTAL, Some(("decision", "allowed"))),
+            Self::Probe => (REQUESTS_TOTAL, Some(("decision", "probe"))),
+            Self::Rejected => (REQUESTS_TOTAL, Some(("decision", "rejected"))),
+            Self::Success => (CALLS_TOTAL, Some(("outcome", "success"))),
+            Self::Failure => (CALLS_TOTAL, Some(("outcome", "failure"))),
+            Self::Ignored => (CALLS_TOTAL, Some(("outcome", "ignored"))),
+            Self::Slow => (SLOW_CALLS_TOTAL, None),
+            Self::Contended => (
+                STORE_ERRORS_TOTAL,
+                Some(("error", UpdateError::Contended.as_str())),
+            ),
+            Self::StoreFailed => (
+                STORE_ERRORS_TOTAL,
+                Some(("error", UpdateError::Failed.as_str())),
+            ),
+        }
+    }
+
+    fn store_error(error: UpdateError) -> Self {
+        match error {
+            UpdateError::Contended => Self::Contended,
+            UpdateError::Failed => Self::StoreFailed,
         }
     }
 }
@@ -175,8 +201,8 @@ impl BreakerRoute {
             host.increment_metric(*metric, 1);
         }
         log::info!(
-            "breaker route={} key={}: {} -> {} ({}): window {} calls, {} failed, {} slow; \
-             {} failures in a row; {} probes succeeded",
+            "breaker route={} key={} from={} to={} reason={} window_calls={} window_failures={} \
+             window_slow={} consecutive_failures={} probes_succeeded={}",
             self.name,
             breaker.key,
             t.from.as_str(),
@@ -237,12 +263,13 @@ impl Filter for Breaker {
     ) -> BreakerRoute {
         let name = stats::route_label(route_name).to_owned();
         let requests = Counted::ALL.map(|counted| {
-            stats::route_counter(
-                host,
-                REQUESTS_TOTAL,
-                route_name,
-                ("outcome", counted.as_str()),
-            )
+            let (base, label) = counted.metric();
+            let route = ("route", name.as_str());
+            let full = match label {
+                Some(label) => stats::metric_name(base, &[route, label]),
+                None => stats::metric_name(base, &[route]),
+            };
+            host.define_metric(MetricKind::Counter, &full)
         });
         let transitions = STATES.map(|state| {
             stats::route_counter(host, TRANSITIONS_TOTAL, route_name, ("to", state.as_str()))
@@ -278,6 +305,9 @@ impl Filter for Breaker {
         let started = host.now();
         let outcome = machine::admit(&route.policy, host, &breaker.key);
         route.observe(host, &breaker, outcome.state, outcome.transition);
+        if let Some(error) = outcome.store_error {
+            route.count(host, Counted::store_error(error));
+        }
         match outcome.result {
             Admission::Pass(ticket) => {
                 let counted = if ticket.probe {
@@ -360,7 +390,7 @@ impl Filter for Breaker {
                 route.observe(host, &pending.breaker, outcome.state, outcome.transition);
             }
             Err(err) => {
-                route.count(host, Counted::Dropped);
+                route.count(host, Counted::store_error(err));
                 log::debug!(
                     "breaker route={} key={}: call not counted: shared data {err:?}",
                     route.name,

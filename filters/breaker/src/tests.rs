@@ -41,11 +41,21 @@ const FRAGILE: &str = r#"{"routes": {"fragile": {
     "fallback": {"headers": {"content-type": "application/json"}, "body": "{\"error\":\"circuit open\"}"}
 }}}"#;
 
-fn stat(host: &FakeHost, outcome: &str) -> i64 {
-    host.metric(&format!(
-        "mesh_breaker_requests_total;route=fragile;outcome={outcome}"
-    ))
-    .unwrap()
+/// The stat name of what the breaker counted, on `route`.
+fn stat_name(counted: Counted, route: &str) -> String {
+    match counted.metric() {
+        (base, Some((label, value))) => format!("{base};route={route};{label}={value}"),
+        (base, None) => format!("{base};route={route}"),
+    }
+}
+
+/// The counter on `fragile` whose label value is `value` (`slow`: the slow calls).
+fn stat(host: &FakeHost, value: &str) -> i64 {
+    let counted = Counted::ALL
+        .into_iter()
+        .find(|c| c.metric().1.map_or("slow", |(_, v)| v) == value)
+        .unwrap_or_else(|| panic!("nothing counts {value}"));
+    host.metric(&stat_name(counted, "fragile")).unwrap()
 }
 
 #[test]
@@ -278,10 +288,15 @@ fn every_outcome_and_state_is_defined_at_bind() {
     bound(FRAGILE, "fragile", &mut host);
     let metrics = host.metrics();
     for counted in Counted::ALL {
-        assert!(metrics.contains_key(&format!(
-            "mesh_breaker_requests_total;route=fragile;outcome={}",
-            counted.as_str()
-        )));
+        assert!(metrics.contains_key(&stat_name(counted, "fragile")));
+    }
+    for name in [
+        "mesh_breaker_requests_total;route=fragile;decision=allowed",
+        "mesh_breaker_calls_total;route=fragile;outcome=failure",
+        "mesh_breaker_slow_calls_total;route=fragile",
+        "mesh_breaker_store_errors_total;route=fragile;error=contended",
+    ] {
+        assert!(metrics.contains_key(name), "{name} not in {metrics:?}");
     }
     for to in ["closed", "open", "half_open"] {
         assert!(metrics.contains_key(&format!(
@@ -289,4 +304,38 @@ fn every_outcome_and_state_is_defined_at_bind() {
         )));
     }
     assert_eq!(metrics.get("mesh_breaker_state;route=fragile"), Some(&0));
+}
+
+#[test]
+fn lost_writes_are_counted_as_store_errors() {
+    let mut host = FakeHost::new();
+    let (filter, route) = bound(FRAGILE, "fragile", &mut host);
+    call(&filter, &route, &mut host, 200);
+    // The call is classified and counted, but every write of it loses.
+    let (_, mut pending) = filter.on_request(&route, &mut host);
+    upstream_answered(&mut host, 500);
+    host.cas_conflicts = usize::MAX;
+    filter.on_done(&route, &mut pending, &mut host);
+    assert_eq!(stat(&host, "failure"), 1);
+    assert_eq!(stat(&host, "contended"), 1);
+    // Opened for real, then a probe whose claim cannot be written: rejected as half-open.
+    host.cas_conflicts = 0;
+    for _ in 0..3 {
+        call(&filter, &route, &mut host, 500);
+    }
+    host.advance_ms(5000);
+    host.cas_conflicts = usize::MAX;
+    let (verdict, pending) = filter.on_request(&route, &mut host);
+    assert!(pending.is_none());
+    let FilterVerdict::Reply(reply) = verdict else {
+        panic!("an unclaimed probe must not pass: {verdict:?}");
+    };
+    assert!(
+        reply
+            .headers
+            .contains(&("x-circuit-state".to_owned(), "half_open".to_owned()))
+    );
+    assert_eq!(stat(&host, "contended"), 2);
+    assert_eq!(stat(&host, "rejected"), 1);
+    assert_eq!(stat(&host, "failed"), 0);
 }

@@ -69,13 +69,6 @@ const DECISIONS: [Decision; 3] = [
     Decision::DryRunRejected,
 ];
 
-fn error_label(error: UpdateError) -> &'static str {
-    match error {
-        UpdateError::Contended => "contended",
-        UpdateError::Failed => "failed",
-    }
-}
-
 impl Filter for RateLimit {
     const NAME: &'static str = "ratelimit";
     type Config = RateLimitConfig;
@@ -108,12 +101,12 @@ impl Filter for RateLimit {
             let label = decision.label().unwrap_or_default();
             stats::route_counter(host, REQUESTS_TOTAL, route_name, ("decision", label))
         });
-        let store_errors = [UpdateError::Contended, UpdateError::Failed].map(|error| {
+        let store_errors = UpdateError::ALL.map(|error| {
             stats::route_counter(
                 host,
                 STORE_ERRORS_TOTAL,
                 route_name,
-                ("error", error_label(error)),
+                ("error", error.as_str()),
             )
         });
         RateLimitRoute {
@@ -142,7 +135,7 @@ impl Filter for RateLimit {
                 log::warn!(
                     "ratelimit route={} store_error={} requests={count} action={}",
                     route.name,
-                    error_label(error),
+                    error.as_str(),
                     if policy.failure_mode_deny {
                         "rejected"
                     } else {

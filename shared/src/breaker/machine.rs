@@ -92,6 +92,9 @@ pub struct Outcome<T> {
     pub result: T,
     pub state: State,
     pub transition: Option<Transition>,
+    /// [`admit`] only: the write the decision needed failed (the request is rejected as
+    /// half-open). [`complete`] returns its error instead.
+    pub store_error: Option<UpdateError>,
 }
 
 /// Read-modify-write rounds before giving up on a contended breaker.
@@ -299,13 +302,14 @@ pub fn admit(policy: &BreakerPolicy, host: &mut impl Host, key: &str) -> Outcome
         let record = Record::decode(bytes);
         step(&record, policy.admit(&record, now))
     });
-    updated.unwrap_or_else(|_| Outcome {
+    updated.unwrap_or_else(|error| Outcome {
         result: Admission::Reject {
             state: State::HalfOpen,
             retry_after_secs: 1,
         },
         state: Record::decode(host.shared_get(key).as_ref().map(|s| s.value.as_slice())).state,
         transition: None,
+        store_error: Some(error),
     })
 }
 
@@ -337,6 +341,7 @@ fn step<T>(record: &Record, decision: Decision<T>) -> Step<Outcome<T>> {
             result: decision.result,
             state,
             transition: decision.transition,
+            store_error: None,
         },
     }
 }

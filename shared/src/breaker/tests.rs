@@ -1,3 +1,4 @@
+// On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
 use super::classify::{self, Call, Failure, Finished, StatusSet, Verdict, flags};
 use super::config::{BreakerConfig, BreakerPolicy, KeyBy, StatusMatch};
 use super::machine::{self, Admission, Outcome, Reason, Ticket, Transition};
@@ -5,6 +6,8 @@ use super::record::{BUCKETS, RECORD_BYTES, Record, State};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::fake::FakeHost;
 use crate::host::{Host, NANOS_PER_MS};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn routes(json: &str) -> Result<Routes<BreakerPolicy>, ConfigError> {
     Envelope::<BreakerConfig>::from_json(json.as_bytes())?

@@ -59,8 +59,11 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: u64, secure: bool) -> Stri
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn finds_the_first_cookie_by_exact_name() {

@@ -95,8 +95,11 @@ impl FromJson for Percent {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn parse(text: &str) -> Option<u64> {
         Percent::parse(text).map(Percent::millionths)

@@ -78,8 +78,11 @@ fn hex(c: &u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn get(path: &str, name: &str) -> Option<String> {
         param(query_of(path.as_bytes()), name.as_bytes())

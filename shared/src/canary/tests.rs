@@ -1,4 +1,7 @@
+// On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
 use proptest::prelude::*;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
 use crate::config::{Envelope, parse_json};

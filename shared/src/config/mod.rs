@@ -235,6 +235,11 @@ impl<P> Routes<P> {
         self.default.is_none() && self.routes.is_empty()
     }
 
+    /// Whether routes without a policy of their own get the default.
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
     /// Route names with a policy of their own, in the order written.
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|(name, _)| name.as_str())
@@ -274,6 +279,9 @@ fn is_token_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[derive(Debug)]
     struct Policy {

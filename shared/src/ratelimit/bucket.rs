@@ -170,8 +170,11 @@ impl Clock for EpochClock {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use crate::host::NANOS_PER_MS;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOW: u64 = 1_767_225_600 * NANOS_PER_SEC;
 

@@ -43,6 +43,9 @@ pub struct RateLimitConfig {
     pub rate_limit_headers: bool,
     /// When shared data cannot be updated: reject (`true`) or let the request through.
     pub failure_mode_deny: bool,
+    /// Proxies in front of this filter trusted to append the address they saw to
+    /// `x-forwarded-for`; `client_address` keys read that header only when this is above 0.
+    pub trusted_hops: u32,
 }
 
 impl FromJson for RateLimitConfig {
@@ -56,6 +59,7 @@ impl FromJson for RateLimitConfig {
             content_type: object.or("content_type", DEFAULT_CONTENT_TYPE.to_owned())?,
             rate_limit_headers: object.or("rate_limit_headers", true)?,
             failure_mode_deny: object.or("failure_mode_deny", false)?,
+            trusted_hops: object.or("trusted_hops", 0)?,
         };
         object.finish()?;
         Ok(config)
@@ -226,7 +230,11 @@ impl RateLimitPolicy {
         }
         let mut limits = Vec::with_capacity(config.limits.len());
         for (i, limit) in config.limits.into_iter().enumerate() {
-            limits.push(Limit::compile(limit, &limits_at.index(i))?);
+            limits.push(Limit::compile(
+                limit,
+                config.trusted_hops,
+                &limits_at.index(i),
+            )?);
         }
         if !(400..=599).contains(&config.status) {
             return Err(at
@@ -256,7 +264,11 @@ impl RateLimitPolicy {
 }
 
 impl Limit {
-    fn compile(config: LimitConfig, at: &FieldPath) -> Result<Self, ConfigError> {
+    fn compile(
+        config: LimitConfig,
+        trusted_hops: u32,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
         let millis = config.rate_per_s.millis;
         if !(MIN_RATE_MILLIS..=MAX_RATE_MILLIS).contains(&millis) {
             return Err(at
@@ -274,7 +286,7 @@ impl Limit {
             .ok_or_else(|| at.field("rate_per_s").invalid("is too high"))?;
         let key = match config.key {
             KeyConfig::Route => Key::Route,
-            KeyConfig::ClientAddress => Key::ClientAddress,
+            KeyConfig::ClientAddress => Key::ClientAddress { trusted_hops },
             KeyConfig::Path => Key::Path,
             KeyConfig::Header { name, when_missing } => Key::Header {
                 name: HeaderName::parse(&name, &at.field("key").field("header"))?,

@@ -8,17 +8,20 @@
 use crate::config::HeaderName;
 use crate::hash::stable_hash;
 use crate::host::RequestHost;
-use crate::request::client_ip;
+use crate::request::client_address;
+
+/// The request header trusted proxies append client addresses to.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// What one limit counts requests by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
     /// One bucket for the whole route.
     Route,
-    /// The client's IP: Envoy's `source.address` (never a header the filter parses). That is
-    /// the TCP peer only when the connection manager has `use_remote_address: true`; with
-    /// Envoy's default `false` Envoy itself takes it from the last `x-forwarded-for` entry.
-    ClientAddress,
+    /// The client's IP, as [`client_address`] finds it: the connection's peer (and one shared
+    /// bucket for requests whose `source.address` Envoy took from `x-forwarded-for`), or with
+    /// `trusted_hops` the address the first trusted proxy saw.
+    ClientAddress { trusted_hops: u32 },
     /// The normalised path, see [`normalize_path`].
     Path,
     /// A request header's value, e.g. `x-api-key`.
@@ -50,9 +53,16 @@ impl Key {
     pub fn read(&self, host: &impl RequestHost) -> KeyValue {
         match self {
             Self::Route => KeyValue::Value(Vec::new()),
-            Self::ClientAddress => {
+            Self::ClientAddress { trusted_hops } => {
                 let address = host.property(&["source", "address"]).unwrap_or_default();
-                KeyValue::Value(client_ip(&address).to_vec())
+                // A header read only when the policy trusts proxies.
+                let forwarded = (*trusted_hops > 0)
+                    .then(|| host.request_header(FORWARDED_FOR))
+                    .flatten();
+                match client_address(&address, forwarded.as_deref(), *trusted_hops) {
+                    Some(ip) => KeyValue::Value(ip.to_vec()),
+                    None => KeyValue::Anonymous,
+                }
             }
             Self::Path => {
                 let mut path = host.request_header(":path").unwrap_or_default();
@@ -88,46 +98,114 @@ pub fn slot(salt: u64, value: &KeyValue, slots: u32) -> u32 {
     u32::try_from(hash % u64::from(slots.max(1))).unwrap_or(0)
 }
 
-/// The path as a rate-limit key, normalised in place so that spellings of one path share a
-/// bucket:
+/// The path as a rate-limit key, normalised in place so that every spelling an upstream
+/// may read as one path shares its bucket. When in doubt it merges (a limit that counts two
+/// paths as one is stricter, never looser):
 /// 1. the query and fragment are dropped (from the first `?` or `#`);
-/// 2. `%XX` escapes are decoded, once (`%2F` becomes `/`, `%252F` becomes `%2F`);
-/// 3. ASCII letters are lower-cased;
-/// 4. runs of `/` become one `/`, and a trailing `/` is dropped (`/` itself stays).
+/// 2. `%XX` escapes are decoded until none is left (`%2561` is `%61` is `a`; `%2F` is `/`);
+///    a `%` without two hex digits stays as written;
+/// 3. `\` is a `/` (some servers read it so);
+/// 4. each segment loses its `;` parameters (`/a;jsessionid=1/b` is `/a/b`, as Java servers
+///    read it);
+/// 5. runs of `/` become one, `.` segments are dropped and `..` removes the segment before it
+///    (RFC 3986 dot-segment removal, also of decoded `%2e%2e`), never above the root;
+/// 6. ASCII letters are lower-cased; other bytes (UTF-8 or not) are kept as they are: no
+///    Unicode case folding or normalisation.
 ///
-/// Dot segments (`/a/../b`) are left to Envoy's `normalize_path` (on by default in Istio).
+/// The result starts with `/` and has no trailing `/` (`/` itself stays); an empty path stays
+/// empty. Linear time; no allocation unless the path does not start with a `/`.
 pub fn normalize_path(path: &mut Vec<u8>) {
     if let Some(end) = path.iter().position(|c| *c == b'?' || *c == b'#') {
         path.truncate(end);
     }
+    if path.is_empty() {
+        return;
+    }
+    if !path.first().is_some_and(|c| is_separator(*c)) {
+        path.insert(0, b'/');
+    }
+    let decoded = decode_fully(path);
+    // Segments, rewritten in place: the write position never passes the read position,
+    // because every segment written was preceded by at least one separator read.
     let mut read = 0;
     let mut write = 0;
-    while let Some(&byte) = path.get(read) {
-        let decoded = match (byte, path.get(read + 1), path.get(read + 2)) {
-            (b'%', Some(&high), Some(&low)) => match (hex_value(high), hex_value(low)) {
-                (Some(high), Some(low)) => Some(high << 4 | low),
-                _ => None,
-            },
-            _ => None,
-        };
-        let (out, used) = match decoded {
-            Some(out) => (out, 3),
-            None => (byte, 1),
-        };
-        read += used;
-        let out = out.to_ascii_lowercase();
-        if out == b'/' && write > 0 && path.get(write - 1) == Some(&b'/') {
+    while read < decoded {
+        if path.get(read).is_some_and(|c| is_separator(*c)) {
+            read += 1;
             continue;
         }
-        if let Some(slot) = path.get_mut(write) {
-            *slot = out;
+        let start = read;
+        while read < decoded && !path.get(read).is_some_and(|c| is_separator(*c)) {
+            read += 1;
         }
-        write += 1;
+        let end = path
+            .get(start..read)
+            .and_then(|segment| segment.iter().position(|c| *c == b';'))
+            .map_or(read, |at| start + at);
+        match path.get(start..end).unwrap_or_default() {
+            b"" | b"." => {}
+            b".." => {
+                // Back to the `/` that began the previous segment (or the root).
+                while write > 0 {
+                    write -= 1;
+                    if path.get(write) == Some(&b'/') {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                set(path, write, b'/');
+                write += 1;
+                for at in start..end {
+                    let byte = path.get(at).copied().unwrap_or_default();
+                    set(path, write, byte.to_ascii_lowercase());
+                    write += 1;
+                }
+            }
+        }
+    }
+    if write == 0 {
+        set(path, 0, b'/');
+        write = 1;
     }
     path.truncate(write);
-    if path.len() > 1 && path.last() == Some(&b'/') {
-        path.pop();
+}
+
+fn is_separator(c: u8) -> bool {
+    c == b'/' || c == b'\\'
+}
+
+fn set(path: &mut [u8], at: usize, byte: u8) {
+    if let Some(slot) = path.get_mut(at) {
+        *slot = byte;
     }
+}
+
+/// Decodes `%XX` escapes in place until none is left; returns the decoded length. The
+/// output is a stack: after each byte is pushed, a `%XX` on top is replaced by its byte,
+/// which may complete another escape below it (`%%341` is `%41` is `A`). Each reduction
+/// shortens the output by two, so the work is linear.
+fn decode_fully(path: &mut [u8]) -> usize {
+    let mut len = 0;
+    for read in 0..path.len() {
+        let byte = path.get(read).copied().unwrap_or_default();
+        set(path, len, byte);
+        len += 1;
+        while let Some(escape) = len.checked_sub(3).and_then(|at| path.get(at..len)) {
+            let decoded = match escape {
+                [b'%', high, low] => hex_value(*high)
+                    .zip(hex_value(*low))
+                    .map(|(high, low)| high << 4 | low),
+                _ => None,
+            };
+            let Some(decoded) = decoded else {
+                break;
+            };
+            len -= 2;
+            set(path, len - 1, decoded);
+        }
+    }
+    len
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -141,10 +219,13 @@ fn hex_value(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
     use crate::config::FieldPath;
     use crate::fake::FakeHost;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn normalized(path: &str) -> String {
         let mut bytes = path.as_bytes().to_vec();
@@ -164,17 +245,37 @@ mod tests {
             "/%61pi/%49tems",
             "/api%2Fitems",
             "/api%2fitems?x=%3F",
+            // Double and triple encoding.
+            "/api/%2569tems",
+            "/api%252Fitems",
+            "/%25%34%31PI/items",
+            // Backslashes, dot segments (also encoded), path parameters.
+            "\\api\\items",
+            "/api/./items",
+            "/api/v1/../items",
+            "/api/%2e%2E/api/items",
+            "/../../api/items",
+            "/api;x=1/items;jsessionid=2",
+            "/api/x/..;/items",
+            "api/items",
         ] {
             assert_eq!(normalized(spelling), "/api/items", "{spelling}");
         }
         assert_eq!(normalized("/"), "/");
         assert_eq!(normalized("//"), "/");
+        assert_eq!(normalized("/.."), "/");
+        assert_eq!(normalized("/a/.."), "/");
+        assert_eq!(normalized(";"), "/");
         assert_eq!(normalized(""), "");
         assert_eq!(normalized("?q"), "");
-        // Decoded once only; broken escapes are kept as written.
-        assert_eq!(normalized("/a%252Fb"), "/a%2fb");
+        // Broken escapes are kept as written; escapes formed by decoding are decoded.
         assert_eq!(normalized("/a%zz%4"), "/a%zz%4");
         assert_eq!(normalized("/a%"), "/a%");
+        assert_eq!(normalized("/a%%341"), "/aa");
+        assert_eq!(normalized("/%C3%89t%C3%A9"), "/\u{c9}t\u{e9}");
+        // Other paths stay apart.
+        assert_ne!(normalized("/api/items2"), "/api/items");
+        assert_ne!(normalized("/api/item"), "/api/items");
     }
 
     proptest! {
@@ -182,24 +283,91 @@ mod tests {
         fn normalising_never_panics_and_never_grows(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut path = bytes.clone();
             normalize_path(&mut path);
-            prop_assert!(path.len() <= bytes.len());
+            // One `/` may be added in front of a path that had none.
+            prop_assert!(path.len() <= bytes.len() + 1);
+        }
+
+        #[test]
+        fn normalising_twice_changes_nothing(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut once = bytes.clone();
+            normalize_path(&mut once);
+            let mut twice = once.clone();
+            normalize_path(&mut twice);
+            prop_assert_eq!(once, twice);
+        }
+
+        /// Any spelling made by encoding bytes (once or twice), changing letter case, adding
+        /// slashes or `.` segments normalises to the same key as the plain path.
+        #[test]
+        fn spellings_of_a_path_share_its_key(
+            segments in proptest::collection::vec("[a-zA-Z0-9_.~-]{1,8}", 1..5),
+            spelling in proptest::collection::vec(0u8..6, 1..64),
+        ) {
+            let plain = format!("/{}", segments.join("/"));
+            let mut expected = plain.clone().into_bytes();
+            normalize_path(&mut expected);
+            let mut spelled = String::new();
+            let mut how = spelling.iter().cycle();
+            for segment in &segments {
+                spelled.push('/');
+                if how.next() == Some(&5) {
+                    spelled.push_str("./");
+                }
+                for c in segment.chars() {
+                    match how.next() {
+                        Some(1) => spelled.push_str(&format!("%{:02X}", c as u32)),
+                        Some(2) => spelled.push_str(&format!("%25{:02x}", c as u32)),
+                        Some(3) => spelled.push(c.to_ascii_uppercase()),
+                        Some(4) => { spelled.push(c); spelled.push_str(";p=1"); break; }
+                        _ => spelled.push(c),
+                    }
+                }
+            }
+            // `;p=1` cut the segment short: compare with what the upstream reads.
+            let mut key = spelled.clone().into_bytes();
+            normalize_path(&mut key);
+            let cut: Vec<&str> = spelled.split('/').map(|s| s.split(';').next().unwrap_or("")).collect();
+            let mut reference = cut.join("/").into_bytes();
+            normalize_path(&mut reference);
+            prop_assert_eq!(&key, &reference);
+            if !spelling.contains(&4) {
+                prop_assert_eq!(key, expected, "{} vs {}", spelled, plain);
+            }
         }
     }
 
     #[test]
     fn client_address_is_the_peer_ip_without_port() {
+        let peer = Key::ClientAddress { trusted_hops: 0 };
         let host = FakeHost::new()
             .with_property(&["source", "address"], "10.1.2.3:45678")
             .with_request_header("x-forwarded-for", "1.1.1.1");
-        assert_eq!(
-            Key::ClientAddress.read(&host),
-            KeyValue::Value(b"10.1.2.3".to_vec())
-        );
+        assert_eq!(peer.read(&host), KeyValue::Value(b"10.1.2.3".to_vec()));
         let host = FakeHost::new().with_property(&["source", "address"], "[2001:db8::1]:443");
-        assert_eq!(
-            Key::ClientAddress.read(&host),
-            KeyValue::Value(b"2001:db8::1".to_vec())
-        );
+        assert_eq!(peer.read(&host), KeyValue::Value(b"2001:db8::1".to_vec()));
+    }
+
+    #[test]
+    fn an_address_envoy_took_from_forwarded_for_shares_one_bucket() {
+        // use_remote_address false: Envoy's source.address is the forged header's, port 0.
+        for forged in ["192.0.2.1", "192.0.2.2"] {
+            let host = FakeHost::new()
+                .with_property(&["source", "address"], format!("{forged}:0"))
+                .with_request_header("x-forwarded-for", forged);
+            let key = Key::ClientAddress { trusted_hops: 0 }.read(&host);
+            assert_eq!(key, KeyValue::Anonymous);
+        }
+    }
+
+    #[test]
+    fn trusted_hops_read_the_trusted_proxys_entry() {
+        let key = Key::ClientAddress { trusted_hops: 1 };
+        let host = FakeHost::new()
+            .with_property(&["source", "address"], "10.0.0.9:0")
+            .with_request_header("x-forwarded-for", "6.6.6.6, 198.51.100.7");
+        assert_eq!(key.read(&host), KeyValue::Value(b"198.51.100.7".to_vec()));
+        let host = FakeHost::new().with_property(&["source", "address"], "10.0.0.9:1234");
+        assert_eq!(key.read(&host), KeyValue::Value(b"10.0.0.9".to_vec()));
     }
 
     #[test]

@@ -1,7 +1,10 @@
+// On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
 use super::*;
 use crate::config::{Envelope, FieldPath, parse_json};
 use crate::fake::FakeHost;
 use crate::host::{Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, Shared};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const PREFIX: &str = "mesh.ratelimit/mesh.ratelimit";
 
@@ -627,5 +630,8 @@ fn the_readme_example_compiles() {
         .unwrap();
     let checkout = routes.policy_for("checkout").unwrap();
     assert!(checkout.dry_run);
-    assert_eq!(checkout.limits[0].key, key::Key::ClientAddress);
+    assert_eq!(
+        checkout.limits[0].key,
+        key::Key::ClientAddress { trusted_hops: 0 }
+    );
 }

@@ -153,7 +153,10 @@ pub fn format_single(
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use std::collections::HashMap;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const T32: &str = "80f198ee56343ba864fe8b2a57d3eff7";
     const T16: &str = "64fe8b2a57d3eff7";

@@ -1,0 +1,24 @@
+//! Deploying the filters under Istio, checked natively before anything reaches a cluster.
+//!
+//! - [`lint`]: `mesh-lint`, plugin JSON from WasmPlugins and Envoy configs against the
+//!   filters' real `compile()`, the VirtualServices' route names and canary matches, Istio's
+//!   CRD schemas ([`crd`]) and the built modules' digests.
+//! - [`oci`]: `mesh-oci`, Wasm OCI images (Istio's "compat" variant) in an OCI image layout,
+//!   and pinning the manifests' `sha256` to them.
+//! - [`schema`]: `mesh-schema`, a JSON Schema per filter's plugin config.
+//!
+//! Never built for wasm; nothing here is in a module.
+
+// Documents are read as serde_json values: `value["key"]` reads `Null` for a missing key or
+// a non-object (it panics only when assigning through it, which this crate never does).
+#![allow(clippy::indexing_slicing)]
+
+pub mod crd;
+pub mod docs;
+pub mod filters;
+pub mod lint;
+pub mod oci;
+pub mod pin;
+pub mod plugin_json;
+pub mod routes;
+pub mod schema;

@@ -1,0 +1,60 @@
+//! The built artefacts (run by scripts/test.sh after scripts/package.sh; `--ignored` because
+//! `cargo test` alone has no dist/): each OCI layout read back holds exactly dist/<f>.wasm,
+//! and every WasmPlugin in istio/ is pinned to it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mesh_deploy::filters::Kind;
+use mesh_deploy::lint::{Options, lint_paths};
+use mesh_deploy::oci;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+#[ignore = "needs dist/ from scripts/package.sh"]
+fn each_image_holds_the_built_module() {
+    for kind in Kind::ALL {
+        let dist = root().join("dist");
+        let module = fs::read(dist.join(format!("{}.wasm", kind.name()))).unwrap();
+        let pulled = oci::read_layout(
+            &dist.join("oci").join(kind.name()),
+            Some(env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap();
+        assert_eq!(
+            oci::sha256_hex(&pulled.wasm),
+            oci::sha256_hex(&module),
+            "{}",
+            kind.name()
+        );
+        assert_eq!(pulled.manifest.layers.len(), 1);
+        assert_eq!(pulled.manifest.layers[0].media_type, oci::LAYER);
+        // Reproducible: the same module gives the same image.
+        assert_eq!(
+            oci::image(&module, kind.name()).unwrap().digest(),
+            pulled.digest
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs dist/ from scripts/package.sh"]
+fn istio_manifests_are_pinned_to_the_built_images() {
+    let found = lint_paths(
+        &[root().join("istio")],
+        &Options {
+            dist: Some(root().join("dist")),
+        },
+    )
+    .unwrap();
+    assert_eq!(found, vec![], "run scripts/package.sh --pin");
+}
