@@ -8,8 +8,9 @@
 //! 1. `on_configure`: the envelope's policies are compiled once with [`Filter::compile`].
 //! 2. The first request on a route [`Filter::bind`]s the route's policy to that route name
 //!    (stats handles, shared-data keys); the result is cached for the VM's lifetime.
-//! 3. Each request: [`Filter::on_request`], then [`Filter::on_response`] and
-//!    [`Filter::on_done`] unless this filter answered the request itself.
+//! 3. Each request: [`Filter::on_request`] (and [`Filter::on_call_done`] for each gRPC call it
+//!    asked for), then [`Filter::on_response`] and [`Filter::on_done`] unless this filter
+//!    answered the request itself.
 
 use std::rc::Rc;
 
@@ -39,6 +40,36 @@ pub enum Verdict {
     Continue,
     /// Answer locally; the upstream is not contacted.
     Reply(LocalReply),
+    /// Hold the request and call a gRPC service through an Envoy cluster. Its outcome comes
+    /// to [`Filter::on_call_done`], still in the request phase (headers can be changed),
+    /// which decides again.
+    Call(GrpcCall),
+}
+
+/// A unary gRPC call made through Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The Envoy cluster of the service.
+    pub cluster: String,
+    /// Fully qualified service, e.g. `envoy.service.ratelimit.v3.RateLimitService`.
+    pub service: &'static str,
+    pub method: &'static str,
+    /// The serialized request message.
+    pub message: Vec<u8>,
+    /// Envoy's deadline for the whole call.
+    pub timeout_ms: u32,
+}
+
+/// How a [`GrpcCall`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// `grpc-status: 0` with this response message.
+    Ok(Vec<u8>),
+    /// Any other gRPC status, Envoy's own included (14 unavailable: no connection; 4 deadline
+    /// exceeded: the timeout).
+    Failed { grpc_status: u32 },
+    /// Envoy refused to start the call (e.g. an unknown cluster).
+    NotSent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +105,18 @@ pub trait Filter: Sized {
         route: &Self::Route,
         host: &mut impl RequestHost,
     ) -> (Verdict, Self::Request);
+
+    /// The outcome of the call an earlier [`Verdict::Call`] asked for. Runs in the request
+    /// phase; the request is held until this returns something other than a call.
+    fn on_call_done(
+        &self,
+        _route: &Self::Route,
+        _request: &mut Self::Request,
+        _outcome: CallOutcome,
+        _host: &mut impl RequestHost,
+    ) -> Verdict {
+        Verdict::Continue
+    }
 
     fn on_response(
         &self,

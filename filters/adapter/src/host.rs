@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::time::UNIX_EPOCH;
 
-use mesh_policy::filter::LocalReply;
+use mesh_policy::filter::{GrpcCall, LocalReply};
 use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
 };
@@ -59,6 +59,31 @@ impl<'a> Proxy<'a, RequestPhase> {
             hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body))
         {
             log::warn!("send_http_response failed: status {}", status as u32);
+        }
+    }
+}
+
+impl Proxy<'_, RequestPhase> {
+    /// Starts a unary gRPC call; `None` when Envoy refuses it (logged).
+    pub(crate) fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
+        let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+        match hostcalls::dispatch_grpc_call(
+            &call.cluster,
+            call.service,
+            call.method,
+            Vec::new(),
+            Some(&call.message),
+            timeout,
+        ) {
+            Ok(token) => Some(token),
+            Err(status) => {
+                log::warn!(
+                    "grpc call to cluster {} not sent: status {}",
+                    call.cluster,
+                    status as u32
+                );
+                None
+            }
         }
     }
 }

@@ -23,12 +23,12 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 use mesh_policy::config::{Envelope, FieldPath, Routes};
-use mesh_policy::filter::{Filter, Plugin, Verdict};
+use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
 use mesh_policy::host::Host;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
-pub use host::Proxy;
+pub use host::{Proxy, RequestPhase};
 pub use proxy_wasm;
 
 /// Exports `$filter` as this module's proxy-wasm entry point.
@@ -147,6 +147,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             route: None,
             request: None,
             replied: false,
+            call: None,
         }))
     }
 
@@ -161,13 +162,94 @@ struct Http<F: Filter> {
     request: Option<F::Request>,
     /// This filter answered locally; its response phase must not treat that as upstream's.
     replied: bool,
+    /// The token of the gRPC call the request is held for.
+    call: Option<u32>,
 }
 
-impl<F: Filter> Context for Http<F> {}
+impl<F: Filter> Context for Http<F> {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.call != Some(token_id) {
+            return;
+        }
+        self.call = None;
+        let outcome = if status_code == 0 {
+            let message =
+                proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+            CallOutcome::Ok(message)
+        } else {
+            CallOutcome::Failed {
+                grpc_status: status_code,
+            }
+        };
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let mut host = Proxy::request(&state.rng);
+        let verdict = match (&self.route, &mut self.request) {
+            (Some(route), Some(request)) => state
+                .filter
+                .on_call_done(route, request, outcome, &mut host),
+            _ => Verdict::Continue,
+        };
+        if let Settled::Continue = self.settle(verdict, &mut host)
+            && let Err(status) = proxy_wasm::hostcalls::resume_http_request()
+        {
+            log::warn!(
+                "{}: resume_http_request failed: status {}",
+                F::NAME,
+                status as u32
+            );
+        }
+    }
+}
+
+/// Where a verdict leaves the request.
+enum Settled {
+    /// Let it go on (upstream-ward).
+    Continue,
+    /// Held: answered locally, or waiting for a call.
+    Held,
+}
+
+impl<F: Filter> Http<F> {
+    /// Carries out a verdict: a local reply is sent, a call is dispatched (a call Envoy
+    /// refuses goes straight back to the filter as [`CallOutcome::NotSent`]).
+    fn settle(&mut self, mut verdict: Verdict, host: &mut Proxy<'_, RequestPhase>) -> Settled {
+        loop {
+            match verdict {
+                Verdict::Continue => return Settled::Continue,
+                Verdict::Reply(reply) => {
+                    self.replied = true;
+                    host.send_reply(&reply);
+                    return Settled::Held;
+                }
+                Verdict::Call(call) => match host.dispatch_grpc(&call) {
+                    Some(token) => {
+                        self.call = Some(token);
+                        return Settled::Held;
+                    }
+                    None => {
+                        verdict =
+                            match (&self.state, &self.route, &mut self.request) {
+                                (Some(state), Some(route), Some(request)) => state
+                                    .filter
+                                    .on_call_done(route, request, CallOutcome::NotSent, host),
+                                _ => Verdict::Continue,
+                            };
+                    }
+                },
+            }
+        }
+    }
+}
 
 impl<F: Filter> HttpContext for Http<F> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(state) = &self.state else {
+        // A handle of our own: `settle` below needs `self` mutably.
+        let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
         let mut host = Proxy::request(&state.rng);
@@ -178,13 +260,9 @@ impl<F: Filter> HttpContext for Http<F> {
         let (verdict, request) = state.filter.on_request(&route, &mut host);
         self.route = Some(route);
         self.request = Some(request);
-        match verdict {
-            Verdict::Continue => Action::Continue,
-            Verdict::Reply(reply) => {
-                self.replied = true;
-                host.send_reply(&reply);
-                Action::Pause
-            }
+        match self.settle(verdict, &mut host) {
+            Settled::Continue => Action::Continue,
+            Settled::Held => Action::Pause,
         }
     }
 
