@@ -55,7 +55,7 @@ drop_exports() {
 mkdir -p dist
 over=0
 for f in "${filters[@]}"; do
-  raw="target/wasm32-wasip1/release/mesh_$f.wasm"
+  raw="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/mesh_$f.wasm"
   wasm-opt -Oz --strip-debug --strip-producers "$raw" -o "dist/$f.wasm"
   if grep -q '^mesh-adapter' "filters/$f/Cargo.toml"; then
     drop_exports "dist/$f.wasm" "dist/$f.wasm.tmp" && mv "dist/$f.wasm.tmp" "dist/$f.wasm"
