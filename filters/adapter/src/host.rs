@@ -4,7 +4,7 @@
 //! [`ResponseHost`]. Reading request headers in the response phase aborts the VM in Envoy,
 //! so no value that could do it exists there.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::marker::PhantomData;
 use std::time::UNIX_EPOCH;
 
@@ -25,9 +25,16 @@ pub struct ResponsePhase;
 #[derive(Debug)]
 pub struct DonePhase;
 
+/// Request headers as (name, value) pairs in Envoy's order, repeats included.
+type HeaderList = Vec<(String, Vec<u8>)>;
+
 /// The proxy, as seen from one phase of one VM.
 pub struct Proxy<'a, Phase> {
     rng: &'a RefCell<fastrand::Rng>,
+    /// The request headers, fetched by the first read of the phase in one host call (each
+    /// host call that returns data enters the VM twice: the call and its allocation), then
+    /// kept in step with this phase's own writes. Request phase only.
+    request_headers: OnceCell<HeaderList>,
     phase: PhantomData<Phase>,
 }
 
@@ -35,6 +42,7 @@ impl<'a> Proxy<'a, ConfigurePhase> {
     pub(crate) fn configure(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
+            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -44,6 +52,7 @@ impl<'a> Proxy<'a, RequestPhase> {
     pub(crate) fn request(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
+            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -92,6 +101,7 @@ impl<'a> Proxy<'a, ResponsePhase> {
     pub(crate) fn response(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
+            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -101,6 +111,7 @@ impl<'a> Proxy<'a, DonePhase> {
     pub(crate) fn done(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
+            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -172,29 +183,52 @@ impl<Phase> Host for Proxy<'_, Phase> {
     }
 }
 
+impl Proxy<'_, RequestPhase> {
+    /// The request headers, fetched once (the bytes getter: the text one panics on
+    /// non-UTF-8 values, which clients control).
+    fn request_headers(&self) -> &HeaderList {
+        self.request_headers.get_or_init(|| {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        })
+    }
+
+    /// Applies this phase's own header write to the snapshot, if one was taken: later reads
+    /// see what Envoy now has (a set leaves one value, a remove none).
+    fn edit_snapshot(&mut self, name: &str, value: Option<&[u8]>) {
+        if let Some(headers) = self.request_headers.get_mut() {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            if let Some(value) = value {
+                headers.push((name.to_ascii_lowercase(), value.to_vec()));
+            }
+        }
+    }
+}
+
 impl RequestHost for Proxy<'_, RequestPhase> {
+    /// The first value, as Envoy's own single-value getter answers.
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        // The bytes getter: the text one panics on non-UTF-8 values, which clients control.
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        self.request_headers()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     }
 
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v)
+        self.request_headers()
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
             .collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+        self.edit_snapshot(name, Some(value));
     }
 
     fn remove_request_header(&mut self, name: &str) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        self.edit_snapshot(name, None);
     }
 
     fn clear_route_cache(&mut self) {
