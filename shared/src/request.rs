@@ -55,7 +55,7 @@ pub fn client_address<'a>(
 ) -> Option<&'a [u8]> {
     let hop = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
     let trusted = match (hop.checked_sub(1), forwarded_for) {
-        (Some(index), Some(header)) => header.rsplit(|c| *c == b',').map(trim).nth(index),
+        (Some(index), Some(header)) => header.rsplit(|c| *c == b',').map(trim_ows).nth(index),
         _ => None,
     };
     match trusted {
@@ -64,8 +64,9 @@ pub fn client_address<'a>(
     }
 }
 
-/// Without surrounding spaces and tabs.
-fn trim(bytes: &[u8]) -> &[u8] {
+/// Without surrounding spaces and tabs: HTTP's optional white space (RFC 9110 §5.6.3) around
+/// a field value or a list member.
+pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
     let is_space = |c: &u8| *c == b' ' || *c == b'\t';
     let start = bytes
         .iter()

@@ -3,32 +3,20 @@
 //! Clients write the header: parsing works on bytes, accepts anything and never panics.
 //! What does not look like `name=value` is skipped, as browsers and servers do.
 
+use crate::request::trim_ows;
+
 /// The value of the first cookie named `name` in a `cookie` header, without surrounding
 /// double quotes. `Some(b"")` for a cookie that is present with an empty value.
 pub fn find<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     header.split(|c| *c == b';').find_map(|pair| {
         let (key, value) = split_once(pair, b'=')?;
-        (trim(key) == name).then(|| unquote(trim(value)))
+        (trim_ows(key) == name).then(|| unquote(trim_ows(value)))
     })
 }
 
 fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|c| *c == separator)?;
     Some((bytes.get(..at)?, bytes.get(at + 1..)?))
-}
-
-/// Without leading and trailing spaces and tabs.
-fn trim(bytes: &[u8]) -> &[u8] {
-    let is_space = |c: &u8| *c == b' ' || *c == b'\t';
-    let start = bytes
-        .iter()
-        .position(|c| !is_space(c))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|c| !is_space(c))
-        .map_or(start, |at| at + 1);
-    bytes.get(start..end).unwrap_or_default()
 }
 
 /// `"value"` → `value` (RFC 6265 allows a quoted cookie-value).

@@ -1,8 +1,8 @@
 //! B3 propagation (https://github.com/openzipkin/b3-propagation): the single `b3` header
 //! and the multi-header form `x-b3-*`.
 
-use super::w3c::trim_ows;
 use crate::hex;
+use crate::request::trim_ows;
 
 pub const B3: &str = "b3";
 pub const TRACE_ID: &str = "x-b3-traceid";

@@ -1,6 +1,7 @@
 //! W3C Trace Context: `traceparent` and `tracestate` (https://www.w3.org/TR/trace-context/).
 
 use crate::hex;
+use crate::request::trim_ows;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -102,17 +103,6 @@ impl TraceParent {
 
 fn field(value: &[u8], from: usize, to: usize) -> &[u8] {
     value.get(from..to).unwrap_or_default()
-}
-
-/// Optional white space around a header value.
-pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
-    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
-    let start = value.iter().position(|c| !is_ows(c)).unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|c| !is_ows(c))
-        .map_or(start, |i| i + 1);
-    value.get(start..end).unwrap_or_default()
 }
 
 /// What to do with an incoming tracestate next to a valid traceparent.
