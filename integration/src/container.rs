@@ -62,14 +62,8 @@ impl EnvoyContainer {
         concurrency: u32,
         modules: &[PathBuf],
     ) -> Result<Self, StartError> {
-        let fail = |reason: String| StartError {
-            reason,
-            log: String::new(),
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("mesh-envoy-")
-            .tempdir()
-            .map_err(|e| fail(format!("tempdir: {e}")))?;
+        let fail = StartError::before_start;
+        let dir = envoy::scratch_dir()?;
         let config_dir = dir.path().join("config");
         let run_dir = dir.path().join("run");
         for sub in [&config_dir, &run_dir] {

@@ -175,6 +175,24 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+impl StartError {
+    /// A failure before Envoy wrote any log.
+    pub(crate) fn before_start(reason: String) -> Self {
+        Self {
+            reason,
+            log: String::new(),
+        }
+    }
+}
+
+/// A fresh directory for one Envoy's config, log and admin address (removed on drop).
+pub(crate) fn scratch_dir() -> Result<tempfile::TempDir, StartError> {
+    tempfile::Builder::new()
+        .prefix("mesh-envoy-")
+        .tempdir()
+        .map_err(|e| StartError::before_start(format!("tempdir: {e}")))
+}
+
 /// A wasm HTTP filter entry for one module and its plugin JSON.
 pub fn wasm_filter(module: &str, wasm: &Path, plugin_json: &str) -> Value {
     let name = format!("mesh.{module}");
@@ -343,14 +361,8 @@ impl EnvoyProcess {
         concurrency: u32,
         extra_args: &[String],
     ) -> Result<Self, StartError> {
-        let fail = |reason: String| StartError {
-            reason,
-            log: String::new(),
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("mesh-envoy-")
-            .tempdir()
-            .map_err(|e| fail(format!("tempdir: {e}")))?;
+        let fail = StartError::before_start;
+        let dir = scratch_dir()?;
         let config_path = dir.path().join(format!("envoy.{extension}"));
         fs::write(&config_path, config).map_err(|e| fail(format!("write config: {e}")))?;
         let log_path = dir.path().join("envoy.log");
