@@ -149,6 +149,7 @@ impl<Phase> Host for Proxy<'_, Phase> {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
         };
         match hostcalls::define_metric(kind, name) {
             Ok(id) => Metric(Some(id)),
