@@ -199,6 +199,7 @@ mod tests {
 // mesh-filters: also with redis_storage alone, whose keys use it (upstream gates it on
 // disk_storage only, so the crate does not build without RocksDB).
 #[cfg(any(feature = "disk_storage", feature = "redis_storage"))]
+#[allow(dead_code)]
 pub mod bin {
     use serde::{Deserialize, Serialize};
     use std::collections::HashMap;
