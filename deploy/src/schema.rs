@@ -142,12 +142,11 @@ fn ratelimit_policy() -> Value {
         json!({"rate_per_s": 5, "burst": 10}),
     );
     let global = json!({"properties": {"scope": {"const": "global"}}, "required": ["scope"]});
-    let any_of = |fields: &[&str]| {
-        json!({"anyOf": fields.iter().map(|f| json!({"required": [f]})).collect::<Vec<_>>()})
-    };
+    let any_of = |fields: &[&str]| json!({"anyOf": fields.iter().map(|f| json!({"required": [f]})).collect::<Vec<_>>()});
     limit["if"] = global.clone();
     limit["then"] = json!({"not": any_of(&["rate_per_s", "burst", "slots"])});
-    limit["else"] = json!({"required": ["rate_per_s", "burst"], "not": any_of(&["descriptor_key"])});
+    limit["else"] =
+        json!({"required": ["rate_per_s", "burst"], "not": any_of(&["descriptor_key"])});
     let mut policy = object(
         "One route's rate limits.",
         json!({
