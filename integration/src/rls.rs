@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use limitador::AsyncRateLimiter;
@@ -106,6 +106,21 @@ impl RlsLimit {
 pub const RESPONSE_HEADER: &str = "x-rls-response";
 pub const REQUEST_HEADER: &str = "x-rls-request";
 
+/// How the service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// limitador decides.
+    Normal = 0,
+    /// `overall_code` UNKNOWN: a valid message no client can act on.
+    Unknown = 1,
+    /// Answers after [`HANG`]: longer than any deadline the tests give the call.
+    Hang = 2,
+}
+
+/// How long [`Mode::Hang`] holds each call.
+pub const HANG: Duration = Duration::from_secs(5);
+
 /// The rate limit service, on 127.0.0.1. [`Rls::stop`] and [`Rls::restart`] (same address)
 /// let tests take it away mid-run.
 pub struct Rls {
@@ -113,16 +128,23 @@ pub struct Rls {
     redis_url: String,
     limits: Vec<RlsLimit>,
     requests: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Rls {
+    /// Changes how the service answers from the next call on.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
     pub fn start(redis: &Redis, limits: Vec<RlsLimit>) -> io::Result<Self> {
         let mut rls = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: redis.url(),
             limits,
             requests: Arc::new(AtomicU64::new(0)),
+            mode: Arc::new(AtomicU8::new(Mode::Normal as u8)),
             runtime: None,
         };
         rls.serve()?;
@@ -189,6 +211,7 @@ impl Rls {
         let service = RlsService(Arc::new(Inner {
             limiter,
             requests: Arc::clone(&self.requests),
+            mode: Arc::clone(&self.mode),
         }));
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -210,6 +233,7 @@ impl Drop for Rls {
 struct Inner {
     limiter: AsyncRateLimiter,
     requests: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
 }
 
 impl Inner {
@@ -218,6 +242,11 @@ impl Inner {
         request: RateLimitRequest,
     ) -> Result<RateLimitResponse, Status> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        match self.mode.load(Ordering::SeqCst) {
+            m if m == Mode::Unknown as u8 => return Ok(RateLimitResponse::default()),
+            m if m == Mode::Hang as u8 => tokio::time::sleep(HANG).await,
+            _ => {}
+        }
         if request.domain.is_empty() || request.descriptors.is_empty() {
             return Err(Status::invalid_argument(
                 "domain and descriptors are required",

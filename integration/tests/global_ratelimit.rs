@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 
-use mesh_integration::rls::{REQUEST_HEADER, RESPONSE_HEADER, Redis, Rls, RlsLimit};
+use mesh_integration::rls::{Mode, REQUEST_HEADER, RESPONSE_HEADER, Redis, Rls, RlsLimit};
 use mesh_integration::{Mesh, Reply};
 
 const ALLOWANCE: u64 = 10;
@@ -178,4 +178,33 @@ fn a_service_without_endpoints_fails_open() {
         mesh.stat("mesh_ratelimit_global_calls_total;route=limited;outcome=error"),
         2
     );
+}
+
+/// A service that takes longer than the call's deadline, and one whose answer no client can
+/// act on: both fail open, counted as errors, and the request did not wait for the slow answer.
+#[test]
+fn a_slow_service_and_a_meaningless_answer_fail_open() {
+    let (_redis, rls) = service(1000);
+    let json = r#"{"routes": {"limited": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
+        "service_cluster": "rls", "domain": "mesh", "timeout_ms": 300}}}"#;
+    let mesh = envoy(json, rls.addr());
+    rls.set_mode(Mode::Hang);
+    let started = std::time::Instant::now();
+    let reply = limited(&mesh);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.upstream_header(REQUEST_HEADER), None);
+    // Not a timing assertion on speed: the service holds the call for HANG (5 s), far beyond
+    // the 300 ms deadline; a request that waited for the answer would take at least that.
+    assert!(
+        started.elapsed() < mesh_integration::rls::HANG,
+        "the request waited for the service"
+    );
+    rls.set_mode(Mode::Unknown);
+    assert_eq!(limited(&mesh).status, 200);
+    assert_eq!(
+        mesh.stat("mesh_ratelimit_global_calls_total;route=limited;outcome=error"),
+        2
+    );
+    let log = mesh.envoy_log();
+    assert!(log.contains("global_error=deadline_exceeded"), "{log}");
 }

@@ -65,8 +65,9 @@ pub struct GrpcCall {
 pub enum CallOutcome {
     /// `grpc-status: 0` with this response message.
     Ok(Vec<u8>),
-    /// Any other gRPC status, Envoy's own included (14 unavailable: no connection; 4 deadline
-    /// exceeded: the timeout).
+    /// Any other gRPC status, Envoy's own included: 14 (unavailable) for a refused or reset
+    /// connection and also, measured with Envoy 1.40, for a call past its timeout (Envoy's
+    /// 504 mapped to gRPC), so only the time taken tells a deadline apart.
     Failed { grpc_status: u32 },
     /// Envoy refused to start the call (e.g. an unknown cluster).
     NotSent,

@@ -251,7 +251,13 @@ impl Filter for RateLimit {
         } else {
             local
         };
-        let (decision, verdict) = match answer(outcome) {
+        // Envoy 1.40 ends a call past its deadline with status 14 (unavailable), like a
+        // refused connection; the time taken tells them apart (for the log line only). Envoy's
+        // timer and the wall clock differ by a little: 7/8 of the deadline counts as reached.
+        let timed_out = policy.global.as_ref().is_some_and(|g| {
+            now.saturating_sub(state.call_started) >= u64::from(g.timeout_ms) * NANOS_PER_MS / 8 * 7
+        });
+        let (decision, verdict) = match answer(outcome, timed_out) {
             Ok(rls::Answer {
                 over_limit: None,
                 request_headers,
@@ -342,6 +348,8 @@ impl RateLimitRoute {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallError {
     NotSent,
+    /// The call's deadline passed.
+    Deadline,
     /// gRPC status: 14 unavailable (no connection, no healthy endpoint), 4 deadline, ...
     Status(u32),
     Answer(BadAnswer),
@@ -351,7 +359,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotSent => f.write_str("not_sent"),
-            Self::Status(4) => f.write_str("deadline_exceeded"),
+            Self::Deadline | Self::Status(4) => f.write_str("deadline_exceeded"),
             Self::Status(14) => f.write_str("unavailable"),
             Self::Status(status) => write!(f, "grpc_status_{status}"),
             Self::Answer(BadAnswer::Undecodable) => f.write_str("bad_answer"),
@@ -360,9 +368,10 @@ impl std::fmt::Display for CallError {
     }
 }
 
-fn answer(outcome: CallOutcome) -> Result<rls::Answer, CallError> {
+fn answer(outcome: CallOutcome, timed_out: bool) -> Result<rls::Answer, CallError> {
     match outcome {
         CallOutcome::Ok(message) => rls::interpret(&message).map_err(CallError::Answer),
+        CallOutcome::Failed { .. } if timed_out => Err(CallError::Deadline),
         CallOutcome::Failed { grpc_status } => Err(CallError::Status(grpc_status)),
         CallOutcome::NotSent => Err(CallError::NotSent),
     }
