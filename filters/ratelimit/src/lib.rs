@@ -185,6 +185,9 @@ impl Filter for RateLimit {
         if check.decision != Decision::Rejected
             && let Some(call) = route.limits.global_call(host)
         {
+            if check.decision == Decision::DryRunRejected {
+                route.note_dry_run(host.now());
+            }
             state.local = Some(check.decision);
             state.call_started = host.now();
             if check.decision == Decision::Allowed && policy.rate_limit_headers && !policy.dry_run {
