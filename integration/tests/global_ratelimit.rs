@@ -45,6 +45,20 @@ fn envoy(plugin_json: &str, rls: SocketAddr) -> Mesh {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// One of Envoy's own counters.
+fn envoy_stat(mesh: &Mesh, name: &str) -> u64 {
+    mesh.admin(&format!("/stats?filter=^{name}$"))
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no stat {name}"))
+}
+
 fn limited(mesh: &Mesh) -> Reply {
     mesh.get("/limited").send()
 }
@@ -182,6 +196,8 @@ fn a_service_without_endpoints_fails_open() {
 
 /// A service that takes longer than the call's deadline, and one whose answer no client can
 /// act on: both fail open, counted as errors, and the request did not wait for the slow answer.
+/// The deadline is the filter's own (the adapter's tick), so it holds even where Envoy's timer
+/// would not fire (Kuadrant wasm-shim#425).
 #[test]
 fn a_slow_service_and_a_meaningless_answer_fail_open() {
     let (_redis, rls) = service(1000);
@@ -199,6 +215,10 @@ fn a_slow_service_and_a_meaningless_answer_fail_open() {
         started.elapsed() < mesh_integration::rls::HANG,
         "the request waited for the service"
     );
+    // The filter's own deadline ended the call (Envoy's timer, set 1 s later as a backstop,
+    // never fired): Envoy counts the cancelled stream as a reset, not a timeout.
+    assert_eq!(envoy_stat(&mesh, "cluster.rls.upstream_rq_timeout"), 0);
+    assert_eq!(envoy_stat(&mesh, "cluster.rls.upstream_rq_tx_reset"), 1);
     rls.set_mode(Mode::Unknown);
     assert_eq!(limited(&mesh).status, 200);
     assert_eq!(
