@@ -162,6 +162,9 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     }
 
     fn on_tick(&mut self) {
+        if !F::MAKES_CALLS {
+            return;
+        }
         let Some(state) = self.state.clone() else {
             return;
         };
@@ -241,6 +244,9 @@ struct Core<F: Filter> {
 
 impl<F: Filter> Context for Http<F> {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if !F::MAKES_CALLS {
+            return;
+        }
         let Some(state) = self.state.clone() else {
             return;
         };
@@ -277,6 +283,9 @@ impl<F: Filter> Context for Http<F> {
 
 impl<F: Filter> Drop for Http<F> {
     fn drop(&mut self) {
+        if !F::MAKES_CALLS {
+            return;
+        }
         // A stream that ended while its call was out: forget the call.
         let token = self.core.try_borrow().ok().and_then(|c| c.call);
         if let (Some(state), Some(token)) = (&self.state, token)
@@ -343,6 +352,16 @@ fn settle<F: Filter>(
                 core.replied = true;
                 host.send_reply(&reply);
                 return Settled::Held;
+            }
+            Verdict::Call(_) if !F::MAKES_CALLS => {
+                verdict = match (core.route.clone(), core.request.as_mut()) {
+                    (Some(route), Some(request)) => {
+                        state
+                            .filter
+                            .on_call_done(&route, request, CallOutcome::NotSent, host)
+                    }
+                    _ => Verdict::Continue,
+                };
             }
             Verdict::Call(call) => {
                 let deadline = host

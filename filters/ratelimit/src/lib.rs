@@ -105,6 +105,7 @@ const DECISIONS: [Decision; 3] = [
 
 impl Filter for RateLimit {
     const NAME: &'static str = "ratelimit";
+    const MAKES_CALLS: bool = true;
     type Config = RateLimitConfig;
     type Policy = RateLimitPolicy;
     type Route = RateLimitRoute;
