@@ -169,11 +169,13 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             return;
         };
         let now = Proxy::request(&state.rng).now();
-        let overdue: Vec<OutCall<F>> = {
-            let mut calls = state.calls.borrow_mut();
-            let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
-            *calls = waiting;
-            overdue
+        let overdue: Vec<OutCall<F>> = match state.calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
+                *calls = waiting;
+                overdue
+            }
+            Err(_) => return,
         };
         for call in overdue {
             let Some(core) = call.core.upgrade() else {
@@ -201,7 +203,7 @@ impl<F: Filter + 'static> RootContext for Root<F> {
                 &mut host,
             );
         }
-        if state.calls.borrow().is_empty() {
+        if state.calls.try_borrow().is_ok_and(|calls| calls.is_empty()) {
             let _ = proxy_wasm::hostcalls::set_tick_period(Duration::ZERO);
         }
     }
@@ -306,7 +308,9 @@ fn call_done<F: Filter>(
     outcome: CallOutcome,
     host: &mut Proxy<'_, RequestPhase>,
 ) {
-    state.calls.borrow_mut().retain(|c| c.token != token);
+    if let Ok(mut calls) = state.calls.try_borrow_mut() {
+        calls.retain(|c| c.token != token);
+    }
     let Ok(mut core) = shared.try_borrow_mut() else {
         return;
     };
@@ -370,16 +374,17 @@ fn settle<F: Filter>(
                 match host.dispatch_grpc(&call, call.timeout_ms.saturating_add(ENVOY_GRACE_MS)) {
                     Some(token) => {
                         core.call = Some(token);
-                        let mut calls = state.calls.borrow_mut();
-                        if calls.is_empty() {
-                            let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
+                        if let Ok(mut calls) = state.calls.try_borrow_mut() {
+                            if calls.is_empty() {
+                                let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
+                            }
+                            calls.push(OutCall {
+                                context_id,
+                                token,
+                                deadline,
+                                core: weak.clone(),
+                            });
                         }
-                        calls.push(OutCall {
-                            context_id,
-                            token,
-                            deadline,
-                            core: weak.clone(),
-                        });
                         return Settled::Held;
                     }
                     None => {
