@@ -228,3 +228,51 @@ fn a_slow_service_and_a_meaningless_answer_fail_open() {
     let log = mesh.envoy_log();
     assert!(log.contains("global_error=deadline_exceeded"), "{log}");
 }
+
+/// `failure_mode_deny` holds at the filter's own deadline too: a slow service is a 503.
+#[test]
+fn a_slow_service_answers_503_with_failure_mode_deny() {
+    let (_redis, rls) = service(1000);
+    let json = r#"{"routes": {"limited": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
+        "service_cluster": "rls", "domain": "mesh", "timeout_ms": 300, "failure_mode_deny": true}}}"#;
+    let mesh = envoy(json, rls.addr());
+    rls.set_mode(Mode::Hang);
+    let reply = limited(&mesh);
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(mesh.upstream_count("v1"), 0);
+    assert_eq!(envoy_stat(&mesh, "cluster.rls.upstream_rq_timeout"), 0);
+}
+
+/// A client that leaves while its request waits for the service: the stream ends, the call is
+/// forgotten, and the next requests are decided as usual (no VM failure, nothing stuck).
+#[test]
+fn a_client_leaving_during_the_call_leaves_nothing_behind() {
+    use std::io::Write;
+    let (_redis, rls) = service(1000);
+    let mesh = envoy(&config(""), rls.addr());
+    rls.set_mode(Mode::Hang);
+    for _ in 0..3 {
+        let before = rls.requests();
+        let mut stream = std::net::TcpStream::connect(mesh.listener()).unwrap();
+        stream
+            .write_all(b"GET /limited HTTP/1.1\r\nhost: shop\r\n\r\n")
+            .unwrap();
+        // Bounded wait until the call reached the service, then leave.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rls.requests() == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            rls.requests() > before,
+            "the call never reached the service"
+        );
+        drop(stream);
+    }
+    rls.set_mode(Mode::Normal);
+    let reply = limited(&mesh);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.upstream_header(REQUEST_HEADER).as_deref(), Some("ok"));
+    let health = mesh.wasm_health();
+    assert!(health.failures.is_empty(), "{:?}", health.failures);
+    assert_eq!(health.reloads, 0);
+}
