@@ -83,6 +83,8 @@ if [ "$MESH_HARNESS" = docker ]; then
 else
   say "integration tests (real Envoy as a process: $MESH_ENVOY, dist/*.wasm)"
 fi
+# The global rate limit tests run Debian's redis-server (started and stopped by the harness).
+ensure_apt redis-server redis-server
 cargo test --locked -p mesh-integration --quiet
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"

@@ -122,9 +122,11 @@ fn canary_policy() -> Value {
 }
 
 fn ratelimit_policy() -> Value {
-    let limit = object(
-        "A token bucket.",
+    let mut limit = object(
+        "A local limit (a token bucket in this Envoy's shared data) or, with scope global, one descriptor of the call to the rate limit service.",
         json!({
+            "scope": {"description": "local: a token bucket in shared data; global: the rate limit service (Envoy's RLS API) counts, for every replica.", "enum": ["local", "global"], "default": "local"},
+            "descriptor_key": {"description": "Global only: the descriptor entry's key (default route, remote_address, path, or the header's name).", "type": "string", "minLength": 1},
             "rate_per_s": {"description": "Tokens per second: a plain decimal with at most 3 decimals, 0.001 to 1000000.", "type": "number", "minimum": 0.001, "maximum": 1_000_000},
             "burst": {"description": "Bucket size.", "type": "integer", "minimum": 1, "maximum": ratelimit::MAX_BURST},
             "key": {"description": "What the limit counts by.", "default": "route", "anyOf": [
@@ -136,10 +138,16 @@ fn ratelimit_policy() -> Value {
             ]},
             "slots": {"description": "Buckets of a keyed limit (default 1024; not with key route).", "type": "integer", "minimum": 1, "maximum": ratelimit::MAX_SLOTS}
         }),
-        &["rate_per_s", "burst"],
+        &[],
         json!({"rate_per_s": 5, "burst": 10}),
     );
-    object(
+    let global = json!({"properties": {"scope": {"const": "global"}}, "required": ["scope"]});
+    let any_of = |fields: &[&str]| json!({"anyOf": fields.iter().map(|f| json!({"required": [f]})).collect::<Vec<_>>()});
+    limit["if"] = global.clone();
+    limit["then"] = json!({"not": any_of(&["rate_per_s", "burst", "slots"])});
+    limit["else"] =
+        json!({"required": ["rate_per_s", "burst"], "not": any_of(&["descriptor_key"])});
+    let mut policy = object(
         "One route's rate limits.",
         json!({
             "limits": {"type": "array", "minItems": 1, "maxItems": ratelimit::MAX_LIMITS, "items": limit},
@@ -149,11 +157,18 @@ fn ratelimit_policy() -> Value {
             "content_type": {"type": "string", "minLength": 1, "default": ratelimit::DEFAULT_CONTENT_TYPE},
             "rate_limit_headers": {"type": "boolean", "default": true},
             "failure_mode_deny": {"type": "boolean", "default": false},
-            "trusted_hops": {"description": "Proxies in front trusted to append to x-forwarded-for; client_address keys read it only above 0.", "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0}
+            "trusted_hops": {"description": "Proxies in front trusted to append to x-forwarded-for; client_address keys read it only above 0.", "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0},
+            "service_cluster": {"description": "With a global limit: the Envoy cluster of the rate limit service (under Istio e.g. outbound|8081||ratelimit.infra.svc.cluster.local).", "type": "string", "minLength": 1},
+            "domain": {"description": "With a global limit: the RLS domain.", "type": "string", "minLength": 1},
+            "timeout_ms": {"description": "With a global limit: the call's deadline in ms (default 20).", "type": "integer", "minimum": 1, "maximum": ratelimit::MAX_TIMEOUT_MS}
         }),
         &["limits"],
         json!({"limits": [{"rate_per_s": 5, "burst": 10}]}),
-    )
+    );
+    policy["if"] = json!({"properties": {"limits": {"type": "array", "contains": global}}, "required": ["limits"]});
+    policy["then"] = json!({"required": ["service_cluster", "domain"]});
+    policy["else"] = json!({"not": any_of(&["service_cluster", "domain", "timeout_ms"])});
+    policy
 }
 
 fn breaker_policy() -> Value {

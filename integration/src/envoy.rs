@@ -254,6 +254,26 @@ pub fn cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// A STATIC cluster speaking HTTP/2 to its endpoint (gRPC); without `addr`, no endpoint.
+pub fn grpc_cluster(name: &str, addr: Option<SocketAddr>) -> Value {
+    let mut cluster = match addr {
+        Some(addr) => cluster(name, addr),
+        None => json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": { "cluster_name": name, "endpoints": [] }
+        }),
+    };
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} }
+        }
+    });
+    cluster
+}
+
 /// A bootstrap with one HTTP listener on 127.0.0.1:0 and the admin on 127.0.0.1:0.
 pub fn bootstrap(http_filters: Vec<Value>, routes: Vec<Value>, clusters: Vec<Value>) -> Value {
     let mut filters = http_filters;

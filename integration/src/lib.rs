@@ -27,5 +27,6 @@ pub mod envoy;
 mod mesh;
 pub mod prometheus;
 pub mod raw;
+pub mod rls;
 
 pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};

@@ -93,6 +93,8 @@ pub struct MeshBuilder {
     routes: Vec<RouteSpec>,
     upstreams: Vec<String>,
     closed_upstreams: Vec<String>,
+    /// HTTP/2 clusters for gRPC services; `None`: a cluster without endpoints.
+    grpc_clusters: Vec<(String, Option<std::net::SocketAddr>)>,
     concurrency: u32,
     use_remote_address: bool,
     max_request_headers_kb: Option<u32>,
@@ -148,6 +150,19 @@ impl MeshBuilder {
     /// connection is refused (Envoy answers 503, flag UF).
     pub fn closed_upstream(mut self, name: &str) -> Self {
         self.closed_upstreams.push(name.to_owned());
+        self
+    }
+
+    /// Adds an HTTP/2 cluster `name` for a gRPC service at `addr` (e.g. a rate limit service:
+    /// several Envoys given the same address share it).
+    pub fn grpc_cluster(mut self, name: &str, addr: std::net::SocketAddr) -> Self {
+        self.grpc_clusters.push((name.to_owned(), Some(addr)));
+        self
+    }
+
+    /// Adds an HTTP/2 cluster `name` without any endpoint (a service scaled to zero).
+    pub fn empty_grpc_cluster(mut self, name: &str) -> Self {
+        self.grpc_clusters.push((name.to_owned(), None));
         self
     }
 
@@ -207,6 +222,9 @@ impl MeshBuilder {
                 .map_err(|e| fail(format!("closed upstream {name}: {e}")))?;
             clusters.push(envoy::cluster(name, port));
         }
+        for (name, addr) in &self.grpc_clusters {
+            clusters.push(envoy::grpc_cluster(name, *addr));
+        }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
         let mut config = envoy::bootstrap(http_filters, routes, clusters);
         let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
@@ -252,6 +270,7 @@ impl Mesh {
             routes: demo_routes(),
             upstreams: vec!["v1".to_owned(), "v2".to_owned()],
             closed_upstreams: Vec::new(),
+            grpc_clusters: Vec::new(),
             concurrency: 1,
             use_remote_address: false,
             max_request_headers_kb: None,

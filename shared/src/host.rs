@@ -23,6 +23,8 @@ pub struct Metric(pub Option<u32>);
 pub enum MetricKind {
     Counter,
     Gauge,
+    /// Each [`Host::record_metric`] is one observation (Envoy keeps the buckets).
+    Histogram,
 }
 
 /// A shared-data value and the compare-and-swap token it was read with.

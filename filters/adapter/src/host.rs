@@ -73,9 +73,10 @@ impl<'a> Proxy<'a, RequestPhase> {
 }
 
 impl Proxy<'_, RequestPhase> {
-    /// Starts a unary gRPC call; `None` when Envoy refuses it (logged).
-    pub(crate) fn dispatch_grpc(&mut self, call: &GrpcCall) -> Option<u32> {
-        let timeout = std::time::Duration::from_millis(u64::from(call.timeout_ms));
+    /// Starts a unary gRPC call with Envoy's timeout `timeout_ms`; `None` when Envoy refuses
+    /// it (logged).
+    pub(crate) fn dispatch_grpc(&mut self, call: &GrpcCall, timeout_ms: u32) -> Option<u32> {
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         match hostcalls::dispatch_grpc_call(
             &call.cluster,
             call.service,
@@ -160,6 +161,7 @@ impl<Phase> Host for Proxy<'_, Phase> {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
         };
         match hostcalls::define_metric(kind, name) {
             Ok(id) => Metric(Some(id)),

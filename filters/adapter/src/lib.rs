@@ -11,6 +11,9 @@
 //!   per route name for the VM's lifetime (route names are finite: they come from config).
 //! - A filter's response and done phases do not run for a local reply the filter sent itself.
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
+//! - A held request is released by its call's deadline even when Envoy's own timeout does not
+//!   fire (Kuadrant wasm-shim#425: calls queued for a cluster without healthy endpoints): the
+//!   root context ticks while calls are out and ends an overdue one as deadline exceeded.
 //! - No body, trailer or TCP callbacks: `scripts/build.sh` removes their exports, so Envoy
 //!   does not enter the VM for them. Handle one here and take it off `DROP_EXPORTS` there.
 
@@ -19,12 +22,13 @@ mod alloc;
 mod host;
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use hashbrown::HashMap;
 use mesh_policy::config::{Envelope, FieldPath, Routes};
 use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
-use mesh_policy::host::Host;
+use mesh_policy::host::{Host, NANOS_PER_MS, Nanos};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
@@ -54,12 +58,28 @@ pub fn start<F: Filter + 'static>() {
 /// byte-slice hashing costs 2 KB more.
 type BoundRoutes<F> = HashMap<Vec<u8>, Option<Rc<<F as Filter>::Route>>, rustc_hash::FxBuildHasher>;
 
+/// How often the root context looks for overdue calls while any is out.
+const TICK: Duration = Duration::from_millis(5);
+/// Envoy's timeout for a call is ours plus this: the tick ends it first, Envoy's timer is the
+/// backstop should ticks stop.
+const ENVOY_GRACE_MS: u32 = 1000;
+
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
 struct State<F: Filter> {
     filter: F,
     routes: Routes<F::Policy>,
     bound: RefCell<BoundRoutes<F>>,
     rng: RefCell<fastrand::Rng>,
+    /// The calls out, with their deadlines (a handful: one per held request of this VM).
+    calls: RefCell<Vec<OutCall<F>>>,
+}
+
+struct OutCall<F: Filter> {
+    context_id: u32,
+    token: u32,
+    deadline: Nanos,
+    /// The request's state; gone when its context was deleted.
+    core: Weak<RefCell<Core<F>>>,
 }
 
 impl<F: Filter> State<F> {
@@ -136,18 +156,69 @@ impl<F: Filter + 'static> RootContext for Root<F> {
             routes,
             bound: RefCell::new(HashMap::default()),
             rng,
+            calls: RefCell::new(Vec::new()),
         }));
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        if !F::MAKES_CALLS {
+            return;
+        }
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let now = Proxy::request(&state.rng).now();
+        let overdue: Vec<OutCall<F>> = match state.calls.try_borrow_mut() {
+            Ok(mut calls) => {
+                let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
+                *calls = waiting;
+                overdue
+            }
+            Err(_) => return,
+        };
+        for call in overdue {
+            let Some(core) = call.core.upgrade() else {
+                continue;
+            };
+            if core
+                .try_borrow()
+                .map_or(true, |c| c.call != Some(call.token))
+            {
+                continue;
+            }
+            let _ = proxy_wasm::hostcalls::cancel_grpc_call(call.token);
+            if proxy_wasm::hostcalls::set_effective_context(call.context_id).is_err() {
+                continue;
+            }
+            let mut host = Proxy::request(&state.rng);
+            // 4: deadline exceeded, as Envoy would say it were its timer the one that fired.
+            let outcome = CallOutcome::Failed { grpc_status: 4 };
+            call_done(
+                &state,
+                &core,
+                call.context_id,
+                call.token,
+                outcome,
+                &mut host,
+            );
+        }
+        if state.calls.try_borrow().is_ok_and(|calls| calls.is_empty()) {
+            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::ZERO);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None makes the SDK panic: an unconfigured VM passes requests through.
         Some(Box::new(Http::<F> {
             state: self.state.clone(),
-            route: None,
-            request: None,
-            replied: false,
-            call: None,
+            context_id,
+            core: Rc::new(RefCell::new(Core {
+                route: None,
+                request: None,
+                replied: false,
+                call: None,
+            })),
         }))
     }
 
@@ -158,6 +229,13 @@ impl<F: Filter + 'static> RootContext for Root<F> {
 
 struct Http<F: Filter> {
     state: Option<Rc<State<F>>>,
+    context_id: u32,
+    /// Shared with the root context's list of calls out (weakly), which may end a call.
+    core: Rc<RefCell<Core<F>>>,
+}
+
+/// One request's state.
+struct Core<F: Filter> {
     route: Option<Rc<F::Route>>,
     request: Option<F::Request>,
     /// This filter answered locally; its response phase must not treat that as upstream's.
@@ -168,10 +246,19 @@ struct Http<F: Filter> {
 
 impl<F: Filter> Context for Http<F> {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        if self.call != Some(token_id) {
+        if !F::MAKES_CALLS {
             return;
         }
-        self.call = None;
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        if self
+            .core
+            .try_borrow()
+            .map_or(true, |c| c.call != Some(token_id))
+        {
+            return;
+        }
         let outcome = if status_code == 0 {
             let message =
                 proxy_wasm::hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
@@ -184,25 +271,63 @@ impl<F: Filter> Context for Http<F> {
                 grpc_status: status_code,
             }
         };
-        let Some(state) = self.state.clone() else {
-            return;
-        };
         let mut host = Proxy::request(&state.rng);
-        let verdict = match (&self.route, &mut self.request) {
-            (Some(route), Some(request)) => state
-                .filter
-                .on_call_done(route, request, outcome, &mut host),
-            _ => Verdict::Continue,
-        };
-        if let Settled::Continue = self.settle(verdict, &mut host)
-            && let Err(status) = proxy_wasm::hostcalls::resume_http_request()
-        {
-            log::warn!(
-                "{}: resume_http_request failed: status {}",
-                F::NAME,
-                status as u32
-            );
+        call_done(
+            &state,
+            &self.core,
+            self.context_id,
+            token_id,
+            outcome,
+            &mut host,
+        );
+    }
+}
+
+impl<F: Filter> Drop for Http<F> {
+    fn drop(&mut self) {
+        if !F::MAKES_CALLS {
+            return;
         }
+        // A stream that ended while its call was out: forget the call.
+        let token = self.core.try_borrow().ok().and_then(|c| c.call);
+        if let (Some(state), Some(token)) = (&self.state, token)
+            && let Ok(mut calls) = state.calls.try_borrow_mut()
+        {
+            calls.retain(|c| c.token != token);
+        }
+    }
+}
+
+/// Hands a call's outcome to the filter and carries out its verdict; a request let go is
+/// resumed.
+fn call_done<F: Filter>(
+    state: &State<F>,
+    shared: &Rc<RefCell<Core<F>>>,
+    context_id: u32,
+    token: u32,
+    outcome: CallOutcome,
+    host: &mut Proxy<'_, RequestPhase>,
+) {
+    if let Ok(mut calls) = state.calls.try_borrow_mut() {
+        calls.retain(|c| c.token != token);
+    }
+    let Ok(mut core) = shared.try_borrow_mut() else {
+        return;
+    };
+    core.call = None;
+    let verdict = match (core.route.clone(), core.request.as_mut()) {
+        (Some(route), Some(request)) => state.filter.on_call_done(&route, request, outcome, host),
+        _ => Verdict::Continue,
+    };
+    let weak = Rc::downgrade(shared);
+    if let Settled::Continue = settle(state, &mut core, &weak, context_id, verdict, host)
+        && let Err(status) = proxy_wasm::hostcalls::resume_http_request()
+    {
+        log::warn!(
+            "{}: resume_http_request failed: status {}",
+            F::NAME,
+            status as u32
+        );
     }
 }
 
@@ -214,33 +339,66 @@ enum Settled {
     Held,
 }
 
-impl<F: Filter> Http<F> {
-    /// Carries out a verdict: a local reply is sent, a call is dispatched (a call Envoy
-    /// refuses goes straight back to the filter as [`CallOutcome::NotSent`]).
-    fn settle(&mut self, mut verdict: Verdict, host: &mut Proxy<'_, RequestPhase>) -> Settled {
-        loop {
-            match verdict {
-                Verdict::Continue => return Settled::Continue,
-                Verdict::Reply(reply) => {
-                    self.replied = true;
-                    host.send_reply(&reply);
-                    return Settled::Held;
-                }
-                Verdict::Call(call) => match host.dispatch_grpc(&call) {
+/// Carries out a verdict: a local reply is sent, a call is dispatched and its deadline noted
+/// (a call Envoy refuses goes straight back to the filter as [`CallOutcome::NotSent`]).
+fn settle<F: Filter>(
+    state: &State<F>,
+    core: &mut Core<F>,
+    weak: &Weak<RefCell<Core<F>>>,
+    context_id: u32,
+    mut verdict: Verdict,
+    host: &mut Proxy<'_, RequestPhase>,
+) -> Settled {
+    loop {
+        match verdict {
+            Verdict::Continue => return Settled::Continue,
+            Verdict::Reply(reply) => {
+                core.replied = true;
+                host.send_reply(&reply);
+                return Settled::Held;
+            }
+            Verdict::Call(_) if !F::MAKES_CALLS => {
+                verdict = match (core.route.clone(), core.request.as_mut()) {
+                    (Some(route), Some(request)) => {
+                        state
+                            .filter
+                            .on_call_done(&route, request, CallOutcome::NotSent, host)
+                    }
+                    _ => Verdict::Continue,
+                };
+            }
+            Verdict::Call(call) => {
+                let deadline = host
+                    .now()
+                    .saturating_add(u64::from(call.timeout_ms) * NANOS_PER_MS);
+                match host.dispatch_grpc(&call, call.timeout_ms.saturating_add(ENVOY_GRACE_MS)) {
                     Some(token) => {
-                        self.call = Some(token);
+                        core.call = Some(token);
+                        if let Ok(mut calls) = state.calls.try_borrow_mut() {
+                            if calls.is_empty() {
+                                let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
+                            }
+                            calls.push(OutCall {
+                                context_id,
+                                token,
+                                deadline,
+                                core: weak.clone(),
+                            });
+                        }
                         return Settled::Held;
                     }
                     None => {
-                        verdict =
-                            match (&self.state, &self.route, &mut self.request) {
-                                (Some(state), Some(route), Some(request)) => state
-                                    .filter
-                                    .on_call_done(route, request, CallOutcome::NotSent, host),
-                                _ => Verdict::Continue,
-                            };
+                        verdict = match (core.route.clone(), core.request.as_mut()) {
+                            (Some(route), Some(request)) => state.filter.on_call_done(
+                                &route,
+                                request,
+                                CallOutcome::NotSent,
+                                host,
+                            ),
+                            _ => Verdict::Continue,
+                        };
                     }
-                },
+                }
             }
         }
     }
@@ -248,7 +406,6 @@ impl<F: Filter> Http<F> {
 
 impl<F: Filter> HttpContext for Http<F> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // A handle of our own: `settle` below needs `self` mutably.
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
@@ -258,21 +415,34 @@ impl<F: Filter> HttpContext for Http<F> {
             return Action::Continue;
         };
         let (verdict, request) = state.filter.on_request(&route, &mut host);
-        self.route = Some(route);
-        self.request = Some(request);
-        match self.settle(verdict, &mut host) {
+        let weak = Rc::downgrade(&self.core);
+        let Ok(mut core) = self.core.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        core.route = Some(route);
+        core.request = Some(request);
+        match settle(
+            &state,
+            &mut core,
+            &weak,
+            self.context_id,
+            verdict,
+            &mut host,
+        ) {
             Settled::Continue => Action::Continue,
             Settled::Held => Action::Pause,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.replied {
+        let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
+            return Action::Continue;
+        };
+        if core.replied {
             return Action::Continue;
         }
-        if let (Some(state), Some(route), Some(request)) =
-            (&self.state, &self.route, &mut self.request)
-        {
+        let core = &mut *core;
+        if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
             let mut host = Proxy::response(&state.rng);
             state.filter.on_response(route, request, &mut host);
         }
@@ -280,12 +450,14 @@ impl<F: Filter> HttpContext for Http<F> {
     }
 
     fn on_log(&mut self) {
-        if self.replied {
+        let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
+            return;
+        };
+        if core.replied {
             return;
         }
-        if let (Some(state), Some(route), Some(request)) =
-            (&self.state, &self.route, &mut self.request)
-        {
+        let core = &mut *core;
+        if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
             let mut host = Proxy::done(&state.rng);
             state.filter.on_done(route, request, &mut host);
         }

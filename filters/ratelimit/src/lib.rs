@@ -4,13 +4,22 @@
 //! takes the tokens in shared data; this crate counts the decision, answers rejected
 //! requests locally (the upstream is not contacted) and puts the `X-RateLimit-*` headers on
 //! allowed responses.
+//!
+//! Global limits: a request the local limits admit is held for one call to the rate limit
+//! service ([`RouteLimits::global_call`](mesh_policy::ratelimit::RouteLimits::global_call));
+//! its answer ([`rls::interpret`]) rejects it like a local limit or lets it go on with the
+//! service's headers. A failed call (unreachable, deadline, bad answer) lets it through, or
+//! answers 503 with `failure_mode_deny`; it is counted and logged once per [`LOG_EVERY`].
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use mesh_policy::config::{ConfigError, FieldPath};
-use mesh_policy::filter::{Filter, Plugin, Verdict};
-use mesh_policy::host::{Host, Metric, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost};
+use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
+use mesh_policy::host::{
+    Host, Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
+};
+use mesh_policy::ratelimit::rls::{self, BadAnswer};
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
 };
@@ -21,6 +30,14 @@ use mesh_policy::store::UpdateError;
 pub const REQUESTS_TOTAL: &str = "mesh_ratelimit_requests_total";
 /// `mesh_ratelimit_store_errors_total{route, error}`: shared data could not be updated.
 pub const STORE_ERRORS_TOTAL: &str = "mesh_ratelimit_store_errors_total";
+
+/// `mesh_ratelimit_global_calls_total{route, outcome}`: calls to the rate limit service by
+/// outcome (`ok`, `over_limit`, `error`).
+pub const GLOBAL_CALLS_TOTAL: &str = "mesh_ratelimit_global_calls_total";
+/// `mesh_ratelimit_global_call_duration_ms{route}`: a histogram of call latency, answered or
+/// failed.
+pub const GLOBAL_CALL_DURATION: &str = "mesh_ratelimit_global_call_duration_ms";
+pub const GLOBAL_OUTCOMES: [&str; 3] = ["ok", "over_limit", "error"];
 
 /// How often a VM logs a summary of would-be rejections or store errors per route.
 const LOG_EVERY: Nanos = 10 * NANOS_PER_SEC;
@@ -41,6 +58,23 @@ pub struct RateLimitRoute {
     store_errors: [Metric; 2],
     dry_run_log: Throttle,
     store_error_log: Throttle,
+    /// ok, over_limit, error.
+    global_calls: [Metric; 3],
+    global_duration: Metric,
+    global_error_log: Throttle,
+}
+
+/// What the later phases of a request need.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RequestState {
+    /// The `X-RateLimit-*` values for the response, when they are on.
+    pub budget: Option<Budget>,
+    /// The local decision, while the rate limit service decides.
+    local: Option<Decision>,
+    /// When the call to the rate limit service started.
+    call_started: Nanos,
+    /// The service's `response_headers_to_add`.
+    pub response_headers: Vec<rls::Header>,
 }
 
 impl RateLimitRoute {
@@ -71,11 +105,11 @@ const DECISIONS: [Decision; 3] = [
 
 impl Filter for RateLimit {
     const NAME: &'static str = "ratelimit";
+    const MAKES_CALLS: bool = true;
     type Config = RateLimitConfig;
     type Policy = RateLimitPolicy;
     type Route = RateLimitRoute;
-    /// The `X-RateLimit-*` values for the response, when they are on.
-    type Request = Option<Budget>;
+    type Request = RequestState;
 
     fn new(plugin: &Plugin) -> Self {
         Self {
@@ -109,6 +143,23 @@ impl Filter for RateLimit {
                 ("error", error.as_str()),
             )
         });
+        let global = policy.global.is_some();
+        let global_calls = GLOBAL_OUTCOMES.map(|outcome| {
+            if global {
+                stats::route_counter(host, GLOBAL_CALLS_TOTAL, route_name, ("outcome", outcome))
+            } else {
+                Metric(None)
+            }
+        });
+        let global_duration = if global {
+            let name = stats::metric_name(
+                GLOBAL_CALL_DURATION,
+                &[("route", stats::route_label(route_name))],
+            );
+            host.define_metric(MetricKind::Histogram, &name)
+        } else {
+            Metric(None)
+        };
         RateLimitRoute {
             limits: policy.bind(&self.key_prefix, route_name, host),
             name: stats::route_label(route_name).to_owned(),
@@ -116,6 +167,9 @@ impl Filter for RateLimit {
             store_errors,
             dry_run_log: Throttle::default(),
             store_error_log: Throttle::default(),
+            global_calls,
+            global_duration,
+            global_error_log: Throttle::default(),
         }
     }
 
@@ -123,9 +177,25 @@ impl Filter for RateLimit {
         &self,
         route: &RateLimitRoute,
         host: &mut impl RequestHost,
-    ) -> (Verdict, Option<Budget>) {
+    ) -> (Verdict, RequestState) {
         let check = route.limits.check(host);
         let policy = route.limits.policy();
+        let mut state = RequestState::default();
+        // A request the local limits reject never costs a call; one they admit is counted
+        // once the service has answered.
+        if check.decision != Decision::Rejected
+            && let Some(call) = route.limits.global_call(host)
+        {
+            if check.decision == Decision::DryRunRejected {
+                route.note_dry_run(host.now());
+            }
+            state.local = Some(check.decision);
+            state.call_started = host.now();
+            if check.decision == Decision::Allowed && policy.rate_limit_headers && !policy.dry_run {
+                state.budget = check.budget;
+            }
+            return (Verdict::Call(call), state);
+        }
         if let Some(counter) = route.decision_counter(check.decision) {
             host.increment_metric(counter, 1);
         }
@@ -151,35 +221,163 @@ impl Filter for RateLimit {
             check.retry_after_s
         );
         match check.decision {
-            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check)), None),
+            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check)), state),
             Decision::DryRunRejected => {
-                if let Some(count) = route.dry_run_log.note(host.now()) {
-                    log::info!(
-                        "ratelimit route={} dry_run=true would_reject={count}",
-                        route.name
-                    );
-                }
-                (Verdict::Continue, None)
+                route.note_dry_run(host.now());
+                (Verdict::Continue, state)
             }
             Decision::Allowed if policy.rate_limit_headers && !policy.dry_run => {
-                (Verdict::Continue, check.budget)
+                state.budget = check.budget;
+                (Verdict::Continue, state)
             }
-            Decision::Allowed | Decision::Unlimited => (Verdict::Continue, None),
+            Decision::Allowed | Decision::Unlimited => (Verdict::Continue, state),
         }
+    }
+
+    fn on_call_done(
+        &self,
+        route: &RateLimitRoute,
+        state: &mut RequestState,
+        outcome: CallOutcome,
+        host: &mut impl RequestHost,
+    ) -> Verdict {
+        let policy = route.limits.policy();
+        let now = host.now();
+        host.record_metric(
+            route.global_duration,
+            now.saturating_sub(state.call_started) / NANOS_PER_MS,
+        );
+        let [ok, over_limit, error] = route.global_calls;
+        let local = state.local.take().unwrap_or(Decision::Allowed);
+        // A limit applied: the request is decided, not unlimited.
+        let admitted = if local == Decision::Unlimited {
+            Decision::Allowed
+        } else {
+            local
+        };
+        // Envoy 1.40 ends a call past its deadline with status 14 (unavailable), like a
+        // refused connection; the time taken tells them apart (for the log line only). Envoy's
+        // timer and the wall clock differ by a little: 7/8 of the deadline counts as reached.
+        let timed_out = policy.global.as_ref().is_some_and(|g| {
+            now.saturating_sub(state.call_started) >= u64::from(g.timeout_ms) * NANOS_PER_MS / 8 * 7
+        });
+        let (decision, verdict) = match answer(outcome, timed_out) {
+            Ok(rls::Answer {
+                over_limit: None,
+                request_headers,
+                response_headers,
+            }) => {
+                host.increment_metric(ok, 1);
+                for (name, value) in &request_headers {
+                    host.set_request_header(name, value);
+                }
+                state.response_headers = response_headers;
+                (admitted, Verdict::Continue)
+            }
+            Ok(rls::Answer {
+                over_limit: Some(retry_after_s),
+                response_headers,
+                ..
+            }) => {
+                host.increment_metric(over_limit, 1);
+                state.budget = None;
+                if policy.dry_run {
+                    route.note_dry_run(now);
+                    (Decision::DryRunRejected, Verdict::Continue)
+                } else {
+                    let reply = policy.global_reject_reply(retry_after_s, response_headers);
+                    (Decision::Rejected, Verdict::Reply(reply))
+                }
+            }
+            Err(why) => {
+                host.increment_metric(error, 1);
+                if let Some(count) = route.global_error_log.note(now) {
+                    log::warn!(
+                        "ratelimit route={} global_error={why} requests={count} action={}",
+                        route.name,
+                        if policy.failure_mode_deny {
+                            "unavailable"
+                        } else {
+                            "let_through"
+                        }
+                    );
+                }
+                if policy.failure_mode_deny {
+                    state.budget = None;
+                    (
+                        Decision::Rejected,
+                        Verdict::Reply(policy.unavailable_reply()),
+                    )
+                } else {
+                    (admitted, Verdict::Continue)
+                }
+            }
+        };
+        if let Some(counter) = route.decision_counter(decision) {
+            host.increment_metric(counter, 1);
+        }
+        verdict
     }
 
     fn on_response(
         &self,
         _route: &RateLimitRoute,
-        budget: &mut Option<Budget>,
+        state: &mut RequestState,
         host: &mut impl ResponseHost,
     ) {
-        if let Some(budget) = budget {
+        if let Some(budget) = &state.budget {
             let mut digits = [0u8; 20];
             for (name, value) in budget_headers(budget) {
                 host.set_response_header(name, decimal(value, &mut digits));
             }
         }
+        for (name, value) in &state.response_headers {
+            host.add_response_header(name, value);
+        }
+    }
+}
+
+impl RateLimitRoute {
+    fn note_dry_run(&self, now: Nanos) {
+        if let Some(count) = self.dry_run_log.note(now) {
+            log::info!(
+                "ratelimit route={} dry_run=true would_reject={count}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Why a call did not decide, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallError {
+    NotSent,
+    /// The call's deadline passed.
+    Deadline,
+    /// gRPC status: 14 unavailable (no connection, no healthy endpoint), 4 deadline, ...
+    Status(u32),
+    Answer(BadAnswer),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotSent => f.write_str("not_sent"),
+            Self::Deadline | Self::Status(4) => f.write_str("deadline_exceeded"),
+            Self::Status(14) => f.write_str("unavailable"),
+            Self::Status(status) => write!(f, "grpc_status_{status}"),
+            Self::Answer(BadAnswer::Undecodable) => f.write_str("bad_answer"),
+            Self::Answer(BadAnswer::Code(code)) => write!(f, "bad_code_{code}"),
+        }
+    }
+}
+
+fn answer(outcome: CallOutcome, timed_out: bool) -> Result<rls::Answer, CallError> {
+    match outcome {
+        CallOutcome::Ok(message) => rls::interpret(&message).map_err(CallError::Answer),
+        CallOutcome::Failed { .. } if timed_out => Err(CallError::Deadline),
+        CallOutcome::Failed { grpc_status } => Err(CallError::Status(grpc_status)),
+        CallOutcome::NotSent => Err(CallError::NotSent),
     }
 }
 
@@ -254,11 +452,11 @@ mod tests {
         assert_eq!(host.response_values("x-ratelimit-remaining"), ["1"]);
         assert_eq!(host.response_values("x-ratelimit-reset"), ["1"]);
         filter.on_request(&route, &mut host);
-        let (verdict, budget) = filter.on_request(&route, &mut host);
+        let (verdict, state) = filter.on_request(&route, &mut host);
         let Verdict::Reply(reply) = verdict else {
             panic!("not rejected: {verdict:?}")
         };
-        assert_eq!(budget, None);
+        assert_eq!(state.budget, None);
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
         assert!(
@@ -287,7 +485,7 @@ mod tests {
         for _ in 0..5 {
             let (verdict, budget) = filter.on_request(&route, &mut host);
             assert_eq!(verdict, Verdict::Continue);
-            assert_eq!(budget, None);
+            assert_eq!(budget.budget, None);
         }
         assert_eq!(
             host.metric("mesh_ratelimit_requests_total;route=unnamed;decision=dry_run_rejected"),
@@ -311,7 +509,7 @@ mod tests {
         for _ in 0..3 {
             let (verdict, budget) = filter.on_request(&route, &mut host);
             assert_eq!(verdict, Verdict::Continue);
-            assert_eq!(budget, None);
+            assert_eq!(budget.budget, None);
         }
         assert_eq!(
             host.metric("mesh_ratelimit_store_errors_total;route=r;error=contended"),
@@ -332,9 +530,180 @@ mod tests {
             &mut host,
         );
         let (_, mut budget) = filter.on_request(&route, &mut host);
-        assert_eq!(budget, None);
+        assert_eq!(budget.budget, None);
         filter.on_response(&route, &mut budget, &mut host);
         assert!(host.response_values("x-ratelimit-limit").is_empty());
+    }
+
+    const GLOBAL: &str = r#"{"routes": {"g": {"limits": [{"rate_per_s": 1, "burst": 2}, {"scope": "global", "key": {"header": "x-api-key"}}], "service_cluster": "rls", "domain": "mesh"}}}"#;
+
+    fn rls_answer(code: i32, reset_s: i64, headers: &[(&str, &str)]) -> Vec<u8> {
+        use mesh_policy::ratelimit::rls::{
+            DescriptorStatus, Duration, HeaderValue, RateLimitResponse,
+        };
+        let header = |(k, v): &(&str, &str)| HeaderValue {
+            key: (*k).to_owned(),
+            value: (*v).to_owned(),
+            raw_value: Vec::new(),
+        };
+        prost::Message::encode_to_vec(&RateLimitResponse {
+            overall_code: code,
+            statuses: vec![DescriptorStatus {
+                code,
+                limit_remaining: 0,
+                duration_until_reset: Some(Duration {
+                    seconds: reset_s,
+                    nanos: 0,
+                }),
+            }],
+            response_headers_to_add: headers.iter().map(header).collect(),
+            request_headers_to_add: headers.iter().map(header).collect(),
+        })
+    }
+
+    fn metric(host: &FakeHost, name: &str) -> Option<i64> {
+        host.metric(&format!("{name};route=g"))
+    }
+
+    #[test]
+    fn a_locally_admitted_request_calls_the_service_and_goes_on_with_its_headers() {
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let (filter, route) = bound(GLOBAL, "g", &mut host);
+        let (verdict, mut state) = filter.on_request(&route, &mut host);
+        let Verdict::Call(call) = verdict else {
+            panic!("no call: {verdict:?}")
+        };
+        assert_eq!(call.cluster, "rls");
+        // Not counted until the service answers.
+        assert_eq!(
+            metric(&host, "mesh_ratelimit_requests_total;decision=allowed"),
+            None
+        );
+        host.advance_ms(3);
+        let answer = rls_answer(1, 1, &[("x-from-rls", "yes")]);
+        let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(host.request_header("x-from-rls"), Some(b"yes".to_vec()));
+        filter.on_response(&route, &mut state, &mut host);
+        assert_eq!(host.response_values("x-from-rls"), ["yes"]);
+        assert_eq!(host.response_values("x-ratelimit-limit"), ["2"]);
+        let calls = |outcome: &str| {
+            host.metric(&format!(
+                "mesh_ratelimit_global_calls_total;route=g;outcome={outcome}"
+            ))
+        };
+        assert_eq!(calls("ok"), Some(1));
+        assert_eq!(calls("over_limit"), Some(0));
+        assert_eq!(
+            host.metric("mesh_ratelimit_requests_total;route=g;decision=allowed"),
+            Some(1)
+        );
+        assert_eq!(
+            host.metric("mesh_ratelimit_global_call_duration_ms;route=g"),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn over_limit_is_the_local_rejection_with_the_services_retry_after() {
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let (filter, route) = bound(GLOBAL, "g", &mut host);
+        let (_, mut state) = filter.on_request(&route, &mut host);
+        let answer = rls_answer(2, 42, &[("x-ratelimit-reset", "42")]);
+        let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+        let Verdict::Reply(reply) = verdict else {
+            panic!("not rejected: {verdict:?}")
+        };
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.contains(&("retry-after".into(), "42".into())));
+        assert!(
+            reply
+                .headers
+                .contains(&("x-ratelimit-reset".into(), "42".into()))
+        );
+        // Request headers of an over-limit answer are not applied.
+        assert_eq!(host.request_header("x-ratelimit-reset"), None);
+        assert_eq!(
+            host.metric("mesh_ratelimit_requests_total;route=g;decision=rejected"),
+            Some(1)
+        );
+        assert_eq!(
+            host.metric("mesh_ratelimit_global_calls_total;route=g;outcome=over_limit"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_local_rejection_costs_no_call() {
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let (filter, route) = bound(GLOBAL, "g", &mut host);
+        for _ in 0..2 {
+            let (verdict, _) = filter.on_request(&route, &mut host);
+            assert!(matches!(verdict, Verdict::Call(_)));
+        }
+        let (verdict, _) = filter.on_request(&route, &mut host);
+        assert!(matches!(verdict, Verdict::Reply(ref r) if r.status == 429));
+    }
+
+    #[test]
+    fn failures_fail_open_by_default_and_503_with_failure_mode_deny() {
+        let failures = [
+            CallOutcome::NotSent,
+            CallOutcome::Failed { grpc_status: 14 },
+            CallOutcome::Failed { grpc_status: 4 },
+            CallOutcome::Ok(b"\xff\xff".to_vec()),
+            CallOutcome::Ok(Vec::new()),
+        ];
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let open = r#"{"routes": {"g": {"limits": [{"scope": "global", "key": "route"}], "service_cluster": "rls", "domain": "mesh"}}}"#;
+        let (filter, route) = bound(open, "g", &mut host);
+        for outcome in failures.clone() {
+            let (verdict, mut state) = filter.on_request(&route, &mut host);
+            assert!(matches!(verdict, Verdict::Call(_)));
+            let verdict = filter.on_call_done(&route, &mut state, outcome, &mut host);
+            assert_eq!(verdict, Verdict::Continue);
+        }
+        assert_eq!(
+            host.metric("mesh_ratelimit_global_calls_total;route=g;outcome=error"),
+            Some(5)
+        );
+        assert_eq!(
+            host.metric("mesh_ratelimit_requests_total;route=g;decision=allowed"),
+            Some(5)
+        );
+        let deny = open.replace(
+            r#""domain": "mesh""#,
+            r#""domain": "mesh", "failure_mode_deny": true"#,
+        );
+        let mut host = FakeHost::new();
+        let (filter, route) = bound(&deny, "g", &mut host);
+        for outcome in failures {
+            let (_, mut state) = filter.on_request(&route, &mut host);
+            let verdict = filter.on_call_done(&route, &mut state, outcome, &mut host);
+            assert!(
+                matches!(verdict, Verdict::Reply(ref r) if r.status == 503),
+                "{verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dry_run_counts_a_global_rejection_and_lets_it_through() {
+        let mut host = FakeHost::new();
+        let json = r#"{"routes": {"g": {"limits": [{"scope": "global"}], "service_cluster": "rls", "domain": "mesh", "dry_run": true}}}"#;
+        let (filter, route) = bound(json, "g", &mut host);
+        let (_, mut state) = filter.on_request(&route, &mut host);
+        let verdict = filter.on_call_done(
+            &route,
+            &mut state,
+            CallOutcome::Ok(rls_answer(2, 1, &[])),
+            &mut host,
+        );
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(
+            host.metric("mesh_ratelimit_requests_total;route=g;decision=dry_run_rejected"),
+            Some(1)
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_integration::envoy::{self, EnvoyProcess};
+use mesh_integration::rls::{Redis, Rls, RlsLimit};
 use serde_json::{Value, json};
 
 type Error = Box<dyn std::error::Error>;
@@ -107,6 +108,11 @@ const RATELIMIT: &str = r#"{"routes": {"bench": {"limits": [
 const BREAKER: &str = r#"{"routes": {"bench": {
     "consecutive_failures": 5, "failure_rate_percent": 50, "min_requests": 20,
     "slow_call_ms": 1000, "slow_call_rate_percent": 80, "open_ms": 5000}}}"#;
+/// One global limit per route: one gRPC call per request to the local rate limit service
+/// (limitador over Redis), whose allowance is far above the load.
+const RATELIMIT_GLOBAL: &str = r#"{"routes": {"bench": {"limits": [
+    {"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
+    "service_cluster": "rls", "domain": "bench", "timeout_ms": 1000}}}"#;
 const PASSTHROUGH: &str = "";
 
 const LUA_SOURCE: &str = "function envoy_on_request(request_handle)\n  \
@@ -133,6 +139,8 @@ struct Variant {
     checks: Vec<Check>,
     /// Rows compared with the Lua filter and the pass-through floor.
     ours: bool,
+    /// Needs the rate limit service (cluster `rls`: limitador over a local Redis).
+    rls: bool,
 }
 
 fn variants() -> Vec<Variant> {
@@ -164,6 +172,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: vec![],
             ours: false,
+            rls: false,
         },
         Variant {
             name: "passthrough",
@@ -172,6 +181,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: vec![],
             ours: false,
+            rls: false,
         },
         Variant {
             name: "traceid",
@@ -180,6 +190,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: traceid_checks.to_vec(),
             ours: true,
+            rls: false,
         },
         Variant {
             name: "canary",
@@ -188,6 +199,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: canary_checks.to_vec(),
             ours: true,
+            rls: false,
         },
         Variant {
             name: "ratelimit",
@@ -196,6 +208,19 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: ratelimit_checks.to_vec(),
             ours: true,
+            rls: false,
+        },
+        Variant {
+            name: "ratelimit_global",
+            what: "one global limit: a gRPC call per request to a local rate limit service",
+            modules: vec![("ratelimit", RATELIMIT_GLOBAL)],
+            native: vec![],
+            checks: vec![
+                Check::UpstreamSaw(mesh_integration::rls::REQUEST_HEADER),
+                Check::StatGrew("mesh_ratelimit_global_calls_total;route=bench;outcome=ok"),
+            ],
+            ours: true,
+            rls: true,
         },
         Variant {
             name: "breaker",
@@ -204,6 +229,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: breaker_checks.to_vec(),
             ours: true,
+            rls: false,
         },
         Variant {
             name: "chain",
@@ -217,6 +243,7 @@ fn variants() -> Vec<Variant> {
             native: vec![],
             checks: chain_checks,
             ours: false,
+            rls: false,
         },
         Variant {
             name: "local_ratelimit",
@@ -242,6 +269,7 @@ fn variants() -> Vec<Variant> {
             })],
             checks: vec![Check::StatGrew("bench_local.http_local_rate_limit.enabled")],
             ours: false,
+            rls: false,
         },
         Variant {
             name: "lua",
@@ -256,6 +284,7 @@ fn variants() -> Vec<Variant> {
             })],
             checks: vec![Check::UpstreamSaw("x-lua")],
             ours: false,
+            rls: false,
         },
     ]
 }
@@ -584,7 +613,11 @@ impl Side {
 
 /// Envoy's config for a variant: its filters on the first listener, none on a second one
 /// named `bare`; both take the one route named [`ROUTE`] to the upstream.
-fn envoy_config(variant: &Variant, upstream: SocketAddr) -> Result<String, Error> {
+fn envoy_config(
+    variant: &Variant,
+    upstream: SocketAddr,
+    rls: Option<SocketAddr>,
+) -> Result<String, Error> {
     let dist = envoy::dist_dir();
     let mut filters = Vec::new();
     for (module, plugin_json) in &variant.modules {
@@ -603,7 +636,12 @@ fn envoy_config(variant: &Variant, upstream: SocketAddr) -> Result<String, Error
         })
     };
     let cluster = || vec![envoy::cluster("upstream", upstream)];
-    let mut config = envoy::bootstrap(filters, vec![route()], cluster());
+    let mut clusters = cluster();
+    if variant.rls {
+        let rls = rls.ok_or("the rate limit service is not running")?;
+        clusters.push(envoy::grpc_cluster("rls", Some(rls)));
+    }
+    let mut config = envoy::bootstrap(filters, vec![route()], clusters);
     let mut bare = envoy::bootstrap(Vec::new(), vec![route()], cluster())
         .pointer("/static_resources/listeners/0")
         .cloned()
@@ -761,10 +799,11 @@ struct Sample {
 fn measure(
     variant: &Variant,
     upstream: SocketAddr,
+    rls: Option<SocketAddr>,
     script: &Path,
     options: &Options,
 ) -> Result<Sample, Error> {
-    let config = envoy_config(variant, upstream)?;
+    let config = envoy_config(variant, upstream, rls)?;
     let envoy = EnvoyProcess::start(&config, "json", 1)?;
     let pid = envoy.pid();
     let admin = envoy.admin;
@@ -1094,6 +1133,18 @@ fn run() -> Result<(), Error> {
     let script = script_dir.path().join("bench.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
     let upstream = Upstream::start()?;
+    // Redis and the rate limit service, only for the variants that call it.
+    let rls = if variants.iter().any(|v| v.rls) {
+        let redis = Redis::start()?;
+        let rls = Rls::start(
+            &redis,
+            vec![RlsLimit::new("bench", "generic_key", 1_000_000_000_000, 60)],
+        )?;
+        Some((redis, rls))
+    } else {
+        None
+    };
+    let rls_addr = rls.as_ref().map(|(_, rls)| rls.addr());
     let started = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let load_before = load_average();
     eprintln!("load average before: {load_before}");
@@ -1101,12 +1152,12 @@ fn run() -> Result<(), Error> {
     // One unmeasured run first: the first Envoy after a quiet spell runs measurably slower
     // (cold caches, CPU frequency), which would tilt the first repetition.
     if let Some(bare) = variants.first() {
-        measure(bare, upstream.addr, &script, &options)?;
+        measure(bare, upstream.addr, None, &script, &options)?;
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for rep in 1..=options.repeat {
         for (variant, runs) in variants.iter().zip(samples.iter_mut()) {
-            let sample = measure(variant, upstream.addr, &script, &options)
+            let sample = measure(variant, upstream.addr, rls_addr, &script, &options)
                 .map_err(|e| format!("{} (repetition {rep}): {e}", variant.name))?;
             eprintln!(
                 "  rep {rep} {:<16} {:>7.0} req/s ({:.2}× bare)  {:>6.1} µs/req (bare listener {:>6.1}, added {:>+6.1})  p50 {:>5.2} ms  p99 {:>5.2} ms  RSS {:>5.1} MB  (load {})",

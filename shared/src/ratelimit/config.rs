@@ -26,6 +26,12 @@ pub const MAX_BURST: u32 = 1_000_000;
 pub const DEFAULT_STATUS: u16 = 429;
 pub const DEFAULT_BODY: &str = r#"{"error":"rate_limited"}"#;
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+/// The deadline of a global limit's call to the rate limit service.
+pub const DEFAULT_TIMEOUT_MS: u32 = 20;
+pub const MAX_TIMEOUT_MS: u32 = 10_000;
+/// The reply when the rate limit service cannot decide and `failure_mode_deny` is on.
+pub const UNAVAILABLE_STATUS: u16 = 503;
+pub const UNAVAILABLE_BODY: &str = r#"{"error":"rate_limit_service_unavailable"}"#;
 
 /// One route's rate-limit policy as written in plugin JSON.
 #[derive(Debug, Clone)]
@@ -41,11 +47,18 @@ pub struct RateLimitConfig {
     pub content_type: String,
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` on allowed and rejected responses.
     pub rate_limit_headers: bool,
-    /// When shared data cannot be updated: reject (`true`) or let the request through.
+    /// When shared data cannot be updated: reject (`true`) or let the request through; when
+    /// the rate limit service of a global limit cannot decide: answer 503 or let it through.
     pub failure_mode_deny: bool,
     /// Proxies in front of this filter trusted to append the address they saw to
     /// `x-forwarded-for`; `client_address` keys read that header only when this is above 0.
     pub trusted_hops: u32,
+    /// The Envoy cluster of the rate limit service (global limits only).
+    pub service_cluster: Option<String>,
+    /// The RLS domain of the route's global limits.
+    pub domain: Option<String>,
+    /// Deadline of the call, in milliseconds (default [`DEFAULT_TIMEOUT_MS`]).
+    pub timeout_ms: Option<u32>,
 }
 
 impl FromJson for RateLimitConfig {
@@ -60,32 +73,63 @@ impl FromJson for RateLimitConfig {
             rate_limit_headers: object.or("rate_limit_headers", true)?,
             failure_mode_deny: object.or("failure_mode_deny", false)?,
             trusted_hops: object.or("trusted_hops", 0)?,
+            service_cluster: object.optional("service_cluster")?,
+            domain: object.optional("domain")?,
+            timeout_ms: object.optional("timeout_ms")?,
         };
         object.finish()?;
         Ok(config)
     }
 }
 
-/// One token bucket: `burst` tokens, refilled at `rate_per_s`, per key.
+/// A local limit: one token bucket, `burst` tokens refilled at `rate_per_s`, per key, in
+/// shared data. A global limit: one descriptor of the call to the rate limit service, which
+/// holds the rate.
 #[derive(Debug, Clone)]
 pub struct LimitConfig {
-    /// Tokens added per second; up to 3 decimals (`0.5` is one every 2 s).
-    pub rate_per_s: RatePerSecond,
-    /// Bucket size: how many requests may pass at once after a quiet period.
-    pub burst: u32,
+    pub scope: Scope,
+    /// Tokens added per second; up to 3 decimals (`0.5` is one every 2 s). Local only.
+    pub rate_per_s: Option<RatePerSecond>,
+    /// Bucket size: how many requests may pass at once after a quiet period. Local only.
+    pub burst: Option<u32>,
     pub key: KeyConfig,
-    /// Buckets of a keyed limit (default [`DEFAULT_SLOTS`]).
+    /// Buckets of a keyed limit (default [`DEFAULT_SLOTS`]). Local only.
     pub slots: Option<u32>,
+    /// The descriptor entry's key (global only; default by key: `route`, `remote_address`,
+    /// `path`, or the header's name).
+    pub descriptor_key: Option<String>,
+}
+
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This Envoy's shared data.
+    Local,
+    /// The rate limit service (Envoy's RLS API), for every replica.
+    Global,
+}
+
+impl FromJson for Scope {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        one_of(
+            value,
+            at,
+            "scope",
+            &[("local", Self::Local), ("global", Self::Global)],
+        )
+    }
 }
 
 impl FromJson for LimitConfig {
     fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
         let mut object = Object::new(value, at)?;
         let config = Self {
-            rate_per_s: object.required("rate_per_s")?,
-            burst: object.required("burst")?,
+            scope: object.or("scope", Scope::Local)?,
+            rate_per_s: object.optional("rate_per_s")?,
+            burst: object.optional("burst")?,
             key: object.or("key", KeyConfig::Route)?,
             slots: object.optional("slots")?,
+            descriptor_key: object.optional("descriptor_key")?,
         };
         object.finish()?;
         Ok(config)
@@ -202,13 +246,32 @@ impl FromJson for Missing {
 /// A validated rate-limit policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitPolicy {
+    /// The local limits.
     pub limits: Vec<Limit>,
+    /// The global limits and their service; `None` when the route has none.
+    pub global: Option<Global>,
     pub dry_run: bool,
     pub status: u16,
     pub body: Vec<u8>,
     pub content_type: String,
     pub rate_limit_headers: bool,
     pub failure_mode_deny: bool,
+}
+
+/// A route's global limits: one call per request carries a descriptor of each that applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub service_cluster: String,
+    pub domain: String,
+    pub timeout_ms: u32,
+    pub limits: Vec<GlobalLimit>,
+}
+
+/// One descriptor of one entry: `(descriptor_key, the request's key value)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalLimit {
+    pub key: Key,
+    pub descriptor_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,13 +292,23 @@ impl RateLimitPolicy {
             return Err(limits_at.invalid("at most 8 limits per route"));
         }
         let mut limits = Vec::with_capacity(config.limits.len());
+        let mut globals = Vec::new();
         for (i, limit) in config.limits.into_iter().enumerate() {
-            limits.push(Limit::compile(
-                limit,
-                config.trusted_hops,
-                &limits_at.index(i),
-            )?);
+            let limit_at = limits_at.index(i);
+            match limit.scope {
+                Scope::Local => limits.push(Limit::compile(limit, config.trusted_hops, &limit_at)?),
+                Scope::Global => {
+                    globals.push(GlobalLimit::compile(limit, config.trusted_hops, &limit_at)?);
+                }
+            }
         }
+        let global = Global::compile(
+            globals,
+            config.service_cluster,
+            config.domain,
+            config.timeout_ms,
+            at,
+        )?;
         if !(400..=599).contains(&config.status) {
             return Err(at
                 .field("status")
@@ -253,6 +326,7 @@ impl RateLimitPolicy {
         }
         Ok(Self {
             limits,
+            global,
             dry_run: config.dry_run,
             status: config.status,
             body: config.body.into_bytes(),
@@ -263,36 +337,138 @@ impl RateLimitPolicy {
     }
 }
 
+impl Global {
+    fn compile(
+        limits: Vec<GlobalLimit>,
+        service_cluster: Option<String>,
+        domain: Option<String>,
+        timeout_ms: Option<u32>,
+        at: &FieldPath,
+    ) -> Result<Option<Self>, ConfigError> {
+        if limits.is_empty() {
+            for (field, given) in [
+                ("service_cluster", service_cluster.is_some()),
+                ("domain", domain.is_some()),
+                ("timeout_ms", timeout_ms.is_some()),
+            ] {
+                if given {
+                    return Err(at.field(field).invalid(
+                        "applies only to a route with a global limit (scope \"global\")",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let text = |value: Option<String>, field: &str| match value {
+            Some(value) if !value.is_empty() && !value.chars().any(char::is_control) => Ok(value),
+            Some(_) => Err(at.field(field).invalid("must be a non-empty name")),
+            None => Err(at
+                .field(field)
+                .invalid("is required with a global limit (scope \"global\")")),
+        };
+        let service_cluster = text(service_cluster, "service_cluster")?;
+        let domain = text(domain, "domain")?;
+        let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(at
+                .field("timeout_ms")
+                .invalid("must be between 1 and 10000"));
+        }
+        Ok(Some(Self {
+            service_cluster,
+            domain,
+            timeout_ms,
+            limits,
+        }))
+    }
+}
+
+impl GlobalLimit {
+    fn compile(
+        config: LimitConfig,
+        trusted_hops: u32,
+        at: &FieldPath,
+    ) -> Result<Self, ConfigError> {
+        for (field, given) in [
+            ("rate_per_s", config.rate_per_s.is_some()),
+            ("burst", config.burst.is_some()),
+            ("slots", config.slots.is_some()),
+        ] {
+            if given {
+                return Err(at.field(field).invalid(
+                    "applies only to a local limit: a global limit's rate is the rate limit service's",
+                ));
+            }
+        }
+        let key = compile_key(config.key, trusted_hops, at)?;
+        let descriptor_key = match config.descriptor_key {
+            Some(name) if name.is_empty() || name.chars().any(char::is_control) => {
+                return Err(at
+                    .field("descriptor_key")
+                    .invalid("must be a non-empty name"));
+            }
+            Some(name) => name,
+            None => match &key {
+                Key::Route => "route".to_owned(),
+                Key::ClientAddress { .. } => "remote_address".to_owned(),
+                Key::Path => "path".to_owned(),
+                Key::Header { name, .. } => name.as_str().to_owned(),
+            },
+        };
+        Ok(Self {
+            key,
+            descriptor_key,
+        })
+    }
+}
+
+fn compile_key(config: KeyConfig, trusted_hops: u32, at: &FieldPath) -> Result<Key, ConfigError> {
+    Ok(match config {
+        KeyConfig::Route => Key::Route,
+        KeyConfig::ClientAddress => Key::ClientAddress { trusted_hops },
+        KeyConfig::Path => Key::Path,
+        KeyConfig::Header { name, when_missing } => Key::Header {
+            name: HeaderName::parse(&name, &at.field("key").field("header"))?,
+            missing: when_missing,
+        },
+    })
+}
+
 impl Limit {
     fn compile(
         config: LimitConfig,
         trusted_hops: u32,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        let millis = config.rate_per_s.millis;
+        if config.descriptor_key.is_some() {
+            return Err(at
+                .field("descriptor_key")
+                .invalid("applies only to a global limit (scope \"global\")"));
+        }
+        let rate_per_s = config.rate_per_s.ok_or_else(|| {
+            at.field("rate_per_s")
+                .invalid("is required for a local limit")
+        })?;
+        let burst = config
+            .burst
+            .ok_or_else(|| at.field("burst").invalid("is required for a local limit"))?;
+        let millis = rate_per_s.millis;
         if !(MIN_RATE_MILLIS..=MAX_RATE_MILLIS).contains(&millis) {
             return Err(at
                 .field("rate_per_s")
                 .invalid("must be between 0.001 and 1000000"));
         }
-        let burst = NonZeroU32::new(config.burst)
+        let burst_value = burst;
+        let burst = NonZeroU32::new(burst_value)
             .ok_or_else(|| at.field("burst").invalid("must be at least 1"))?;
-        if config.burst > MAX_BURST {
+        if burst_value > MAX_BURST {
             return Err(at.field("burst").invalid("must be at most 1000000"));
         }
         // One token every 1e12 / millis ns, rounded: 1000 ns (1e6/s) to 1e12 ns (0.001/s).
         let period = Duration::from_nanos((NANOS_PER_SEC * 1000 + millis / 2) / millis);
         let rate = Rate::new(period, burst)
             .ok_or_else(|| at.field("rate_per_s").invalid("is too high"))?;
-        let key = match config.key {
-            KeyConfig::Route => Key::Route,
-            KeyConfig::ClientAddress => Key::ClientAddress { trusted_hops },
-            KeyConfig::Path => Key::Path,
-            KeyConfig::Header { name, when_missing } => Key::Header {
-                name: HeaderName::parse(&name, &at.field("key").field("header"))?,
-                missing: when_missing,
-            },
-        };
+        let key = compile_key(config.key, trusted_hops, at)?;
         let slots_at = at.field("slots");
         let slots = match (&key, config.slots) {
             (Key::Route, Some(_)) => {

@@ -27,16 +27,18 @@
 pub mod bucket;
 pub mod config;
 pub mod key;
+pub mod rls;
 
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::rc::Rc;
 
 pub use config::{
-    DEFAULT_SLOTS, KeyConfig, Limit, LimitConfig, MAX_LIMITS, RateLimitConfig, RateLimitPolicy,
+    DEFAULT_SLOTS, Global, GlobalLimit, KeyConfig, Limit, LimitConfig, MAX_LIMITS, RateLimitConfig,
+    RateLimitPolicy, Scope,
 };
 
-use crate::filter::LocalReply;
+use crate::filter::{GrpcCall, LocalReply};
 use crate::host::{Host, RequestHost, SharedError};
 use crate::store::{self, Step, UpdateError};
 use bucket::Outcome;
@@ -107,6 +109,8 @@ pub struct Check {
 #[derive(Debug)]
 pub struct RouteLimits {
     policy: Rc<RateLimitPolicy>,
+    /// The value of a global limit keyed by route.
+    route_name: String,
     limits: Vec<BoundLimit>,
     /// Reused to build slot keys, so a request allocates no key.
     scratch: RefCell<String>,
@@ -162,6 +166,7 @@ impl RateLimitPolicy {
         }
         RouteLimits {
             policy: Rc::clone(self),
+            route_name: route_name.to_owned(),
             limits,
             scratch: RefCell::new(String::with_capacity(key.capacity())),
         }
@@ -171,6 +176,38 @@ impl RateLimitPolicy {
 impl RouteLimits {
     pub fn policy(&self) -> &RateLimitPolicy {
         &self.policy
+    }
+
+    /// The call to the rate limit service for this request: one descriptor per global limit
+    /// that applies (a header-keyed limit with `when_missing: skip` and no header does not).
+    /// `None` when the route has no global limit or none applies.
+    pub fn global_call(&self, host: &impl RequestHost) -> Option<GrpcCall> {
+        let global = self.policy.global.as_ref()?;
+        let descriptors: Vec<rls::RateLimitDescriptor> = global
+            .limits
+            .iter()
+            .filter_map(|limit| {
+                let value = match limit.key.read(host) {
+                    KeyValue::Skip => return None,
+                    KeyValue::Anonymous => Vec::new(),
+                    KeyValue::Value(_) if limit.key == key::Key::Route => {
+                        self.route_name.as_bytes().to_vec()
+                    }
+                    KeyValue::Value(value) => value,
+                };
+                Some(rls::descriptor(&limit.descriptor_key, &value))
+            })
+            .collect();
+        if descriptors.is_empty() {
+            return None;
+        }
+        Some(GrpcCall {
+            cluster: global.service_cluster.clone(),
+            service: rls::SERVICE,
+            method: rls::METHOD,
+            message: rls::request(&global.domain, descriptors),
+            timeout_ms: global.timeout_ms,
+        })
     }
 
     /// Decides one request and takes its tokens (see the module docs for the two phases).
@@ -338,6 +375,37 @@ impl RateLimitPolicy {
             status: self.status,
             headers,
             body: self.body.clone(),
+        }
+    }
+}
+
+impl RateLimitPolicy {
+    /// The reply when the rate limit service says over limit: the local rejection's status
+    /// and body, `Retry-After` from the service, and the service's response headers.
+    pub fn global_reject_reply(&self, retry_after_s: u64, headers: Vec<rls::Header>) -> LocalReply {
+        let mut reply = self.reject_reply(&Check {
+            decision: Decision::Rejected,
+            budget: None,
+            retry_after_s,
+            store_error: None,
+        });
+        reply.headers.extend(
+            headers
+                .into_iter()
+                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned())),
+        );
+        reply
+    }
+
+    /// The reply when the rate limit service could not decide and `failure_mode_deny` is on.
+    pub fn unavailable_reply(&self) -> LocalReply {
+        LocalReply {
+            status: config::UNAVAILABLE_STATUS,
+            headers: vec![(
+                "content-type".to_owned(),
+                config::DEFAULT_CONTENT_TYPE.to_owned(),
+            )],
+            body: config::UNAVAILABLE_BODY.as_bytes().to_vec(),
         }
     }
 }

@@ -147,7 +147,7 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "brust": 2}]}}"#,
-            r#"default.limits[0].brust: unknown field, expected one of "rate_per_s", "burst", "key", "slots""#,
+            r#"default.limits[0].brust: unknown field, expected one of "scope", "rate_per_s", "burst", "key", "slots", "descriptor_key""#,
         ),
         (
             r#"{"default": {"limits": [{"rate_per_s": 1e2, "burst": 1}]}}"#,
@@ -634,4 +634,159 @@ fn the_readme_example_compiles() {
         checkout.limits[0].key,
         key::Key::ClientAddress { trusted_hops: 0 }
     );
+}
+
+const GLOBAL: &str = r#"{"limits": [
+    {"rate_per_s": 100, "burst": 100},
+    {"scope": "global", "key": "client_address"},
+    {"scope": "global", "key": {"header": "x-api-key", "when_missing": "skip"}},
+    {"scope": "global", "key": "route", "descriptor_key": "generic_key"},
+    {"scope": "global", "key": "path"}
+  ], "service_cluster": "outbound|8081||ratelimit.infra.svc.cluster.local", "domain": "mesh"}"#;
+
+#[test]
+fn global_limits_compile_apart_from_local_ones() {
+    let p = policy(GLOBAL);
+    assert_eq!(p.limits.len(), 1);
+    let global = p.global.as_ref().unwrap();
+    assert_eq!(
+        global.service_cluster,
+        "outbound|8081||ratelimit.infra.svc.cluster.local"
+    );
+    assert_eq!(global.domain, "mesh");
+    assert_eq!(global.timeout_ms, config::DEFAULT_TIMEOUT_MS);
+    let keys: Vec<&str> = global
+        .limits
+        .iter()
+        .map(|l| l.descriptor_key.as_str())
+        .collect();
+    assert_eq!(keys, ["remote_address", "x-api-key", "generic_key", "path"]);
+    assert_eq!(policy(PER_KEY).global, None);
+}
+
+#[test]
+fn one_call_carries_every_global_descriptor_that_applies() {
+    let mut host = FakeHost::new()
+        .with_property(&["source", "address"], "10.1.2.3:5000")
+        .with_request_header(":path", "/A/./b?q=1");
+    let route = bind(GLOBAL, &mut host);
+    let call = route.global_call(&host).unwrap();
+    assert_eq!(
+        call.cluster,
+        "outbound|8081||ratelimit.infra.svc.cluster.local"
+    );
+    assert_eq!(call.service, "envoy.service.ratelimit.v3.RateLimitService");
+    assert_eq!(call.method, "ShouldRateLimit");
+    assert_eq!(call.timeout_ms, 20);
+    let request =
+        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
+    assert_eq!(request.domain, "mesh");
+    let entries: Vec<(String, String)> = request
+        .descriptors
+        .iter()
+        .map(|d| {
+            assert_eq!(d.entries.len(), 1);
+            (d.entries[0].key.clone(), d.entries[0].value.clone())
+        })
+        .collect();
+    // The header-keyed limit is skipped without its header.
+    assert_eq!(
+        entries,
+        [
+            ("remote_address".into(), "10.1.2.3".into()),
+            ("generic_key".into(), "limited".into()),
+            ("path".into(), "/a/b".into()),
+        ]
+    );
+    with_key(&mut host, "k1");
+    let call = route.global_call(&host).unwrap();
+    let request =
+        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
+    assert_eq!(request.descriptors.len(), 4);
+    assert_eq!(request.descriptors[1].entries[0].value, "k1");
+}
+
+#[test]
+fn no_call_when_no_global_limit_applies() {
+    let mut host = FakeHost::new();
+    let route = bind(PER_KEY, &mut host);
+    assert_eq!(route.global_call(&host), None);
+    let route = bind(
+        r#"{"limits": [{"scope": "global", "key": {"header": "x-api-key", "when_missing": "skip"}}], "service_cluster": "rls", "domain": "d", "timeout_ms": 50}"#,
+        &mut host,
+    );
+    assert_eq!(route.global_call(&host), None);
+    with_key(&mut host, "k");
+    assert_eq!(route.global_call(&host).unwrap().timeout_ms, 50);
+    // Only global limits: nothing local to decide.
+    assert_eq!(route.check(&mut host).decision, Decision::Unlimited);
+}
+
+#[test]
+fn global_config_errors_name_route_and_field() {
+    let cases = [
+        (
+            r#"{"routes": {"r": {"limits": [{"scope": "global"}], "domain": "d"}}}"#,
+            r#"routes["r"].service_cluster: is required with a global limit (scope "global")"#,
+        ),
+        (
+            r#"{"routes": {"r": {"limits": [{"scope": "global"}], "service_cluster": "c"}}}"#,
+            r#"routes["r"].domain: is required with a global limit (scope "global")"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"scope": "global"}], "service_cluster": "", "domain": "d"}}"#,
+            "default.service_cluster: must be a non-empty name",
+        ),
+        (
+            r#"{"default": {"limits": [{"scope": "global"}], "service_cluster": "c", "domain": "d", "timeout_ms": 0}}"#,
+            "default.timeout_ms: must be between 1 and 10000",
+        ),
+        (
+            r#"{"default": {"limits": [{"scope": "global", "rate_per_s": 1}], "service_cluster": "c", "domain": "d"}}"#,
+            "default.limits[0].rate_per_s: applies only to a local limit: a global limit's rate is the rate limit service's",
+        ),
+        (
+            r#"{"default": {"limits": [{"scope": "global", "key": "path", "slots": 4}], "service_cluster": "c", "domain": "d"}}"#,
+            "default.limits[0].slots: applies only to a local limit: a global limit's rate is the rate limit service's",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1}], "domain": "d"}}"#,
+            r#"default.domain: applies only to a route with a global limit (scope "global")"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "descriptor_key": "k"}]}}"#,
+            r#"default.limits[0].descriptor_key: applies only to a global limit (scope "global")"#,
+        ),
+        (
+            r#"{"default": {"limits": [{"burst": 1}]}}"#,
+            "default.limits[0].rate_per_s: is required for a local limit",
+        ),
+        (
+            r#"{"default": {"limits": [{"rate_per_s": 1}]}}"#,
+            "default.limits[0].burst: is required for a local limit",
+        ),
+        (
+            r#"{"default": {"limits": [{"scope": "cluster"}]}}"#,
+            r#"default.limits[0].scope: unknown scope "cluster", expected one of "local", "global""#,
+        ),
+    ];
+    for (json, expected) in cases {
+        assert_eq!(compile_err(json), expected, "{json}");
+    }
+}
+
+#[test]
+fn global_rejection_reply_carries_retry_after_and_the_service_headers() {
+    let p = policy(GLOBAL);
+    let reply = p.global_reject_reply(7, vec![("x-ratelimit-limit".into(), b"10".to_vec())]);
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body, br#"{"error":"rate_limited"}"#);
+    assert!(reply.headers.contains(&("retry-after".into(), "7".into())));
+    assert!(
+        reply
+            .headers
+            .contains(&("x-ratelimit-limit".into(), "10".into()))
+    );
+    let unavailable = p.unavailable_reply();
+    assert_eq!(unavailable.status, 503);
 }

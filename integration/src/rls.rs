@@ -1,0 +1,386 @@
+//! A rate limit service (Envoy's RLS gRPC API, `envoy.service.ratelimit.v3`) for tests and
+//! the bench: tonic, limitador's Redis storage, and Debian's `redis-server` as a child
+//! process. Everything binds 127.0.0.1 and stops by PID (Redis) or by dropping its runtime
+//! (the service: its sockets close at once, as when the process is killed).
+//!
+//! The messages are the policy crate's own ([`mesh_policy::ratelimit::rls`]), so the service
+//! decodes exactly what the filter encodes. The service is written out by hand over tonic's
+//! server types (no protoc, no build script). Limits are limitador's: one counter per value
+//! of the first descriptor's `descriptor_key`, `max` hits per `seconds` window, per domain.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use limitador::AsyncRateLimiter;
+use limitador::limit::{Context, Expression, Limit};
+use limitador::storage::redis::AsyncRedisStorage;
+use mesh_policy::ratelimit::rls::{
+    Code, DescriptorStatus, Duration as PbDuration, HeaderValue, RateLimitRequest,
+    RateLimitResponse,
+};
+use tonic::codegen::{BoxFuture, Context as TaskContext, Poll, Service, http};
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Request, Response, Status};
+
+/// Debian's `redis-server` on a free 127.0.0.1 port, without persistence. Killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> io::Result<Self> {
+        let port = free_port()?;
+        let dir = tempfile::tempdir()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("redis-server: {e} (apt-get install redis-server)"),
+                )
+            })?;
+        let mut redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for_port(redis.addr(), Duration::from_secs(10)).inspect_err(|_| {
+            let _ = redis.child.kill();
+        })?;
+        Ok(redis)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One limit of the service: `max` hits per `seconds` for each value of the first
+/// descriptor's `descriptor_key`, in `domain`.
+#[derive(Debug, Clone)]
+pub struct RlsLimit {
+    pub domain: String,
+    pub descriptor_key: String,
+    pub max: u64,
+    pub seconds: u64,
+}
+
+impl RlsLimit {
+    pub fn new(domain: &str, descriptor_key: &str, max: u64, seconds: u64) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            descriptor_key: descriptor_key.to_owned(),
+            max,
+            seconds,
+        }
+    }
+}
+
+/// The service's answers carry these headers: `response_headers_to_add` and
+/// `request_headers_to_add` (value `over_limit` or `ok`).
+pub const RESPONSE_HEADER: &str = "x-rls-response";
+pub const REQUEST_HEADER: &str = "x-rls-request";
+
+/// How the service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// limitador decides.
+    Normal = 0,
+    /// `overall_code` UNKNOWN: a valid message no client can act on.
+    Unknown = 1,
+    /// Answers after [`HANG`]: longer than any deadline the tests give the call.
+    Hang = 2,
+}
+
+/// How long [`Mode::Hang`] holds each call.
+pub const HANG: Duration = Duration::from_secs(5);
+
+/// The rate limit service, on 127.0.0.1. [`Rls::stop`] and [`Rls::restart`] (same address)
+/// let tests take it away mid-run.
+pub struct Rls {
+    addr: SocketAddr,
+    redis_url: String,
+    limits: Vec<RlsLimit>,
+    requests: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Rls {
+    /// Changes how the service answers from the next call on.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn start(redis: &Redis, limits: Vec<RlsLimit>) -> io::Result<Self> {
+        let mut rls = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_url: redis.url(),
+            limits,
+            requests: Arc::new(AtomicU64::new(0)),
+            mode: Arc::new(AtomicU8::new(Mode::Normal as u8)),
+            runtime: None,
+        };
+        rls.serve()?;
+        Ok(rls)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ShouldRateLimit` calls received so far (answered or not).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving at once: the listener and every connection close.
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Serves again on the same address.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.serve()
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(async {
+            // The port may linger a moment after a stop.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::net::TcpListener::bind(self.addr).await {
+                    Ok(listener) => return Ok(listener),
+                    Err(e) if Instant::now() < deadline && self.addr.port() != 0 => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })?;
+        self.addr = listener.local_addr()?;
+        let limiter = runtime
+            .block_on(AsyncRedisStorage::new(&self.redis_url))
+            .map(|storage| AsyncRateLimiter::new_with_storage(Box::new(storage)))
+            .map_err(|e| io::Error::other(format!("limitador redis storage: {e}")))?;
+        for limit in &self.limits {
+            let variable = Expression::parse(format!("descriptors[0]['{}']", limit.descriptor_key))
+                .map_err(|e| io::Error::other(format!("limit variable: {e:?}")))?;
+            limiter.add_limit(Limit::new(
+                limit.domain.as_str(),
+                limit.max,
+                limit.seconds,
+                [],
+                [variable],
+            ));
+        }
+        let service = RlsService(Arc::new(Inner {
+            limiter,
+            requests: Arc::clone(&self.requests),
+            mode: Arc::clone(&self.mode),
+        }));
+        runtime.spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        self.runtime = Some(runtime);
+        Ok(())
+    }
+}
+
+impl Drop for Rls {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Inner {
+    limiter: AsyncRateLimiter,
+    requests: Arc<AtomicU64>,
+    mode: Arc<AtomicU8>,
+}
+
+impl Inner {
+    async fn should_rate_limit(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<RateLimitResponse, Status> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        match self.mode.load(Ordering::SeqCst) {
+            m if m == Mode::Unknown as u8 => return Ok(RateLimitResponse::default()),
+            m if m == Mode::Hang as u8 => tokio::time::sleep(HANG).await,
+            _ => {}
+        }
+        if request.domain.is_empty() || request.descriptors.is_empty() {
+            return Err(Status::invalid_argument(
+                "domain and descriptors are required",
+            ));
+        }
+        let descriptors: Vec<HashMap<String, String>> = request
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect()
+            })
+            .collect();
+        let mut ctx = Context::default();
+        ctx.list_binding("descriptors".to_owned(), descriptors);
+        let hits = u64::from(request.hits_addend.max(1));
+        let result = self
+            .limiter
+            .check_rate_limited_and_update(&request.domain.as_str().into(), &ctx, hits)
+            .await
+            .map_err(|e| Status::unavailable(format!("limitador: {e}")))?;
+        let code = if result.limited {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        let reset = result
+            .counters
+            .iter()
+            .filter_map(|c| c.expires_in())
+            .max()
+            .unwrap_or(Duration::from_secs(1));
+        let status = DescriptorStatus {
+            code: code as i32,
+            limit_remaining: result
+                .counters
+                .iter()
+                .filter_map(|c| c.remaining())
+                .min()
+                .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            duration_until_reset: Some(PbDuration {
+                seconds: i64::try_from(reset.as_secs()).unwrap_or(0),
+                nanos: i32::try_from(reset.subsec_nanos()).unwrap_or(0),
+            }),
+        };
+        let header = |key: &str| HeaderValue {
+            key: key.to_owned(),
+            value: if result.limited { "over_limit" } else { "ok" }.to_owned(),
+            raw_value: Vec::new(),
+        };
+        Ok(RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![status; request.descriptors.len()],
+            response_headers_to_add: vec![header(RESPONSE_HEADER)],
+            request_headers_to_add: vec![header(REQUEST_HEADER)],
+        })
+    }
+}
+
+const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+#[derive(Clone)]
+struct RlsService(Arc<Inner>);
+
+impl NamedService for RlsService {
+    const NAME: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
+}
+
+impl Service<http::Request<tonic::body::Body>> for RlsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move {
+            if request.uri().path() != PATH {
+                return Ok(Status::unimplemented("only ShouldRateLimit").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(ShouldRateLimit(inner), request).await)
+        })
+    }
+}
+
+struct ShouldRateLimit(Arc<Inner>);
+
+impl UnaryService<RateLimitRequest> for ShouldRateLimit {
+    type Response = RateLimitResponse;
+    type Future = BoxFuture<Response<RateLimitResponse>, Status>;
+
+    fn call(&mut self, request: Request<RateLimitRequest>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move {
+            inner
+                .should_rate_limit(request.into_inner())
+                .await
+                .map(Response::new)
+        })
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(addr: SocketAddr, limit: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{addr} not listening: {e}"),
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Whether `redis-server` can be run (tests say what to install otherwise).
+pub fn redis_available() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        || Path::new("/usr/bin/redis-server").is_file()
+}
