@@ -28,4 +28,4 @@ mod mesh;
 pub mod prometheus;
 pub mod raw;
 
-pub use mesh::{Call, Mesh, MeshBuilder, Reply, RouteSpec};
+pub use mesh::{BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec};

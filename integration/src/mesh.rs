@@ -74,6 +74,87 @@ pub fn demo_routes() -> Vec<RouteSpec> {
     ]
 }
 
+/// How the four filters are loaded: each from its own module (`MESH_MODULES` unset or
+/// `separate`), or all from `dist/bundle.wasm` (`MESH_MODULES=bundle`). Read here only, so
+/// every filter test runs against either without knowing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modules {
+    Separate,
+    Bundle,
+}
+
+impl Modules {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MESH_MODULES").as_deref() {
+            Err(_) | Ok("" | "separate") => Ok(Self::Separate),
+            Ok("bundle") => Ok(Self::Bundle),
+            Ok(other) => Err(format!(
+                "MESH_MODULES={other:?}: expected \"separate\" or \"bundle\""
+            )),
+        }
+    }
+
+    /// The modules this run loads; panics on a bad `MESH_MODULES` (for tests that skip a
+    /// check one of them cannot make).
+    pub fn current() -> Self {
+        Self::from_env().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The bundle's stages, in its fixed order: their plugin JSON goes under these keys.
+pub const BUNDLE_STAGES: [&str; 4] = ["traceid", "canary", "ratelimit", "breaker"];
+
+/// The filters as `modules` loads them: with the bundle, the stages the test asked for become
+/// one `bundle` filter (at the place of the first), its plugin JSON an object keyed by stage
+/// holding each filter's JSON verbatim (empty JSON as `{}`, which the filter reads alike), and
+/// the failure policy of any of them.
+fn load_as(modules: Modules, filters: Vec<FilterSpec>) -> Vec<FilterSpec> {
+    if modules == Modules::Separate
+        || !filters
+            .iter()
+            .any(|f| f.wasm.is_none() && BUNDLE_STAGES.contains(&f.module.as_str()))
+    {
+        return filters;
+    }
+    let mut stages: Vec<(usize, String)> = Vec::new();
+    let mut failure_policy = None;
+    let mut out = Vec::new();
+    for spec in filters {
+        let stage = BUNDLE_STAGES.iter().position(|s| *s == spec.module);
+        match stage {
+            Some(index) if spec.wasm.is_none() => {
+                if stages.is_empty() {
+                    out.push(FilterSpec {
+                        module: "bundle".to_owned(),
+                        wasm: None,
+                        plugin_json: String::new(),
+                        failure_policy: None,
+                    });
+                }
+                let json = if spec.plugin_json.trim().is_empty() {
+                    "{}".to_owned()
+                } else {
+                    spec.plugin_json
+                };
+                stages.push((index, json));
+                failure_policy = failure_policy.or(spec.failure_policy);
+            }
+            _ => out.push(spec),
+        }
+    }
+    stages.sort_by_key(|(index, _)| *index);
+    let json = stages
+        .iter()
+        .map(|(index, json)| format!("\"{}\": {json}", BUNDLE_STAGES[*index]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(bundle) = out.iter_mut().find(|f| f.module == "bundle") {
+        bundle.plugin_json = format!("{{{json}}}");
+        bundle.failure_policy = failure_policy;
+    }
+    out
+}
+
 /// One wasm filter of the chain.
 #[derive(Debug)]
 struct FilterSpec {
@@ -170,10 +251,11 @@ impl MeshBuilder {
             log: String::new(),
         };
         let harness = Harness::from_env().map_err(fail)?;
+        let filters = load_as(Modules::from_env().map_err(fail)?, self.filters);
         let dist = envoy::dist_dir();
         let mut http_filters = Vec::new();
         let mut modules = Vec::new();
-        for spec in &self.filters {
+        for spec in &filters {
             let wasm = spec
                 .wasm
                 .clone()

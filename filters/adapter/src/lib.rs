@@ -1,15 +1,17 @@
 //! The only code that talks to the proxy-wasm SDK.
 //!
-//! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module: a root context that
-//! compiles the plugin JSON once in `on_configure` (refusing the config on error), and an
-//! HTTP context per request that looks up the route's bound policy, runs the filter against
-//! [`host::Proxy`], and turns its [`Verdict`] into proxy-wasm actions.
+//! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module and [`export_stages!`] a
+//! chain of them (the bundle, `filters/bundle`): a root context that compiles the plugin JSON
+//! once in `on_configure` (refusing the config on error), and an HTTP context per request that
+//! looks up the route's bound stages, runs them against [`host::Proxy`] ([`Stages`] keeps
+//! their order, holds and short-circuits), and turns the [`Verdict`] into proxy-wasm actions.
 //!
 //! Invariants kept here:
 //! - `on_configure` returns false on any config error, so Envoy refuses the config.
-//! - The route name is read once per request (`xds.route_name`); the bound route is cached
+//! - The route name is read once per request (`xds.route_name`); the bound stages are cached
 //!   per route name for the VM's lifetime (route names are finite: they come from config).
-//! - A filter's response and done phases do not run for a local reply the filter sent itself.
+//! - A filter's response and done phases do not run for a local reply the filter sent itself
+//!   ([`Stages`] skips that stage).
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
 //! - No body, trailer or TCP callbacks: `scripts/build.sh` removes their exports, so Envoy
 //!   does not enter the VM for them. Handle one here and take it off `DROP_EXPORTS` there.
@@ -22,8 +24,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
-use mesh_policy::config::{Envelope, FieldPath, Routes};
-use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
+use mesh_policy::chain::Stages;
+use mesh_policy::filter::{CallOutcome, Plugin, Verdict};
 use mesh_policy::host::Host;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
@@ -31,59 +33,68 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 pub use host::{Proxy, RequestPhase};
 pub use proxy_wasm;
 
-/// Exports `$filter` as this module's proxy-wasm entry point.
+/// Exports the filter `$filter` as this module's proxy-wasm entry point.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {
+        $crate::export_stages!($crate::Stage<$filter>);
+    };
+}
+
+/// Exports `$stages` (a [`Stages`]: a [`Stage`] or a chain of them) as this module's
+/// proxy-wasm entry point.
+#[macro_export]
+macro_rules! export_stages {
+    ($stages:ty) => {
         $crate::proxy_wasm::main! {{
-            $crate::start::<$filter>();
+            $crate::start::<$stages>();
         }}
     };
 }
 
-/// Installs the root context for `F`. Called from the module's entry point.
-pub fn start<F: Filter + 'static>() {
+pub use mesh_policy::chain::Stage;
+#[doc(no_inline)]
+pub use mesh_policy::filter::Filter;
+
+/// Installs the root context for `S`. Called from the module's entry point.
+pub fn start<S: Stages + 'static>() {
     // The SDK formats every record below this level: Info keeps per-request debug lines free.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
+    proxy_wasm::set_root_context(|_| Box::new(Root::<S> { state: None }));
 }
 
 /// Bound routes by Envoy route name; `None` caches "no policy applies". hashbrown, as in the
 /// SDK (std's `HashMap` costs its random seeding and SipHash in every module), with FxHash:
 /// route names come from config, not clients, so no flooding defence is needed, and foldhash's
 /// byte-slice hashing costs 2 KB more.
-type BoundRoutes<F> = HashMap<Vec<u8>, Option<Rc<<F as Filter>::Route>>, rustc_hash::FxBuildHasher>;
+type BoundRoutes<S> = HashMap<Vec<u8>, Option<Rc<<S as Stages>::Route>>, rustc_hash::FxBuildHasher>;
 
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
-struct State<F: Filter> {
-    filter: F,
-    routes: Routes<F::Policy>,
-    bound: RefCell<BoundRoutes<F>>,
+struct State<S: Stages> {
+    stages: S,
+    bound: RefCell<BoundRoutes<S>>,
     rng: RefCell<fastrand::Rng>,
 }
 
-impl<F: Filter> State<F> {
-    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<F::Route>> {
+impl<S: Stages> State<S> {
+    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<S::Route>> {
         if let Some(bound) = self.bound.borrow().get(name) {
             return bound.clone();
         }
         let text = String::from_utf8_lossy(name);
-        let bound = self
-            .routes
-            .policy_for(&text)
-            .map(|policy| Rc::new(self.filter.bind(Rc::clone(policy), &text, host)));
+        let bound = self.stages.bind(&text, host).map(Rc::new);
         self.bound.borrow_mut().insert(name.to_vec(), bound.clone());
         bound
     }
 }
 
-struct Root<F: Filter> {
-    state: Option<Rc<State<F>>>,
+struct Root<S: Stages> {
+    state: Option<Rc<State<S>>>,
 }
 
-impl<F: Filter> Context for Root<F> {}
+impl<S: Stages> Context for Root<S> {}
 
-impl<F: Filter + 'static> RootContext for Root<F> {
+impl<S: Stages + 'static> RootContext for Root<S> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let rng = RefCell::new(fastrand::Rng::with_seed(0));
         let probe = Proxy::configure(&rng);
@@ -100,40 +111,21 @@ impl<F: Filter + 'static> RootContext for Root<F> {
         .ok()
         .flatten()
         .unwrap_or_default();
-        let filter = F::new(&plugin);
-        let compiled = Envelope::<F::Config>::from_json(&json).and_then(|envelope| {
-            envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-        });
-        let routes = match compiled {
-            Ok(routes) => routes,
+        let stages = match S::configure(&plugin, &json) {
+            Ok(stages) => stages,
             Err(err) => {
                 // `error=` runs to the end of the line (it quotes route names).
                 log::error!(
                     "{} config=rejected plugin={} error={err}",
-                    F::NAME,
+                    S::NAME,
                     plugin.name
                 );
                 return false;
             }
         };
-        // One line per load, key=value; a config without any policy is worth a warning.
-        let level = if routes.is_empty() {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
-        log::log!(
-            level,
-            "{} config=loaded plugin={} root_id={} default={} routes={}",
-            F::NAME,
-            plugin.name,
-            plugin.root_id,
-            routes.has_default(),
-            routes.route_names().collect::<Vec<_>>().join(",")
-        );
+        stages.log_loaded(&plugin);
         self.state = Some(Rc::new(State {
-            filter,
-            routes,
+            stages,
             bound: RefCell::new(HashMap::default()),
             rng,
         }));
@@ -142,11 +134,10 @@ impl<F: Filter + 'static> RootContext for Root<F> {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None makes the SDK panic: an unconfigured VM passes requests through.
-        Some(Box::new(Http::<F> {
+        Some(Box::new(Http::<S> {
             state: self.state.clone(),
             route: None,
             request: None,
-            replied: false,
             call: None,
         }))
     }
@@ -156,17 +147,15 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     }
 }
 
-struct Http<F: Filter> {
-    state: Option<Rc<State<F>>>,
-    route: Option<Rc<F::Route>>,
-    request: Option<F::Request>,
-    /// This filter answered locally; its response phase must not treat that as upstream's.
-    replied: bool,
+struct Http<S: Stages> {
+    state: Option<Rc<State<S>>>,
+    route: Option<Rc<S::Route>>,
+    request: Option<S::Request>,
     /// The token of the gRPC call the request is held for.
     call: Option<u32>,
 }
 
-impl<F: Filter> Context for Http<F> {
+impl<S: Stages> Context for Http<S> {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if self.call != Some(token_id) {
             return;
@@ -190,7 +179,7 @@ impl<F: Filter> Context for Http<F> {
         let mut host = Proxy::request(&state.rng);
         let verdict = match (&self.route, &mut self.request) {
             (Some(route), Some(request)) => state
-                .filter
+                .stages
                 .on_call_done(route, request, outcome, &mut host),
             _ => Verdict::Continue,
         };
@@ -199,7 +188,7 @@ impl<F: Filter> Context for Http<F> {
         {
             log::warn!(
                 "{}: resume_http_request failed: status {}",
-                F::NAME,
+                S::NAME,
                 status as u32
             );
         }
@@ -214,7 +203,7 @@ enum Settled {
     Held,
 }
 
-impl<F: Filter> Http<F> {
+impl<S: Stages> Http<S> {
     /// Carries out a verdict: a local reply is sent, a call is dispatched (a call Envoy
     /// refuses goes straight back to the filter as [`CallOutcome::NotSent`]).
     fn settle(&mut self, mut verdict: Verdict, host: &mut Proxy<'_, RequestPhase>) -> Settled {
@@ -222,7 +211,6 @@ impl<F: Filter> Http<F> {
             match verdict {
                 Verdict::Continue => return Settled::Continue,
                 Verdict::Reply(reply) => {
-                    self.replied = true;
                     host.send_reply(&reply);
                     return Settled::Held;
                 }
@@ -235,7 +223,7 @@ impl<F: Filter> Http<F> {
                         verdict =
                             match (&self.state, &self.route, &mut self.request) {
                                 (Some(state), Some(route), Some(request)) => state
-                                    .filter
+                                    .stages
                                     .on_call_done(route, request, CallOutcome::NotSent, host),
                                 _ => Verdict::Continue,
                             };
@@ -246,7 +234,7 @@ impl<F: Filter> Http<F> {
     }
 }
 
-impl<F: Filter> HttpContext for Http<F> {
+impl<S: Stages> HttpContext for Http<S> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // A handle of our own: `settle` below needs `self` mutably.
         let Some(state) = self.state.clone() else {
@@ -257,7 +245,7 @@ impl<F: Filter> HttpContext for Http<F> {
         let Some(route) = state.route(&route_name, &mut host) else {
             return Action::Continue;
         };
-        let (verdict, request) = state.filter.on_request(&route, &mut host);
+        let (verdict, request) = state.stages.on_request(&route, &mut host);
         self.route = Some(route);
         self.request = Some(request);
         match self.settle(verdict, &mut host) {
@@ -267,27 +255,21 @@ impl<F: Filter> HttpContext for Http<F> {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.replied {
-            return Action::Continue;
-        }
         if let (Some(state), Some(route), Some(request)) =
             (&self.state, &self.route, &mut self.request)
         {
             let mut host = Proxy::response(&state.rng);
-            state.filter.on_response(route, request, &mut host);
+            state.stages.on_response(route, request, &mut host);
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        if self.replied {
-            return;
-        }
         if let (Some(state), Some(route), Some(request)) =
             (&self.state, &self.route, &mut self.request)
         {
             let mut host = Proxy::done(&state.rng);
-            state.filter.on_done(route, request, &mut host);
+            state.stages.on_done(route, request, &mut host);
         }
     }
 }
