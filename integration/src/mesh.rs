@@ -94,10 +94,18 @@ impl Modules {
         }
     }
 
-    /// The modules this run loads; panics on a bad `MESH_MODULES` (for tests that skip a
-    /// check one of them cannot make).
+    /// The modules this run loads; panics on a bad `MESH_MODULES`.
     pub fn current() -> Self {
         Self::from_env().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The Envoy plugin name `filter` runs under (`mesh.<module>`): it prefixes shared-data
+    /// keys, which the breaker's transition log line shows.
+    pub fn plugin(self, filter: &str) -> String {
+        match self {
+            Self::Bundle if BUNDLE_STAGES.contains(&filter) => "mesh.bundle".to_owned(),
+            _ => format!("mesh.{filter}"),
+        }
     }
 }
 
@@ -107,7 +115,7 @@ pub const BUNDLE_STAGES: [&str; 4] = ["traceid", "canary", "ratelimit", "breaker
 /// The filters as `modules` loads them: with the bundle, the stages the test asked for become
 /// one `bundle` filter (at the place of the first), its plugin JSON an object keyed by stage
 /// holding each filter's JSON verbatim (empty JSON as `{}`, which the filter reads alike), and
-/// the failure policy of any of them.
+/// the failure policy of any of them. Other modules (the fixture) keep their places.
 fn load_as(modules: Modules, filters: Vec<FilterSpec>) -> Vec<FilterSpec> {
     if modules == Modules::Separate
         || !filters
@@ -142,14 +150,22 @@ fn load_as(modules: Modules, filters: Vec<FilterSpec>) -> Vec<FilterSpec> {
             _ => out.push(spec),
         }
     }
-    stages.sort_by_key(|(index, _)| *index);
+    // JSON that does not parse (tests of config errors) goes last and the object stays open,
+    // so the bundle's parser meets the mistake as written: a truncated config is truncated.
+    let broken = |json: &str| serde_json::from_str::<Value>(json).is_err();
+    stages.sort_by_key(|(index, json)| (broken(json), *index));
     let json = stages
         .iter()
         .map(|(index, json)| format!("\"{}\": {json}", BUNDLE_STAGES[*index]))
         .collect::<Vec<_>>()
         .join(", ");
+    let close = if stages.iter().any(|(_, json)| broken(json)) {
+        ""
+    } else {
+        "}"
+    };
     if let Some(bundle) = out.iter_mut().find(|f| f.module == "bundle") {
-        bundle.plugin_json = format!("{{{json}}}");
+        bundle.plugin_json = format!("{{{json}{close}");
         bundle.failure_policy = failure_policy;
     }
     out

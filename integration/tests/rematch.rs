@@ -42,14 +42,11 @@ fn the_stages_after_the_canary_tag_use_the_route_chosen_before_it() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     // The run loads what it says: the bundle, or the filters' own modules.
-    let plugin = match Modules::current() {
-        Modules::Bundle => "mesh.bundle",
-        Modules::Separate => "mesh.ratelimit",
-    };
+    let plugin = Modules::current().plugin("ratelimit");
     let log = mesh.envoy_log();
     assert!(
         log.lines()
-            .any(|l| l.contains(plugin) && l.contains("ratelimit config=loaded")),
+            .any(|l| l.contains(&plugin) && l.contains("ratelimit config=loaded")),
         "no config line from {plugin}"
     );
 
