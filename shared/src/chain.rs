@@ -9,9 +9,10 @@
 //! - a [`Verdict::Call`] holds the chain; the call's outcome goes to the stage that asked for
 //!   it ([`Filter::on_call_done`]), and when that stage lets the request go on, the later
 //!   stages run;
-//! - the response and done phases run the stages that saw the request, in reverse order,
-//!   except a stage that answered the request itself (as the adapter never ran a filter's
-//!   response phase for its own reply);
+//! - the response and done phases run the stages that saw the request, in reverse order
+//!   (Envoy's order for response filters; of the four filters only the breaker has a done
+//!   phase), except a stage that answered the request itself (as the adapter never ran a
+//!   filter's response or done phase for its own reply);
 //! - every stage reads the route name the module read once, before any stage ran: a later
 //!   module reads the same name (`xds.route_name` keeps the route chosen before a filter
 //!   changed headers; `integration/tests/rematch.rs` shows it).
