@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Builds every filter for wasm32-wasip1 in release, shrinks it with `wasm-opt -Oz` and
-# writes dist/<filter>.wasm. Prints sizes; fails if a module is over the 150 KB budget.
+# writes dist/<filter>.wasm. Prints sizes; fails if a module is over its budget (150 KB; the
+# bundle 200 KB).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 BUDGET=$((150 * 1024))
+# The bundle (filters/bundle) carries the four filters' own code (25-37 KB each) on one copy
+# of the SDK, std and adapter (~75 KB): 172 KB when it was made, against 403 KB for the four
+# modules. 200 KB leaves room for the filters' growth and still says "one module's cost",
+# not "four modules' bytes in one file".
+BUNDLE_BUDGET=$((200 * 1024))
 
 ensure_rust
 ensure_binaryen
@@ -61,8 +67,10 @@ for f in "${filters[@]}"; do
     drop_exports "dist/$f.wasm" "dist/$f.wasm.tmp" && mv "dist/$f.wasm.tmp" "dist/$f.wasm"
   fi
   size=$(stat -c %s "dist/$f.wasm")
+  budget=$BUDGET
+  [ "$f" = bundle ] && budget=$BUNDLE_BUDGET
   verdict="ok"
-  if [ "$size" -gt "$BUDGET" ]; then verdict="OVER BUDGET"; over=1; fi
+  if [ "$size" -gt "$budget" ]; then verdict="OVER BUDGET ($((budget / 1024)) KB)"; over=1; fi
   printf '  dist/%-14s %7d bytes (%3d KB)  %s\n' "$f.wasm" "$size" $((size / 1024)) "$verdict"
 done
-[ "$over" = 0 ] || die "a module is over the $((BUDGET / 1024)) KB budget"
+[ "$over" = 0 ] || die "a module is over its budget"

@@ -4,6 +4,9 @@
 # real-Envoy and Prometheus integration tests and a smoke run of scripts/run-local.sh.
 # Installs what it needs.
 #
+# The filter tests (integration/tests/{traceid,canary,ratelimit,global_ratelimit,breaker,rematch,order}.rs) run twice:
+# with each filter's own module, then with MESH_MODULES=bundle (dist/bundle.wasm).
+#
 # MESH_HARNESS chooses where Envoy runs: docker (the default here: a container from
 # ENVOY_IMAGE, default the local image scripts/envoy-image.sh builds; a docker daemon is
 # started when none answers and stopped at the end, see ensure_docker in lib.sh) or process
@@ -86,6 +89,10 @@ fi
 # The global rate limit tests run Debian's redis-server (started and stopped by the harness).
 ensure_apt redis-server redis-server
 cargo test --locked -p mesh-integration --quiet
+
+say "the filters' integration tests again, against the bundle (MESH_MODULES=bundle: dist/bundle.wasm)"
+MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
+  --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
 SOAK_SKIP_BUILD=1 scripts/soak.sh 30

@@ -1,8 +1,24 @@
-//! The four filters, run natively: the same `configure` as `on_configure` in the module.
+//! The four filters and the bundle, run natively: the same `configure` as `on_configure` in
+//! the module.
 
 use mesh_policy::canary::{CanaryConfig, CanaryPolicy};
+use mesh_policy::chain::Stages;
 use mesh_policy::config::{ConfigError, Envelope, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, configure};
+
+/// The bundle's module name: `dist/bundle.wasm`, the OCI repository `.../bundle`.
+pub const BUNDLE: &str = "bundle";
+
+/// Every module this repository ships: the four filters, then the bundle.
+pub fn module_names() -> impl Iterator<Item = &'static str> {
+    Kind::ALL.into_iter().map(Kind::name).chain([BUNDLE])
+}
+
+/// Reads and compiles the bundle's plugin JSON with the bundle's own code (every stage's,
+/// unknown stage keys refused).
+pub fn configure_bundle(json: &[u8]) -> Result<(), ConfigError> {
+    mesh_bundle::Bundle::configure(&Plugin::default(), json).map(|_| ())
+}
 
 /// A filter of this repository, in the order a request passes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

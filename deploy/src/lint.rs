@@ -86,8 +86,11 @@ struct PluginUse {
     tables: Vec<Table>,
     /// Istio only: which workloads, and where in the chain.
     placement: Option<Placement>,
+    /// A stage of the bundle (`dist/bundle.wasm`), not a filter's own module.
+    in_bundle: bool,
 }
 
+#[derive(Clone)]
 struct Placement {
     selector: String,
     rank: (u8, i64, String),
@@ -185,40 +188,72 @@ fn subject_of(value: &Value) -> String {
     )
 }
 
-/// Which filter a WasmPlugin runs: the module named by its URL (`.../canary:0.1.0`,
+/// Which module of ours a WasmPlugin runs: the module named by its URL (`.../canary:0.1.0`,
 /// `.../canary.wasm`), else its name without a `mesh-` prefix.
-fn plugin_kind(spec: &Value, name: &str) -> Option<Kind> {
+fn plugin_module(spec: &Value, name: &str) -> Option<&'static str> {
     let url = spec["url"].as_str().unwrap_or_default();
     let last = url.rsplit('/').next().unwrap_or_default();
     let stem = last.split(['@', ':']).next().unwrap_or_default();
     let stem = stem.strip_suffix(".wasm").unwrap_or(stem);
-    Kind::from_name(stem).or_else(|| Kind::from_name(name.strip_prefix("mesh-").unwrap_or(name)))
+    let name = name.strip_prefix("mesh-").unwrap_or(name);
+    filters::module_names()
+        .find(|m| *m == stem)
+        .or_else(|| filters::module_names().find(|m| *m == name))
 }
 
-fn wasm_plugin(lint: &mut Lint<'_>, doc: &Doc, tables: &[Table]) -> Option<PluginUse> {
+/// The filters a WasmPlugin runs, each with its plugin JSON: one, or the bundle's stages (each
+/// checked like the filter's own plugin, at `spec.pluginConfig.<stage>`).
+fn wasm_plugin(lint: &mut Lint<'_>, doc: &Doc, tables: &[Table]) -> Vec<PluginUse> {
     let value = &doc.value;
     let spec = &value["spec"];
     let subject = subject_of(value);
     let name = value["metadata"]["name"].as_str().unwrap_or_default();
-    let Some(kind) = plugin_kind(spec, name) else {
+    let Some(module) = plugin_module(spec, name) else {
         lint.push(
             Severity::Warning,
             &doc.file,
             &subject,
             "spec.url",
-            "not one of this repository's filters (traceid, canary, ratelimit, breaker): not checked"
+            "not one of this repository's modules (traceid, canary, ratelimit, breaker, bundle): not checked"
                 .to_owned(),
         );
-        return None;
+        return Vec::new();
     };
-    check_sha256(lint, doc, &subject, kind);
+    check_sha256(lint, doc, &subject, module);
     let config = &spec["pluginConfig"];
-    let json = if config.is_null() {
-        String::new()
-    } else {
-        plugin_json::from_struct(config)
+    let json_of = |config: &Value| {
+        if config.is_null() {
+            String::new()
+        } else {
+            plugin_json::from_struct(config)
+        }
     };
-    let has_routes = config["routes"].as_object().is_some_and(|r| !r.is_empty());
+    // (filter, its plugin JSON, where that sits)
+    let mut stages: Vec<(Kind, &Value, String)> = Vec::new();
+    if let Some(kind) = Kind::from_name(module) {
+        stages.push((kind, config, "spec.pluginConfig".to_owned()));
+    } else {
+        if let Err(e) = filters::configure_bundle(json_of(config).as_bytes()) {
+            lint.push(
+                Severity::Error,
+                &doc.file,
+                &subject,
+                &field_at("spec.pluginConfig", &e),
+                format!(
+                    "the bundle refuses this config (Envoy would log \"bundle config=rejected ... error={e}\")"
+                ),
+            );
+            return Vec::new();
+        }
+        for kind in Kind::ALL {
+            if let Some(stage) = config.get(kind.name()) {
+                stages.push((kind, stage, format!("spec.pluginConfig.{}", kind.name())));
+            }
+        }
+    }
+    let has_routes = stages
+        .iter()
+        .any(|(_, config, _)| config["routes"].as_object().is_some_and(|r| !r.is_empty()));
     let client_only = spec["match"]
         .as_array()
         .is_some_and(|m| !m.is_empty() && m.iter().all(|s| s["mode"] == "CLIENT"));
@@ -247,36 +282,41 @@ fn wasm_plugin(lint: &mut Lint<'_>, doc: &Doc, tables: &[Table]) -> Option<Plugi
     } else {
         format!("selector {}", spec["selector"])
     };
-    Some(PluginUse {
-        kind,
-        file: doc.file.clone(),
-        subject,
-        at: "spec.pluginConfig".to_owned(),
-        json,
-        tables: tables.to_vec(),
-        placement: Some(Placement {
-            selector: format!(
-                "{} in {}",
-                selector,
-                value["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("its namespace")
+    let placement = Placement {
+        selector: format!(
+            "{} in {}",
+            selector,
+            value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("its namespace")
+        ),
+        rank: (
+            phase,
+            -spec["priority"].as_i64().unwrap_or(0),
+            format!(
+                "{}/{}",
+                value["metadata"]["namespace"].as_str().unwrap_or(""),
+                name
             ),
-            rank: (
-                phase,
-                -spec["priority"].as_i64().unwrap_or(0),
-                format!(
-                    "{}/{}",
-                    value["metadata"]["namespace"].as_str().unwrap_or(""),
-                    name
-                ),
-            ),
-        }),
-    })
+        ),
+    };
+    stages
+        .into_iter()
+        .map(|(kind, config, at)| PluginUse {
+            kind,
+            file: doc.file.clone(),
+            subject: subject.clone(),
+            at,
+            json: json_of(config),
+            tables: tables.to_vec(),
+            placement: Some(placement.clone()),
+            in_bundle: Kind::from_name(module).is_none(),
+        })
+        .collect()
 }
 
 /// The digest a WasmPlugin's `sha256` must have for the module this repository built.
-pub fn expected_sha256(url: &str, kind: Kind, dist: &Path) -> Result<String, String> {
+pub fn expected_sha256(url: &str, module: &str, dist: &Path) -> Result<String, String> {
     if url.starts_with("oci://") || !url.contains("://") {
         let reference = url.trim_start_matches("oci://");
         let tag = reference
@@ -284,19 +324,19 @@ pub fn expected_sha256(url: &str, kind: Kind, dist: &Path) -> Result<String, Str
             .next()
             .and_then(|last| last.split_once(':'))
             .map(|(_, tag)| tag);
-        let layout = dist.join("oci").join(kind.name());
+        let layout = dist.join("oci").join(module);
         let pulled = oci::read_layout(&layout, tag.filter(|t| !t.starts_with("sha256")))
             .map_err(|e| format!("{e} (run scripts/package.sh)"))?;
         Ok(pulled.digest)
     } else {
-        let module = dist.join(format!("{}.wasm", kind.name()));
-        let bytes = fs::read(&module)
-            .map_err(|e| format!("{}: {e} (run scripts/build.sh)", module.display()))?;
+        let file = dist.join(format!("{module}.wasm"));
+        let bytes = fs::read(&file)
+            .map_err(|e| format!("{}: {e} (run scripts/build.sh)", file.display()))?;
         Ok(oci::sha256_hex(&bytes))
     }
 }
 
-fn check_sha256(lint: &mut Lint<'_>, doc: &Doc, subject: &str, kind: Kind) {
+fn check_sha256(lint: &mut Lint<'_>, doc: &Doc, subject: &str, module: &str) {
     let spec = &doc.value["spec"];
     let url = spec["url"].as_str().unwrap_or_default();
     let sha = spec["sha256"].as_str().unwrap_or_default();
@@ -339,19 +379,19 @@ fn check_sha256(lint: &mut Lint<'_>, doc: &Doc, subject: &str, kind: Kind) {
     let Some(dist) = &lint.options.dist else {
         return;
     };
-    match expected_sha256(url, kind, dist) {
+    match expected_sha256(url, module, dist) {
         Ok(expected) if expected == sha => {}
         Ok(expected) => {
             let what = if url.starts_with("file://") || url.starts_with("http") {
                 format!(
                     "the sha256 of {}",
-                    dist.join(format!("{}.wasm", kind.name())).display()
+                    dist.join(format!("{module}.wasm")).display()
                 )
             } else {
                 format!(
                     "the manifest digest of the image in {} (for oci:// urls Istio checks the \
                      image manifest's digest, not the module's)",
-                    dist.join("oci").join(kind.name()).display()
+                    dist.join("oci").join(module).display()
                 )
             };
             lint.push(
@@ -422,6 +462,7 @@ fn envoy_config(lint: &mut Lint<'_>, doc: &Doc, uses: &mut Vec<PluginUse>) {
                 json,
                 tables: tables.clone(),
                 placement: None,
+                in_bundle: false,
             });
         }
     }
@@ -456,13 +497,7 @@ fn check_plugin(lint: &mut Lint<'_>, u: &PluginUse, all: &[PluginUse]) {
     let configured = match u.kind.configure(u.json.as_bytes()) {
         Ok(c) => c,
         Err(e) => {
-            let field = if e.path().as_str().is_empty() {
-                u.at.clone()
-            } else if e.path().as_str().starts_with('[') {
-                format!("{}{}", u.at, e.path())
-            } else {
-                format!("{}.{}", u.at, e.path())
-            };
+            let field = field_at(&u.at, &e);
             lint.push(
                 Severity::Error,
                 &u.file,
@@ -516,6 +551,17 @@ fn check_plugin(lint: &mut Lint<'_>, u: &PluginUse, all: &[PluginUse]) {
         check_canary(lint, u, &configured);
     } else if u.kind > Kind::Canary {
         check_after_canary(lint, u, all);
+    }
+}
+
+/// The manifest field of a config error: `at` (the plugin JSON's place) and the error's path.
+fn field_at(at: &str, e: &mesh_policy::config::ConfigError) -> String {
+    if e.path().as_str().is_empty() {
+        at.to_owned()
+    } else if e.path().as_str().starts_with('[') {
+        format!("{at}{}", e.path())
+    } else {
+        format!("{at}.{}", e.path())
     }
 }
 
@@ -660,6 +706,25 @@ fn check_istio_order(lint: &mut Lint<'_>, uses: &[PluginUse]) {
         }
     }
     for (_, mut group) in groups {
+        // The bundle runs every filter it configures: another plugin of ours beside it runs a
+        // filter twice, or out of order.
+        if let Some(bundle) = group.iter().find(|u| u.in_bundle)
+            && let Some(other) = group.iter().find(|u| u.subject != bundle.subject)
+        {
+            lint.push(
+                Severity::Warning,
+                &bundle.file,
+                &bundle.subject,
+                "spec.selector",
+                format!(
+                    "the bundle and {} ({}) select the same workloads: a workload runs the \
+                     bundle or the separate plugins, not both (a filter would run twice, or \
+                     out of order)",
+                    other.subject, other.file
+                ),
+            );
+            continue;
+        }
         group.sort_by(|a, b| {
             let rank = |u: &PluginUse| u.placement.as_ref().map(|p| p.rank.clone());
             rank(a).cmp(&rank(b))

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::docs;
-use crate::filters::Kind;
+use crate::filters;
 use crate::lint::expected_sha256;
 
 /// The text with every WasmPlugin of ours pinned; `None` when nothing changes.
@@ -19,9 +19,9 @@ pub fn pin_text(file: &str, text: &str, dist: &Path) -> Result<Option<String>, S
         if let [doc] = parsed.as_slice()
             && doc.value["kind"] == "WasmPlugin"
             && let Some(url) = doc.value["spec"]["url"].as_str()
-            && let Some(kind) = plugin_kind(url)
+            && let Some(module) = module_of(url)
         {
-            let sha = expected_sha256(url, kind, dist)?;
+            let sha = expected_sha256(url, module, dist)?;
             let sha_line = lines
                 .iter()
                 .position(|l| l.trim_start().starts_with("sha256:"));
@@ -50,10 +50,12 @@ pub fn pin_text(file: &str, text: &str, dist: &Path) -> Result<Option<String>, S
     Ok(changed.then(|| out.concat()))
 }
 
-fn plugin_kind(url: &str) -> Option<Kind> {
+/// The module of ours a url names (a filter or the bundle).
+fn module_of(url: &str) -> Option<&'static str> {
     let last = url.rsplit('/').next()?;
     let stem = last.split(['@', ':']).next()?;
-    Kind::from_name(stem.strip_suffix(".wasm").unwrap_or(stem))
+    let stem = stem.strip_suffix(".wasm").unwrap_or(stem);
+    filters::module_names().find(|m| *m == stem)
 }
 
 fn indent_of(line: &str) -> &str {

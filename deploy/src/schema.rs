@@ -211,6 +211,49 @@ fn breaker_policy() -> Value {
     policy
 }
 
+/// The schema of the bundle's plugin JSON: an object keyed by stage, each value the envelope
+/// of that filter's own schema (its policy under `$defs/<filter>`).
+pub fn bundle_schema() -> Value {
+    let mut defs = serde_json::Map::new();
+    let mut stages = serde_json::Map::new();
+    for kind in Kind::ALL {
+        let name = kind.name();
+        let policy = format!("#/$defs/{name}");
+        defs.insert(
+            name.to_owned(),
+            plugin_schema(kind)["$defs"]["policy"].clone(),
+        );
+        stages.insert(
+            name.to_owned(),
+            json!({
+                "description": format!("The {name} stage: the plugin JSON of dist/{name}.wasm. Absent: the stage is off."),
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "default": {"$ref": policy},
+                    "routes": {"type": "object", "additionalProperties": {"$ref": policy}}
+                }
+            }),
+        );
+    }
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "mesh-filters bundle (bundle): plugin JSON",
+        "description": "One key per stage, in the order they run (traceid, canary, ratelimit, breaker); each value is exactly the plugin JSON of that filter's own module. Written by mesh-schema from the four filters' schemas.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": stages,
+        "$defs": defs
+    })
+}
+
+/// The bundle's schema as committed (`bundle.schema.json`).
+pub fn render_bundle() -> String {
+    let mut text = serde_json::to_string_pretty(&bundle_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// The committed file name of a filter's schema.
 pub fn file_name(kind: Kind) -> String {
     format!("{}.schema.json", kind.name())

@@ -23,12 +23,13 @@ fn read(rel: &str) -> String {
     fs::read_to_string(root().join(rel)).unwrap()
 }
 
-const ISTIO: [&str; 5] = [
+const ISTIO: [&str; 6] = [
     "istio/demo.yaml",
     "istio/traceid.yaml",
     "istio/canary.yaml",
     "istio/ratelimit.yaml",
     "istio/breaker.yaml",
+    "istio/bundle.yaml",
 ];
 
 /// The repository's Istio manifests, with `edit` applied to the file `rel`.
@@ -115,6 +116,57 @@ fn a_config_the_filter_refuses_is_an_error_with_the_filters_message() {
     assert!(
         f.message.contains("expected a string, found the number 1"),
         "{f}"
+    );
+}
+
+#[test]
+fn the_bundle_is_checked_stage_by_stage_with_its_own_message() {
+    // A stage's config the filter refuses: the bundle's error names the stage.
+    let found = findings(&istio_with("istio/bundle.yaml", |t| {
+        t.replace("consecutive_failures: 3", "consecutive_failures: 0")
+    }));
+    let f = only(&found, Severity::Error);
+    assert_eq!(
+        f.field,
+        r#"spec.pluginConfig.breaker.routes["fragile"].consecutive_failures"#
+    );
+    assert!(
+        f.message.contains(
+            r#"error=breaker.routes["fragile"].consecutive_failures: must be between 1 and 1000000"#
+        ),
+        "{f}"
+    );
+
+    // A key that is no stage.
+    let found = findings(&istio_with("istio/bundle.yaml", |t| {
+        t.replace("    ratelimit:\n", "    ratelimits:\n")
+    }));
+    let f = only(&found, Severity::Error);
+    assert_eq!(f.field, "spec.pluginConfig.ratelimits");
+    assert!(
+        f.message.contains(
+            "unknown field, expected one of \"traceid\", \"canary\", \"ratelimit\", \"breaker\""
+        ),
+        "{f}"
+    );
+
+    // Each stage's routes are checked like the filter's own plugin's.
+    let found = findings(&istio_with("istio/bundle.yaml", |t| {
+        t.replace("        limited:\n", "        limitted:\n")
+    }));
+    let f = only(&found, Severity::Error);
+    assert_eq!(f.field, r#"spec.pluginConfig.ratelimit.routes["limitted"]"#);
+
+    // The bundle and a separate plugin of one of its filters on the same workloads.
+    let found = findings(&istio_with("istio/bundle.yaml", |t| {
+        t.replace("app: storefront", "app: frontend")
+    }));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.file == "istio/bundle.yaml"
+                && f.message.contains("select the same workloads")),
+        "{found:#?}"
     );
 }
 

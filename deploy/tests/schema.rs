@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use mesh_deploy::docs;
 use mesh_deploy::filters::Kind;
 use mesh_deploy::plugin_json;
-use mesh_deploy::schema::{file_name, plugin_schema, render};
+use mesh_deploy::schema::{bundle_schema, file_name, plugin_schema, render, render_bundle};
 use mesh_policy::config::ConfigError;
 use serde_json::{Value, json};
 
@@ -33,6 +33,36 @@ fn committed_schemas_are_current() {
             path.display()
         );
     }
+    let path = root().join("istio/schema/bundle.schema.json");
+    assert!(
+        fs::read_to_string(&path).unwrap_or_default() == render_bundle(),
+        "{} is stale: run `cargo run -p mesh-deploy --bin mesh-schema` and commit it",
+        path.display()
+    );
+}
+
+/// The bundle's schema is the four filters' envelopes under their stage keys: what each
+/// filter's schema accepts there, it accepts; a key that is no stage, it refuses, as the
+/// bundle's reader does.
+#[test]
+fn the_bundle_schema_composes_the_filters_schemas() {
+    let bundle = jsonschema::validator_for(&bundle_schema()).unwrap();
+    let reader = |json: &Value| mesh_deploy::filters::configure_bundle(json.to_string().as_bytes());
+    for kind in Kind::ALL {
+        let ok = json!({kind.name(): {"default": {}}});
+        let filter_ok = Checker::new(kind)
+            .validator
+            .is_valid(&json!({"default": {}}));
+        assert_eq!(bundle.is_valid(&ok), filter_ok, "{ok}");
+        let wrong = json!({kind.name(): {"default": {"no_such_field": 1}}});
+        assert!(
+            !bundle.is_valid(&wrong) && reader(&wrong).is_err(),
+            "{wrong}"
+        );
+    }
+    let unknown = json!({"ratelimits": {}});
+    assert!(!bundle.is_valid(&unknown) && reader(&unknown).is_err());
+    assert!(bundle.is_valid(&json!({})) && reader(&json!({})).is_ok());
 }
 
 /// What the filter's own reader and compile say about a policy.
@@ -259,6 +289,15 @@ fn every_plugin_config_in_the_repository_fits_its_schema() {
             let v = &doc.value;
             if v["kind"] == "WasmPlugin" {
                 let url = v["spec"]["url"].as_str().unwrap();
+                if url.contains("/bundle:") {
+                    let json: Value =
+                        serde_json::from_str(&plugin_json::from_struct(&v["spec"]["pluginConfig"]))
+                            .unwrap();
+                    let bundle = jsonschema::validator_for(&bundle_schema()).unwrap();
+                    assert!(bundle.is_valid(&json), "{}: {json}", doc.file);
+                    seen += 1;
+                    continue;
+                }
                 let kind = Kind::ALL
                     .into_iter()
                     .find(|k| url.contains(&format!("/{}:", k.name())))
@@ -298,6 +337,8 @@ fn every_plugin_config_in_the_repository_fits_its_schema() {
             seen += 1;
         }
     }
-    // 5 WasmPlugins in istio/ (ratelimit-global.yaml too), 4 filters in envoy.yaml.
-    assert_eq!(seen, 9);
+    assert_eq!(
+        seen, 10,
+        "six WasmPlugins (ratelimit-global.yaml and the bundle too), four Envoy filters"
+    );
 }

@@ -74,6 +74,103 @@ pub fn demo_routes() -> Vec<RouteSpec> {
     ]
 }
 
+/// How the four filters are loaded: each from its own module (`MESH_MODULES` unset or
+/// `separate`), or all from `dist/bundle.wasm` (`MESH_MODULES=bundle`). Read here only, so
+/// every filter test runs against either without knowing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modules {
+    Separate,
+    Bundle,
+}
+
+impl Modules {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MESH_MODULES").as_deref() {
+            Err(_) | Ok("" | "separate") => Ok(Self::Separate),
+            Ok("bundle") => Ok(Self::Bundle),
+            Ok(other) => Err(format!(
+                "MESH_MODULES={other:?}: expected \"separate\" or \"bundle\""
+            )),
+        }
+    }
+
+    /// The modules this run loads; panics on a bad `MESH_MODULES`.
+    pub fn current() -> Self {
+        Self::from_env().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The Envoy plugin name `filter` runs under (`mesh.<module>`): it prefixes shared-data
+    /// keys, which the breaker's transition log line shows.
+    pub fn plugin(self, filter: &str) -> String {
+        match self {
+            Self::Bundle if BUNDLE_STAGES.contains(&filter) => "mesh.bundle".to_owned(),
+            _ => format!("mesh.{filter}"),
+        }
+    }
+}
+
+/// The bundle's stages, in its fixed order: their plugin JSON goes under these keys.
+pub const BUNDLE_STAGES: [&str; 4] = ["traceid", "canary", "ratelimit", "breaker"];
+
+/// The filters as `modules` loads them: with the bundle, the stages the test asked for become
+/// one `bundle` filter (at the place of the first), its plugin JSON an object keyed by stage
+/// holding each filter's JSON verbatim (empty JSON as `{}`, which the filter reads alike), and
+/// the failure policy of any of them. Other modules (the fixture) keep their places.
+fn load_as(modules: Modules, filters: Vec<FilterSpec>) -> Vec<FilterSpec> {
+    if modules == Modules::Separate
+        || !filters
+            .iter()
+            .any(|f| f.wasm.is_none() && BUNDLE_STAGES.contains(&f.module.as_str()))
+    {
+        return filters;
+    }
+    let mut stages: Vec<(usize, String)> = Vec::new();
+    let mut failure_policy = None;
+    let mut out = Vec::new();
+    for spec in filters {
+        let stage = BUNDLE_STAGES.iter().position(|s| *s == spec.module);
+        match stage {
+            Some(index) if spec.wasm.is_none() => {
+                if stages.is_empty() {
+                    out.push(FilterSpec {
+                        module: "bundle".to_owned(),
+                        wasm: None,
+                        plugin_json: String::new(),
+                        failure_policy: None,
+                    });
+                }
+                let json = if spec.plugin_json.trim().is_empty() {
+                    "{}".to_owned()
+                } else {
+                    spec.plugin_json
+                };
+                stages.push((index, json));
+                failure_policy = failure_policy.or(spec.failure_policy);
+            }
+            _ => out.push(spec),
+        }
+    }
+    // JSON that does not parse (tests of config errors) goes last and the object stays open,
+    // so the bundle's parser meets the mistake as written: a truncated config is truncated.
+    let broken = |json: &str| serde_json::from_str::<Value>(json).is_err();
+    stages.sort_by_key(|(index, json)| (broken(json), *index));
+    let json = stages
+        .iter()
+        .map(|(index, json)| format!("\"{}\": {json}", BUNDLE_STAGES[*index]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let close = if stages.iter().any(|(_, json)| broken(json)) {
+        ""
+    } else {
+        "}"
+    };
+    if let Some(bundle) = out.iter_mut().find(|f| f.module == "bundle") {
+        bundle.plugin_json = format!("{{{json}{close}");
+        bundle.failure_policy = failure_policy;
+    }
+    out
+}
+
 /// One wasm filter of the chain.
 #[derive(Debug)]
 struct FilterSpec {
@@ -185,10 +282,11 @@ impl MeshBuilder {
             log: String::new(),
         };
         let harness = Harness::from_env().map_err(fail)?;
+        let filters = load_as(Modules::from_env().map_err(fail)?, self.filters);
         let dist = envoy::dist_dir();
         let mut http_filters = Vec::new();
         let mut modules = Vec::new();
-        for spec in &self.filters {
+        for spec in &filters {
             let wasm = spec
                 .wasm
                 .clone()

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use mesh_integration::{Mesh, Reply, RouteSpec};
+use mesh_integration::{Mesh, Modules, Reply, RouteSpec};
 
 /// `fragile` and `sibling` go to v1, `other` to v2, `timeout` to v1 with a 300 ms timeout,
 /// `down` to a port nothing listens on, `plain` to v1.
@@ -132,7 +132,7 @@ fn three_failures_open_it_and_the_fallback_answers_without_the_upstream() {
     assert_eq!(gauge(&mesh, "fragile"), 1);
     assert!(
         mesh.envoy_log()
-            .contains("breaker route=fragile key=mesh.breaker/mesh.breaker/breaker/route/fragile from=closed to=open reason=consecutive_failures window_calls=3 window_failures=3"),
+            .contains(&format!("breaker route=fragile key={plugin}/{plugin}/breaker/route/fragile from=closed to=open reason=consecutive_failures window_calls=3 window_failures=3", plugin = Modules::current().plugin("breaker"))),
         "the transition is logged"
     );
 }

@@ -139,9 +139,9 @@ pub trait Filter: Sized {
     fn on_done(&self, _route: &Self::Route, _request: &mut Self::Request, _host: &mut impl Host) {}
 }
 
-/// Reads and compiles plugin JSON for `filter`: the adapter's `on_configure` steps (kept
-/// inline there, where a shared call costs module bytes), run natively by `mesh-lint` so it
-/// reports exactly the error Envoy would log.
+/// Reads and compiles plugin JSON for `filter`: what the adapter's `on_configure` runs for a
+/// filter's own module (through [`Stage`](crate::chain::Stage)), run natively by `mesh-lint`
+/// so it reports exactly the error Envoy would log.
 pub fn configure<F: Filter>(filter: &F, json: &[u8]) -> Result<Routes<F::Policy>, ConfigError> {
     Envelope::<F::Config>::from_json(json)
         .and_then(|envelope| envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at)))

@@ -5,7 +5,9 @@
 //!
 //! - [`config`]: the per-route envelope, field paths and typed config errors.
 //! - [`host`]: what a filter may ask of the proxy, split by request phase.
-//! - [`filter`]: the [`filter::Filter`] trait every filter implements and the adapter drives.
+//! - [`filter`]: the [`filter::Filter`] trait every filter implements.
+//! - [`chain`]: what the adapter drives: one filter ([`chain::Stage`]) or filters chained in
+//!   one module (the bundle).
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`hash`]: the stable hash behind slots and cohorts.
@@ -19,6 +21,7 @@
 
 pub mod breaker;
 pub mod canary;
+pub mod chain;
 pub mod config;
 pub mod fake;
 pub mod filter;

@@ -1,6 +1,6 @@
 //! `mesh-oci`: Wasm OCI images of the built filters, and pinning manifests to them.
 //!
-//! - `mesh-oci layout --dist dist`: for each `dist/<filter>.wasm`, the compat-variant image in
+//! - `mesh-oci layout --dist dist`: for each `dist/<filter>.wasm` (and `dist/bundle.wasm`), the compat-variant image in
 //!   the OCI image layout `dist/oci/<filter>`, tagged with the filter crate's version.
 //! - `mesh-oci read DIR [--tag T]`: reads a layout back as Istio would; prints the manifest
 //!   digest and the module's sha256.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_deploy::filters::Kind;
+use mesh_deploy::filters;
 use mesh_deploy::{oci, pin};
 
 /// The image tag: the version the filter crates share.
@@ -56,11 +56,11 @@ enum Command {
 fn run(args: Args) -> Result<(), String> {
     match args.command {
         Command::Layout { dist, tag } => {
-            for kind in Kind::ALL {
-                let module = dist.join(format!("{}.wasm", kind.name()));
+            for name in filters::module_names() {
+                let module = dist.join(format!("{name}.wasm"));
                 let wasm = fs::read(&module).map_err(|e| format!("{}: {e}", module.display()))?;
-                let image = oci::image(&wasm, kind.name())?;
-                let dir = dist.join("oci").join(kind.name());
+                let image = oci::image(&wasm, name)?;
+                let dir = dist.join("oci").join(name);
                 let digest = oci::write_layout(&dir, &image, &tag)?;
                 println!(
                     "{}:{tag} sha256:{digest} (module sha256:{})",

@@ -1,5 +1,5 @@
 //! `mesh-schema [DIR]`: writes `DIR/<filter>.schema.json` (default `istio/schema`), the JSON
-//! Schema of each filter's plugin JSON. `deploy/tests/schema.rs` fails when the committed
+//! Schema of each filter's plugin JSON, and `bundle.schema.json` for the bundle's. `deploy/tests/schema.rs` fails when the committed
 //! copies differ from what this writes.
 
 use std::fs;
@@ -19,9 +19,13 @@ fn main() -> ExitCode {
         eprintln!("mesh-schema: {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }
-    for kind in Kind::ALL {
-        let path = dir.join(schema::file_name(kind));
-        if let Err(e) = fs::write(&path, schema::render(kind)) {
+    let files = Kind::ALL
+        .into_iter()
+        .map(|kind| (schema::file_name(kind), schema::render(kind)))
+        .chain([("bundle.schema.json".to_owned(), schema::render_bundle())]);
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Err(e) = fs::write(&path, text) {
             eprintln!("mesh-schema: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }

@@ -1,15 +1,17 @@
 //! The only code that talks to the proxy-wasm SDK.
 //!
-//! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module: a root context that
-//! compiles the plugin JSON once in `on_configure` (refusing the config on error), and an
-//! HTTP context per request that looks up the route's bound policy, runs the filter against
-//! [`host::Proxy`], and turns its [`Verdict`] into proxy-wasm actions.
+//! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module and [`export_stages!`] a
+//! chain of them (the bundle, `filters/bundle`): a root context that compiles the plugin JSON
+//! once in `on_configure` (refusing the config on error), and an HTTP context per request that
+//! looks up the route's bound stages, runs them against [`host::Proxy`] ([`Stages`] keeps
+//! their order, holds and short-circuits), and turns the [`Verdict`] into proxy-wasm actions.
 //!
 //! Invariants kept here:
 //! - `on_configure` returns false on any config error, so Envoy refuses the config.
-//! - The route name is read once per request (`xds.route_name`); the bound route is cached
+//! - The route name is read once per request (`xds.route_name`); the bound stages are cached
 //!   per route name for the VM's lifetime (route names are finite: they come from config).
-//! - A filter's response and done phases do not run for a local reply the filter sent itself.
+//! - A filter's response and done phases do not run for a local reply the filter sent itself
+//!   ([`Stages`] skips that stage).
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
 //! - A held request is released by its call's deadline even when Envoy's own timeout does not
 //!   fire (Kuadrant wasm-shim#425: calls queued for a cluster without healthy endpoints): the
@@ -26,8 +28,8 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use mesh_policy::config::{Envelope, FieldPath, Routes};
-use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
+use mesh_policy::chain::Stages;
+use mesh_policy::filter::{CallOutcome, Plugin, Verdict};
 use mesh_policy::host::{Host, NANOS_PER_MS, Nanos};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
@@ -35,28 +37,41 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 pub use host::{Proxy, RequestPhase};
 pub use proxy_wasm;
 
-/// Exports `$filter` as this module's proxy-wasm entry point.
+/// Exports the filter `$filter` as this module's proxy-wasm entry point.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {
+        $crate::export_stages!($crate::Stage<$filter>);
+    };
+}
+
+/// Exports `$stages` (a [`Stages`]: a [`Stage`] or a chain of them) as this module's
+/// proxy-wasm entry point.
+#[macro_export]
+macro_rules! export_stages {
+    ($stages:ty) => {
         $crate::proxy_wasm::main! {{
-            $crate::start::<$filter>();
+            $crate::start::<$stages>();
         }}
     };
 }
 
-/// Installs the root context for `F`. Called from the module's entry point.
-pub fn start<F: Filter + 'static>() {
+pub use mesh_policy::chain::Stage;
+#[doc(no_inline)]
+pub use mesh_policy::filter::Filter;
+
+/// Installs the root context for `S`. Called from the module's entry point.
+pub fn start<S: Stages + 'static>() {
     // The SDK formats every record below this level: Info keeps per-request debug lines free.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::<F> { state: None }));
+    proxy_wasm::set_root_context(|_| Box::new(Root::<S> { state: None }));
 }
 
 /// Bound routes by Envoy route name; `None` caches "no policy applies". hashbrown, as in the
 /// SDK (std's `HashMap` costs its random seeding and SipHash in every module), with FxHash:
 /// route names come from config, not clients, so no flooding defence is needed, and foldhash's
 /// byte-slice hashing costs 2 KB more.
-type BoundRoutes<F> = HashMap<Vec<u8>, Option<Rc<<F as Filter>::Route>>, rustc_hash::FxBuildHasher>;
+type BoundRoutes<S> = HashMap<Vec<u8>, Option<Rc<<S as Stages>::Route>>, rustc_hash::FxBuildHasher>;
 
 /// How often the root context looks for overdue calls while any is out.
 const TICK: Duration = Duration::from_millis(5);
@@ -65,45 +80,41 @@ const TICK: Duration = Duration::from_millis(5);
 const ENVOY_GRACE_MS: u32 = 1000;
 
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
-struct State<F: Filter> {
-    filter: F,
-    routes: Routes<F::Policy>,
-    bound: RefCell<BoundRoutes<F>>,
+struct State<S: Stages> {
+    stages: S,
+    bound: RefCell<BoundRoutes<S>>,
     rng: RefCell<fastrand::Rng>,
     /// The calls out, with their deadlines (a handful: one per held request of this VM).
-    calls: RefCell<Vec<OutCall<F>>>,
+    calls: RefCell<Vec<OutCall<S>>>,
 }
 
-struct OutCall<F: Filter> {
+struct OutCall<S: Stages> {
     context_id: u32,
     token: u32,
     deadline: Nanos,
     /// The request's state; gone when its context was deleted.
-    core: Weak<RefCell<Core<F>>>,
+    core: Weak<RefCell<Core<S>>>,
 }
 
-impl<F: Filter> State<F> {
-    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<F::Route>> {
+impl<S: Stages> State<S> {
+    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<S::Route>> {
         if let Some(bound) = self.bound.borrow().get(name) {
             return bound.clone();
         }
         let text = String::from_utf8_lossy(name);
-        let bound = self
-            .routes
-            .policy_for(&text)
-            .map(|policy| Rc::new(self.filter.bind(Rc::clone(policy), &text, host)));
+        let bound = self.stages.bind(&text, host).map(Rc::new);
         self.bound.borrow_mut().insert(name.to_vec(), bound.clone());
         bound
     }
 }
 
-struct Root<F: Filter> {
-    state: Option<Rc<State<F>>>,
+struct Root<S: Stages> {
+    state: Option<Rc<State<S>>>,
 }
 
-impl<F: Filter> Context for Root<F> {}
+impl<S: Stages> Context for Root<S> {}
 
-impl<F: Filter + 'static> RootContext for Root<F> {
+impl<S: Stages + 'static> RootContext for Root<S> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let rng = RefCell::new(fastrand::Rng::with_seed(0));
         let probe = Proxy::configure(&rng);
@@ -120,40 +131,21 @@ impl<F: Filter + 'static> RootContext for Root<F> {
         .ok()
         .flatten()
         .unwrap_or_default();
-        let filter = F::new(&plugin);
-        let compiled = Envelope::<F::Config>::from_json(&json).and_then(|envelope| {
-            envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-        });
-        let routes = match compiled {
-            Ok(routes) => routes,
+        let stages = match S::configure(&plugin, &json) {
+            Ok(stages) => stages,
             Err(err) => {
                 // `error=` runs to the end of the line (it quotes route names).
                 log::error!(
                     "{} config=rejected plugin={} error={err}",
-                    F::NAME,
+                    S::NAME,
                     plugin.name
                 );
                 return false;
             }
         };
-        // One line per load, key=value; a config without any policy is worth a warning.
-        let level = if routes.is_empty() {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
-        log::log!(
-            level,
-            "{} config=loaded plugin={} root_id={} default={} routes={}",
-            F::NAME,
-            plugin.name,
-            plugin.root_id,
-            routes.has_default(),
-            routes.route_names().collect::<Vec<_>>().join(",")
-        );
+        stages.log_loaded(&plugin);
         self.state = Some(Rc::new(State {
-            filter,
-            routes,
+            stages,
             bound: RefCell::new(HashMap::default()),
             rng,
             calls: RefCell::new(Vec::new()),
@@ -162,14 +154,14 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     }
 
     fn on_tick(&mut self) {
-        if !F::MAKES_CALLS {
+        if !S::MAKES_CALLS {
             return;
         }
         let Some(state) = self.state.clone() else {
             return;
         };
         let now = Proxy::request(&state.rng).now();
-        let overdue: Vec<OutCall<F>> = match state.calls.try_borrow_mut() {
+        let overdue: Vec<OutCall<S>> = match state.calls.try_borrow_mut() {
             Ok(mut calls) => {
                 let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
                 *calls = waiting;
@@ -210,13 +202,12 @@ impl<F: Filter + 'static> RootContext for Root<F> {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None makes the SDK panic: an unconfigured VM passes requests through.
-        Some(Box::new(Http::<F> {
+        Some(Box::new(Http::<S> {
             state: self.state.clone(),
             context_id,
             core: Rc::new(RefCell::new(Core {
                 route: None,
                 request: None,
-                replied: false,
                 call: None,
             })),
         }))
@@ -227,26 +218,24 @@ impl<F: Filter + 'static> RootContext for Root<F> {
     }
 }
 
-struct Http<F: Filter> {
-    state: Option<Rc<State<F>>>,
+struct Http<S: Stages> {
+    state: Option<Rc<State<S>>>,
     context_id: u32,
     /// Shared with the root context's list of calls out (weakly), which may end a call.
-    core: Rc<RefCell<Core<F>>>,
+    core: Rc<RefCell<Core<S>>>,
 }
 
 /// One request's state.
-struct Core<F: Filter> {
-    route: Option<Rc<F::Route>>,
-    request: Option<F::Request>,
-    /// This filter answered locally; its response phase must not treat that as upstream's.
-    replied: bool,
+struct Core<S: Stages> {
+    route: Option<Rc<S::Route>>,
+    request: Option<S::Request>,
     /// The token of the gRPC call the request is held for.
     call: Option<u32>,
 }
 
-impl<F: Filter> Context for Http<F> {
+impl<S: Stages> Context for Http<S> {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        if !F::MAKES_CALLS {
+        if !S::MAKES_CALLS {
             return;
         }
         let Some(state) = self.state.clone() else {
@@ -283,9 +272,9 @@ impl<F: Filter> Context for Http<F> {
     }
 }
 
-impl<F: Filter> Drop for Http<F> {
+impl<S: Stages> Drop for Http<S> {
     fn drop(&mut self) {
-        if !F::MAKES_CALLS {
+        if !S::MAKES_CALLS {
             return;
         }
         // A stream that ended while its call was out: forget the call.
@@ -300,9 +289,9 @@ impl<F: Filter> Drop for Http<F> {
 
 /// Hands a call's outcome to the filter and carries out its verdict; a request let go is
 /// resumed.
-fn call_done<F: Filter>(
-    state: &State<F>,
-    shared: &Rc<RefCell<Core<F>>>,
+fn call_done<S: Stages>(
+    state: &State<S>,
+    shared: &Rc<RefCell<Core<S>>>,
     context_id: u32,
     token: u32,
     outcome: CallOutcome,
@@ -316,7 +305,7 @@ fn call_done<F: Filter>(
     };
     core.call = None;
     let verdict = match (core.route.clone(), core.request.as_mut()) {
-        (Some(route), Some(request)) => state.filter.on_call_done(&route, request, outcome, host),
+        (Some(route), Some(request)) => state.stages.on_call_done(&route, request, outcome, host),
         _ => Verdict::Continue,
     };
     let weak = Rc::downgrade(shared);
@@ -325,7 +314,7 @@ fn call_done<F: Filter>(
     {
         log::warn!(
             "{}: resume_http_request failed: status {}",
-            F::NAME,
+            S::NAME,
             status as u32
         );
     }
@@ -341,10 +330,10 @@ enum Settled {
 
 /// Carries out a verdict: a local reply is sent, a call is dispatched and its deadline noted
 /// (a call Envoy refuses goes straight back to the filter as [`CallOutcome::NotSent`]).
-fn settle<F: Filter>(
-    state: &State<F>,
-    core: &mut Core<F>,
-    weak: &Weak<RefCell<Core<F>>>,
+fn settle<S: Stages>(
+    state: &State<S>,
+    core: &mut Core<S>,
+    weak: &Weak<RefCell<Core<S>>>,
     context_id: u32,
     mut verdict: Verdict,
     host: &mut Proxy<'_, RequestPhase>,
@@ -353,15 +342,14 @@ fn settle<F: Filter>(
         match verdict {
             Verdict::Continue => return Settled::Continue,
             Verdict::Reply(reply) => {
-                core.replied = true;
                 host.send_reply(&reply);
                 return Settled::Held;
             }
-            Verdict::Call(_) if !F::MAKES_CALLS => {
+            Verdict::Call(_) if !S::MAKES_CALLS => {
                 verdict = match (core.route.clone(), core.request.as_mut()) {
                     (Some(route), Some(request)) => {
                         state
-                            .filter
+                            .stages
                             .on_call_done(&route, request, CallOutcome::NotSent, host)
                     }
                     _ => Verdict::Continue,
@@ -389,7 +377,7 @@ fn settle<F: Filter>(
                     }
                     None => {
                         verdict = match (core.route.clone(), core.request.as_mut()) {
-                            (Some(route), Some(request)) => state.filter.on_call_done(
+                            (Some(route), Some(request)) => state.stages.on_call_done(
                                 &route,
                                 request,
                                 CallOutcome::NotSent,
@@ -404,7 +392,7 @@ fn settle<F: Filter>(
     }
 }
 
-impl<F: Filter> HttpContext for Http<F> {
+impl<S: Stages> HttpContext for Http<S> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
@@ -414,7 +402,7 @@ impl<F: Filter> HttpContext for Http<F> {
         let Some(route) = state.route(&route_name, &mut host) else {
             return Action::Continue;
         };
-        let (verdict, request) = state.filter.on_request(&route, &mut host);
+        let (verdict, request) = state.stages.on_request(&route, &mut host);
         let weak = Rc::downgrade(&self.core);
         let Ok(mut core) = self.core.try_borrow_mut() else {
             return Action::Continue;
@@ -438,13 +426,10 @@ impl<F: Filter> HttpContext for Http<F> {
         let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
             return Action::Continue;
         };
-        if core.replied {
-            return Action::Continue;
-        }
         let core = &mut *core;
         if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
             let mut host = Proxy::response(&state.rng);
-            state.filter.on_response(route, request, &mut host);
+            state.stages.on_response(route, request, &mut host);
         }
         Action::Continue
     }
@@ -453,13 +438,10 @@ impl<F: Filter> HttpContext for Http<F> {
         let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
             return;
         };
-        if core.replied {
-            return;
-        }
         let core = &mut *core;
         if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
             let mut host = Proxy::done(&state.rng);
-            state.filter.on_done(route, request, &mut host);
+            state.stages.on_done(route, request, &mut host);
         }
     }
 }

@@ -401,7 +401,8 @@ impl Filter for Breaker {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
+// The module entry point; without the `module` feature (the bundle) the filter is a library.
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 mesh_adapter::export_filter!(Breaker);
 
 #[cfg(test)]

@@ -167,7 +167,8 @@ impl Filter for Canary {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
+// The module entry point; without the `module` feature (the bundle) the filter is a library.
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 mesh_adapter::export_filter!(Canary);
 
 #[cfg(test)]

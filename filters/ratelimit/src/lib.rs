@@ -417,7 +417,8 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     buf.get(start..).unwrap_or_default()
 }
 
-#[cfg(target_arch = "wasm32")]
+// The module entry point; without the `module` feature (the bundle) the filter is a library.
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 mesh_adapter::export_filter!(RateLimit);
 
 #[cfg(test)]

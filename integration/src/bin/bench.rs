@@ -2,8 +2,8 @@
 //!
 //! Run by `scripts/bench.sh` (not a test: timings are never a pass condition of a test).
 //! For every variant (no filter, the SDK-only pass-through module, each of our four filters
-//! with a realistic policy, all four chained, Envoy's `local_ratelimit`, a Lua filter adding a
-//! header) it starts Envoy with `--concurrency 1` in front of a fixed fast upstream, checks
+//! with a realistic policy, all four chained, the four as stages of the bundle module,
+//! Envoy's `local_ratelimit`, a Lua filter adding a header) it starts Envoy with `--concurrency 1` in front of a fixed fast upstream, checks
 //! that the filters really run and warms up (V8 compiles modules at load).
 //!
 //! That Envoy has two listeners: the variant's filter chain, and a bare one (router only).
@@ -34,6 +34,8 @@ const ROUTE: &str = "bench";
 
 /// What `scripts/build.sh` enforces.
 const MODULE_BUDGET: u64 = 150 * 1024;
+/// `scripts/build.sh`'s budget for `dist/bundle.wasm`.
+const BUNDLE_BUDGET: u64 = 200 * 1024;
 
 const USAGE: &str = "usage: bench [--requests N] [--windows N] [--warmup N] [--connections N]
              [--repeat N] [--max-seconds N] [--only name,name] [--out FILE]";
@@ -115,6 +117,14 @@ const RATELIMIT_GLOBAL: &str = r#"{"routes": {"bench": {"limits": [
     "service_cluster": "rls", "domain": "bench", "timeout_ms": 1000}}}"#;
 const PASSTHROUGH: &str = "";
 
+/// The `chain` variant's four policies as the bundle's plugin JSON.
+fn bundle_json() -> &'static str {
+    format!(
+        r#"{{"traceid": {TRACEID}, "canary": {CANARY}, "ratelimit": {RATELIMIT}, "breaker": {BREAKER}}}"#
+    )
+    .leak()
+}
+
 const LUA_SOURCE: &str = "function envoy_on_request(request_handle)\n  \
     request_handle:headers():add(\"x-lua\", \"1\")\nend\n";
 
@@ -164,6 +174,7 @@ fn variants() -> Vec<Variant> {
         .chain(&breaker_checks)
         .copied()
         .collect();
+    let chain_checks_bundle = chain_checks.clone();
     vec![
         Variant {
             name: "bare",
@@ -242,6 +253,15 @@ fn variants() -> Vec<Variant> {
             ],
             native: vec![],
             checks: chain_checks,
+            ours: false,
+            rls: false,
+        },
+        Variant {
+            name: "bundle",
+            what: "the four as stages of dist/bundle.wasm",
+            modules: vec![("bundle", bundle_json())],
+            native: vec![],
+            checks: chain_checks_bundle,
             ours: false,
             rls: false,
         },
@@ -1019,6 +1039,43 @@ fn targets(rows: &[Row]) -> Vec<(bool, String)> {
             ),
         ));
     }
+    if let (Some(bundle), Some(floor)) = (find("bundle"), find("passthrough")) {
+        let limit = 2.0 * floor.added_us;
+        out.push((
+            bundle.added_us <= limit,
+            format!(
+                "the bundle (four stages) adds at most 2× the pass-through's CPU: {:+.1} µs vs ≤ {limit:.1} µs",
+                bundle.added_us
+            ),
+        ));
+    }
+    if let Some(bundle) = find("bundle") {
+        out.push((
+            bundle.rps_vs_bare >= 0.8,
+            format!(
+                "the bundle keeps ≥ 0.8× bare Envoy's requests/s: {:.2}×",
+                bundle.rps_vs_bare
+            ),
+        ));
+    }
+    if let (Some(bundle), Some(floor), Some(bare)) =
+        (find("bundle"), find("passthrough"), find("bare"))
+    {
+        // One module's memory: the bundle's VMs cost about what one module's do (RSS above
+        // the bare Envoy), where the chain pays for four.
+        let one = floor.rss_mb - bare.rss_mb;
+        let limit = 1.5 * one;
+        let chain = find("chain").map_or(String::new(), |c| {
+            format!(", chain {:+.1} MB", c.rss_mb - bare.rss_mb)
+        });
+        out.push((
+            bundle.rss_mb - bare.rss_mb <= limit,
+            format!(
+                "the bundle needs one module's memory: RSS {:+.1} MB over bare vs ≤ {limit:.1} MB (1.5× pass-through's {one:+.1} MB{chain})",
+                bundle.rss_mb - bare.rss_mb
+            ),
+        ));
+    }
     for module in ["traceid", "canary", "ratelimit", "breaker"] {
         let bytes = std::fs::metadata(envoy::dist_dir().join(format!("{module}.wasm")))
             .map(|m| m.len())
@@ -1026,6 +1083,15 @@ fn targets(rows: &[Row]) -> Vec<(bool, String)> {
         out.push((
             bytes <= MODULE_BUDGET,
             format!("{module}.wasm ≤ 150 KB: {bytes} bytes"),
+        ));
+    }
+    if find("bundle").is_some() {
+        let bytes = std::fs::metadata(envoy::dist_dir().join("bundle.wasm"))
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
+        out.push((
+            bytes <= BUNDLE_BUDGET,
+            format!("bundle.wasm ≤ 200 KB: {bytes} bytes"),
         ));
     }
     out
