@@ -2,7 +2,9 @@
 //! randomness, shared data with real compare-and-swap (and injectable conflicts), metrics.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
+use crate::filter::{Filter, configure};
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
 };
@@ -249,6 +251,22 @@ impl ResponseHost for FakeHost {
         self.response_headers
             .push((name.to_owned(), value.to_vec()));
     }
+}
+
+/// `filter`'s route `route` as its module would bind it from the plugin JSON `json`: the
+/// filter crates' unit tests start here. An error when the JSON is refused or gives `route`
+/// no policy.
+pub fn bind_route<F: Filter>(
+    filter: &F,
+    json: &str,
+    route: &str,
+    host: &mut FakeHost,
+) -> Result<F::Route, String> {
+    let routes = configure(filter, json.as_bytes()).map_err(|err| err.to_string())?;
+    let policy = routes
+        .policy_for(route)
+        .ok_or_else(|| format!("no policy for route {route}"))?;
+    Ok(filter.bind(Rc::clone(policy), route, host))
 }
 
 #[cfg(test)]

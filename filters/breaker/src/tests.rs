@@ -1,7 +1,6 @@
 use super::*;
 use mesh_policy::breaker::classify::flags;
-use mesh_policy::config::Envelope;
-use mesh_policy::fake::FakeHost;
+use mesh_policy::fake::{FakeHost, bind_route};
 
 fn plugin() -> Plugin {
     Plugin {
@@ -12,11 +11,7 @@ fn plugin() -> Plugin {
 
 fn bound(json: &str, route: &str, host: &mut FakeHost) -> (Breaker, BreakerRoute) {
     let filter = Breaker::new(&plugin());
-    let routes = Envelope::<BreakerConfig>::from_json(json.as_bytes())
-        .unwrap()
-        .compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-        .unwrap();
-    let bound = filter.bind(Rc::clone(routes.policy_for(route).unwrap()), route, host);
+    let bound = bind_route(&filter, json, route, host).unwrap();
     (filter, bound)
 }
 

@@ -174,16 +174,11 @@ mesh_adapter::export_filter!(Canary);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_policy::config::Envelope;
-    use mesh_policy::fake::FakeHost;
+    use mesh_policy::fake::{FakeHost, bind_route};
 
     fn bound(json: &str, route: &str, host: &mut FakeHost) -> CanaryRoute {
         let filter = Canary::new(&Plugin::default());
-        let routes = Envelope::<CanaryConfig>::from_json(json.as_bytes())
-            .unwrap()
-            .compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-            .unwrap();
-        filter.bind(Rc::clone(routes.policy_for(route).unwrap()), route, host)
+        bind_route(&filter, json, route, host).unwrap()
     }
 
     const CHECKOUT: &str = r#"{"routes": {"checkout": {

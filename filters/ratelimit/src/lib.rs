@@ -424,19 +424,14 @@ mesh_adapter::export_filter!(RateLimit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_policy::config::Envelope;
-    use mesh_policy::fake::FakeHost;
+    use mesh_policy::fake::{FakeHost, bind_route};
 
     fn bound(json: &str, route: &str, host: &mut FakeHost) -> (RateLimit, RateLimitRoute) {
         let filter = RateLimit::new(&Plugin {
             name: "mesh.ratelimit".to_owned(),
             root_id: "mesh.ratelimit".to_owned(),
         });
-        let routes = Envelope::<RateLimitConfig>::from_json(json.as_bytes())
-            .unwrap()
-            .compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-            .unwrap();
-        let bound = filter.bind(Rc::clone(routes.policy_for(route).unwrap()), route, host);
+        let bound = bind_route(&filter, json, route, host).unwrap();
         (filter, bound)
     }
 

@@ -112,16 +112,11 @@ mesh_adapter::export_filter!(TraceId);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_policy::config::Envelope;
-    use mesh_policy::fake::FakeHost;
+    use mesh_policy::fake::{FakeHost, bind_route};
 
     fn bound(json: &str, route: &str, host: &mut FakeHost) -> TraceRoute {
         let filter = TraceId::new(&Plugin::default());
-        let routes = Envelope::<TraceConfig>::from_json(json.as_bytes())
-            .unwrap()
-            .compile(&FieldPath::root(), |c, at| filter.compile(c, at))
-            .unwrap();
-        filter.bind(Rc::clone(routes.policy_for(route).unwrap()), route, host)
+        bind_route(&filter, json, route, host).unwrap()
     }
 
     #[test]
