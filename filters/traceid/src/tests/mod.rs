@@ -1,0 +1,65 @@
+use super::*;
+use mesh_policy::fake::{FakeHost, bind_route};
+
+fn bound(json: &str, route: &str, host: &mut FakeHost) -> TraceRoute {
+    let filter = TraceId::new(&Plugin::default());
+    bind_route(&filter, json, route, host).unwrap()
+}
+
+#[test]
+fn new_trace_is_written_counted_and_returned_on_the_response() {
+    let mut host = FakeHost::new();
+    let route = bound(r#"{"routes": {"checkout": {}}}"#, "checkout", &mut host);
+    let (verdict, mut request) = TraceId.on_request(&route, &mut host);
+    assert_eq!(verdict, Verdict::Continue);
+    let traceparent = host.request_values("traceparent");
+    assert_eq!(traceparent.len(), 1);
+    let trace_id = traceparent[0].split('-').nth(1).unwrap().to_owned();
+    assert_eq!(
+        host.metric("mesh_trace_requests_total;route=checkout;outcome=started"),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric("mesh_trace_requests_total;route=checkout;outcome=continued"),
+        Some(0)
+    );
+    TraceId.on_response(&route, &mut request, &mut host);
+    assert_eq!(host.response_values("x-trace-id"), [trace_id]);
+}
+
+#[test]
+fn invalid_traceparent_is_replaced_and_counted() {
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", "00-xyz")
+        .with_request_header("tracestate", "a=1");
+    let route = bound(r#"{"default": {"response_header": null}}"#, "", &mut host);
+    let (_, mut request) = TraceId.on_request(&route, &mut host);
+    assert_ne!(host.request_values("traceparent"), ["00-xyz"]);
+    assert!(host.request_values("tracestate").is_empty());
+    assert_eq!(
+        host.metric("mesh_trace_requests_total;route=unnamed;outcome=replaced"),
+        Some(1)
+    );
+    TraceId.on_response(&route, &mut request, &mut host);
+    assert!(
+        host.response_values("x-trace-id").is_empty(),
+        "response header is off"
+    );
+}
+
+#[test]
+fn emits_every_configured_format() {
+    let mut host = FakeHost::new();
+    let route = bound(
+        r#"{"default": {"emit": ["w3c", "b3", "b3multi", "request_id"], "response_header": "X-Trace"}}"#,
+        "r",
+        &mut host,
+    );
+    let (_, mut request) = TraceId.on_request(&route, &mut host);
+    let trace_id = host.request_values("x-b3-traceid").pop().unwrap();
+    assert!(host.request_values("traceparent")[0].contains(&trace_id));
+    assert!(host.request_values("b3")[0].starts_with(&trace_id));
+    assert_eq!(host.request_values("x-request-id").len(), 1);
+    TraceId.on_response(&route, &mut request, &mut host);
+    assert_eq!(host.response_values("x-trace"), [trace_id]);
+}
