@@ -276,6 +276,20 @@ impl MeshBuilder {
         self
     }
 
+    /// Starts Envoy expecting it to refuse the filters' config, and checks that its log names
+    /// the problem (`expected`: e.g. `routes["checkout"].emitt: unknown field`).
+    pub fn assert_refused(self, expected: &str) {
+        let what = format!("{:?}", self.filters);
+        match self.start() {
+            Ok(_) => panic!("Envoy must refuse the config of {what}"),
+            Err(err) => assert!(
+                err.log.contains(expected),
+                "{expected:?} not in:\n{}",
+                err.log
+            ),
+        }
+    }
+
     pub fn start(self) -> Result<Mesh, StartError> {
         let fail = |reason: String| StartError {
             reason,

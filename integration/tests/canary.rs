@@ -395,15 +395,8 @@ fn config_errors_are_refused_naming_route_and_field() {
             r#"routes["checkout"].sticky.cookies: unknown field"#,
         ),
     ] {
-        let err = Mesh::builder()
+        Mesh::builder()
             .filter("canary", config)
-            .start()
-            .err()
-            .unwrap_or_else(|| panic!("Envoy must refuse {config}"));
-        assert!(
-            err.log.contains(expected),
-            "{expected:?} not in:\n{}",
-            err.log
-        );
+            .assert_refused(expected);
     }
 }

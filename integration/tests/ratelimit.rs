@@ -507,16 +507,9 @@ fn config_with_a_bad_limit_is_refused_naming_route_and_field() {
             "default.dryrun: unknown field",
         ),
     ] {
-        let err = Mesh::builder()
+        Mesh::builder()
             .filter("ratelimit", config)
-            .start()
-            .err()
-            .unwrap_or_else(|| panic!("Envoy must refuse {config}"));
-        assert!(
-            err.log.contains(expected),
-            "{expected:?} not in:\n{}",
-            err.log
-        );
+            .assert_refused(expected);
     }
 }
 
