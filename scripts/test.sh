@@ -4,7 +4,7 @@
 # real-Envoy and Prometheus integration tests and a smoke run of scripts/run-local.sh.
 # Installs what it needs.
 #
-# The filter tests (integration/tests/{traceid,canary,ratelimit,global_ratelimit,breaker,rematch,order}.rs) run twice:
+# The filter tests (integration/tests/{traceid,canary,ratelimit,global_ratelimit,breaker,rematch,order,observability}.rs) run twice:
 # with each filter's own module, then with MESH_MODULES=bundle (dist/bundle.wasm).
 #
 # MESH_HARNESS chooses where Envoy runs: docker (the default here: a container from
@@ -92,7 +92,8 @@ cargo test --locked -p mesh-integration --quiet
 
 say "the filters' integration tests again, against the bundle (MESH_MODULES=bundle: dist/bundle.wasm)"
 MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
-  --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order
+  --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order \
+  --test observability
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
 SOAK_SKIP_BUILD=1 scripts/soak.sh 30

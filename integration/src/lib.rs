@@ -29,4 +29,4 @@ pub mod prometheus;
 pub mod raw;
 pub mod rls;
 
-pub use mesh::{BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec};
+pub use mesh::{BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes};

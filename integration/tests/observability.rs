@@ -1,6 +1,8 @@
 //! Every decision visible in a real Prometheus: Debian's `prometheus` scrapes a real Envoy
-//! running the four built filters (`dist/*.wasm`), and the tests read what the clients saw
-//! back through its HTTP API, run every dashboard panel's query and every alert against it.
+//! running the four built filters (`dist/*.wasm`; `MESH_MODULES=bundle`: the bundle), with a
+//! real rate limit service behind the global limit (Debian's `redis-server`), and the tests
+//! read what the clients saw back through its HTTP API, run every dashboard panel's query and
+//! every alert against it.
 //!
 //! Nothing here asserts how fast anything is: after traffic, a test waits until Envoy's own
 //! counters show what the clients saw, notes the time, and waits (bounded, by polling the
@@ -14,6 +16,7 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 use mesh_integration::echo::EchoServer;
 use mesh_integration::envoy::{self, EnvoyProcess};
 use mesh_integration::prometheus::{Job, Prometheus, promtool_binary};
-use mesh_integration::{Mesh, Reply};
+use mesh_integration::rls::{RESPONSE_HEADER, Redis, Rls, RlsLimit};
+use mesh_integration::{Mesh, Reply, RouteSpec, demo_routes};
 use serde_json::{Value, json};
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -39,11 +43,18 @@ const CANARY: &str = r#"{"routes": {"checkout": {
     "response_header": "x-canary-decision"
 }}}"#;
 /// `limited` admits 5 per key, then refills one token per 1000 s: what passes does not
-/// depend on how fast the test runs. `catalog` is a dry run.
+/// depend on how fast the test runs. `catalog` is a dry run. `global` has one global limit
+/// only (the route's name as `generic_key`), counted by the rate limit service on cluster
+/// `rls`; the deadline is generous, so a loaded machine does not turn answers into timeouts.
 const RATELIMIT: &str = r#"{"routes": {
     "limited": {"limits": [{"rate_per_s": 0.001, "burst": 5, "key": {"header": "x-api-key"}}]},
-    "catalog": {"limits": [{"rate_per_s": 1, "burst": 1}], "dry_run": true}
+    "catalog": {"limits": [{"rate_per_s": 1, "burst": 1}], "dry_run": true},
+    "global": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
+        "service_cluster": "rls", "domain": "mesh", "timeout_ms": 2000}
 }}"#;
+/// The rate limit service admits this many calls for `global` per hour, then answers
+/// OVER_LIMIT: what passes does not depend on how fast the test runs.
+const GLOBAL_ALLOWANCE: u64 = 4;
 /// `fragile` opens after 3 failures, for long enough that the two requests right after
 /// find it open on any machine; `catalog` has one breaker per cluster.
 const OPEN_MS: u64 = 5000;
@@ -53,7 +64,7 @@ const BREAKER: &str = r#"{"routes": {
 }}"#;
 
 /// The routes the tests send to, by path.
-const ROUTES: [&str; 4] = ["checkout", "limited", "fragile", "catalog"];
+const ROUTES: [&str; 5] = ["checkout", "limited", "fragile", "catalog", "global"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -64,7 +75,8 @@ fn observability(file: &str) -> PathBuf {
 }
 
 /// Every metric the filters export and the label sets its series carry (the README's
-/// Stats table). `job` and `instance` come from the scrape.
+/// Stats table), as Prometheus names them: a histogram is its `_bucket` (with `le`), `_sum`
+/// and `_count` series. `job` and `instance` come from the scrape.
 fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>> {
     let sets = |sets: &[&[&'static str]]| sets.iter().map(|s| s.to_vec()).collect();
     BTreeMap::from([
@@ -79,6 +91,22 @@ fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>> {
         (
             "mesh_ratelimit_requests_total",
             sets(&[&["decision", "route"]]),
+        ),
+        (
+            "mesh_ratelimit_global_calls_total",
+            sets(&[&["outcome", "route"]]),
+        ),
+        (
+            "mesh_ratelimit_global_call_duration_ms_bucket",
+            sets(&[&["le", "route"]]),
+        ),
+        (
+            "mesh_ratelimit_global_call_duration_ms_sum",
+            sets(&[&["route"]]),
+        ),
+        (
+            "mesh_ratelimit_global_call_duration_ms_count",
+            sets(&[&["route"]]),
         ),
         (
             "mesh_ratelimit_store_errors_total",
@@ -102,9 +130,12 @@ fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>> {
     ])
 }
 
+/// A Prometheus series: its name and its labels, sorted.
+type SeriesKey = (String, BTreeMap<String, String>);
+
 /// An Envoy stat name (`base;label=value;...`) as a Prometheus series key: the name and its
 /// labels, sorted.
-fn series_key(stat: &str) -> (String, BTreeMap<String, String>) {
+fn series_key(stat: &str) -> SeriesKey {
     let mut parts = stat.split(';');
     let base = parts.next().unwrap_or_default().to_owned();
     let labels = parts
@@ -115,10 +146,7 @@ fn series_key(stat: &str) -> (String, BTreeMap<String, String>) {
 }
 
 /// Every `mesh_` series of `job` in Prometheus, keyed like [`series_key`], with its value.
-fn scraped_series(
-    prometheus: &Prometheus,
-    job: &str,
-) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+fn scraped_series(prometheus: &Prometheus, job: &str) -> BTreeMap<SeriesKey, f64> {
     prometheus
         .query(&format!(r#"{{job="{job}", __name__=~"mesh_.+"}}"#))
         .unwrap()
@@ -139,7 +167,7 @@ fn scraped_series(
 
 /// The label-name sets of each metric among `series`.
 fn label_sets<'a>(
-    series: impl Iterator<Item = &'a (String, BTreeMap<String, String>)>,
+    series: impl Iterator<Item = &'a SeriesKey>,
 ) -> BTreeMap<String, BTreeSet<Vec<String>>> {
     let mut sets: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (name, labels) in series {
@@ -150,10 +178,7 @@ fn label_sets<'a>(
     sets
 }
 
-fn assert_documented_label_sets(
-    series: &BTreeMap<(String, BTreeMap<String, String>), f64>,
-    what: &str,
-) {
+fn assert_documented_label_sets(series: &BTreeMap<SeriesKey, f64>, what: &str) {
     let documented: BTreeMap<String, BTreeSet<Vec<String>>> = documented_series()
         .into_iter()
         .map(|(name, sets)| {
@@ -175,11 +200,28 @@ fn assert_documented_label_sets(
 #[derive(Debug, Default)]
 struct Seen {
     counts: BTreeMap<String, u64>,
+    /// Values recorded in each histogram (Envoy stat names): its `_count`.
+    samples: BTreeMap<String, u64>,
 }
 
 impl Seen {
     fn add(&mut self, stat: String) {
         *self.counts.entry(stat).or_default() += 1;
+    }
+
+    fn sample(&mut self, histogram: &str) {
+        *self.samples.entry(histogram.to_owned()).or_default() += 1;
+    }
+
+    /// The `_count` series every histogram should have, keyed as Prometheus names them.
+    fn histogram_counts(&self) -> BTreeMap<SeriesKey, f64> {
+        self.samples
+            .iter()
+            .map(|(stat, n)| {
+                let (base, labels) = series_key(stat);
+                ((format!("{base}_count"), labels), *n as f64)
+            })
+            .collect()
     }
 
     fn get(&self, stat: &str) -> u64 {
@@ -245,6 +287,24 @@ fn send(mesh: &Mesh, seen: &mut Seen, route: &str, headers: &[(&str, &str)]) -> 
                 "mesh_ratelimit_requests_total;route=limited;decision={decision}"
             ));
         }
+        "global" => {
+            // One call per request (no local limit in front). The service's answer reaches
+            // the client as its response header; without it the call failed (let through).
+            let answer = reply.header(RESPONSE_HEADER);
+            let (outcome, decision) = match (reply.status, answer.as_deref()) {
+                (200, Some("ok")) => ("ok", "allowed"),
+                (429, Some("over_limit")) => ("over_limit", "rejected"),
+                (200, None) => ("error", "allowed"),
+                (status, answer) => panic!("global: {status} {answer:?}: {}", reply.text()),
+            };
+            seen.add(format!(
+                "mesh_ratelimit_global_calls_total;route=global;outcome={outcome}"
+            ));
+            seen.add(format!(
+                "mesh_ratelimit_requests_total;route=global;decision={decision}"
+            ));
+            seen.sample("mesh_ratelimit_global_call_duration_ms;route=global");
+        }
         "fragile" | "catalog" => {
             let breaker = if route == "fragile" {
                 "route=fragile".to_owned()
@@ -280,12 +340,68 @@ const UNPREDICTABLE: [&str; 2] = [
     "mesh_ratelimit_requests_total;route=catalog;decision=dry_run_rejected",
 ];
 
+/// Envoy's own Prometheus exposition (`/stats/prometheus`) of the filters' histograms:
+/// every `_bucket`, `_sum` and `_count` series of a family typed `histogram`.
+fn envoy_histograms(mesh: &Mesh) -> BTreeMap<SeriesKey, f64> {
+    let text = mesh.admin("/stats/prometheus?filter=mesh_");
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+        .collect();
+    let mut series = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name_labels, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match name_labels.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
+            None => (name_labels, ""),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix));
+        if !family.is_some_and(|f| families.contains(f)) {
+            continue;
+        }
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|label| {
+                let (k, v) = label.split_once('=').unwrap();
+                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                (k.to_owned(), v.unwrap().to_owned())
+            })
+            .collect();
+        let value = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+        series.insert((name.to_owned(), labels), value);
+    }
+    series
+}
+
+/// Envoy's `mesh_` stats once they are what the clients saw.
+struct Settled {
+    /// Counters and gauges by stat name (`/stats`).
+    stats: BTreeMap<String, u64>,
+    /// Histograms as Envoy exposes them to Prometheus.
+    histograms: BTreeMap<SeriesKey, f64>,
+}
+
 /// Waits (bounded) until Envoy's counters are what the clients saw, every one of them
-/// (a stat the test did not book must be 0); returns Envoy's stats.
-fn settle(mesh: &Mesh, seen: &Seen) -> BTreeMap<String, u64> {
+/// (a stat the test did not book must be 0), and every histogram holds as many values as
+/// the clients caused (Envoy merges histograms at its stats flush, every 5 s); returns
+/// Envoy's stats.
+fn settle(mesh: &Mesh, seen: &Seen) -> Settled {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let expected_counts = seen.histogram_counts();
     loop {
         let stats = mesh.stats();
+        let histograms = envoy_histograms(mesh);
+        let counts: BTreeMap<&SeriesKey, f64> = histograms
+            .iter()
+            .filter(|((name, _), _)| name.ends_with("_count"))
+            .map(|(key, value)| (key, *value))
+            .collect();
         let differences: Vec<String> = stats
             .iter()
             .filter(|(name, _)| !UNPREDICTABLE.contains(&name.as_str()))
@@ -297,9 +413,28 @@ fn settle(mesh: &Mesh, seen: &Seen) -> BTreeMap<String, u64> {
                     .filter(|name| !stats.contains_key(*name))
                     .map(|name| format!("{name}: not in envoy")),
             )
+            .chain(
+                counts
+                    .iter()
+                    .filter(|(key, value)| {
+                        expected_counts.get(**key).copied().unwrap_or(0.0) != **value
+                    })
+                    .map(|(key, value)| {
+                        format!(
+                            "{key:?}: envoy {value}, seen {}",
+                            expected_counts.get(*key).copied().unwrap_or(0.0)
+                        )
+                    }),
+            )
+            .chain(
+                expected_counts
+                    .keys()
+                    .filter(|key| !counts.contains_key(key))
+                    .map(|key| format!("{key:?}: not in envoy")),
+            )
             .collect();
         if differences.is_empty() {
-            return stats;
+            return Settled { stats, histograms };
         }
         assert!(
             Instant::now() < deadline,
@@ -311,20 +446,22 @@ fn settle(mesh: &Mesh, seen: &Seen) -> BTreeMap<String, u64> {
 }
 
 /// Waits for Envoy's counters to match, then for a scrape after that; returns Envoy's stats.
-fn settle_and_scrape(mesh: &Mesh, seen: &Seen, prometheus: &Prometheus) -> BTreeMap<String, u64> {
-    let stats = settle(mesh, seen);
+fn settle_and_scrape(mesh: &Mesh, seen: &Seen, prometheus: &Prometheus) -> Settled {
+    let settled = settle(mesh, seen);
     prometheus.wait_for_scrape_after("mesh", 1, SystemTime::now());
-    stats
+    settled
 }
 
 /// Prometheus holds exactly Envoy's `mesh_` stats: the same series (every label extracted)
-/// and the same values.
-fn assert_prometheus_has(prometheus: &Prometheus, stats: &BTreeMap<String, u64>) {
+/// and the same values, the histograms' buckets, sums and counts included.
+fn assert_prometheus_has(prometheus: &Prometheus, settled: &Settled) {
     let scraped = scraped_series(prometheus, "mesh");
-    let expected: BTreeMap<_, f64> = stats
+    let mut expected: BTreeMap<_, f64> = settled
+        .stats
         .iter()
         .map(|(name, value)| (series_key(name), *value as f64))
         .collect();
+    expected.extend(settled.histograms.clone());
     assert_eq!(scraped, expected, "Prometheus differs from Envoy's /stats");
 }
 
@@ -362,12 +499,30 @@ fn wait_for_alert(prometheus: &Prometheus, name: &str, labels: &[(&str, &str)]) 
     })
 }
 
-fn mesh() -> Mesh {
+/// Redis and the rate limit service in front of it: [`GLOBAL_ALLOWANCE`] calls per hour for
+/// each `generic_key`.
+fn rate_limit_service() -> (Redis, Rls) {
+    assert!(
+        mesh_integration::rls::redis_available(),
+        "redis-server is missing: apt-get install redis-server (scripts/test.sh does)"
+    );
+    let redis = Redis::start().unwrap();
+    let limit = RlsLimit::new("mesh", "generic_key", GLOBAL_ALLOWANCE, 3600);
+    let rls = Rls::start(&redis, vec![limit]).unwrap();
+    (redis, rls)
+}
+
+fn mesh(rls: SocketAddr) -> Mesh {
+    // The demo routes plus `global`.
+    let mut routes = demo_routes();
+    routes.insert(0, RouteSpec::new("global", "/global", "v1"));
     Mesh::builder()
         .filter("traceid", TRACEID)
         .filter("canary", CANARY)
         .filter("ratelimit", RATELIMIT)
         .filter("breaker", BREAKER)
+        .routes(routes)
+        .grpc_cluster("rls", rls)
         .concurrency(2)
         .start()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -376,7 +531,8 @@ fn mesh() -> Mesh {
 #[test]
 fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_clients_saw() {
     let started = SystemTime::now();
-    let mesh = mesh();
+    let (_redis, rls) = rate_limit_service();
+    let mesh = mesh(rls.addr());
     let alerts = observability("alerts.yaml");
     let prometheus = Prometheus::start(&[Job::new("mesh", &[mesh.admin_address()])], &[&alerts])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -423,6 +579,17 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         }
     }
     assert_eq!(rejected, 10, "15 requests over a burst of 5");
+    // Global limit: the service admits GLOBAL_ALLOWANCE calls (the warm-up was the first),
+    // then answers OVER_LIMIT: 429.
+    let mut global_rejected = 0;
+    for _ in 0..7 {
+        if send(&mesh, &mut seen, "global", &[]).status == 429 {
+            global_rejected += 1;
+        }
+    }
+    let global_calls = 1 + 7;
+    assert_eq!(global_rejected, global_calls - GLOBAL_ALLOWANCE);
+    assert_eq!(rls.requests(), global_calls, "one call per request");
     for _ in 0..4 {
         send(&mesh, &mut seen, "catalog", &[]);
         catalog_requests += 1;
@@ -440,10 +607,10 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
     seen.set("mesh_breaker_state;route=fragile", 1);
     seen.set("mesh_breaker_transitions_total;route=fragile;to=open", 1);
 
-    let stats = settle_and_scrape(&mesh, &seen, &prometheus);
+    let settled = settle_and_scrape(&mesh, &seen, &prometheus);
     let scraped = scraped_series(&prometheus, "mesh");
     assert_documented_label_sets(&scraped, "four filters, demo stats_tags");
-    assert_prometheus_has(&prometheus, &stats);
+    assert_prometheus_has(&prometheus, &settled);
     // The headline numbers, read back through the API.
     assert_eq!(
         value(
@@ -460,6 +627,45 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         ),
         f64::from(catalog_requests),
         "a dry run decides every request"
+    );
+    for (outcome, calls) in [
+        ("ok", GLOBAL_ALLOWANCE),
+        ("over_limit", global_rejected),
+        ("error", 0),
+    ] {
+        assert_eq!(
+            value(
+                &prometheus,
+                &format!(
+                    r#"mesh_ratelimit_global_calls_total{{route="global",outcome="{outcome}"}}"#
+                )
+            ),
+            calls as f64,
+            "global calls {outcome}"
+        );
+    }
+    assert_eq!(
+        value(
+            &prometheus,
+            r#"mesh_ratelimit_requests_total{route="global",decision="rejected"}"#
+        ),
+        global_rejected as f64,
+        "rejected count = 429s received"
+    );
+    assert_eq!(
+        value(
+            &prometheus,
+            r#"mesh_ratelimit_global_call_duration_ms_count{route="global"}"#
+        ),
+        global_calls as f64,
+        "every call timed"
+    );
+    assert_eq!(
+        value(
+            &prometheus,
+            r#"mesh_ratelimit_global_call_duration_ms_bucket{route="global",le="+Inf"}"#
+        ),
+        global_calls as f64
     );
     for outcome in ["started", "continued", "replaced"] {
         let name = format!("mesh_trace_requests_total;route=checkout;outcome={outcome}");
@@ -514,20 +720,28 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].label("route"), Some("fragile"));
     let rejecting = prometheus.query(&exprs["MeshRateLimitRejecting"]).unwrap();
-    assert_eq!(rejecting.len(), 1, "only limited rejects: {rejecting:?}");
-    assert_eq!(rejecting[0].label("route"), Some("limited"));
-    assert!(rejecting[0].value > 0.1 && rejecting[0].value <= 1.0);
+    assert_eq!(
+        rejecting
+            .iter()
+            .filter_map(|s| s.label("route"))
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["global", "limited"]),
+        "limited and global reject: {rejecting:?}"
+    );
+    assert_eq!(rejecting.len(), 2, "{rejecting:?}");
+    assert!(
+        rejecting.iter().all(|s| s.value > 0.1 && s.value <= 1.0),
+        "{rejecting:?}"
+    );
     assert_eq!(
         prometheus.query(&exprs["MeshWasmVmFailing"]).unwrap(),
         [],
         "no VM failed"
     );
     wait_for_alert(&prometheus, "MeshBreakerOpen", &[("route", "fragile")]);
-    wait_for_alert(
-        &prometheus,
-        "MeshRateLimitRejecting",
-        &[("route", "limited")],
-    );
+    for route in ["limited", "global"] {
+        wait_for_alert(&prometheus, "MeshRateLimitRejecting", &[("route", route)]);
+    }
     prometheus.wait_for("every rule evaluated without error", |p| {
         let rules = p.api("rules", &[]).ok()?;
         let all_ok = rules["groups"].as_array()?.iter().all(|group| {
@@ -560,8 +774,8 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         1,
     );
     seen.set("mesh_breaker_transitions_total;route=fragile;to=closed", 1);
-    let stats = settle_and_scrape(&mesh, &seen, &prometheus);
-    assert_prometheus_has(&prometheus, &stats);
+    let settled = settle_and_scrape(&mesh, &seen, &prometheus);
+    assert_prometheus_has(&prometheus, &settled);
 
     // The breaker's state over time, as the dashboard draws it: closed, open, closed. The
     // range query's last step may fall before the last scrape: poll until it covers it.
@@ -765,10 +979,16 @@ fn the_istio_sidecar_settings_expose_every_label() {
         .iter()
         .map(|name| route(name, &format!("/{name}"), "v1"))
         .collect();
+    // `global`'s service cluster has no endpoint: the call is not sent, the request is let
+    // through, and every series of the route exists all the same.
     let mut config = envoy::bootstrap(
         filters,
         routes,
-        vec![envoy::cluster("v1", v1.addr), envoy::cluster("v2", v2.addr)],
+        vec![
+            envoy::cluster("v1", v1.addr),
+            envoy::cluster("v2", v2.addr),
+            envoy::grpc_cluster("rls", None),
+        ],
     );
     config["stats_config"] = json!({
         "use_all_default_tags": false,
@@ -919,4 +1139,33 @@ fn the_dashboard_queries_only_documented_metrics() {
             }
         }
     }
+}
+
+#[test]
+fn the_dashboard_panels_do_not_overlap() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(observability("dashboard.json")).unwrap())
+            .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let boxes: Vec<(&Value, [u64; 4])> = panels
+        .iter()
+        .map(|panel| {
+            let grid = &panel["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| grid[k].as_u64().unwrap());
+            assert!(
+                x + w <= 24 && w > 0 && h > 0,
+                "{:?}: {grid}",
+                panel["title"]
+            );
+            (&panel["title"], [x, y, w, h])
+        })
+        .collect();
+    for (i, (a, [ax, ay, aw, ah])) in boxes.iter().enumerate() {
+        for (b, [bx, by, bw, bh]) in &boxes[i + 1..] {
+            let apart = ax + aw <= *bx || bx + bw <= *ax || ay + ah <= *by || by + bh <= *ay;
+            assert!(apart, "panels {a} and {b} overlap");
+        }
+    }
+    let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
 }
