@@ -38,7 +38,7 @@ const MODULE_BUDGET: u64 = 150 * 1024;
 const BUNDLE_BUDGET: u64 = 200 * 1024;
 
 const USAGE: &str = "usage: bench [--requests N] [--windows N] [--warmup N] [--connections N]
-             [--repeat N] [--max-seconds N] [--only name,name] [--out FILE]";
+             [--repeat N] [--max-seconds N] [--only name,name] [--copies N] [--out FILE]";
 
 struct Options {
     /// Measured requests per variant and repetition, on each listener.
@@ -50,6 +50,9 @@ struct Options {
     repeat: usize,
     max_seconds: u64,
     only: Option<Vec<String>>,
+    /// Each of a variant's modules this many times in its chain (distinct plugins): a
+    /// module's marginal cost, measured that many times over. Targets are judged at 1 only.
+    copies: usize,
     out: Option<PathBuf>,
 }
 
@@ -63,6 +66,7 @@ impl Options {
             repeat: 3,
             max_seconds: 60,
             only: None,
+            copies: 1,
             out: None,
         };
         let mut args = std::env::args().skip(1);
@@ -81,14 +85,20 @@ impl Options {
                 "--only" => {
                     options.only = Some(value()?.split(',').map(str::to_owned).collect());
                 }
+                "--copies" => options.copies = value()?.parse()?,
                 "--out" => options.out = Some(PathBuf::from(value()?)),
                 _ => return Err(format!("unknown argument {flag}\n{USAGE}").into()),
             }
         }
-        if options.requests == 0 || options.repeat == 0 || options.connections == 0 {
-            return Err(
-                format!("requests, repeat and connections must be positive\n{USAGE}").into(),
-            );
+        if options.requests == 0
+            || options.repeat == 0
+            || options.connections == 0
+            || options.copies == 0
+        {
+            return Err(format!(
+                "requests, repeat, connections and copies must be positive\n{USAGE}"
+            )
+            .into());
         }
         Ok(options)
     }
@@ -632,11 +642,14 @@ impl Side {
 }
 
 /// Envoy's config for a variant: its filters on the first listener, none on a second one
-/// named `bare`; both take the one route named [`ROUTE`] to the upstream.
+/// named `bare`; both take the one route named [`ROUTE`] to the upstream. Each module
+/// appears `copies` times, as plugins of their own (own name and root id: own root context,
+/// stats and shared-data keys) in one VM.
 fn envoy_config(
     variant: &Variant,
     upstream: SocketAddr,
     rls: Option<SocketAddr>,
+    copies: usize,
 ) -> Result<String, Error> {
     let dist = envoy::dist_dir();
     let mut filters = Vec::new();
@@ -645,7 +658,13 @@ fn envoy_config(
         if !wasm.is_file() {
             return Err(format!("{} is missing: run scripts/build.sh", wasm.display()).into());
         }
-        filters.push(envoy::wasm_filter(module, &wasm, plugin_json));
+        for copy in 0..copies {
+            let name = match copy {
+                0 => (*module).to_owned(),
+                _ => format!("{module}.{copy}"),
+            };
+            filters.push(envoy::wasm_filter(&name, &wasm, plugin_json));
+        }
     }
     filters.extend(variant.native.iter().cloned());
     let route = || {
@@ -856,7 +875,7 @@ fn measure(
     script: &Path,
     options: &Options,
 ) -> Result<Sample, Error> {
-    let config = envoy_config(variant, upstream, rls)?;
+    let config = envoy_config(variant, upstream, rls, options.copies)?;
     let envoy = EnvoyProcess::start(&config, "json", 1)?;
     let pid = envoy.pid();
     let admin = envoy.admin;
@@ -1303,8 +1322,19 @@ fn run() -> Result<(), Error> {
     }
     let load_after = load_average();
     let rows = rows(&variants, &samples);
-    let table = table(&rows);
-    let targets = targets(&rows);
+    let mut table = table(&rows);
+    if options.copies > 1 {
+        table = format!(
+            "Each module {n} times in its chain (`--copies {n}`); targets are judged at one copy only.\n\n{table}",
+            n = options.copies
+        );
+    }
+    // The targets are about one module each.
+    let targets = if options.copies == 1 {
+        targets(&rows)
+    } else {
+        Vec::new()
+    };
     let mut target_lines = String::new();
     for (pass, line) in &targets {
         let _ = writeln!(
