@@ -10,7 +10,7 @@
 #   scripts/bench.sh --only ratelimit,lua --repeat 1 --out /tmp/r.md   # a quick look
 #
 # Every other argument goes to the driver: --requests N --warmup N --connections N
-# --repeat N --max-seconds N --only a,b --out FILE --perf DIR.
+# --repeat N --max-seconds N --only a,b --copies N --out FILE.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
