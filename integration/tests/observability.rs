@@ -46,11 +46,15 @@ const CANARY: &str = r#"{"routes": {"checkout": {
 /// depend on how fast the test runs. `catalog` is a dry run. `global` has one global limit
 /// only (the route's name as `generic_key`), counted by the rate limit service on cluster
 /// `rls`; the deadline is generous, so a loaded machine does not turn answers into timeouts.
+/// `global-down` has the same limit on `rls-down`, a cluster without endpoints: Envoy
+/// refuses every call (`not_sent`), and the request fails open.
 const RATELIMIT: &str = r#"{"routes": {
     "limited": {"limits": [{"rate_per_s": 0.001, "burst": 5, "key": {"header": "x-api-key"}}]},
     "catalog": {"limits": [{"rate_per_s": 1, "burst": 1}], "dry_run": true},
     "global": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
-        "service_cluster": "rls", "domain": "mesh", "timeout_ms": 2000}
+        "service_cluster": "rls", "domain": "mesh", "timeout_ms": 2000},
+    "global-down": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
+        "service_cluster": "rls-down", "domain": "mesh", "timeout_ms": 2000}
 }}"#;
 /// The rate limit service admits this many calls for `global` per hour, then answers
 /// OVER_LIMIT: what passes does not depend on how fast the test runs.
@@ -63,8 +67,16 @@ const BREAKER: &str = r#"{"routes": {
     "catalog": {"key": "cluster", "consecutive_failures": 100}
 }}"#;
 
-/// The routes the tests send to, by path.
-const ROUTES: [&str; 5] = ["checkout", "limited", "fragile", "catalog", "global"];
+/// The routes the tests send to, by path. Routes match by prefix, in this order:
+/// `global-down` comes before `global`.
+const ROUTES: [&str; 6] = [
+    "checkout",
+    "limited",
+    "fragile",
+    "catalog",
+    "global-down",
+    "global",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -305,6 +317,21 @@ fn send(mesh: &Mesh, seen: &mut Seen, route: &str, headers: &[(&str, &str)]) -> 
             ));
             seen.sample("mesh_ratelimit_global_call_duration_ms;route=global");
         }
+        "global-down" => {
+            // The call is never sent (no endpoint): an error, the request let through and
+            // counted allowed; the failed call is timed all the same.
+            assert_eq!(
+                (reply.status, reply.header(RESPONSE_HEADER)),
+                (200, None),
+                "global-down fails open: {}",
+                reply.text()
+            );
+            seen.add(
+                "mesh_ratelimit_global_calls_total;route=global-down;outcome=error".to_owned(),
+            );
+            seen.add("mesh_ratelimit_requests_total;route=global-down;decision=allowed".to_owned());
+            seen.sample("mesh_ratelimit_global_call_duration_ms;route=global-down");
+        }
         "fragile" | "catalog" => {
             let breaker = if route == "fragile" {
                 "route=fragile".to_owned()
@@ -513,9 +540,10 @@ fn rate_limit_service() -> (Redis, Rls) {
 }
 
 fn mesh(rls: SocketAddr) -> Mesh {
-    // The demo routes plus `global`.
+    // The demo routes plus `global` and `global-down` (first: `/global` is a prefix of it).
     let mut routes = demo_routes();
     routes.insert(0, RouteSpec::new("global", "/global", "v1"));
+    routes.insert(0, RouteSpec::new("global-down", "/global-down", "v1"));
     Mesh::builder()
         .filter("traceid", TRACEID)
         .filter("canary", CANARY)
@@ -523,6 +551,7 @@ fn mesh(rls: SocketAddr) -> Mesh {
         .filter("breaker", BREAKER)
         .routes(routes)
         .grpc_cluster("rls", rls)
+        .empty_grpc_cluster("rls-down")
         .concurrency(2)
         .start()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -590,6 +619,12 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
     let global_calls = 1 + 7;
     assert_eq!(global_rejected, global_calls - GLOBAL_ALLOWANCE);
     assert_eq!(rls.requests(), global_calls, "one call per request");
+    // The rate limit service unreachable: every call fails, every request passes.
+    let down_calls = 1 + 5;
+    for _ in 1..down_calls {
+        send(&mesh, &mut seen, "global-down", &[]);
+    }
+    assert_eq!(rls.requests(), global_calls, "global-down never reaches it");
     for _ in 0..4 {
         send(&mesh, &mut seen, "catalog", &[]);
         catalog_requests += 1;
@@ -667,6 +702,34 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         ),
         global_calls as f64
     );
+    for (outcome, calls) in [("ok", 0), ("over_limit", 0), ("error", down_calls)] {
+        assert_eq!(
+            value(
+                &prometheus,
+                &format!(
+                    r#"mesh_ratelimit_global_calls_total{{route="global-down",outcome="{outcome}"}}"#
+                )
+            ),
+            f64::from(calls),
+            "global-down calls {outcome}"
+        );
+    }
+    assert_eq!(
+        value(
+            &prometheus,
+            r#"mesh_ratelimit_requests_total{route="global-down",decision="allowed"}"#
+        ),
+        f64::from(down_calls),
+        "failed open: every request allowed"
+    );
+    assert_eq!(
+        value(
+            &prometheus,
+            r#"mesh_ratelimit_global_call_duration_ms_count{route="global-down"}"#
+        ),
+        f64::from(down_calls),
+        "a call not sent is timed too"
+    );
     for outcome in ["started", "continued", "replaced"] {
         let name = format!("mesh_trace_requests_total;route=checkout;outcome={outcome}");
         assert!(seen.get(&name) > 0, "{outcome}");
@@ -713,6 +776,7 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         [
             "MeshBreakerOpen",
             "MeshRateLimitRejecting",
+            "MeshRateLimitServiceFailing",
             "MeshWasmVmFailing"
         ]
     );
@@ -733,6 +797,17 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
         rejecting.iter().all(|s| s.value > 0.1 && s.value <= 1.0),
         "{rejecting:?}"
     );
+    // Only global-down's calls fail, every one of them; global's service answers.
+    let failing = prometheus
+        .query(&exprs["MeshRateLimitServiceFailing"])
+        .unwrap();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(
+        failing[0].label("route"),
+        Some("global-down"),
+        "{failing:?}"
+    );
+    assert_eq!(failing[0].value, 1.0, "every call failed: {failing:?}");
     assert_eq!(
         prometheus.query(&exprs["MeshWasmVmFailing"]).unwrap(),
         [],
@@ -742,6 +817,11 @@ fn every_decision_reaches_prometheus_with_route_labels_and_the_counts_the_client
     for route in ["limited", "global"] {
         wait_for_alert(&prometheus, "MeshRateLimitRejecting", &[("route", route)]);
     }
+    wait_for_alert(
+        &prometheus,
+        "MeshRateLimitServiceFailing",
+        &[("route", "global-down")],
+    );
     prometheus.wait_for("every rule evaluated without error", |p| {
         let rules = p.api("rules", &[]).ok()?;
         let all_ok = rules["groups"].as_array()?.iter().all(|group| {
@@ -979,8 +1059,9 @@ fn the_istio_sidecar_settings_expose_every_label() {
         .iter()
         .map(|name| route(name, &format!("/{name}"), "v1"))
         .collect();
-    // `global`'s service cluster has no endpoint: the call is not sent, the request is let
-    // through, and every series of the route exists all the same.
+    // Here `global`'s service cluster has no endpoint either (nor has `global-down`'s): the
+    // call is not sent, the request is let through, and every series of the route exists
+    // all the same.
     let mut config = envoy::bootstrap(
         filters,
         routes,
@@ -988,6 +1069,7 @@ fn the_istio_sidecar_settings_expose_every_label() {
             envoy::cluster("v1", v1.addr),
             envoy::cluster("v2", v2.addr),
             envoy::grpc_cluster("rls", None),
+            envoy::grpc_cluster("rls-down", None),
         ],
     );
     config["stats_config"] = json!({
