@@ -28,23 +28,36 @@ done
 
 # Exports a module built on the adapter does without. Envoy skips a callback the module
 # does not export, so each of these is a VM entry saved wherever it would be called: per
-# request body chunk, per trailer block, per TCP event. The adapter has no body, trailer or
-# TCP hooks (filters/adapter/src/lib.rs); give it one and take its callback off this list.
-# Envoy allocates in the module through `malloc` alone: the rest of the C allocator is
-# libc's business, not an export.
+# request body chunk, per trailer block, per TCP event, and `proxy_on_done` once per
+# request (the adapter keeps the SDK's answer, "done"; Envoy assumes it when the export is
+# missing). The adapter has no body, trailer or TCP hooks (filters/adapter/src/lib.rs); give
+# it one and take its callback off this list. Envoy allocates in the module through `malloc`
+# alone: the rest of the C allocator is libc's business, not an export.
 DROP_EXPORTS="proxy_on_request_body proxy_on_request_trailers proxy_on_response_body
   proxy_on_response_trailers proxy_on_new_connection proxy_on_downstream_data
   proxy_on_upstream_data proxy_on_downstream_connection_close
-  proxy_on_upstream_connection_close calloc realloc free aligned_alloc posix_memalign"
+  proxy_on_upstream_connection_close proxy_on_done
+  calloc realloc free aligned_alloc posix_memalign"
 
-# drop_exports <in> <out>: the module without DROP_EXPORTS (wasm-metadce, then what became
-# dead code is optimised away).
+# uses_log_phase <filter>: whether the filter, or for the bundle a filter it chains,
+# implements `Filter::on_done`, the adapter's one use of the log phase (`proxy_on_log`).
+# A module without it is built without that export: one VM entry less per request.
+uses_log_phase() {
+  local crate dirs=("filters/$1/src")
+  for crate in $(grep -o '^mesh-[a-z]*' "filters/$1/Cargo.toml"); do
+    [ -d "filters/${crate#mesh-}/src" ] && dirs+=("filters/${crate#mesh-}/src")
+  done
+  grep -rqw --exclude-dir=tests 'fn on_done' "${dirs[@]}"
+}
+
+# drop_exports <in> <out> [more names]: the module without DROP_EXPORTS and the names given
+# (wasm-metadce, then what became dead code is optimised away).
 drop_exports() {
-  local in="$1" out="$2" graph keep name
+  local in="$1" out="$2" drop="$DROP_EXPORTS ${3:-}" graph keep name
   graph="$(mktemp)"
   keep=()
   for name in $(wasm-dis "$in" | grep -o '^ (export "[^"]*"' | cut -d'"' -f2); do
-    grep -qw -- "$name" <<<"$DROP_EXPORTS" || keep+=("$name")
+    grep -qw -- "$name" <<<"$drop" || keep+=("$name")
   done
   {
     printf '[{"name": "root", "root": true, "reaches": ['
@@ -64,7 +77,9 @@ for f in "${filters[@]}"; do
   raw="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/mesh_$f.wasm"
   wasm-opt -Oz --strip-debug --strip-producers "$raw" -o "dist/$f.wasm"
   if grep -q '^mesh-adapter' "filters/$f/Cargo.toml"; then
-    drop_exports "dist/$f.wasm" "dist/$f.wasm.tmp" && mv "dist/$f.wasm.tmp" "dist/$f.wasm"
+    more=""
+    uses_log_phase "$f" || more="proxy_on_log"
+    drop_exports "dist/$f.wasm" "dist/$f.wasm.tmp" "$more" && mv "dist/$f.wasm.tmp" "dist/$f.wasm"
   fi
   size=$(stat -c %s "dist/$f.wasm")
   budget=$BUDGET
