@@ -605,14 +605,19 @@ fn rss_kb(pid: u32) -> Result<u64, Error> {
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
+/// The body of Envoy's admin page `path`.
+fn admin_text(agent: &ureq::Agent, admin: SocketAddr, path: &str) -> Result<String, Error> {
+    Ok(agent
+        .get(format!("http://{admin}{path}"))
+        .call()?
+        .body_mut()
+        .read_to_string()?)
+}
+
 /// The sum of every Envoy stat whose name contains `needle` (0 when none does); a needle
 /// starting with `=` matches one name exactly.
 fn stat_sum(agent: &ureq::Agent, admin: SocketAddr, needle: &str) -> Result<u64, Error> {
-    let text = agent
-        .get(format!("http://{admin}/stats"))
-        .call()?
-        .body_mut()
-        .read_to_string()?;
+    let text = admin_text(agent, admin, "/stats")?;
     Ok(text
         .lines()
         .filter_map(|line| line.rsplit_once(": "))
@@ -703,11 +708,7 @@ fn listener_address(
     admin: SocketAddr,
     name: &str,
 ) -> Result<SocketAddr, Error> {
-    let text = agent
-        .get(format!("http://{admin}/listeners?format=json"))
-        .call()?
-        .body_mut()
-        .read_to_string()?;
+    let text = admin_text(agent, admin, "/listeners?format=json")?;
     let listeners: Value = serde_json::from_str(&text)?;
     let socket = listeners
         .pointer("/listener_statuses")
@@ -849,11 +850,7 @@ struct Heap {
 
 /// Envoy's admin `/memory`: numbers as JSON strings.
 fn heap(agent: &ureq::Agent, admin: SocketAddr) -> Result<Heap, Error> {
-    let text = agent
-        .get(format!("http://{admin}/memory"))
-        .call()?
-        .body_mut()
-        .read_to_string()?;
+    let text = admin_text(agent, admin, "/memory")?;
     let memory: Value = serde_json::from_str(&text)?;
     let field = |name: &str| -> Result<u64, Error> {
         Ok(memory
@@ -1123,35 +1120,33 @@ fn targets(rows: &[Row]) -> Vec<(bool, String)> {
     if let (Some(bundle), Some(floor), Some(bare)) =
         (find("bundle"), find("passthrough"), find("bare"))
     {
-        // One module's memory: the bundle's VMs cost about what one module's do (RSS above
-        // the bare Envoy), where the chain pays for four.
-        let one = floor.rss_mb - bare.rss_mb;
-        let limit = 1.5 * one;
-        let chain = find("chain").map_or(String::new(), |c| {
-            format!(", chain {:+.1} MB", c.rss_mb - bare.rss_mb)
-        });
-        out.push((
-            bundle.rss_mb - bare.rss_mb <= limit,
-            format!(
-                "the bundle needs one module's memory: RSS {:+.1} MB over bare vs ≤ {limit:.1} MB (1.5× pass-through's {one:+.1} MB{chain})",
-                bundle.rss_mb - bare.rss_mb
+        // One module's memory: the bundle's VMs cost about what one module's do (above the
+        // bare Envoy), where the chain pays for four. Judged on RSS, and on RSS less what the
+        // allocator keeps free: most of a module's RSS beyond the pass-through's is the
+        // scratch memory of compiling it, freed and kept by tcmalloc (README, "Benchmark").
+        type Measure = fn(&Row) -> f64;
+        let measures: [(&str, Measure); 2] = [
+            ("the bundle needs one module's memory: RSS", |r| r.rss_mb),
+            (
+                "the bundle needs one module's memory in use (RSS less the allocator's free pages and caches):",
+                |r| r.in_use_mb,
             ),
-        ));
-        // The same without what the allocator keeps free: most of a module's RSS beyond the
-        // pass-through's is the scratch memory of compiling it, freed and kept by tcmalloc
-        // (README, "Benchmark").
-        let one = floor.in_use_mb - bare.in_use_mb;
-        let limit = 1.5 * one;
-        let chain = find("chain").map_or(String::new(), |c| {
-            format!(", chain {:+.1} MB", c.in_use_mb - bare.in_use_mb)
-        });
-        out.push((
-            bundle.in_use_mb - bare.in_use_mb <= limit,
-            format!(
-                "the bundle needs one module's memory in use (RSS less the allocator's free pages and caches): {:+.1} MB over bare vs ≤ {limit:.1} MB (1.5× pass-through's {one:+.1} MB{chain})",
-                bundle.in_use_mb - bare.in_use_mb
-            ),
-        ));
+        ];
+        for (what, mb) in measures {
+            let over_bare = |row: &Row| mb(row) - mb(bare);
+            let one = over_bare(floor);
+            let limit = 1.5 * one;
+            let chain = find("chain").map_or(String::new(), |c| {
+                format!(", chain {:+.1} MB", over_bare(c))
+            });
+            out.push((
+                over_bare(bundle) <= limit,
+                format!(
+                    "{what} {:+.1} MB over bare vs ≤ {limit:.1} MB (1.5× pass-through's {one:+.1} MB{chain})",
+                    over_bare(bundle)
+                ),
+            ));
+        }
     }
     for module in ["traceid", "canary", "ratelimit", "breaker"] {
         let bytes = std::fs::metadata(envoy::dist_dir().join(format!("{module}.wasm")))
