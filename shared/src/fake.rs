@@ -17,6 +17,11 @@ pub struct FakeHost {
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     /// How many times the route cache was cleared.
     pub route_cache_clears: usize,
+    /// Request header sets and removals so far: each is a host call, and in Envoy makes the
+    /// route be chosen again.
+    pub request_header_writes: usize,
+    /// Metric increments and records so far, one host call each.
+    pub metric_updates: usize,
     rng: fastrand::Rng,
     scripted_random: Vec<u64>,
     shared: HashMap<String, Shared>,
@@ -43,6 +48,8 @@ impl FakeHost {
             response_headers: Vec::new(),
             properties: HashMap::new(),
             route_cache_clears: 0,
+            request_header_writes: 0,
+            metric_updates: 0,
             rng: fastrand::Rng::with_seed(7),
             scripted_random: Vec::new(),
             shared: HashMap::new(),
@@ -200,12 +207,14 @@ impl Host for FakeHost {
     }
 
     fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        self.metric_updates += 1;
         if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
             entry.2 += delta;
         }
     }
 
     fn record_metric(&mut self, metric: Metric, value: u64) {
+        self.metric_updates += 1;
         if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
             entry.2 = i64::try_from(value).unwrap_or(i64::MAX);
         }
@@ -226,10 +235,12 @@ impl RequestHost for FakeHost {
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.request_header_writes += 1;
         replace(&mut self.request_headers, name, value);
     }
 
     fn remove_request_header(&mut self, name: &str) {
+        self.request_header_writes += 1;
         self.request_headers.retain(|(n, _)| n != name);
     }
 

@@ -304,7 +304,12 @@ impl Filter for Breaker {
         };
         let started = host.now();
         let outcome = machine::admit(&route.policy, host, &breaker.key);
-        route.observe(host, &breaker, outcome.state, outcome.transition);
+        // A request that passes sets the state gauge when it completes (on_done): one gauge
+        // update per request, not two. A rejected one ends here.
+        let rejected = matches!(outcome.result, Admission::Reject { .. });
+        if rejected || outcome.transition.is_some() {
+            route.observe(host, &breaker, outcome.state, outcome.transition);
+        }
         if let Some(error) = outcome.store_error {
             route.count(host, Counted::store_error(error));
         }

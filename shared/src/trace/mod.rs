@@ -299,7 +299,7 @@ impl TracePolicy {
                 }
             } else {
                 // tracestate belongs to the traceparent it came with.
-                edits.push(Edit::Remove(w3c::TRACESTATE));
+                remove_if_present(host, w3c::TRACESTATE, &mut edits);
             }
         }
         let sampled = out.flags & w3c::FLAG_SAMPLED != 0;
@@ -311,10 +311,10 @@ impl TracePolicy {
         if self.emit.b3multi {
             edits.push(Edit::Set(b3::TRACE_ID, hex::encode(&out.trace_id)));
             edits.push(Edit::Set(b3::SPAN_ID, hex::encode(&out.span_id)));
-            edits.push(match out.b3_parent {
-                Some(parent) => Edit::Set(b3::PARENT_SPAN_ID, hex::encode(&parent)),
-                None => Edit::Remove(b3::PARENT_SPAN_ID),
-            });
+            match out.b3_parent {
+                Some(parent) => edits.push(Edit::Set(b3::PARENT_SPAN_ID, hex::encode(&parent))),
+                None => remove_if_present(host, b3::PARENT_SPAN_ID, &mut edits),
+            }
             edits.push(Edit::Set(
                 b3::SAMPLED,
                 (if sampled { "1" } else { "0" }).to_owned(),
@@ -329,6 +329,14 @@ impl TracePolicy {
             source,
             edits,
         }
+    }
+}
+
+/// Removes a header only when the request has it: each removal is a host call and makes
+/// Envoy choose the route again.
+fn remove_if_present(host: &impl RequestHost, name: &'static str, edits: &mut Vec<Edit>) {
+    if host.request_header(name).is_some() {
+        edits.push(Edit::Remove(name));
     }
 }
 

@@ -92,7 +92,8 @@ fn absent_traceparent_starts_a_new_trace() {
         set(&d, "traceparent").unwrap(),
         "00-00000000000011110000000000002222-0000000000003333-01"
     );
-    assert!(removes(&d, "tracestate"));
+    // Nothing else: no tracestate came in, so there is none to remove.
+    assert_eq!(d.edits.len(), 1, "{:?}", d.edits);
 }
 
 #[test]
@@ -222,6 +223,17 @@ fn b3_multi_with_64_bit_id_is_carried() {
         "0000000000000000a3ce929d0e0e4736"
     );
     assert_eq!(set(&d, "x-b3-sampled").unwrap(), "1");
+    // None came in: nothing to remove.
+    assert!(!removes(&d, "x-b3-parentspanid"));
+}
+
+#[test]
+fn b3_multi_parent_left_from_another_context_is_removed() {
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", TP)
+        .with_request_header("x-b3-parentspanid", "00f067aa0ba902b7");
+    let d = policy(r#"{"emit": ["w3c", "b3multi"]}"#).decide(&mut host);
+    assert_eq!(d.source, Source::W3c);
     assert!(removes(&d, "x-b3-parentspanid"));
 }
 

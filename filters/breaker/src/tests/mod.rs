@@ -54,6 +54,17 @@ fn stat(host: &FakeHost, value: &str) -> i64 {
 }
 
 #[test]
+fn a_passing_call_updates_the_state_gauge_once() {
+    let mut host = FakeHost::new();
+    let (filter, route) = bound(FRAGILE, "fragile", &mut host);
+    call(&filter, &route, &mut host, 200);
+    assert_eq!(host.metric("mesh_breaker_state;route=fragile"), Some(0));
+    // The gauge, `allowed` and `success`: three host calls for metrics, not four.
+    assert_eq!(host.metric_updates, 3);
+    assert_eq!((stat(&host, "allowed"), stat(&host, "success")), (1, 1));
+}
+
+#[test]
 fn three_failures_open_it_and_the_fallback_answers_with_state_and_retry_after() {
     let mut host = FakeHost::new();
     let (filter, route) = bound(FRAGILE, "fragile", &mut host);

@@ -25,6 +25,9 @@ fn new_trace_is_written_counted_and_returned_on_the_response() {
     );
     TraceId.on_response(&route, &mut request, &mut host);
     assert_eq!(host.response_values("x-trace-id"), [trace_id]);
+    // One request header write (traceparent), one counter: no removal of a tracestate that
+    // never came (each write is a host call and a route re-match in Envoy).
+    assert_eq!((host.request_header_writes, host.metric_updates), (1, 1));
 }
 
 #[test]
