@@ -842,8 +842,9 @@ struct Sample {
 struct Heap {
     /// Bytes in live allocations.
     allocated: u64,
-    /// Bytes freed but kept, resident, by the allocator: free pages of its page heap and its
-    /// per-thread caches. Envoy returns them to the system only when its bootstrap asks
+    /// Bytes freed but kept, resident, by the allocator: what its heap holds beyond the live
+    /// allocations and the pages it gave back (free pages, central and per-thread free
+    /// lists). Envoy returns the free pages to the system only when its bootstrap asks
     /// (`memory_allocator_manager`).
     kept_free: u64,
 }
@@ -859,9 +860,12 @@ fn heap(agent: &ureq::Agent, admin: SocketAddr) -> Result<Heap, Error> {
             .ok_or_else(|| format!("/memory without {name}: {text}"))?
             .parse()?)
     };
+    let allocated = field("allocated")?;
+    // heap_size counts every byte the heap reserved, the unmapped (given back) included.
+    let resident = field("heap_size")?.saturating_sub(field("pageheap_unmapped")?);
     Ok(Heap {
-        allocated: field("allocated")?,
-        kept_free: field("pageheap_free")? + field("total_thread_cache")?,
+        allocated,
+        kept_free: resident.saturating_sub(allocated),
     })
 }
 
@@ -1128,7 +1132,7 @@ fn targets(rows: &[Row]) -> Vec<(bool, String)> {
         let measures: [(&str, Measure); 2] = [
             ("the bundle needs one module's memory: RSS", |r| r.rss_mb),
             (
-                "the bundle needs one module's memory in use (RSS less the allocator's free pages and caches):",
+                "the bundle needs one module's memory in use (RSS less what the allocator holds free):",
                 |r| r.in_use_mb,
             ),
         ];
@@ -1352,8 +1356,8 @@ fn run() -> Result<(), Error> {
              schedstat) over a window divided by the requests Envoy served in it; \"added\" and\n\
              \"vs bare\" compare each variant window with the bare window next to it. Medians over\n\
              windows, then over {} repetitions (a fresh Envoy each, variants interleaved). RSS\n\
-             after the run; \"in use\" is RSS less what Envoy's allocator keeps free (free pages\n\
-             and thread caches), \"heap\" its live allocations (both from admin `/memory`).\n\
+             after the run; \"in use\" is RSS less what Envoy's allocator holds free (its resident\n\
+             heap less live allocations), \"heap\" those allocations (both from admin `/memory`).\n\
              The bare row compares two bare listeners: its \"added\" is the method's noise.\n\n\
              ## Machine\n\n{}\
              - load average (1, 5, 15 min): {load_before} before, {load_after} after (the\n  \
