@@ -1029,7 +1029,7 @@ fn rows(variants: &[Variant], samples: &[Vec<Sample>]) -> Vec<Row> {
                 p50_us: m(|s| s.p50_us),
                 p99_us: m(|s| s.p99_us),
                 rss_mb: m(|s| s.rss_kb as f64 / 1024.0),
-                in_use_mb: m(|s| (s.rss_kb as f64 * 1024.0 - s.heap.kept_free as f64) / MB),
+                in_use_mb: m(|s| s.rss_kb as f64 / 1024.0 - s.heap.kept_free as f64 / MB),
                 heap_mb: m(|s| s.heap.allocated as f64 / MB),
                 module_bytes: module_bytes(variant),
             }
