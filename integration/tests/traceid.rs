@@ -55,6 +55,28 @@ fn traceparent_is_generated_when_absent_and_returned_as_x_trace_id() {
     );
 }
 
+/// The trace id reaches the filter's log line for the request (at debug, which the harness
+/// asks Envoy for with `--component-log-level wasm:debug`), so a log search finds it.
+#[test]
+fn the_trace_id_is_in_the_filters_log_line() {
+    let mesh = mesh();
+    let reply = mesh.get("/checkout").send();
+    let trace_id = reply
+        .header("x-trace-id")
+        .unwrap_or_else(|| panic!("no x-trace-id: {}", reply.text()));
+    let line = format!("traceid route=checkout trace={trace_id} outcome=started");
+    // Envoy writes its log from the worker; give the pipe a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !mesh.envoy_log().contains(&line) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        mesh.envoy_log().contains(&line),
+        "no {line:?} in\n{}",
+        mesh.envoy_log()
+    );
+}
+
 #[test]
 fn valid_traceparent_and_tracestate_are_kept() {
     let mesh = mesh();

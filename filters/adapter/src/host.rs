@@ -13,7 +13,39 @@ use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
 };
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, MetricType, Status};
+use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
+
+/// The level Envoy logs the `wasm` component at (`--component-log-level wasm:debug`, or
+/// Istio's `sidecar.istio.io/componentLogLevel`), when it says. The SDK's `get_log_level`
+/// reads the answer into its `LogLevel` enum, which has no value for spdlog's "off" (6):
+/// read it as a number instead.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+pub(crate) fn envoy_log_level() -> Option<LogLevel> {
+    unsafe extern "C" {
+        fn proxy_get_log_level(return_level: *mut u32) -> u32;
+    }
+    let mut level = u32::MAX;
+    // SAFETY: the host writes one u32 through the pointer it is given.
+    let status = unsafe { proxy_get_log_level(&mut level) };
+    if status != Status::Ok as u32 {
+        return None;
+    }
+    Some(match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        // 5 is critical, 6 off: our critical lines (panics) still print.
+        _ => LogLevel::Critical,
+    })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn envoy_log_level() -> Option<LogLevel> {
+    None
+}
 
 #[derive(Debug)]
 pub struct ConfigurePhase;

@@ -62,7 +62,8 @@ pub use mesh_policy::filter::Filter;
 
 /// Installs the root context for `S`. Called from the module's entry point.
 pub fn start<S: Stages + 'static>() {
-    // The SDK formats every record below this level: Info keeps per-request debug lines free.
+    // Info until on_configure asks Envoy for its level (this also installs the panic hook).
+    // Below the level a `log::debug!` line costs one comparison, no formatting.
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| Box::new(Root::<S> { state: None }));
 }
@@ -116,6 +117,10 @@ impl<S: Stages> Context for Root<S> {}
 
 impl<S: Stages + 'static> RootContext for Root<S> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        // Per-request lines are at debug: they print when Envoy logs wasm at debug.
+        if let Some(level) = host::envoy_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let rng = RefCell::new(fastrand::Rng::with_seed(0));
         let probe = Proxy::configure(&rng);
         rng.replace(fastrand::Rng::with_seed(random_seed(&probe)));
