@@ -151,13 +151,17 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// workspace's wasm32-wasip1 release build of `mesh-fixture`.
+/// wasm32-wasip1 release build of `mesh-fixture` in `CARGO_TARGET_DIR` (as `scripts/test.sh`
+/// builds it), else in the workspace's `target/`.
 pub fn fixture_wasm() -> PathBuf {
-    match std::env::var_os("MESH_FIXTURE") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/wasm32-wasip1/release/mesh_fixture.wasm"),
+    if let Some(path) = std::env::var_os("MESH_FIXTURE") {
+        return PathBuf::from(path);
     }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("wasm32-wasip1/release/mesh_fixture.wasm")
 }
 
 /// Envoy did not become ready.

@@ -93,3 +93,25 @@ fn a_filter_reads_the_old_route_after_it_changed_the_header_itself() {
     assert_eq!(header(&reply, "x-fixture-route-after"), "checkout");
     assert_eq!(header(&reply, "x-fixture-cluster-after"), "v1");
 }
+
+/// Envoy 1.40 re-matches the route by itself when a wasm filter (on the SDK's ABI 0.2.1) adds
+/// a request header, even after the route was chosen and without a `clear_route_cache` call:
+/// the fixture reads `xds.route_name` first (Envoy picks `checkout`), then only sets the tag.
+/// The canary filter still asks for the re-match (`filters/canary`): newer ABIs need it.
+#[test]
+fn envoy_rematches_after_a_header_write_without_being_asked() {
+    let mesh = Mesh::builder()
+        .fixture()
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reply = mesh
+        .get("/checkout")
+        .header("x-fixture-tag-only", "x-canary=true")
+        .send();
+    assert_eq!(header(&reply, "x-fixture-route"), "checkout");
+    assert_eq!(header(&reply, "x-canary"), "true");
+    assert_eq!(reply.service().as_deref(), Some("v2"), "{}", reply.text());
+    // Without the tag, the same request stays on v1.
+    let plain = mesh.get("/checkout").send();
+    assert_eq!(plain.service().as_deref(), Some("v1"), "{}", plain.text());
+}
