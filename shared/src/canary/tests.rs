@@ -438,6 +438,17 @@ fn without_a_key_the_host_draws() {
     let d = decide(&p, &mut host);
     assert_eq!((d.release, d.reason), (Release::Stable, Reason::Random));
     assert_eq!(d.new_sticky_key, None);
+    // The draw splits at the percent: just under a fifth of the range is canary, just over
+    // is stable.
+    let fifth = u64::MAX / 5;
+    host.script_random(&[fifth - (1 << 20), fifth + (1 << 20)]);
+    assert_eq!(decide(&p, &mut host).release, Release::Canary);
+    assert_eq!(decide(&p, &mut host).release, Release::Stable);
+    // And over many draws the share is the percent.
+    let canary = (0..10_000)
+        .filter(|_| decide(&p, &mut host).release == Release::Canary)
+        .count();
+    assert!((1_800..=2_200).contains(&canary), "{canary} of 10,000 drawn canary");
 }
 
 #[test]

@@ -35,6 +35,24 @@ fn a_rule_tags_the_request_re_routes_and_counts() {
 }
 
 #[test]
+fn the_configured_header_and_value_are_written() {
+    let config = r#"{"routes": {"checkout": {"header": "x-release", "value": "v2",
+        "rules": [{"name": "force", "header": "x-canary-force", "exact": "true"}]}}}"#;
+    let mut host = FakeHost::new()
+        .with_request_header("x-canary-force", "true")
+        .with_request_header("x-release", "forged");
+    let route = bound(config, "checkout", &mut host);
+    Canary.on_request(&route, &mut host);
+    assert_eq!(host.request_values("x-release"), ["v2"]);
+    assert!(host.request_values("x-canary").is_empty());
+    // Stable: the client's own value of the configured header is removed, not kept.
+    let mut host = FakeHost::new().with_request_header("x-release", "v2");
+    let route = bound(config, "checkout", &mut host);
+    Canary.on_request(&route, &mut host);
+    assert!(host.request_values("x-release").is_empty());
+}
+
+#[test]
 fn an_untouched_stable_request_keeps_the_route() {
     let mut host = FakeHost::new();
     let route = bound(CHECKOUT, "checkout", &mut host);
