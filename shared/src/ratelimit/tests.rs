@@ -790,3 +790,29 @@ fn global_rejection_reply_carries_retry_after_and_the_service_headers() {
     let unavailable = p.unavailable_reply();
     assert_eq!(unavailable.status, 503);
 }
+
+#[test]
+fn a_service_header_replaces_the_filters_own_of_that_name() {
+    let p = policy(GLOBAL);
+    let reply = p.global_reject_reply(
+        7,
+        vec![
+            ("retry-after".into(), b"30".to_vec()),
+            ("Content-Type".into(), b"text/plain".to_vec()),
+            ("x-limit-by".into(), b"a".to_vec()),
+            ("x-limit-by".into(), b"b".to_vec()),
+        ],
+    );
+    let values = |name: &str| -> Vec<&str> {
+        reply
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("retry-after"), ["30"]);
+    assert_eq!(values("content-type"), ["text/plain"]);
+    // The service's own repeated headers are all kept.
+    assert_eq!(values("x-limit-by"), ["a", "b"]);
+}
