@@ -352,6 +352,45 @@ fn a_request_rejected_by_one_limit_takes_no_token_from_the_others() {
     assert_eq!(check.budget.map(|b| b.limit), Some(20));
 }
 
+const THREE_LIMITS: &str = r#"{"limits": [
+    {"rate_per_s": 1, "burst": 2},
+    {"rate_per_s": 1, "burst": 5, "key": {"header": "x-api-key"}},
+    {"rate_per_s": 1, "burst": 5, "key": "path"}
+]}"#;
+
+/// Shared-data calls `f` makes: (reads, writes).
+fn shared_calls(host: &mut FakeHost, f: impl FnOnce(&mut FakeHost)) -> (usize, usize) {
+    host.shared_gets.set(0);
+    host.shared_sets = 0;
+    f(host);
+    (host.shared_gets.get(), host.shared_sets)
+}
+
+#[test]
+fn an_admitted_request_costs_one_read_and_one_write_per_limit() {
+    let mut host = FakeHost::new().with_request_header(":path", "/a");
+    with_key(&mut host, "k");
+    let route = bind(THREE_LIMITS, &mut host);
+    for _ in 0..2 {
+        let calls = shared_calls(&mut host, |host| {
+            assert_eq!(route.check(host).decision, Decision::Allowed);
+        });
+        assert_eq!(calls, (3, 3));
+    }
+}
+
+#[test]
+fn a_rejected_request_reads_every_limit_and_writes_nothing() {
+    let mut host = FakeHost::new().with_request_header(":path", "/a");
+    with_key(&mut host, "k");
+    let route = bind(THREE_LIMITS, &mut host);
+    assert_eq!(send(&route, &mut host, 2), (2, 0));
+    let calls = shared_calls(&mut host, |host| {
+        assert_eq!(route.check(host).decision, Decision::Rejected);
+    });
+    assert_eq!(calls, (3, 0));
+}
+
 #[test]
 fn headers_describe_the_tightest_limit() {
     let mut host = FakeHost::new();
