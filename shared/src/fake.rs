@@ -1,6 +1,7 @@
 //! An in-memory [`Host`] for tests: headers, properties, a settable clock, seeded
 //! randomness, shared data with real compare-and-swap (and injectable conflicts), metrics.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -22,6 +23,11 @@ pub struct FakeHost {
     pub request_header_writes: usize,
     /// Metric increments and records so far, one host call each.
     pub metric_updates: usize,
+    /// Shared-data reads so far, one host call each (a `Cell`: `shared_get` takes `&self`).
+    pub shared_gets: Cell<usize>,
+    /// Shared-data writes so far (CAS or not, succeeded or not), one host call each;
+    /// [`FakeHost::shared_put`], another VM's write, is not counted.
+    pub shared_sets: usize,
     rng: fastrand::Rng,
     scripted_random: Vec<u64>,
     shared: HashMap<String, Shared>,
@@ -50,6 +56,8 @@ impl FakeHost {
             route_cache_clears: 0,
             request_header_writes: 0,
             metric_updates: 0,
+            shared_gets: Cell::new(0),
+            shared_sets: 0,
             rng: fastrand::Rng::with_seed(7),
             scripted_random: Vec::new(),
             shared: HashMap::new(),
@@ -175,10 +183,12 @@ impl Host for FakeHost {
     }
 
     fn shared_get(&self, key: &str) -> Option<Shared> {
+        self.shared_gets.set(self.shared_gets.get() + 1);
         self.shared.get(key).cloned()
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        self.shared_sets += 1;
         if cas.is_some() && self.cas_conflicts > 0 {
             self.cas_conflicts -= 1;
             // Another VM wrote the same key in between.

@@ -119,7 +119,9 @@ impl Proxy<'_, RequestPhase> {
         ) {
             Ok(token) => Some(token),
             Err(status) => {
-                log::warn!(
+                // Per request when the cluster has no endpoint: the filter logs the failure
+                // once per burst (`global_error=not_sent`).
+                log::debug!(
                     "grpc call to cluster {} not sent: status {}",
                     call.cluster,
                     status as u32
@@ -198,7 +200,9 @@ impl<Phase> Host for Proxy<'_, Phase> {
         match hostcalls::define_metric(kind, name) {
             Ok(id) => Metric(Some(id)),
             Err(status) => {
-                log::warn!("define_metric {name} failed: status {}", status as u32);
+                // Per request when the cluster has no endpoint: the filter logs the failure
+                // once per burst (`global_error=not_sent`).
+                log::debug!("define_metric {name} failed: status {}", status as u32);
                 Metric(None)
             }
         }

@@ -181,6 +181,10 @@ impl Filter for RateLimit {
         let check = route.limits.check(host);
         let policy = route.limits.policy();
         let mut state = RequestState::default();
+        // Before the call: a request held for the service has had its store error too.
+        if let Some(error) = check.store_error {
+            route.note_store_error(host, error, check.decision);
+        }
         // A request the local limits reject never costs a call; one they admit is counted
         // once the service has answered.
         if check.decision != Decision::Rejected
@@ -198,21 +202,6 @@ impl Filter for RateLimit {
         }
         if let Some(counter) = route.decision_counter(check.decision) {
             host.increment_metric(counter, 1);
-        }
-        if let Some(error) = check.store_error {
-            host.increment_metric(route.store_error_counter(error), 1);
-            if let Some(count) = route.store_error_log.note(host.now()) {
-                log::warn!(
-                    "ratelimit route={} store_error={} requests={count} action={}",
-                    route.name,
-                    error.as_str(),
-                    if policy.failure_mode_deny {
-                        "rejected"
-                    } else {
-                        "let_through"
-                    }
-                );
-            }
         }
         log::debug!(
             "ratelimit route={} decision={} retry_after={}",
@@ -261,6 +250,8 @@ impl Filter for RateLimit {
         let timed_out = policy.global.as_ref().is_some_and(|g| {
             now.saturating_sub(state.call_started) >= u64::from(g.timeout_ms) * NANOS_PER_MS / 8 * 7
         });
+        // Dry run lets everything through, a request the service could not decide included.
+        let deny_on_error = policy.failure_mode_deny && !policy.dry_run;
         let (decision, verdict) = match answer(outcome, timed_out) {
             Ok(rls::Answer {
                 over_limit: None,
@@ -295,19 +286,23 @@ impl Filter for RateLimit {
                     log::warn!(
                         "ratelimit route={} global_error={why} requests={count} action={}",
                         route.name,
-                        if policy.failure_mode_deny {
+                        if deny_on_error {
                             "unavailable"
                         } else {
                             "let_through"
                         }
                     );
                 }
-                if policy.failure_mode_deny {
+                if deny_on_error {
                     state.budget = None;
                     (
                         Decision::Rejected,
                         Verdict::Reply(policy.unavailable_reply()),
                     )
+                } else if policy.failure_mode_deny {
+                    // Dry run: the 503 it would have been, counted like a would-be rejection.
+                    route.note_dry_run(now);
+                    (Decision::DryRunRejected, Verdict::Continue)
                 } else {
                     (admitted, Verdict::Continue)
                 }
@@ -338,6 +333,24 @@ impl Filter for RateLimit {
 }
 
 impl RateLimitRoute {
+    /// Counts a shared-data error and logs it once per [`LOG_EVERY`]; `decision` is what the
+    /// request got for it.
+    fn note_store_error(&self, host: &mut impl Host, error: UpdateError, decision: Decision) {
+        host.increment_metric(self.store_error_counter(error), 1);
+        if let Some(count) = self.store_error_log.note(host.now()) {
+            log::warn!(
+                "ratelimit route={} store_error={} requests={count} action={}",
+                self.name,
+                error.as_str(),
+                if decision == Decision::Rejected {
+                    "rejected"
+                } else {
+                    "let_through"
+                }
+            );
+        }
+    }
+
     fn note_dry_run(&self, now: Nanos) {
         if let Some(count) = self.dry_run_log.note(now) {
             log::info!(

@@ -381,13 +381,20 @@ impl RateLimitPolicy {
 
 impl RateLimitPolicy {
     /// The reply when the rate limit service says over limit: the local rejection's status
-    /// and body, `Retry-After` from the service, and the service's response headers.
+    /// and body, `Retry-After` from the service, and the service's response headers. A header
+    /// the service sends replaces the filter's own of that name (the service knows the
+    /// cluster-wide state; Envoy's ratelimit filter lets the service's `content-type` win too).
     pub fn global_reject_reply(&self, retry_after_s: u64, headers: Vec<rls::Header>) -> LocalReply {
         let mut reply = self.reject_reply(&Check {
             decision: Decision::Rejected,
             budget: None,
             retry_after_s,
             store_error: None,
+        });
+        reply.headers.retain(|(own, _)| {
+            !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(own))
         });
         reply.headers.extend(
             headers

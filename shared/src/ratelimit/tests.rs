@@ -352,6 +352,45 @@ fn a_request_rejected_by_one_limit_takes_no_token_from_the_others() {
     assert_eq!(check.budget.map(|b| b.limit), Some(20));
 }
 
+const THREE_LIMITS: &str = r#"{"limits": [
+    {"rate_per_s": 1, "burst": 2},
+    {"rate_per_s": 1, "burst": 5, "key": {"header": "x-api-key"}},
+    {"rate_per_s": 1, "burst": 5, "key": "path"}
+]}"#;
+
+/// Shared-data calls `f` makes: (reads, writes).
+fn shared_calls(host: &mut FakeHost, f: impl FnOnce(&mut FakeHost)) -> (usize, usize) {
+    host.shared_gets.set(0);
+    host.shared_sets = 0;
+    f(host);
+    (host.shared_gets.get(), host.shared_sets)
+}
+
+#[test]
+fn an_admitted_request_costs_one_read_and_one_write_per_limit() {
+    let mut host = FakeHost::new().with_request_header(":path", "/a");
+    with_key(&mut host, "k");
+    let route = bind(THREE_LIMITS, &mut host);
+    for _ in 0..2 {
+        let calls = shared_calls(&mut host, |host| {
+            assert_eq!(route.check(host).decision, Decision::Allowed);
+        });
+        assert_eq!(calls, (3, 3));
+    }
+}
+
+#[test]
+fn a_rejected_request_reads_every_limit_and_writes_nothing() {
+    let mut host = FakeHost::new().with_request_header(":path", "/a");
+    with_key(&mut host, "k");
+    let route = bind(THREE_LIMITS, &mut host);
+    assert_eq!(send(&route, &mut host, 2), (2, 0));
+    let calls = shared_calls(&mut host, |host| {
+        assert_eq!(route.check(host).decision, Decision::Rejected);
+    });
+    assert_eq!(calls, (3, 0));
+}
+
 #[test]
 fn headers_describe_the_tightest_limit() {
     let mut host = FakeHost::new();
@@ -789,4 +828,30 @@ fn global_rejection_reply_carries_retry_after_and_the_service_headers() {
     );
     let unavailable = p.unavailable_reply();
     assert_eq!(unavailable.status, 503);
+}
+
+#[test]
+fn a_service_header_replaces_the_filters_own_of_that_name() {
+    let p = policy(GLOBAL);
+    let reply = p.global_reject_reply(
+        7,
+        vec![
+            ("retry-after".into(), b"30".to_vec()),
+            ("Content-Type".into(), b"text/plain".to_vec()),
+            ("x-limit-by".into(), b"a".to_vec()),
+            ("x-limit-by".into(), b"b".to_vec()),
+        ],
+    );
+    let values = |name: &str| -> Vec<&str> {
+        reply
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("retry-after"), ["30"]);
+    assert_eq!(values("content-type"), ["text/plain"]);
+    // The service's own repeated headers are all kept.
+    assert_eq!(values("x-limit-by"), ["a", "b"]);
 }

@@ -276,6 +276,59 @@ fn dry_run_counts_a_global_rejection_and_lets_it_through() {
 }
 
 #[test]
+fn a_store_error_before_a_global_call_is_counted() {
+    let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+    let (filter, route) = bound(GLOBAL, "g", &mut host);
+    host.cas_conflicts = usize::MAX;
+    let (verdict, mut state) = filter.on_request(&route, &mut host);
+    assert!(matches!(verdict, Verdict::Call(_)), "{verdict:?}");
+    assert_eq!(
+        host.metric("mesh_ratelimit_store_errors_total;route=g;error=contended"),
+        Some(1)
+    );
+    // Counted once: not again when the service answers.
+    let answer = CallOutcome::Ok(rls_answer(1, 1, &[]));
+    filter.on_call_done(&route, &mut state, answer, &mut host);
+    assert_eq!(
+        host.metric("mesh_ratelimit_store_errors_total;route=g;error=contended"),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric("mesh_ratelimit_requests_total;route=g;decision=allowed"),
+        Some(1)
+    );
+}
+
+#[test]
+fn dry_run_lets_a_failed_call_through_despite_failure_mode_deny() {
+    let mut host = FakeHost::new();
+    let json = r#"{"routes": {"g": {"limits": [{"scope": "global"}], "service_cluster": "rls", "domain": "mesh", "dry_run": true, "failure_mode_deny": true}}}"#;
+    let (filter, route) = bound(json, "g", &mut host);
+    for outcome in [
+        CallOutcome::NotSent,
+        CallOutcome::Failed { grpc_status: 14 },
+    ] {
+        let (verdict, mut state) = filter.on_request(&route, &mut host);
+        assert!(matches!(verdict, Verdict::Call(_)), "{verdict:?}");
+        let verdict = filter.on_call_done(&route, &mut state, outcome, &mut host);
+        assert_eq!(verdict, Verdict::Continue);
+        assert_eq!(state.budget, None);
+    }
+    assert_eq!(
+        host.metric("mesh_ratelimit_requests_total;route=g;decision=dry_run_rejected"),
+        Some(2)
+    );
+    assert_eq!(
+        host.metric("mesh_ratelimit_requests_total;route=g;decision=rejected"),
+        Some(0)
+    );
+    assert_eq!(
+        host.metric("mesh_ratelimit_global_calls_total;route=g;outcome=error"),
+        Some(2)
+    );
+}
+
+#[test]
 fn throttle_reports_the_first_event_then_a_count_per_interval() {
     let throttle = Throttle::default();
     let t0 = 1_000 * NANOS_PER_SEC;
