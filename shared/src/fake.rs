@@ -1,7 +1,8 @@
 //! An in-memory [`Host`] for tests: headers, properties, a settable clock, seeded
-//! randomness, shared data with real compare-and-swap (and injectable conflicts), metrics.
+//! randomness, shared data with real compare-and-swap (and injectable conflicts; shared with
+//! [`FakeHost::another_vm`]), metrics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -30,8 +31,8 @@ pub struct FakeHost {
     pub shared_sets: usize,
     rng: fastrand::Rng,
     scripted_random: Vec<u64>,
-    shared: HashMap<String, Shared>,
-    next_cas: u32,
+    /// Envoy's shared data, one for every VM of an Envoy: [`FakeHost::another_vm`] shares it.
+    shared: Rc<RefCell<SharedData>>,
     /// The next this-many CAS writes fail as if another VM had written first.
     pub cas_conflicts: usize,
     metrics: Vec<(String, MetricKind, i64)>,
@@ -60,8 +61,7 @@ impl FakeHost {
             shared_sets: 0,
             rng: fastrand::Rng::with_seed(7),
             scripted_random: Vec::new(),
-            shared: HashMap::new(),
-            next_cas: 1,
+            shared: Rc::default(),
             cas_conflicts: 0,
             metrics: Vec::new(),
         }
@@ -123,26 +123,52 @@ impl FakeHost {
             .collect()
     }
 
+    /// Another VM of the same Envoy (another worker): its own headers, properties,
+    /// randomness and metrics, the same clock reading, and this host's shared data.
+    pub fn another_vm(&self) -> FakeHost {
+        FakeHost {
+            now: self.now,
+            shared: Rc::clone(&self.shared),
+            ..FakeHost::new()
+        }
+    }
+
     /// Writes shared data as another VM would, bumping the CAS token.
     pub fn shared_put(&mut self, key: &str, value: &[u8]) {
-        let cas = self.bump_cas();
-        self.shared.insert(
+        self.shared.borrow_mut().put(key, value);
+    }
+
+    pub fn shared_keys(&self) -> usize {
+        self.shared.borrow().records.len()
+    }
+}
+
+#[derive(Debug)]
+struct SharedData {
+    records: HashMap<String, Shared>,
+    next_cas: u32,
+}
+
+impl Default for SharedData {
+    fn default() -> Self {
+        Self {
+            records: HashMap::new(),
+            next_cas: 1,
+        }
+    }
+}
+
+impl SharedData {
+    fn put(&mut self, key: &str, value: &[u8]) {
+        let cas = self.next_cas;
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.records.insert(
             key.to_owned(),
             Shared {
                 value: value.to_vec(),
                 cas,
             },
         );
-    }
-
-    pub fn shared_keys(&self) -> usize {
-        self.shared.len()
-    }
-
-    fn bump_cas(&mut self) -> u32 {
-        let cas = self.next_cas;
-        self.next_cas = self.next_cas.wrapping_add(1).max(1);
-        cas
     }
 }
 
@@ -184,21 +210,23 @@ impl Host for FakeHost {
 
     fn shared_get(&self, key: &str) -> Option<Shared> {
         self.shared_gets.set(self.shared_gets.get() + 1);
-        self.shared.get(key).cloned()
+        self.shared.borrow().records.get(key).cloned()
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         self.shared_sets += 1;
         if cas.is_some() && self.cas_conflicts > 0 {
             self.cas_conflicts -= 1;
-            // Another VM wrote the same key in between.
-            if let Some(entry) = self.shared.get(key).cloned() {
+            // Another VM wrote the same key in between (not a read of this VM's).
+            let current = self.shared.borrow().records.get(key).cloned();
+            if let Some(entry) = current {
                 self.shared_put(key, &entry.value);
             }
             return Err(SharedError::CasMismatch);
         }
         // Envoy checks the token only when the key exists.
-        if let (Some(cas), Some(current)) = (cas, self.shared.get(key))
+        let current = self.shared.borrow().records.get(key).cloned();
+        if let (Some(cas), Some(current)) = (cas, current)
             && current.cas != cas
         {
             return Err(SharedError::CasMismatch);
@@ -311,6 +339,21 @@ mod tests {
         assert_eq!(read.value, b"2");
         host.shared_set("k", b"3", Some(read.cas)).unwrap();
         assert_eq!(host.shared_get("k").unwrap().value, b"3");
+    }
+
+    #[test]
+    fn another_vm_shares_shared_data_and_its_tokens() {
+        let mut host = FakeHost::new();
+        let mut other = host.another_vm();
+        host.shared_set("k", b"1", None).unwrap();
+        let read = other.shared_get("k").unwrap();
+        host.shared_put("k", b"2");
+        assert_eq!(
+            other.shared_set("k", b"3", Some(read.cas)),
+            Err(SharedError::CasMismatch)
+        );
+        assert_eq!(other.shared_keys(), 1);
+        assert_eq!(other.shared_get("k"), host.shared_get("k"));
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub fn update<R>(
     Err(UpdateError::Contended)
 }
 
+/// Writes `initial` at `key` unless the key holds a record already; false when the host
+/// refused the write. Envoy checks a CAS token only on a key that exists, so the first write
+/// of a key always lands: callers create their records before [`update`] ever runs on them,
+/// so every decision is a compare-and-swap. Envoy has no "create if absent" either: two VMs
+/// that both read nothing both write `initial`, and a decision one of them wrote in between
+/// is lost (a VM would have to stall between this read and this write).
+pub fn create_if_absent(host: &mut impl Host, key: &str, initial: &[u8]) -> bool {
+    host.shared_get(key).is_some() || host.shared_set(key, initial, None).is_ok()
+}
+
 /// Little-endian u64 fields of a record: `fields::<N>(bytes)` reads N of them.
 pub fn read_u64s<const N: usize>(record: &[u8]) -> Option<[u64; N]> {
     if record.len() != N * 8 {
@@ -134,6 +144,18 @@ mod tests {
             result: record.is_some(),
         });
         assert_eq!(seen, Ok(false));
+    }
+
+    #[test]
+    fn create_if_absent_keeps_an_existing_record() {
+        let mut host = FakeHost::new();
+        assert!(create_if_absent(&mut host, "k", &write_u64s(&[0])));
+        increment(&mut host).unwrap();
+        assert!(create_if_absent(&mut host, "k", &write_u64s(&[0])));
+        assert_eq!(
+            host.shared_get("k").map(|s| s.value),
+            Some(write_u64s(&[1]))
+        );
     }
 
     #[test]

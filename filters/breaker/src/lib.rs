@@ -123,6 +123,29 @@ pub struct BoundBreaker {
     state: Metric,
 }
 
+impl BoundBreaker {
+    /// The breaker at `key`, its record created now if no VM has yet: every write to it is
+    /// then a compare-and-swap (see [`machine::create`]).
+    fn new(
+        host: &mut impl Host,
+        route: &str,
+        key: String,
+        cluster: Vec<u8>,
+        state: Metric,
+    ) -> Self {
+        if !machine::create(host, &key) {
+            log::warn!(
+                "breaker route={route} key={key}: record could not be created; its first write creates it"
+            );
+        }
+        Self {
+            cluster,
+            key,
+            state,
+        }
+    }
+}
+
 /// A breaker policy bound to one route.
 #[derive(Debug)]
 pub struct BreakerRoute {
@@ -171,14 +194,12 @@ impl BreakerRoute {
             return None;
         }
         let name = String::from_utf8_lossy(&cluster).into_owned();
-        let bound = Rc::new(BoundBreaker {
-            key: shared_key(prefix, KeyBy::Cluster, &name),
-            state: host.define_metric(
-                MetricKind::Gauge,
-                &stats::metric_name(STATE, &[("route", &self.name), ("cluster", &name)]),
-            ),
-            cluster,
-        });
+        let state = host.define_metric(
+            MetricKind::Gauge,
+            &stats::metric_name(STATE, &[("route", &self.name), ("cluster", &name)]),
+        );
+        let key = shared_key(prefix, KeyBy::Cluster, &name);
+        let bound = Rc::new(BoundBreaker::new(host, &self.name, key, cluster, state));
         breakers.push(Rc::clone(&bound));
         Some(bound)
     }
@@ -276,14 +297,18 @@ impl Filter for Breaker {
         });
         let mut breakers = Vec::new();
         if policy.key == KeyBy::Route {
-            breakers.push(Rc::new(BoundBreaker {
-                cluster: Vec::new(),
-                key: shared_key(&self.prefix, KeyBy::Route, route_name),
-                state: host.define_metric(
-                    MetricKind::Gauge,
-                    &stats::metric_name(STATE, &[("route", &name)]),
-                ),
-            }));
+            let state = host.define_metric(
+                MetricKind::Gauge,
+                &stats::metric_name(STATE, &[("route", &name)]),
+            );
+            let key = shared_key(&self.prefix, KeyBy::Route, route_name);
+            breakers.push(Rc::new(BoundBreaker::new(
+                host,
+                &name,
+                key,
+                Vec::new(),
+                state,
+            )));
         }
         BreakerRoute {
             policy,

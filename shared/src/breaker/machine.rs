@@ -1,6 +1,6 @@
 //! The state machine: Closed → Open → HalfOpen → Closed (or back to Open), as pure
-//! functions of a [`Record`] and the time, plus the two calls that run them against shared
-//! data with compare-and-swap.
+//! functions of a [`Record`] and the time, plus [`create`] and the two calls that run them
+//! against shared data with compare-and-swap.
 //!
 //! - Closed admits everything and counts finished calls; it opens on `consecutive_failures`
 //!   in a row, or when, with at least `min_requests` calls in the window, failures reach
@@ -289,6 +289,14 @@ impl BreakerPolicy {
             probes_succeeded: before.probes_succeeded,
         }
     }
+}
+
+/// Creates the breaker at `key` (closed, empty window) unless it exists, before any request
+/// is decided with it: the first count or transition is then a compare-and-swap like every
+/// other, not a plain write that another VM's could overwrite. False when the host refused
+/// the write (the breaker is then created by its first write).
+pub fn create(host: &mut impl Host, key: &str) -> bool {
+    store::create_if_absent(host, key, &Record::default().encode())
 }
 
 /// Admits or rejects a request against the breaker stored at `key`.

@@ -6,7 +6,8 @@
 //!   slow or not), from the facts Envoy gives at the end of a stream.
 //! - [`record`]: the state shared by every Envoy worker, as a fixed-size binary record.
 //! - [`machine`]: the state machine over that record, pure, plus [`machine::admit`] and
-//!   [`machine::complete`], which run it against shared data with compare-and-swap.
+//!   [`machine::complete`], which run it against shared data with compare-and-swap, and
+//!   [`machine::create`], which creates the record before either does.
 //!
 //! Nothing here reads a clock or shared data except through [`Host`](crate::host::Host).
 

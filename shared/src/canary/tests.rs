@@ -448,7 +448,10 @@ fn without_a_key_the_host_draws() {
     let canary = (0..10_000)
         .filter(|_| decide(&p, &mut host).release == Release::Canary)
         .count();
-    assert!((1_800..=2_200).contains(&canary), "{canary} of 10,000 drawn canary");
+    assert!(
+        (1_800..=2_200).contains(&canary),
+        "{canary} of 10,000 drawn canary"
+    );
 }
 
 #[test]

@@ -152,9 +152,7 @@ impl RateLimitPolicy {
                 key.clear();
                 key.push_str(&bound.key_base);
                 let _ = write!(key, "{slot}");
-                if host.shared_get(&key).is_none()
-                    && host.shared_set(&key, &bucket::FULL, None).is_err()
-                {
+                if !store::create_if_absent(host, &key, &bucket::FULL) {
                     failed += 1;
                 }
             }

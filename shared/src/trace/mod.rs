@@ -301,6 +301,10 @@ impl TracePolicy {
                 // tracestate belongs to the traceparent it came with.
                 remove_if_present(host, w3c::TRACESTATE, &mut edits);
             }
+        } else if invalid_traceparent {
+            // Not emitted, yet an invalid one is never passed on, nor its tracestate.
+            edits.push(Edit::Remove(w3c::TRACEPARENT));
+            remove_if_present(host, w3c::TRACESTATE, &mut edits);
         }
         let sampled = out.flags & w3c::FLAG_SAMPLED != 0;
         if self.emit.b3 {

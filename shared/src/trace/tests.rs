@@ -32,6 +32,7 @@ fn set(decision: &Decision, name: &str) -> Option<String> {
 
 fn removes(decision: &Decision, name: &str) -> bool {
     decision.edits.contains(&Edit::Remove(match name {
+        "traceparent" => w3c::TRACEPARENT,
         "tracestate" => w3c::TRACESTATE,
         "x-b3-parentspanid" => b3::PARENT_SPAN_ID,
         other => panic!("not a context: {other:?}"),
@@ -164,6 +165,35 @@ fn invalid_traceparent_is_replaced_and_its_tracestate_dropped() {
         assert_ne!(written, bad);
         assert!(removes(&d, "tracestate"));
     }
+}
+
+#[test]
+fn invalid_traceparent_is_removed_when_w3c_is_not_emitted() {
+    let p = policy(r#"{"emit": ["b3"]}"#);
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", "00-zz")
+        .with_request_header("tracestate", "a=b");
+    let d = p.decide(&mut host);
+    assert_eq!(d.outcome, Outcome::Replaced);
+    assert_eq!(set(&d, "traceparent"), None);
+    assert!(removes(&d, "traceparent"));
+    assert!(removes(&d, "tracestate"));
+    assert!(set(&d, "b3").unwrap().starts_with(&d.trace_id_hex()));
+
+    // Without a tracestate, only the traceparent is removed.
+    let mut host = FakeHost::new().with_request_header("traceparent", "00-zz");
+    let d = p.decide(&mut host);
+    assert!(removes(&d, "traceparent"));
+    assert!(!removes(&d, "tracestate"));
+
+    // A valid one is not ours to touch when w3c is not emitted.
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", TP)
+        .with_request_header("tracestate", "a=b");
+    let d = p.decide(&mut host);
+    assert_eq!(d.outcome, Outcome::Continued);
+    assert!(!removes(&d, "traceparent"));
+    assert!(!removes(&d, "tracestate"));
 }
 
 #[test]

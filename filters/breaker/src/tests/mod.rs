@@ -1,6 +1,8 @@
 use super::*;
 use mesh_policy::breaker::classify::flags;
+use mesh_policy::breaker::record::Record;
 use mesh_policy::fake::{FakeHost, bind_route};
+use mesh_policy::host::{Shared, SharedError};
 
 fn plugin() -> Plugin {
     Plugin {
@@ -275,6 +277,118 @@ fn clusters_per_route_are_capped_and_a_missing_cluster_passes_untracked() {
         assert_eq!(pending.is_some(), i < MAX_CLUSTERS_PER_ROUTE, "cluster {i}");
     }
     assert_eq!(route.breakers.borrow().len(), MAX_CLUSTERS_PER_ROUTE);
+}
+
+const FRAGILE_KEY: &str = "mesh.breaker/mesh.breaker/breaker/route/fragile";
+
+fn record(host: &FakeHost, key: &str) -> Option<Record> {
+    host.shared_get(key)
+        .map(|shared| Record::decode(Some(&shared.value)))
+}
+
+#[test]
+fn binding_creates_the_record_and_keeps_one_another_vm_wrote() {
+    let mut host = FakeHost::new();
+    assert_eq!(record(&host, FRAGILE_KEY), None);
+    let (filter, route) = bound(FRAGILE, "fragile", &mut host);
+    assert_eq!(record(&host, FRAGILE_KEY), Some(Record::default()));
+    call(&filter, &route, &mut host, 500);
+    let mut other = host.another_vm();
+    bound(FRAGILE, "fragile", &mut other);
+    assert_eq!(
+        record(&host, FRAGILE_KEY).map(|r| r.consecutive_failures),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_cluster_record_is_created_when_the_cluster_is_first_seen() {
+    let mut host = FakeHost::new();
+    let (filter, route) = bound(
+        r#"{"default": {"key": "cluster", "consecutive_failures": 1}}"#,
+        "fragile",
+        &mut host,
+    );
+    let key = "mesh.breaker/mesh.breaker/breaker/cluster/v1";
+    assert_eq!(record(&host, key), None);
+    host.set_property(&["xds", "cluster_name"], "v1");
+    let (verdict, _) = filter.on_request(&route, &mut host);
+    assert_eq!(verdict, FilterVerdict::Continue);
+    assert_eq!(record(&host, key), Some(Record::default()));
+}
+
+/// A VM whose next shared-data write happens only after `first` has run: another VM's
+/// whole update lands between this one's read and its write.
+struct WritesAfter<'a> {
+    host: &'a mut FakeHost,
+    first: Option<Box<dyn FnOnce() + 'a>>,
+}
+
+impl Host for WritesAfter<'_> {
+    fn now(&self) -> Nanos {
+        self.host.now()
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.host.random_u64()
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+    fn shared_get(&self, key: &str) -> Option<Shared> {
+        self.host.shared_get(key)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if let Some(first) = self.first.take() {
+            first();
+        }
+        self.host.shared_set(key, value, cas)
+    }
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
+        self.host.define_metric(kind, name)
+    }
+    fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        self.host.increment_metric(metric, delta);
+    }
+    fn record_metric(&mut self, metric: Metric, value: u64) {
+        self.host.record_metric(metric, value);
+    }
+}
+
+#[test]
+fn two_workers_ending_the_first_calls_at_once_count_both_and_transition_once() {
+    // 2: the breaker opens only if both failures land. 1: both calls would open it, the
+    // second must find it open already.
+    for threshold in [2, 1] {
+        let json = format!(r#"{{"default": {{"consecutive_failures": {threshold}}}}}"#);
+        let mut a = FakeHost::new();
+        let mut b = a.another_vm();
+        let (filter, route_a) = bound(&json, "fragile", &mut a);
+        let (_, route_b) = bound(&json, "fragile", &mut b);
+        let (_, mut pending_a) = filter.on_request(&route_a, &mut a);
+        let (_, mut pending_b) = filter.on_request(&route_b, &mut b);
+        upstream_answered(&mut a, 500);
+        upstream_answered(&mut b, 500);
+        // Both read the breaker before either writes; B's write lands first.
+        let b_ends = || filter.on_done(&route_b, &mut pending_b, &mut b);
+        let mut racing = WritesAfter {
+            host: &mut a,
+            first: Some(Box::new(b_ends)),
+        };
+        filter.on_done(&route_a, &mut pending_a, &mut racing);
+        let b_ended = racing.first.is_none();
+        drop(racing);
+        assert!(b_ended, "B ended in between");
+
+        let opened = "mesh_breaker_transitions_total;route=fragile;to=open";
+        let transitions = [&a, &b].map(|host| host.metric(opened).unwrap_or(0));
+        assert_eq!(transitions.iter().sum::<i64>(), 1, "threshold {threshold}");
+        assert_eq!(
+            record(&a, FRAGILE_KEY).map(|r| r.state),
+            Some(State::Open),
+            "threshold {threshold}"
+        );
+        assert_eq!(stat(&a, "contended") + stat(&b, "contended"), 0);
+    }
 }
 
 #[test]

@@ -51,6 +51,26 @@ fn invalid_traceparent_is_replaced_and_counted() {
 }
 
 #[test]
+fn invalid_traceparent_is_not_forwarded_when_only_b3_is_emitted() {
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", "00-xyz")
+        .with_request_header("tracestate", "a=1");
+    let route = bound(r#"{"default": {"emit": ["b3"]}}"#, "r", &mut host);
+    let (_, mut request) = TraceId.on_request(&route, &mut host);
+    assert!(host.request_values("traceparent").is_empty());
+    assert!(host.request_values("tracestate").is_empty());
+    let b3 = host.request_values("b3");
+    assert_eq!(b3.len(), 1);
+    assert_eq!(
+        host.metric("mesh_trace_requests_total;route=r;outcome=replaced"),
+        Some(1)
+    );
+    TraceId.on_response(&route, &mut request, &mut host);
+    let trace_id = host.response_values("x-trace-id");
+    assert!(b3[0].starts_with(&trace_id[0]));
+}
+
+#[test]
 fn emits_every_configured_format() {
     let mut host = FakeHost::new();
     let route = bound(
