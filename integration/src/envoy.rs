@@ -151,13 +151,16 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// workspace's wasm32-wasip1 release build of `mesh-fixture`.
+/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory
+/// (`CARGO_TARGET_DIR`, a relative one taken from the workspace root, else `target/`).
 pub fn fixture_wasm() -> PathBuf {
-    match std::env::var_os("MESH_FIXTURE") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/wasm32-wasip1/release/mesh_fixture.wasm"),
+    if let Some(path) = std::env::var_os("MESH_FIXTURE") {
+        return PathBuf::from(path);
     }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
+    target.join("wasm32-wasip1/release/mesh_fixture.wasm")
 }
 
 /// Envoy did not become ready.
