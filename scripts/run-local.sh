@@ -58,7 +58,7 @@ fi
 
 for service in v1 v2; do
   port_var="${service^^}_PORT"
-  target/debug/echo "$service" "127.0.0.1:${!port_var}" >"$run/$service.log" 2>&1 &
+  "${CARGO_TARGET_DIR:-target}/debug/echo" "$service" "127.0.0.1:${!port_var}" >"$run/$service.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:${!port_var}/__count" 10 "$!" || { cat "$run/$service.log"; die "echo $service did not start"; }
 done

@@ -4,8 +4,10 @@
 # real-Envoy and Prometheus integration tests and a smoke run of scripts/run-local.sh.
 # Installs what it needs.
 #
-# The filter tests (integration/tests/{traceid,canary,ratelimit,global_ratelimit,breaker,rematch,order,observability}.rs) run twice:
-# with each filter's own module, then with MESH_MODULES=bundle (dist/bundle.wasm).
+# Every integration test file that loads our filters runs twice: with each filter's own module,
+# then with MESH_MODULES=bundle (dist/bundle.wasm). Only harness.rs, which tests the harness
+# itself, runs once. failure.rs runs against the bundle too: the fixture that panics there
+# has no bundle form and stays a module of its own, after the bundle.
 #
 # MESH_HARNESS chooses where Envoy runs: docker (the default here: a container from
 # ENVOY_IMAGE, default the local image scripts/envoy-image.sh builds; a docker daemon is
@@ -93,7 +95,7 @@ cargo test --locked -p mesh-integration --quiet
 say "the filters' integration tests again, against the bundle (MESH_MODULES=bundle: dist/bundle.wasm)"
 MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
   --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order \
-  --test observability
+  --test observability --test hostile --test failure
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
 SOAK_SKIP_BUILD=1 scripts/soak.sh 30

@@ -503,7 +503,10 @@ fn check_plugin(lint: &mut Lint<'_>, u: &PluginUse, all: &[PluginUse]) {
                 &u.file,
                 &u.subject,
                 &field,
-                format!("the {} filter refuses this config (Envoy would log \"{}: plugin config rejected: {e}\")", u.kind.name(), u.kind.name()),
+                format!(
+                    "the {name} filter refuses this config (Envoy would log \"{name} config=rejected ... error={e}\")",
+                    name = u.kind.name()
+                ),
             );
             return;
         }

@@ -94,7 +94,9 @@ fn a_config_the_filter_refuses_is_an_error_with_the_filters_message() {
         f.field,
         r#"spec.pluginConfig.routes["fragile"].consecutive_failures"#
     );
-    assert!(f.message.contains(r#"breaker: plugin config rejected: routes["fragile"].consecutive_failures: must be between 1 and 1000000"#), "{f}");
+    // What the adapter logs (filters/adapter/src/lib.rs): `<filter> config=rejected plugin=<name>
+    // error=<the error>`.
+    assert!(f.message.contains(r#""breaker config=rejected ... error=routes["fragile"].consecutive_failures: must be between 1 and 1000000""#), "{f}");
 
     let found = findings(&istio_with("istio/traceid.yaml", |t| {
         t.replace(

@@ -151,16 +151,15 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// wasm32-wasip1 release build of `mesh-fixture` in `CARGO_TARGET_DIR` (as `scripts/test.sh`
-/// builds it), else in the workspace's `target/`.
+/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory
+/// (`CARGO_TARGET_DIR`, a relative one taken from the workspace root, else `target/`).
 pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
     target.join("wasm32-wasip1/release/mesh_fixture.wasm")
 }
 

@@ -59,7 +59,11 @@ impl RouteSpec {
     }
 }
 
-/// The demo routes, as in `envoy/envoy.yaml` and `istio/`: first match wins.
+/// The tests' routes, first match wins: the demo's five named routes as in `envoy/envoy.yaml`
+/// and `istio/demo.yaml` (`checkout-canary` .. `fragile`), then test-only ones: `plain` (no
+/// policy), an unnamed route, and a catch-all pair named `default-canary`/`default` where the
+/// demo has `shop-canary`/`shop` (`default` is the name Istio gives the route of a service
+/// without a VirtualService).
 pub fn demo_routes() -> Vec<RouteSpec> {
     vec![
         RouteSpec::new("checkout-canary", "/checkout", "v2").when_header("x-canary", "true"),

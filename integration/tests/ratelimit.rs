@@ -527,8 +527,9 @@ fn allocated(mesh: &Mesh) -> u64 {
 /// per client would add megabytes (~150 bytes each).
 #[test]
 fn a_flood_of_distinct_keys_leaves_memory_within_the_slots_budget() {
-    /// Twenty times the slots: every slot is taken over many times.
-    const KEYS: usize = 20_000;
+    /// What issue 6 asks for: about a hundred times the slots, so every slot is taken over
+    /// many times.
+    const KEYS: usize = 100_000;
     const CLIENTS: usize = 4;
     const SLOTS: u64 = 1024;
     /// A slot record in Envoy's heap (key string, value, map node) with room to spare.
@@ -562,13 +563,13 @@ fn a_flood_of_distinct_keys_leaves_memory_within_the_slots_budget() {
         }
         warm = Some(allocated(&mesh));
     });
-    // The deadline only bounds the test; what is checked is the memory for the keys sent,
-    // which must be enough to cycle every slot several times.
+    // The deadline only bounds the test: every key must have been sent. `limited` sends on
+    // the mesh's pooled client, whose keep-alive connections the clients reuse (a client of
+    // its own per thread measured no faster). With the process harness on 2 cores the
+    // 100,000 took 35-38 s alone, ~51 s beside the file's other tests; the clients' HTTP
+    // code, not Envoy, is most of the CPU.
     let sent = next.load(Ordering::SeqCst).min(KEYS);
-    assert!(
-        sent >= 8 * SLOTS as usize,
-        "only {sent} keys sent before the deadline"
-    );
+    assert_eq!(sent, KEYS, "only {sent} keys sent before the deadline");
     let warm = warm.unwrap();
     let after = allocated(&mesh);
     eprintln!(

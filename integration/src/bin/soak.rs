@@ -4,10 +4,13 @@
 //! - no VM failed (Envoy's wasm counters unchanged, no failure in its log), Envoy ready;
 //! - no unexpected 5xx: every 5xx is one the driver injected (the upstream's 500/503, the
 //!   breaker's fallback, Envoy's 504 for a call slower than the route timeout);
-//! - Envoy's memory flat after warm-up: its RSS and heap at the end within 10 % of what they
-//!   were when the warm-up ended;
+//! - Envoy's memory measured and flat after warm-up: its RSS and heap read in every sample,
+//!   and at the end within 10 % of what they were when the warm-up ended;
 //! - the rate limiter never admitted more than `burst + rate × time` per key;
-//! - the breaker's transitions are exactly those the injected failures call for;
+//! - the breaker's transitions are exactly those the injected failures call for, in its stats
+//!   and in its log lines (one per transition);
+//! - the filters log little: their other lines at info or above are fewer than 1 % of the
+//!   requests (nothing per request above debug);
 //! - canary decisions are the sticky split's (and a forged tag never changes one).
 //!
 //! `soak [--seconds N] [--max-requests N]` (defaults: 300 s, 1,000,000 requests); bounded
@@ -33,6 +36,10 @@ use mesh_policy::canary::point;
 const MEMORY_TOLERANCE: f64 = 0.10;
 /// Failures listed in full (the rest are counted).
 const MAX_LISTED: usize = 20;
+/// The filters' log lines at info or above, breaker transitions aside, may be at most this
+/// share of the requests: what they log there is per event (a config load, a rate-limited
+/// warning), never per request.
+const MAX_LOG_LINES_PER_REQUEST: f64 = 0.01;
 
 struct Args {
     seconds: u64,
@@ -373,10 +380,18 @@ fn hostile(soak: &Soak) {
 }
 
 /// Envoy's memory: resident set (from /proc) and tcmalloc's allocated heap (admin /memory).
+/// `None` where it could not be read; zero counts as unread (no running Envoy has zero of
+/// either).
 #[derive(Debug, Clone, Copy)]
 struct Memory {
-    rss: u64,
-    heap: u64,
+    rss: Option<u64>,
+    heap: Option<u64>,
+}
+
+impl Memory {
+    fn measured(&self) -> bool {
+        self.rss.is_some() && self.heap.is_some()
+    }
 }
 
 fn memory(mesh: &Mesh) -> Memory {
@@ -386,17 +401,44 @@ fn memory(mesh: &Mesh) -> Memory {
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
+        .map(|kb| kb * 1024)
+        .filter(|bytes| *bytes > 0);
     let admin: serde_json::Value = serde_json::from_str(&mesh.admin("/memory")).unwrap_or_default();
     let heap = admin["allocated"]
         .as_str()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|bytes| *bytes > 0);
     Memory { rss, heap }
 }
 
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+fn mb(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "unmeasured".to_owned(),
+        |bytes| format!("{:.1} MB", bytes as f64 / 1e6),
+    )
+}
+
+/// Envoy's log lines from our filters (`wasm log mesh.<plugin>`) at info or above.
+fn filter_lines_above_debug(log: &str) -> Vec<&str> {
+    const LEVELS: [&str; 4] = [
+        "[info][wasm] ",
+        "[warning][wasm] ",
+        "[error][wasm] ",
+        "[critical][wasm] ",
+    ];
+    log.lines()
+        .filter(|line| line.contains(" wasm log mesh."))
+        .filter(|line| LEVELS.iter().any(|level| line.contains(level)))
+        .collect()
+}
+
+/// The state a breaker transition log line for `fragile` names
+/// (`breaker route=fragile key=... from=closed to=open reason=...`); `None` for other lines.
+fn transition_to(line: &str) -> Option<&str> {
+    let (_, fields) = line.split_once("breaker route=fragile ")?;
+    fields
+        .split(' ')
+        .find_map(|field| field.strip_prefix("to="))
 }
 
 fn main() {
@@ -498,7 +540,7 @@ fn main() {
     let peak_rss = samples
         .iter()
         .filter(|(at, _)| *at >= warm_up)
-        .map(|(_, m)| m.rss)
+        .filter_map(|(_, m)| m.rss)
         .max();
     println!(
         "\nmemory (every 5 s): {}",
@@ -516,21 +558,32 @@ fn main() {
                 mb(warm.heap),
                 mb(last.rss),
                 mb(last.heap),
-                mb(peak_rss.unwrap_or(0))
+                mb(peak_rss)
             );
             for (what, before, after) in
                 [("RSS", warm.rss, last.rss), ("heap", warm.heap, last.heap)]
             {
+                let (Some(before), Some(after)) = (before, after) else {
+                    continue;
+                };
                 if after as f64 > before as f64 * (1.0 + MEMORY_TOLERANCE) {
                     failed.push(format!(
                         "Envoy's {what} grew more than 10 % after warm-up: {} -> {}",
-                        mb(before),
-                        mb(after)
+                        mb(Some(before)),
+                        mb(Some(after))
                     ));
                 }
             }
         }
         None => failed.push("no memory sample after warm-up".into()),
+    }
+    // An unread sample would make the check above pass on nothing.
+    let unmeasured = samples.iter().filter(|(_, m)| !m.measured()).count();
+    if unmeasured > 0 {
+        failed.push(format!(
+            "memory not measured: {unmeasured} of {} samples lack Envoy's RSS or heap",
+            samples.len()
+        ));
     }
 
     // The rate limiter.
@@ -587,6 +640,38 @@ fn main() {
         ));
     }
 
+    // The filters' log.
+    let log = mesh.envoy_log();
+    let mut logged = Transitions::default();
+    // Everything else the filters logged at info or above: config loads, rate-limited
+    // warnings. The transitions follow the breaker's timing, not the request count: they are
+    // checked apart, exactly.
+    let mut other = Vec::new();
+    for line in filter_lines_above_debug(&log) {
+        match transition_to(line) {
+            Some("open") => logged.open += 1,
+            Some("half_open") => logged.half_open += 1,
+            Some("closed") => logged.closed += 1,
+            _ => other.push(line),
+        }
+    }
+    println!(
+        "\nlog from the filters at info or above: breaker transitions {logged:?}, {} other lines for {sent} requests",
+        other.len()
+    );
+    if logged != expected {
+        failed.push(format!(
+            "breaker transition log lines {logged:?}, expected {expected:?}"
+        ));
+    }
+    if other.len() as f64 > sent as f64 * MAX_LOG_LINES_PER_REQUEST {
+        failed.push(format!(
+            "{} log lines from the filters at info or above for {sent} requests (at most 1 %): {:?}",
+            other.len(),
+            other.iter().take(5).collect::<Vec<_>>()
+        ));
+    }
+
     let count = soak.failure_count.load(Ordering::Relaxed);
     if count > 0 {
         failed.push(format!("{count} unexpected answers"));
@@ -596,7 +681,7 @@ fn main() {
     }
     if failed.is_empty() {
         println!(
-            "\nsoak passed: no VM failure, no unexpected 5xx, memory flat, limits and breaker held"
+            "\nsoak passed: no VM failure, no unexpected 5xx, memory flat, limits and breaker held, log quiet"
         );
     } else {
         println!("\nsoak FAILED:");
@@ -605,5 +690,28 @@ fn main() {
         }
         drop(mesh);
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Lines as Envoy 1.40 writes them (`--component-log-level wasm:debug`).
+    const LOG: &str = "\
+[2026-11-26 10:43:53.595][4757][info][wasm] [source/extensions/common/wasm/context.cc:1151] wasm log mesh.breaker: breaker config=loaded plugin=mesh.breaker root_id=mesh.breaker default=true routes=fragile
+[2026-11-26 10:43:54.001][4757][info][wasm] [source/extensions/common/wasm/context.cc:1151] wasm log mesh.breaker: breaker route=fragile key=mesh.breaker/mesh.breaker/breaker/route/fragile from=closed to=open reason=consecutive_failures window_calls=3 window_failures=3 window_slow=0 consecutive_failures=3 probes_succeeded=0
+[2026-11-26 10:43:55.201][4757][info][wasm] [source/extensions/common/wasm/context.cc:1151] wasm log mesh.bundle: breaker route=fragile key=mesh.bundle/mesh.bundle/breaker/route/fragile from=open to=half_open reason=open_elapsed window_calls=0 window_failures=0 window_slow=0 consecutive_failures=3 probes_succeeded=0
+[2026-11-26 10:43:55.202][4757][debug][wasm] [source/extensions/common/wasm/context.cc:1148] wasm log mesh.breaker: breaker route=fragile key=x from=half_open to=closed
+[2026-11-26 10:43:55.300][4757][warning][wasm] [source/extensions/common/wasm/context.cc:1154] wasm log mesh.ratelimit: ratelimit route=limited store_error=contended requests=3 action=let_through
+[2026-11-26 10:43:55.400][4757][info][wasm] [source/extensions/common/wasm/wasm.cc:120] Creating 2 wasm VMs
+";
+
+    #[test]
+    fn reads_the_filters_lines_at_info_or_above_and_the_breakers_transitions() {
+        let lines = filter_lines_above_debug(LOG);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        let to: Vec<Option<&str>> = lines.iter().map(|line| transition_to(line)).collect();
+        assert_eq!(to, [None, Some("open"), Some("half_open"), None]);
     }
 }
