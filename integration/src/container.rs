@@ -7,8 +7,8 @@
 //! discovery, the echo upstreams (threads of the test on 127.0.0.1) and the client address
 //! Envoy sees (127.0.0.1) are the same on both backends, and nothing is published.
 //!
-//! Mounts: the generated config (read-only), `dist/` (read-only) and a directory where Envoy
-//! writes its admin address. The entrypoint is the `envoy` binary itself (no shell, no
+//! Mounts: the generated config (read-only), each module the config names (read-only, from
+//! `dist/` or wherever the test wrote it) and a directory where Envoy writes its admin address. The entrypoint is the `envoy` binary itself (no shell, no
 //! wrapper script), which every Envoy image has at `/usr/local/bin/envoy`, run as root (uid 0)
 //! whatever user the image defaults to.
 
@@ -55,12 +55,14 @@ pub struct EnvoyContainer {
 }
 
 impl EnvoyContainer {
-    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
+    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready;
+    /// `modules` and `extra_args` as in [`envoy::Envoy::start`].
     pub fn start(
         config: &str,
         extension: &str,
         concurrency: u32,
         modules: &[PathBuf],
+        extra_args: &[String],
     ) -> Result<Self, StartError> {
         let fail = StartError::before_start;
         let dir = envoy::scratch_dir()?;
@@ -87,6 +89,7 @@ impl EnvoyContainer {
             &Path::new(CONFIG_DIR).join(&config_file),
             &Path::new(RUN_DIR).join("admin-address"),
             concurrency,
+            extra_args,
         );
         let mut image_request = GenericImage::new(name, tag)
             .with_entrypoint(ENVOY_IN_IMAGE)

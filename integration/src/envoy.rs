@@ -54,31 +54,48 @@ impl Harness {
     }
 }
 
-/// A running Envoy on either backend; stopped (and its container removed) on drop.
+/// A running Envoy on either backend; stopped (and its container removed) on drop, after
+/// printing its log if the test is failing.
 pub enum Envoy {
     Process(EnvoyProcess),
     // Boxed: a testcontainers handle is large.
     Container(Box<EnvoyContainer>),
 }
 
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- envoy log ---\n{}", self.log());
+        }
+    }
+}
+
 impl Envoy {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
     /// `modules` are the wasm files the config names (through [`Harness::module_path`]): a
-    /// container gets each mounted read-only.
+    /// container gets each mounted read-only. `extra_args` follow [`envoy_args`] on either
+    /// backend (e.g. `--config-yaml`); they must name no host path.
     pub fn start(
         harness: Harness,
         config: &str,
         extension: &str,
         concurrency: u32,
         modules: &[PathBuf],
+        extra_args: &[String],
     ) -> Result<Self, StartError> {
         Ok(match harness {
-            Harness::Process => Self::Process(EnvoyProcess::start(config, extension, concurrency)?),
+            Harness::Process => Self::Process(EnvoyProcess::start(
+                config,
+                extension,
+                concurrency,
+                extra_args,
+            )?),
             Harness::Docker => Self::Container(Box::new(EnvoyContainer::start(
                 config,
                 extension,
                 concurrency,
                 modules,
+                extra_args,
             )?)),
         })
     }
@@ -308,8 +325,13 @@ pub fn bootstrap(http_filters: Vec<Value>, routes: Vec<Value>, clusters: Vec<Val
     })
 }
 
-/// Envoy's arguments on both backends (paths as Envoy sees them).
-pub fn envoy_args(config: &Path, admin_address_path: &Path, concurrency: u32) -> Vec<String> {
+/// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`.
+pub fn envoy_args(
+    config: &Path,
+    admin_address_path: &Path,
+    concurrency: u32,
+    extra_args: &[String],
+) -> Vec<String> {
     let mut args: Vec<String> = vec!["-c".into(), config.display().to_string()];
     args.extend(
         [
@@ -325,6 +347,7 @@ pub fn envoy_args(config: &Path, admin_address_path: &Path, concurrency: u32) ->
         .map(str::to_owned),
     );
     args.push(admin_address_path.display().to_string());
+    args.extend_from_slice(extra_args);
     args
 }
 
@@ -372,13 +395,9 @@ pub struct EnvoyProcess {
 }
 
 impl EnvoyProcess {
-    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
-    pub fn start(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
-        Self::start_with_args(config, extension, concurrency, &[])
-    }
-
-    /// [`EnvoyProcess::start`] with more command-line arguments (e.g. `--config-yaml`).
-    pub fn start_with_args(
+    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready;
+    /// `extra_args` as in [`Envoy::start`].
+    pub fn start(
         config: &str,
         extension: &str,
         concurrency: u32,
@@ -393,8 +412,12 @@ impl EnvoyProcess {
         let admin_path = dir.path().join("admin-address");
         let binary = envoy_binary();
         let child = Command::new(&binary)
-            .args(envoy_args(&config_path, &admin_path, concurrency))
-            .args(extra_args)
+            .args(envoy_args(
+                &config_path,
+                &admin_path,
+                concurrency,
+                extra_args,
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
             .stderr(log)

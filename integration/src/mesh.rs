@@ -357,6 +357,7 @@ impl MeshBuilder {
             "json",
             self.concurrency,
             &modules,
+            &[],
         )?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener()),
@@ -369,7 +370,7 @@ impl MeshBuilder {
 }
 
 /// A running Envoy with its echo upstreams, on the backend `MESH_HARNESS` chooses. Everything
-/// stops on drop; Envoy's log is printed if the test is failing.
+/// stops on drop; Envoy's log is printed if the test is failing (see [`Envoy`]).
 pub struct Mesh {
     envoy: Envoy,
     upstreams: Vec<EchoServer>,
@@ -516,14 +517,6 @@ impl Mesh {
     /// The Envoy itself (its process or container), for tests of the harness.
     pub fn envoy(&self) -> &Envoy {
         &self.envoy
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- envoy log ---\n{}", self.envoy.log());
-        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use mesh_integration::echo::EchoServer;
-use mesh_integration::envoy::{self, EnvoyProcess};
+use mesh_integration::envoy::{self, Envoy, Harness};
 use mesh_integration::prometheus::{Job, Prometheus, promtool_binary};
 use mesh_integration::rls::{RESPONSE_HEADER, Redis, Rls, RlsLimit};
 use mesh_integration::{Mesh, Reply, RouteSpec, demo_routes};
@@ -947,7 +947,8 @@ fn a_failed_vm_fires_the_vm_alert() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("failing.wasm");
     std::fs::write(&wasm, wat::parse_str(FAILING_MODULE).unwrap()).unwrap();
-    let mut filter = envoy::wasm_filter("failing", &wasm, "");
+    let harness = Harness::from_env().unwrap();
+    let mut filter = envoy::wasm_filter("failing", &harness.module_path(&wasm), "");
     filter["typed_config"]["config"]["failure_policy"] = json!("FAIL_RELOAD");
     let upstream = EchoServer::start("v1").unwrap();
     let config = envoy::bootstrap(
@@ -955,10 +956,10 @@ fn a_failed_vm_fires_the_vm_alert() {
         vec![route("any", "/", "v1")],
         vec![envoy::cluster("v1", upstream.addr)],
     );
-    let envoy =
-        EnvoyProcess::start(&config.to_string(), "json", 1).unwrap_or_else(|e| panic!("{e}"));
+    let envoy = Envoy::start(harness, &config.to_string(), "json", 1, &[wasm], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     let alerts = observability("alerts.yaml");
-    let prometheus = Prometheus::start(&[Job::new("failing", &[envoy.admin])], &[&alerts])
+    let prometheus = Prometheus::start(&[Job::new("failing", &[envoy.admin()])], &[&alerts])
         .unwrap_or_else(|e| panic!("{e}"));
     let reloads = r#"envoy_wasm_vm_reload_success{wasm_plugin="mesh.failing"}"#;
     // Scraped before the failure: an increase needs a sample before it.
@@ -971,7 +972,7 @@ fn a_failed_vm_fires_the_vm_alert() {
         let text = admin
             .get(format!(
                 "http://{}/stats?filter=mesh.failing.vm_reload",
-                envoy.admin
+                envoy.admin()
             ))
             .call()
             .unwrap()
@@ -986,7 +987,7 @@ fn a_failed_vm_fires_the_vm_alert() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while reload_count() == 0 {
         let status = agent
-            .get(format!("http://{}/", envoy.listener))
+            .get(format!("http://{}/", envoy.listener()))
             .call()
             .unwrap()
             .status();
@@ -1043,16 +1044,23 @@ fn the_istio_sidecar_settings_expose_every_label() {
     // A bootstrap shaped like an Istio sidecar's: no default tags, some of Istio's own
     // extractors, and a stats matcher that keeps only what it includes (Istio's required
     // `wasm` prefix is left out so the documented `wasmcustom.mesh_` is what includes ours).
+    let harness = Harness::from_env().unwrap();
     let dist = envoy::dist_dir();
-    let filters = [
+    let plugin_configs = [
         ("traceid", TRACEID),
         ("canary", CANARY),
         ("ratelimit", RATELIMIT),
         ("breaker", BREAKER),
-    ]
-    .iter()
-    .map(|(module, json)| envoy::wasm_filter(module, &dist.join(format!("{module}.wasm")), json))
-    .collect();
+    ];
+    let modules: Vec<PathBuf> = plugin_configs
+        .iter()
+        .map(|(module, _)| dist.join(format!("{module}.wasm")))
+        .collect();
+    let filters = plugin_configs
+        .iter()
+        .zip(&modules)
+        .map(|((module, json), wasm)| envoy::wasm_filter(module, &harness.module_path(wasm), json))
+        .collect();
     let v1 = EchoServer::start("v1").unwrap();
     let v2 = EchoServer::start("v2").unwrap();
     let routes = ROUTES
@@ -1087,20 +1095,22 @@ fn the_istio_sidecar_settings_expose_every_label() {
             { "prefix": "server." }
         ]}}
     });
-    let envoy = EnvoyProcess::start_with_args(
+    let envoy = Envoy::start(
+        harness,
         &config.to_string(),
         "json",
         1,
+        &modules,
         &["--config-yaml".to_owned(), fragment],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let prometheus = Prometheus::start(&[Job::new("sidecar", &[envoy.admin])], &[])
+    let prometheus = Prometheus::start(&[Job::new("sidecar", &[envoy.admin()])], &[])
         .unwrap_or_else(|e| panic!("{e}"));
     // One request per route defines every series of every filter on it.
     let agent = envoy::agent(Duration::from_secs(20));
     for route in ROUTES {
         let status = agent
-            .get(format!("http://{}/{route}", envoy.listener))
+            .get(format!("http://{}/{route}", envoy.listener()))
             .call()
             .unwrap()
             .status();
@@ -1109,7 +1119,7 @@ fn the_istio_sidecar_settings_expose_every_label() {
     let settled = Instant::now() + Duration::from_secs(30);
     let admin = |path: &str| -> String {
         agent
-            .get(format!("http://{}{path}", envoy.admin))
+            .get(format!("http://{}{path}", envoy.admin()))
             .call()
             .unwrap()
             .body_mut()

@@ -877,7 +877,7 @@ fn measure(
     options: &Options,
 ) -> Result<Sample, Error> {
     let config = envoy_config(variant, upstream, rls, options.copies)?;
-    let envoy = EnvoyProcess::start(&config, "json", 1)?;
+    let envoy = EnvoyProcess::start(&config, "json", 1, &[])?;
     let pid = envoy.pid();
     let admin = envoy.admin;
     let agent = envoy::agent(Duration::from_secs(10));
