@@ -325,13 +325,16 @@ pub fn bootstrap(http_filters: Vec<Value>, routes: Vec<Value>, clusters: Vec<Val
     })
 }
 
-/// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`.
+/// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`. The
+/// modules log at debug (per-request lines) unless `extra_args` sets `--component-log-level`
+/// itself (Envoy takes the option once), as the benchmark does.
 pub fn envoy_args(
     config: &Path,
     admin_address_path: &Path,
     concurrency: u32,
     extra_args: &[String],
 ) -> Vec<String> {
+    const COMPONENT_LOG_LEVEL: &str = "--component-log-level";
     let mut args: Vec<String> = vec!["-c".into(), config.display().to_string()];
     args.extend(
         [
@@ -340,13 +343,14 @@ pub fn envoy_args(
             &concurrency.to_string(),
             "--log-level",
             "info",
-            "--component-log-level",
-            "wasm:debug",
             "--admin-address-path",
         ]
         .map(str::to_owned),
     );
     args.push(admin_address_path.display().to_string());
+    if !extra_args.iter().any(|arg| arg == COMPONENT_LOG_LEVEL) {
+        args.extend([COMPONENT_LOG_LEVEL.to_owned(), "wasm:debug".to_owned()]);
+    }
     args.extend_from_slice(extra_args);
     args
 }

@@ -877,7 +877,10 @@ fn measure(
     options: &Options,
 ) -> Result<Sample, Error> {
     let config = envoy_config(variant, upstream, rls, options.copies)?;
-    let envoy = EnvoyProcess::start(&config, "json", 1, &[])?;
+    // Envoy's default level for the modules, as in production: their per-request debug
+    // lines are not formatted.
+    let log_level = ["--component-log-level".to_owned(), "wasm:info".to_owned()];
+    let envoy = EnvoyProcess::start(&config, "json", 1, &log_level)?;
     let pid = envoy.pid();
     let admin = envoy.admin;
     let agent = envoy::agent(Duration::from_secs(10));
