@@ -199,6 +199,8 @@ pub struct MeshBuilder {
     concurrency: u32,
     use_remote_address: bool,
     max_request_headers_kb: Option<u32>,
+    /// Envoy's log level for the modules; `None`: debug (their per-request lines too).
+    module_log_level: Option<String>,
 }
 
 impl MeshBuilder {
@@ -238,6 +240,13 @@ impl MeshBuilder {
     /// The connection manager's `max_request_headers_kb` (Envoy's default: 60).
     pub fn max_request_headers_kb(mut self, kb: u32) -> Self {
         self.max_request_headers_kb = Some(kb);
+        self
+    }
+
+    /// Envoy's log level for the modules (`--component-log-level wasm:<level>`), e.g. `info`
+    /// as in production, where per-request debug lines are not formatted. Default: debug.
+    pub fn module_log_level(mut self, level: &str) -> Self {
+        self.module_log_level = Some(level.to_owned());
         self
     }
 
@@ -351,13 +360,18 @@ impl MeshBuilder {
         if let Some(kb) = self.max_request_headers_kb {
             manager["max_request_headers_kb"] = json!(kb);
         }
+        let log_level: Vec<String> = self
+            .module_log_level
+            .iter()
+            .flat_map(|level| ["--component-log-level".to_owned(), format!("wasm:{level}")])
+            .collect();
         let envoy = Envoy::start(
             harness,
             &config.to_string(),
             "json",
             self.concurrency,
             &modules,
-            &[],
+            &log_level,
         )?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener()),
@@ -391,6 +405,7 @@ impl Mesh {
             concurrency: 1,
             use_remote_address: false,
             max_request_headers_kb: None,
+            module_log_level: None,
         }
     }
 

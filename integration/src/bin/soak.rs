@@ -449,10 +449,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mesh = chain::builder().start().unwrap_or_else(|e| {
-        eprintln!("soak: Envoy did not start: {e}");
-        std::process::exit(1);
-    });
+    // As in production: the modules' per-request debug lines would fill the log (and cost
+    // CPU) over minutes of load.
+    let mesh = chain::builder()
+        .module_log_level("info")
+        .start()
+        .unwrap_or_else(|e| {
+            eprintln!("soak: Envoy did not start: {e}");
+            std::process::exit(1);
+        });
     let started = Instant::now();
     let warm_up = Duration::from_secs((args.seconds / 5).clamp(5, 60));
     println!(
