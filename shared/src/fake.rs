@@ -302,6 +302,79 @@ impl ResponseHost for FakeHost {
     }
 }
 
+/// A [`FakeHost`] whose next shared-data write waits until `before` has run on it: another
+/// VM's write (`shared_put`, or a whole update through [`FakeHost::another_vm`]) lands
+/// between this VM's read and its write.
+pub struct WriteRace<'a> {
+    pub host: &'a mut FakeHost,
+    before: Option<OtherWrite<'a>>,
+}
+
+/// What another VM does between this VM's read and its write.
+type OtherWrite<'a> = Box<dyn FnOnce(&mut FakeHost) + 'a>;
+
+impl<'a> WriteRace<'a> {
+    pub fn new(host: &'a mut FakeHost, before: impl FnOnce(&mut FakeHost) + 'a) -> Self {
+        Self {
+            host,
+            before: Some(Box::new(before)),
+        }
+    }
+
+    /// Whether the other VM's write has happened.
+    pub fn raced(&self) -> bool {
+        self.before.is_none()
+    }
+}
+
+impl Host for WriteRace<'_> {
+    fn now(&self) -> Nanos {
+        self.host.now()
+    }
+    fn random_u64(&mut self) -> u64 {
+        self.host.random_u64()
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+    fn shared_get(&self, key: &str) -> Option<Shared> {
+        self.host.shared_get(key)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if let Some(before) = self.before.take() {
+            before(self.host);
+        }
+        self.host.shared_set(key, value, cas)
+    }
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
+        self.host.define_metric(kind, name)
+    }
+    fn increment_metric(&mut self, metric: Metric, delta: i64) {
+        self.host.increment_metric(metric, delta);
+    }
+    fn record_metric(&mut self, metric: Metric, value: u64) {
+        self.host.record_metric(metric, value);
+    }
+}
+
+impl RequestHost for WriteRace<'_> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.host.request_header_values(name)
+    }
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.host.set_request_header(name, value);
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.host.remove_request_header(name);
+    }
+    fn clear_route_cache(&mut self) {
+        self.host.clear_route_cache();
+    }
+}
+
 /// `filter`'s route `route` as its module would bind it from the plugin JSON `json`: the
 /// filter crates' unit tests start here. An error when the JSON is refused or gives `route`
 /// no policy.

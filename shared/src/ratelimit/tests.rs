@@ -1,8 +1,8 @@
 // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
 use super::*;
 use crate::config::{Envelope, FieldPath, parse_json};
-use crate::fake::FakeHost;
-use crate::host::{Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, Shared};
+use crate::fake::{FakeHost, WriteRace};
+use crate::host::{NANOS_PER_MS, NANOS_PER_SEC};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -497,77 +497,21 @@ fn a_cas_conflict_is_decided_again_and_takes_one_token() {
     assert_eq!(send(&route, &mut host, 5), (2, 3));
 }
 
-/// A host where another VM takes the slot's last token between our read and our write.
-struct Racing {
-    host: FakeHost,
-    /// Written (as another VM would) just before our next CAS write.
-    steal: Option<(String, Vec<u8>)>,
-}
-
-impl Host for Racing {
-    fn now(&self) -> Nanos {
-        self.host.now()
-    }
-    fn random_u64(&mut self) -> u64 {
-        self.host.random_u64()
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.host.property(path)
-    }
-    fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.host.shared_get(key)
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        if let Some((stolen, record)) = self.steal.take() {
-            self.host.shared_put(&stolen, &record);
-        }
-        self.host.shared_set(key, value, cas)
-    }
-    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
-        self.host.define_metric(kind, name)
-    }
-    fn increment_metric(&mut self, metric: Metric, delta: i64) {
-        self.host.increment_metric(metric, delta);
-    }
-    fn record_metric(&mut self, metric: Metric, value: u64) {
-        self.host.record_metric(metric, value);
-    }
-}
-
-impl RequestHost for Racing {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.host.request_header(name)
-    }
-    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.host.request_header_values(name)
-    }
-    fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.host.set_request_header(name, value);
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        self.host.remove_request_header(name);
-    }
-    fn clear_route_cache(&mut self) {
-        self.host.clear_route_cache();
-    }
-}
-
 #[test]
 fn losing_the_last_token_to_another_vm_rejects() {
-    let mut host = Racing {
-        host: FakeHost::new(),
-        steal: None,
-    };
+    let mut host = FakeHost::new();
     let route = bind(
         r#"{"limits": [{"rate_per_s": 1, "burst": 1}, {"rate_per_s": 1, "burst": 5, "key": "path"}]}"#,
         &mut host,
     );
-    host.host.set_request_header(":path", b"/a");
+    host.set_request_header(":path", b"/a");
     // The route-wide bucket has one token; another VM takes it after our read.
     let key = slot_key(PREFIX, "limited", 0, 0);
-    let empty = (host.host.now() + NANOS_PER_SEC).to_le_bytes().to_vec();
-    host.steal = Some((key.clone(), empty.clone()));
-    let check = route.check(&mut host);
+    let empty = (host.now() + NANOS_PER_SEC).to_le_bytes().to_vec();
+    let mut racing = WriteRace::new(&mut host, |other| other.shared_put(&key, &empty));
+    let check = route.check(&mut racing);
+    assert!(racing.raced());
+    drop(racing);
     assert_eq!(check.decision, Decision::Rejected);
     assert_eq!(check.retry_after_s, 1);
     assert_eq!(host.shared_get(&key).unwrap().value, empty);

@@ -1,8 +1,7 @@
 use super::*;
 use mesh_policy::breaker::classify::flags;
 use mesh_policy::breaker::record::Record;
-use mesh_policy::fake::{FakeHost, bind_route};
-use mesh_policy::host::{Shared, SharedError};
+use mesh_policy::fake::{FakeHost, WriteRace, bind_route};
 
 fn plugin() -> Plugin {
     Plugin {
@@ -317,43 +316,6 @@ fn a_cluster_record_is_created_when_the_cluster_is_first_seen() {
     assert_eq!(record(&host, key), Some(Record::default()));
 }
 
-/// A VM whose next shared-data write happens only after `first` has run: another VM's
-/// whole update lands between this one's read and its write.
-struct WritesAfter<'a> {
-    host: &'a mut FakeHost,
-    first: Option<Box<dyn FnOnce() + 'a>>,
-}
-
-impl Host for WritesAfter<'_> {
-    fn now(&self) -> Nanos {
-        self.host.now()
-    }
-    fn random_u64(&mut self) -> u64 {
-        self.host.random_u64()
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.host.property(path)
-    }
-    fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.host.shared_get(key)
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        if let Some(first) = self.first.take() {
-            first();
-        }
-        self.host.shared_set(key, value, cas)
-    }
-    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
-        self.host.define_metric(kind, name)
-    }
-    fn increment_metric(&mut self, metric: Metric, delta: i64) {
-        self.host.increment_metric(metric, delta);
-    }
-    fn record_metric(&mut self, metric: Metric, value: u64) {
-        self.host.record_metric(metric, value);
-    }
-}
-
 #[test]
 fn two_workers_ending_the_first_calls_at_once_count_both_and_transition_once() {
     // 2: the breaker opens only if both failures land. 1: both calls would open it, the
@@ -369,15 +331,12 @@ fn two_workers_ending_the_first_calls_at_once_count_both_and_transition_once() {
         upstream_answered(&mut a, 500);
         upstream_answered(&mut b, 500);
         // Both read the breaker before either writes; B's write lands first.
-        let b_ends = || filter.on_done(&route_b, &mut pending_b, &mut b);
-        let mut racing = WritesAfter {
-            host: &mut a,
-            first: Some(Box::new(b_ends)),
-        };
+        let mut racing = WriteRace::new(&mut a, |_| {
+            filter.on_done(&route_b, &mut pending_b, &mut b);
+        });
         filter.on_done(&route_a, &mut pending_a, &mut racing);
-        let b_ended = racing.first.is_none();
+        assert!(racing.raced(), "B ended in between");
         drop(racing);
-        assert!(b_ended, "B ended in between");
 
         let opened = "mesh_breaker_transitions_total;route=fragile;to=open";
         let transitions = [&a, &b].map(|host| host.metric(opened).unwrap_or(0));
