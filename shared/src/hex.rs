@@ -1,4 +1,4 @@
-//! Lower-case hex, as trace headers use it.
+//! Hex: lower-case, as trace headers use it, and either case in percent-escapes.
 
 /// Decodes exactly `N` bytes from `2 * N` lower-case hex digits.
 pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
@@ -18,6 +18,14 @@ fn lower_digit(c: u8) -> Option<u8> {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
+    }
+}
+
+/// The value of a hex digit of either case (a percent-escape's `%2F` or `%2f`).
+pub fn digit_value(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => lower_digit(c.to_ascii_lowercase()),
     }
 }
 
@@ -63,5 +71,14 @@ mod tests {
         assert_eq!(decode_lower::<2>(b"00a"), None);
         assert_eq!(decode_lower::<2>(b"00ag"), None);
         assert_eq!(decode_lower::<2>(b"00a\xff"), None);
+    }
+
+    #[test]
+    fn digit_values_of_either_case() {
+        let values: Vec<_> = b"09afAF".iter().map(|&c| digit_value(c)).collect();
+        assert_eq!(values, [0, 9, 10, 15, 10, 15].map(Some));
+        for c in [b'g', b'G', b'/', b':', b'@', b'%', 0xff] {
+            assert_eq!(digit_value(c), None, "{c}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 
+use crate::hex;
+
 /// The path without its query string or fragment.
 pub fn path_only(path: &[u8]) -> &[u8] {
     match path.iter().position(|c| *c == b'?' || *c == b'#') {
@@ -54,7 +56,10 @@ pub fn decode(text: &[u8]) -> Cow<'_, [u8]> {
         rest = tail;
         match c {
             b'+' => out.push(b' '),
-            b'%' => match (tail.first().and_then(hex), tail.get(1).and_then(hex)) {
+            b'%' => match (
+                tail.first().and_then(|c| hex::digit_value(*c)),
+                tail.get(1).and_then(|c| hex::digit_value(*c)),
+            ) {
                 (Some(hi), Some(lo)) => {
                     out.push(hi << 4 | lo);
                     rest = tail.get(2..).unwrap_or_default();
@@ -65,15 +70,6 @@ pub fn decode(text: &[u8]) -> Cow<'_, [u8]> {
         }
     }
     Cow::Owned(out)
-}
-
-fn hex(c: &u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use crate::config::HeaderName;
 use crate::hash::stable_hash;
+use crate::hex;
 use crate::host::RequestHost;
 use crate::request::client_address;
 
@@ -193,8 +194,8 @@ fn decode_fully(path: &mut [u8]) -> usize {
         len += 1;
         while let Some(escape) = len.checked_sub(3).and_then(|at| path.get(at..len)) {
             let decoded = match escape {
-                [b'%', high, low] => hex_value(*high)
-                    .zip(hex_value(*low))
+                [b'%', high, low] => hex::digit_value(*high)
+                    .zip(hex::digit_value(*low))
                     .map(|(high, low)| high << 4 | low),
                 _ => None,
             };
@@ -206,15 +207,6 @@ fn decode_fully(path: &mut [u8]) -> usize {
         }
     }
     len
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
