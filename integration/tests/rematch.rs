@@ -26,6 +26,14 @@ const RATELIMIT: &str = r#"{"routes": {
     "checkout-canary": {"limits": [{"rate_per_s": 1, "burst": 7}]}
 }}"#;
 
+/// The fixture alone, on the demo routes.
+fn fixture_only() -> Mesh {
+    Mesh::builder()
+        .fixture()
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn header(reply: &Reply, name: &str) -> String {
     reply
         .upstream_header(name)
@@ -80,10 +88,7 @@ fn the_stages_after_the_canary_tag_use_the_route_chosen_before_it() {
 /// reads the old route, though the router sends the request to the new one.
 #[test]
 fn a_filter_reads_the_old_route_after_it_changed_the_header_itself() {
-    let mesh = Mesh::builder()
-        .fixture()
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mesh = fixture_only();
     let reply = mesh
         .get("/checkout")
         .header("x-fixture-tag", "x-canary=true")
@@ -100,10 +105,7 @@ fn a_filter_reads_the_old_route_after_it_changed_the_header_itself() {
 /// The canary filter still asks for the re-match (`filters/canary`): newer ABIs need it.
 #[test]
 fn envoy_rematches_after_a_header_write_without_being_asked() {
-    let mesh = Mesh::builder()
-        .fixture()
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mesh = fixture_only();
     let reply = mesh
         .get("/checkout")
         .header("x-fixture-tag-only", "x-canary=true")
