@@ -200,9 +200,7 @@ impl<Phase> Host for Proxy<'_, Phase> {
         match hostcalls::define_metric(kind, name) {
             Ok(id) => Metric(Some(id)),
             Err(status) => {
-                // Per request when the cluster has no endpoint: the filter logs the failure
-                // once per burst (`global_error=not_sent`).
-                log::debug!("define_metric {name} failed: status {}", status as u32);
+                log::warn!("define_metric {name} failed: status {}", status as u32);
                 Metric(None)
             }
         }
