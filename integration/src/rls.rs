@@ -22,7 +22,7 @@ use limitador::AsyncRateLimiter;
 use limitador::limit::{Context, Expression, Limit};
 use limitador::storage::redis::AsyncRedisStorage;
 use mesh_policy::ratelimit::rls::{
-    Code, DescriptorStatus, Duration as PbDuration, HeaderValue, RateLimitRequest,
+    Code, DescriptorStatus, Duration as PbDuration, HeaderValue, RateLimit, RateLimitRequest,
     RateLimitResponse,
 };
 use tonic::codegen::{BoxFuture, Context as TaskContext, Poll, Service, http};
@@ -281,14 +281,19 @@ impl Inner {
             .filter_map(|c| c.expires_in())
             .max()
             .unwrap_or(Duration::from_secs(1));
+        // The counter with the fewest hits left names the limit.
+        let tightest = result
+            .counters
+            .iter()
+            .filter_map(|c| Some((c.remaining()?, c)))
+            .min_by_key(|(remaining, _)| *remaining);
         let status = DescriptorStatus {
             code: code as i32,
-            limit_remaining: result
-                .counters
-                .iter()
-                .filter_map(|c| c.remaining())
-                .min()
-                .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            current_limit: tightest.map(|(_, c)| RateLimit {
+                requests_per_unit: u32::try_from(c.max_value()).unwrap_or(u32::MAX),
+                unit: unit(c.window()),
+            }),
+            limit_remaining: tightest.map_or(0, |(r, _)| u32::try_from(r).unwrap_or(u32::MAX)),
             duration_until_reset: Some(PbDuration {
                 seconds: i64::try_from(reset.as_secs()).unwrap_or(0),
                 nanos: i32::try_from(reset.subsec_nanos()).unwrap_or(0),
@@ -305,6 +310,17 @@ impl Inner {
             response_headers_to_add: vec![header(RESPONSE_HEADER)],
             request_headers_to_add: vec![header(REQUEST_HEADER)],
         })
+    }
+}
+
+/// `RateLimit.Unit` for a window: the unit it is one of, else UNKNOWN (0).
+fn unit(window: Duration) -> i32 {
+    match window.as_secs() {
+        1 => 1,
+        60 => 2,
+        3600 => 3,
+        86400 => 4,
+        _ => 0,
     }
 }
 

@@ -59,6 +59,16 @@ fn envoy_stat(mesh: &Mesh, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no stat {name}"))
 }
 
+/// `X-RateLimit-Limit`, `-Remaining`, `-Reset`.
+fn ratelimit_headers(reply: &Reply) -> [Option<String>; 3] {
+    [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ]
+    .map(|h| reply.header(h))
+}
+
 fn limited(mesh: &Mesh) -> Reply {
     mesh.get("/limited").send()
 }
@@ -68,6 +78,7 @@ fn two_envoys_share_one_global_allowance() {
     let (_redis, rls) = service(ALLOWANCE);
     let a = envoy(&config(""), rls.addr());
     let b = envoy(&config(""), rls.addr());
+    let limit = ALLOWANCE.to_string();
     let mut admitted = 0;
     let mut rejected = 0;
     for i in 0..20 {
@@ -79,12 +90,23 @@ fn two_envoys_share_one_global_allowance() {
                 // the client.
                 assert_eq!(reply.upstream_header(REQUEST_HEADER).as_deref(), Some("ok"));
                 assert_eq!(reply.header(RESPONSE_HEADER).as_deref(), Some("ok"));
+                // The service's count, for both replicas.
+                let left = (ALLOWANCE - admitted).to_string();
+                assert_eq!(
+                    ratelimit_headers(&reply)[..2],
+                    [Some(limit.clone()), Some(left)]
+                );
             }
             429 => {
                 rejected += 1;
                 let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
                 assert!((1..=60).contains(&retry_after), "retry-after {retry_after}");
                 assert_eq!(reply.header(RESPONSE_HEADER).as_deref(), Some("over_limit"));
+                let reset = Some(retry_after.to_string());
+                assert_eq!(
+                    ratelimit_headers(&reply),
+                    [Some(limit.clone()), Some("0".into()), reset]
+                );
             }
             status => panic!("unexpected {status}: {}", reply.text()),
         }

@@ -202,7 +202,7 @@ fn reference_rate_holds_across_two_workers_not_doubled() {
 #[test]
 fn two_keys_are_independent() {
     let salt = key::salt("limited", 0);
-    let slot = |k: &str| key::slot(salt, &KeyValue::Value(k.as_bytes().to_vec()), DEFAULT_SLOTS);
+    let slot = |k: &str| key::slot(salt, &KeyValue::Value(k.as_bytes().into()), DEFAULT_SLOTS);
     assert_ne!(slot("alice"), slot("bob"), "pick keys in different slots");
     let mesh = mesh();
     let began = Instant::now();

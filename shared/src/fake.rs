@@ -260,16 +260,15 @@ impl Host for FakeHost {
 }
 
 impl RequestHost for FakeHost {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        first(&self.request_headers, name).cloned()
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
+        first(&self.request_headers, name).map(Vec::as_slice)
     }
 
-    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+    fn request_header_count(&self, name: &str) -> usize {
         self.request_headers
             .iter()
             .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
+            .count()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
@@ -358,11 +357,11 @@ impl Host for WriteRace<'_> {
 }
 
 impl RequestHost for WriteRace<'_> {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
         self.host.request_header(name)
     }
-    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.host.request_header_values(name)
+    fn request_header_count(&self, name: &str) -> usize {
+        self.host.request_header_count(name)
     }
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.host.set_request_header(name, value);

@@ -64,11 +64,11 @@ pub trait Host {
 
 /// The request-headers phase.
 pub trait RequestHost: Host {
-    /// The first value of a header (as Envoy returns it).
-    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
-    /// Every value of a repeated header. Copies the whole header map out of the proxy:
-    /// use it only where a second value changes the decision.
-    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>>;
+    /// The first value of a header (as Envoy returns it), borrowed: reading copies nothing.
+    fn request_header(&self, name: &str) -> Option<&[u8]>;
+    /// How many times the header is repeated (Envoy's single-value read shows only the
+    /// first): for where a second value changes the decision.
+    fn request_header_count(&self, name: &str) -> usize;
     /// Replaces every value of the header with this one.
     fn set_request_header(&mut self, name: &str, value: &[u8]);
     fn remove_request_header(&mut self, name: &str);

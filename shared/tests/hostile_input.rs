@@ -193,9 +193,9 @@ proptest! {
         let read = trace.len() + span.len() + sampled.len();
         let (_, peak) = peak_during(|| {
             b3::read_multi(|name| match name {
-                b3::TRACE_ID => Some(trace.clone()),
-                b3::SPAN_ID => Some(span.clone()),
-                b3::SAMPLED | b3::FLAGS => Some(sampled.clone()),
+                b3::TRACE_ID => Some(trace.as_slice()),
+                b3::SPAN_ID => Some(span.as_slice()),
+                b3::SAMPLED | b3::FLAGS => Some(sampled.as_slice()),
                 _ => None,
             })
         });

@@ -242,19 +242,18 @@ impl Proxy<'_, RequestPhase> {
 
 impl RequestHost for Proxy<'_, RequestPhase> {
     /// The first value, as Envoy's own single-value getter answers.
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+    fn request_header(&self, name: &str) -> Option<&[u8]> {
         self.request_headers()
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_slice())
     }
 
-    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+    fn request_header_count(&self, name: &str) -> usize {
         self.request_headers()
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .collect()
+            .count()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

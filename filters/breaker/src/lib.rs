@@ -328,7 +328,7 @@ impl Filter for Breaker {
             return (FilterVerdict::Continue, None);
         };
         let started = host.now();
-        let outcome = machine::admit(&route.policy, host, &breaker.key);
+        let outcome = machine::admit(&route.policy, host, &breaker.key, started);
         // A request that passes sets the state gauge when it completes (on_done): one gauge
         // update per request, not two. A rejected one ends here.
         let rejected = matches!(outcome.result, Admission::Reject { .. });
@@ -415,7 +415,15 @@ impl Filter for Breaker {
         if call.slow {
             route.count(host, Counted::Slow);
         }
-        match machine::complete(policy, host, &pending.breaker.key, pending.ticket, call) {
+        // Counted when the response came (the stream's end after a reset): one clock read.
+        match machine::complete(
+            policy,
+            host,
+            &pending.breaker.key,
+            pending.ticket,
+            call,
+            end,
+        ) {
             Ok(outcome) => {
                 route.observe(host, &pending.breaker, outcome.state, outcome.transition);
             }

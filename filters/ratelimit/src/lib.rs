@@ -21,7 +21,7 @@ use mesh_policy::host::{
 };
 use mesh_policy::ratelimit::rls::{self, BadAnswer};
 use mesh_policy::ratelimit::{
-    Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
+    Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers, tightest,
 };
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
@@ -253,30 +253,26 @@ impl Filter for RateLimit {
         // Dry run lets everything through, a request the service could not decide included.
         let deny_on_error = policy.failure_mode_deny && !policy.dry_run;
         let (decision, verdict) = match answer(outcome, timed_out) {
-            Ok(rls::Answer {
-                over_limit: None,
-                request_headers,
-                response_headers,
-            }) => {
+            Ok(answer) if answer.over_limit.is_none() => {
                 host.increment_metric(ok, 1);
-                for (name, value) in &request_headers {
+                for (name, value) in &answer.request_headers {
                     host.set_request_header(name, value);
                 }
-                state.response_headers = response_headers;
+                // The tighter of the local limits and the service's.
+                if policy.rate_limit_headers && !policy.dry_run {
+                    state.budget = tightest(state.budget.into_iter().chain(answer.budget));
+                }
+                state.response_headers = answer.response_headers;
                 (admitted, Verdict::Continue)
             }
-            Ok(rls::Answer {
-                over_limit: Some(retry_after_s),
-                response_headers,
-                ..
-            }) => {
+            Ok(answer) => {
                 host.increment_metric(over_limit, 1);
                 state.budget = None;
                 if policy.dry_run {
                     route.note_dry_run(now);
                     (Decision::DryRunRejected, Verdict::Continue)
                 } else {
-                    let reply = policy.global_reject_reply(retry_after_s, response_headers);
+                    let reply = policy.global_reject_reply(answer);
                     (Decision::Rejected, Verdict::Reply(reply))
                 }
             }
@@ -322,8 +318,11 @@ impl Filter for RateLimit {
     ) {
         if let Some(budget) = &state.budget {
             let mut digits = [0u8; 20];
+            // A header the service sends replaces the filter's own of that name.
             for (name, value) in budget_headers(budget) {
-                host.set_response_header(name, decimal(value, &mut digits));
+                if !state.response_headers.iter().any(|(sent, _)| sent == name) {
+                    host.set_response_header(name, decimal(value, &mut digits));
+                }
             }
         }
         for (name, value) in &state.response_headers {

@@ -82,14 +82,15 @@ impl Filter for TraceId {
             }
         }
         host.increment_metric(route.counter(decision.outcome), 1);
-        let trace_id = decision.trace_id_hex();
+        // The log macro formats its arguments only when Envoy logs wasm at debug.
         log::debug!(
-            "traceid route={} trace={trace_id} outcome={} source={}",
+            "traceid route={} trace={} outcome={} source={}",
             route.name,
+            decision.trace_id_hex(),
             decision.outcome.as_str(),
             decision.source.as_str()
         );
-        let keep = route.policy.response_header.is_some().then_some(trace_id);
+        let keep = (route.policy.response_header.is_some()).then(|| decision.trace_id_hex());
         (Verdict::Continue, keep)
     }
 

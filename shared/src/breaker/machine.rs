@@ -299,13 +299,18 @@ pub fn create(host: &mut impl Host, key: &str) -> bool {
     store::create_if_absent(host, key, &Record::default().encode())
 }
 
-/// Admits or rejects a request against the breaker stored at `key`.
+/// Admits or rejects a request against the breaker stored at `key` at time `now` (the
+/// caller's clock read: the request's start).
 ///
 /// A closed breaker is only read. When the write a probe needs loses every CAS round (or the
 /// host refuses it), the request is rejected as half-open: the breaker is not closed, and
 /// a probe that cannot be counted could break the probe budget.
-pub fn admit(policy: &BreakerPolicy, host: &mut impl Host, key: &str) -> Outcome<Admission> {
-    let now = host.now();
+pub fn admit(
+    policy: &BreakerPolicy,
+    host: &mut impl Host,
+    key: &str,
+    now: Nanos,
+) -> Outcome<Admission> {
     let updated = store::update(host, key, ATTEMPTS, |bytes| {
         let record = Record::decode(bytes);
         step(&record, policy.admit(&record, now))
@@ -321,7 +326,7 @@ pub fn admit(policy: &BreakerPolicy, host: &mut impl Host, key: &str) -> Outcome
     })
 }
 
-/// Counts a finished call in the breaker at `key`. When every CAS round is lost (or the host
+/// Counts a call that finished at `now` in the breaker at `key`. When every CAS round is lost (or the host
 /// refuses the write) the call is not counted: the caller reports it as dropped.
 pub fn complete(
     policy: &BreakerPolicy,
@@ -329,8 +334,8 @@ pub fn complete(
     key: &str,
     ticket: Ticket,
     call: Call,
+    now: Nanos,
 ) -> Result<Outcome<()>, UpdateError> {
-    let now = host.now();
     store::update(host, key, ATTEMPTS, |bytes| {
         let record = Record::decode(bytes);
         step(&record, policy.complete(&record, ticket, call, now))

@@ -400,7 +400,8 @@ impl Breaker {
     }
 
     fn admit(&mut self) -> Outcome<Admission> {
-        let outcome = machine::admit(&self.policy, &mut self.host, KEY);
+        let now = self.host.now();
+        let outcome = machine::admit(&self.policy, &mut self.host, KEY, now);
         self.transitions.extend(outcome.transition);
         outcome
     }
@@ -431,7 +432,9 @@ impl Breaker {
 
     fn finish_call(&mut self, ticket: Ticket, finished: &Finished) -> State {
         let call = self.classify(finished);
-        let outcome = machine::complete(&self.policy, &mut self.host, KEY, ticket, call).unwrap();
+        let now = self.host.now();
+        let outcome =
+            machine::complete(&self.policy, &mut self.host, KEY, ticket, call, now).unwrap();
         self.transitions.extend(outcome.transition);
         outcome.state
     }
@@ -778,9 +781,10 @@ fn probes_are_counted_across_workers() {
     );
     b.call(500);
     b.host.advance_ms(1000);
-    let worker_a = machine::admit(&b.policy, &mut b.host, KEY);
-    let worker_b = machine::admit(&b.policy, &mut b.host, KEY);
-    let worker_a_again = machine::admit(&b.policy, &mut b.host, KEY);
+    let now = b.host.now();
+    let worker_a = machine::admit(&b.policy, &mut b.host, KEY, now);
+    let worker_b = machine::admit(&b.policy, &mut b.host, KEY, now);
+    let worker_a_again = machine::admit(&b.policy, &mut b.host, KEY, now);
     assert!(matches!(
         worker_a.result,
         Admission::Pass(Ticket { probe: true, .. })
@@ -819,8 +823,9 @@ fn exhausted_retries_drop_the_count_and_refuse_the_probe() {
     b.host.shared_put(KEY, &Record::default().encode());
     b.host.cas_conflicts = usize::MAX;
     let call = b.classify(&finished(Some(500), 0, true, 1));
+    let now = b.host.now();
     assert_eq!(
-        machine::complete(&b.policy, &mut b.host, KEY, ticket, call),
+        machine::complete(&b.policy, &mut b.host, KEY, ticket, call, now),
         Err(crate::store::UpdateError::Contended)
     );
     b.host.cas_conflicts = 0;

@@ -18,6 +18,8 @@ pub mod cookie;
 pub mod percent;
 pub mod query;
 
+use std::borrow::Cow;
+
 use crate::config::json::Json;
 use crate::config::read::{FromJson, Object, one_of};
 use crate::config::{ConfigError, FieldPath, HeaderName, escape};
@@ -549,9 +551,9 @@ impl CanaryPolicy {
     pub fn decide(&self, salt: &[u8], host: &mut impl RequestHost) -> Decision {
         let incoming = host.request_header(self.header.as_str());
         if self.trust_incoming
-            && let Some(value) = &incoming
+            && let Some(value) = incoming
         {
-            let release = if value.as_slice() == self.value.as_bytes() {
+            let release = if value == self.value.as_bytes() {
                 Release::Canary
             } else {
                 Release::Stable
@@ -563,6 +565,7 @@ impl CanaryPolicy {
                 new_sticky_key: None,
             };
         }
+        let tagged = incoming.is_some();
         let mut request = Request::new(&*host);
         let ruled = self
             .rules
@@ -576,7 +579,7 @@ impl CanaryPolicy {
                 None => self.draw(salt, host),
             },
         };
-        let tag = match (release, incoming.is_some()) {
+        let tag = match (release, tagged) {
             (Release::Canary, _) => TagEdit::Set,
             (Release::Stable, true) => TagEdit::Remove,
             (Release::Stable, false) => TagEdit::Keep,
@@ -591,21 +594,24 @@ impl CanaryPolicy {
 
     /// The first present, non-empty sticky key: header, cookie, client address, then the
     /// sticky cookie.
-    fn sticky_key<H: RequestHost>(&self, request: &mut Request<'_, H>) -> Option<Vec<u8>> {
+    fn sticky_key<'h, H: RequestHost>(
+        &self,
+        request: &mut Request<'h, H>,
+    ) -> Option<Cow<'h, [u8]>> {
         let sticky = &self.sticky;
         let host = request.host;
         sticky
             .header
             .as_ref()
-            .and_then(|name| host.request_header(name.as_str()))
-            .and_then(non_empty)
+            .and_then(|name| non_empty(host.request_header(name.as_str())?))
+            .map(Cow::Borrowed)
             .or_else(|| request.cookie_key(sticky.cookie.as_deref()))
             .or_else(|| {
                 // A host call only when the policy keys on the address.
                 let address = sticky
                     .client_address
                     .then(|| host.property(&SOURCE_ADDRESS))??;
-                non_empty(client_ip(&address).to_vec())
+                Some(Cow::Owned(non_empty(client_ip(&address))?.to_vec()))
             })
             .or_else(|| request.cookie_key(self.sticky_cookie.as_ref().map(|c| c.name.as_str())))
     }
@@ -650,7 +656,7 @@ impl CanaryPolicy {
     }
 }
 
-fn non_empty(key: Vec<u8>) -> Option<Vec<u8>> {
+fn non_empty(key: &[u8]) -> Option<&[u8]> {
     (!key.is_empty()).then_some(key)
 }
 
@@ -662,9 +668,7 @@ pub fn point(salt: &[u8], key: &[u8]) -> f64 {
 impl Rule {
     fn matches<H: RequestHost>(&self, request: &mut Request<'_, H>) -> bool {
         match &self.target {
-            Target::Header(name, test) => {
-                test.matches(request.host.request_header(name.as_str()).as_deref())
-            }
+            Target::Header(name, test) => test.matches(request.host.request_header(name.as_str())),
             Target::Cookie(name, test) => test.matches(request.cookie(name)),
             Target::Query(name, test) => {
                 let value = request
@@ -683,8 +687,8 @@ impl Rule {
 /// needed.
 struct Request<'h, H> {
     host: &'h H,
-    path: Option<Option<Vec<u8>>>,
-    cookie: Option<Option<Vec<u8>>>,
+    path: Option<Option<&'h [u8]>>,
+    cookie: Option<Option<&'h [u8]>>,
 }
 
 impl<'h, H: RequestHost> Request<'h, H> {
@@ -696,24 +700,23 @@ impl<'h, H: RequestHost> Request<'h, H> {
         }
     }
 
-    fn path(&mut self) -> Option<&[u8]> {
+    fn path(&mut self) -> Option<&'h [u8]> {
         let host = self.host;
-        self.path
+        *self
+            .path
             .get_or_insert_with(|| host.request_header(":path"))
-            .as_deref()
     }
 
     /// A cookie's value as a sticky key: absent when empty.
-    fn cookie_key(&mut self, name: Option<&str>) -> Option<Vec<u8>> {
-        non_empty(self.cookie(name?)?.to_vec())
+    fn cookie_key(&mut self, name: Option<&str>) -> Option<Cow<'h, [u8]>> {
+        non_empty(self.cookie(name?)?).map(Cow::Borrowed)
     }
 
-    fn cookie(&mut self, name: &str) -> Option<&[u8]> {
+    fn cookie(&mut self, name: &str) -> Option<&'h [u8]> {
         let host = self.host;
-        let header = self
+        let header = (*self
             .cookie
-            .get_or_insert_with(|| host.request_header("cookie"))
-            .as_deref()?;
+            .get_or_insert_with(|| host.request_header("cookie")))?;
         cookie::find(header, name.as_bytes())
     }
 }

@@ -5,6 +5,8 @@
 //! never gain tokens by colliding (sharing only takes tokens away) and there is no eviction
 //! (a slot is never reset to full), so a flood of new keys cannot refresh anyone's bucket.
 
+use std::borrow::Cow;
+
 use crate::config::HeaderName;
 use crate::hash::stable_hash;
 use crate::hex;
@@ -40,9 +42,9 @@ pub enum Missing {
 
 /// A request's key for one limit.
 #[derive(Debug, PartialEq, Eq)]
-pub enum KeyValue {
-    /// The key's bytes (for [`Key::Route`], empty).
-    Value(Vec<u8>),
+pub enum KeyValue<'a> {
+    /// The key's bytes (for [`Key::Route`], empty): a header's borrowed from the request.
+    Value(Cow<'a, [u8]>),
     /// The header is missing and shares the anonymous bucket.
     Anonymous,
     /// The limit does not apply.
@@ -51,27 +53,27 @@ pub enum KeyValue {
 
 impl Key {
     /// Reads this key from the request.
-    pub fn read(&self, host: &impl RequestHost) -> KeyValue {
+    pub fn read<'h>(&self, host: &'h impl RequestHost) -> KeyValue<'h> {
         match self {
-            Self::Route => KeyValue::Value(Vec::new()),
+            Self::Route => KeyValue::Value(Cow::Borrowed(&[])),
             Self::ClientAddress { trusted_hops } => {
                 let address = host.property(&["source", "address"]).unwrap_or_default();
                 // A header read only when the policy trusts proxies.
                 let forwarded = (*trusted_hops > 0)
                     .then(|| host.request_header(FORWARDED_FOR))
                     .flatten();
-                match client_address(&address, forwarded.as_deref(), *trusted_hops) {
-                    Some(ip) => KeyValue::Value(ip.to_vec()),
+                match client_address(&address, forwarded, *trusted_hops) {
+                    Some(ip) => KeyValue::Value(Cow::Owned(ip.to_vec())),
                     None => KeyValue::Anonymous,
                 }
             }
             Self::Path => {
-                let mut path = host.request_header(":path").unwrap_or_default();
+                let mut path = host.request_header(":path").unwrap_or_default().to_vec();
                 normalize_path(&mut path);
-                KeyValue::Value(path)
+                KeyValue::Value(Cow::Owned(path))
             }
             Self::Header { name, missing } => match host.request_header(name.as_str()) {
-                Some(value) if !value.is_empty() => KeyValue::Value(value),
+                Some(value) if !value.is_empty() => KeyValue::Value(Cow::Borrowed(value)),
                 _ => match missing {
                     Missing::Share => KeyValue::Anonymous,
                     Missing::Skip => KeyValue::Skip,
@@ -334,9 +336,15 @@ mod tests {
         let host = FakeHost::new()
             .with_property(&["source", "address"], "10.1.2.3:45678")
             .with_request_header("x-forwarded-for", "1.1.1.1");
-        assert_eq!(peer.read(&host), KeyValue::Value(b"10.1.2.3".to_vec()));
+        assert_eq!(
+            peer.read(&host),
+            KeyValue::Value(Cow::Borrowed(b"10.1.2.3"))
+        );
         let host = FakeHost::new().with_property(&["source", "address"], "[2001:db8::1]:443");
-        assert_eq!(peer.read(&host), KeyValue::Value(b"2001:db8::1".to_vec()));
+        assert_eq!(
+            peer.read(&host),
+            KeyValue::Value(Cow::Borrowed(b"2001:db8::1"))
+        );
     }
 
     #[test]
@@ -357,9 +365,12 @@ mod tests {
         let host = FakeHost::new()
             .with_property(&["source", "address"], "10.0.0.9:0")
             .with_request_header("x-forwarded-for", "6.6.6.6, 198.51.100.7");
-        assert_eq!(key.read(&host), KeyValue::Value(b"198.51.100.7".to_vec()));
+        assert_eq!(
+            key.read(&host),
+            KeyValue::Value(Cow::Borrowed(b"198.51.100.7"))
+        );
         let host = FakeHost::new().with_property(&["source", "address"], "10.0.0.9:1234");
-        assert_eq!(key.read(&host), KeyValue::Value(b"10.0.0.9".to_vec()));
+        assert_eq!(key.read(&host), KeyValue::Value(Cow::Borrowed(b"10.0.0.9")));
     }
 
     #[test]
@@ -380,24 +391,30 @@ mod tests {
             assert_eq!(share.read(host), KeyValue::Anonymous);
             assert_eq!(skip.read(host), KeyValue::Skip);
         }
-        assert_eq!(share.read(&with), KeyValue::Value(b"k\xff".to_vec()));
+        assert_eq!(share.read(&with), KeyValue::Value(Cow::Borrowed(b"k\xff")));
     }
 
     #[test]
     fn path_key_reads_the_pseudo_header() {
         let host = FakeHost::new().with_request_header(":path", "/Limited/?a=1");
-        assert_eq!(Key::Path.read(&host), KeyValue::Value(b"/limited".to_vec()));
+        assert_eq!(
+            Key::Path.read(&host),
+            KeyValue::Value(Cow::Borrowed(b"/limited"))
+        );
     }
 
     #[test]
     fn slots_are_stable_and_in_range() {
         let salt = salt("checkout", 0);
         // Changing these moves every client to another bucket on upgrade.
-        assert_eq!(slot(salt, &KeyValue::Value(b"key-a".to_vec()), 1024), 224);
+        assert_eq!(
+            slot(salt, &KeyValue::Value(Cow::Borrowed(b"key-a")), 1024),
+            224
+        );
         assert_eq!(slot(salt, &KeyValue::Anonymous, 1024), 199);
         assert_ne!(salt, super::salt("checkout", 1));
         for i in 0..1000 {
-            let value = KeyValue::Value(format!("k{i}").into_bytes());
+            let value = KeyValue::Value(Cow::Owned(format!("k{i}").into_bytes()));
             assert!(slot(salt, &value, 7) < 7);
             assert_eq!(slot(salt, &value, 1), 0);
         }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod key;
 pub mod rls;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -185,11 +186,11 @@ impl RouteLimits {
             .limits
             .iter()
             .filter_map(|limit| {
-                let value = match limit.key.read(host) {
+                let value: Cow<'_, [u8]> = match limit.key.read(host) {
                     KeyValue::Skip => return None,
-                    KeyValue::Anonymous => Vec::new(),
+                    KeyValue::Anonymous => Cow::Borrowed(&[]),
                     KeyValue::Value(_) if limit.key == key::Key::Route => {
-                        self.route_name.as_bytes().to_vec()
+                        Cow::Borrowed(self.route_name.as_bytes())
                     }
                     KeyValue::Value(value) => value,
                 };
@@ -320,7 +321,7 @@ impl RouteLimits {
             budget: if store_error.is_some() {
                 None
             } else {
-                tightest(&budgets)
+                tightest(budgets.into_iter().flatten())
             },
             retry_after_s: 0,
             store_error,
@@ -379,13 +380,21 @@ impl RateLimitPolicy {
 
 impl RateLimitPolicy {
     /// The reply when the rate limit service says over limit: the local rejection's status
-    /// and body, `Retry-After` from the service, and the service's response headers. A header
-    /// the service sends replaces the filter's own of that name (the service knows the
-    /// cluster-wide state; Envoy's ratelimit filter lets the service's `content-type` win too).
-    pub fn global_reject_reply(&self, retry_after_s: u64, headers: Vec<rls::Header>) -> LocalReply {
+    /// and body, `Retry-After` and `X-RateLimit-*` from the service's answer, and the
+    /// service's response headers. A header the service sends replaces the filter's own of
+    /// that name (the service knows the cluster-wide state; Envoy's ratelimit filter lets the
+    /// service's `content-type` win too).
+    pub fn global_reject_reply(&self, answer: rls::Answer) -> LocalReply {
+        let rls::Answer {
+            over_limit,
+            budget,
+            response_headers: headers,
+            ..
+        } = answer;
+        let retry_after_s = over_limit.unwrap_or(1);
         let mut reply = self.reject_reply(&Check {
             decision: Decision::Rejected,
-            budget: None,
+            budget,
             retry_after_s,
             store_error: None,
         });
@@ -433,11 +442,9 @@ fn budget(limit: &Limit, remaining: u32, full_in: u64) -> Budget {
 }
 
 /// The budget with the fewest tokens left (the longest reset among equals).
-fn tightest(budgets: &[Option<Budget>]) -> Option<Budget> {
+pub fn tightest(budgets: impl IntoIterator<Item = Budget>) -> Option<Budget> {
     budgets
-        .iter()
-        .flatten()
-        .copied()
+        .into_iter()
         .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_s)))
 }
 

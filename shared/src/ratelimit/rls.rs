@@ -14,6 +14,8 @@
 
 use prost::Message;
 
+use super::{Budget, tightest};
+
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
 
@@ -63,10 +65,23 @@ pub struct RateLimitResponse {
 pub struct DescriptorStatus {
     #[prost(int32, tag = "1")]
     pub code: i32,
+    /// The limit that applied to the descriptor; absent when none did.
+    #[prost(message, optional, tag = "2")]
+    pub current_limit: Option<RateLimit>,
     #[prost(uint32, tag = "3")]
     pub limit_remaining: u32,
     #[prost(message, optional, tag = "4")]
     pub duration_until_reset: Option<Duration>,
+}
+
+/// `RateLimitResponse.RateLimit`: `requests_per_unit` per `unit` (the name, 3, is skipped).
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimit {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    /// `RateLimitResponse.RateLimit.Unit` as its number (1 second, 2 minute, 3 hour, 4 day).
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
 }
 
 /// `google.protobuf.Duration`.
@@ -106,6 +121,10 @@ pub struct Answer {
     /// `None`: OK. `Some(seconds)`: over the limit, retry after that many seconds (at least
     /// 1: the longest `duration_until_reset` of the descriptors over their limit, rounded up).
     pub over_limit: Option<u64>,
+    /// For `X-RateLimit-*`, from the descriptors the service names a limit for
+    /// (`current_limit`): over the limit, the one retried after; else the one with the
+    /// fewest requests left.
+    pub budget: Option<Budget>,
     /// `request_headers_to_add`: set on the upstream request (OK only).
     pub request_headers: Vec<Header>,
     /// `response_headers_to_add`: added to the response, or to the rejection.
@@ -160,8 +179,24 @@ pub fn interpret(message: &[u8]) -> Result<Answer, BadAnswer> {
         ),
         other => return Err(BadAnswer::Code(other)),
     };
+    let over = over_limit.is_some();
+    let budget = tightest(
+        response
+            .statuses
+            .iter()
+            .filter(|s| !over || s.code == Code::OverLimit as i32)
+            .filter_map(|s| {
+                let limit = s.current_limit.as_ref()?;
+                Some(Budget {
+                    limit: limit.requests_per_unit,
+                    remaining: if over { 0 } else { s.limit_remaining },
+                    reset_s: s.duration_until_reset.as_ref().map_or(0, seconds_up),
+                })
+            }),
+    );
     Ok(Answer {
         over_limit,
+        budget,
         request_headers: if over_limit.is_none() {
             headers(response.request_headers_to_add)
         } else {
@@ -214,8 +249,21 @@ mod tests {
     fn status(code: Code, reset: Option<(i64, i32)>) -> DescriptorStatus {
         DescriptorStatus {
             code: code as i32,
+            current_limit: None,
             limit_remaining: 0,
             duration_until_reset: reset.map(|(seconds, nanos)| Duration { seconds, nanos }),
+        }
+    }
+
+    /// A status naming its limit: `limit` per minute, `remaining` left.
+    fn limited(code: Code, limit: u32, remaining: u32, reset_s: i64) -> DescriptorStatus {
+        DescriptorStatus {
+            current_limit: Some(RateLimit {
+                requests_per_unit: limit,
+                unit: 2,
+            }),
+            limit_remaining: remaining,
+            ..status(code, Some((reset_s, 0)))
         }
     }
 
@@ -266,6 +314,7 @@ mod tests {
             interpret(&message),
             Ok(Answer {
                 over_limit: None,
+                budget: None,
                 request_headers: vec![("x-ratelimited-by".into(), b"rls".to_vec())],
                 response_headers: vec![("x-ratelimit-limit".into(), b"10".to_vec())],
             })
@@ -289,6 +338,52 @@ mod tests {
         assert_eq!(answer.over_limit, Some(3));
         // A rejected request goes nowhere: no request headers.
         assert!(answer.request_headers.is_empty());
+    }
+
+    #[test]
+    fn the_budget_is_the_tightest_descriptor_the_service_names_a_limit_for() {
+        let answer = |code: Code, statuses| {
+            interpret(
+                &RateLimitResponse {
+                    overall_code: code as i32,
+                    statuses,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+            .unwrap()
+            .budget
+        };
+        // OK: the fewest left; a descriptor without a limit says nothing.
+        let ok = vec![
+            limited(Code::Ok, 100, 40, 30),
+            status(Code::Ok, Some((1, 0))),
+            limited(Code::Ok, 10, 3, 20),
+        ];
+        assert_eq!(
+            answer(Code::Ok, ok),
+            Some(Budget {
+                limit: 10,
+                remaining: 3,
+                reset_s: 20
+            })
+        );
+        // Over the limit: the descriptor over it that resets last, nothing left.
+        let over = vec![
+            limited(Code::Ok, 5, 0, 50),
+            limited(Code::OverLimit, 100, 2, 10),
+            limited(Code::OverLimit, 60, 0, 45),
+        ];
+        assert_eq!(
+            answer(Code::OverLimit, over),
+            Some(Budget {
+                limit: 60,
+                remaining: 0,
+                reset_s: 45
+            })
+        );
+        assert_eq!(answer(Code::Ok, vec![status(Code::Ok, Some((1, 0)))]), None);
+        assert_eq!(answer(Code::Ok, Vec::new()), None);
     }
 
     #[test]

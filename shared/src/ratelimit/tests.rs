@@ -263,8 +263,8 @@ fn keys_are_independent() {
     let mut host = FakeHost::new();
     let route = bind(PER_KEY, &mut host);
     let (alice, bob) = (
-        KeyValue::Value(b"alice".to_vec()),
-        KeyValue::Value(b"bob".to_vec()),
+        KeyValue::Value(std::borrow::Cow::Borrowed(b"alice")),
+        KeyValue::Value(std::borrow::Cow::Borrowed(b"bob")),
     );
     let salt = key::salt("limited", 0);
     assert_ne!(
@@ -758,34 +758,94 @@ fn global_config_errors_name_route_and_field() {
     }
 }
 
+fn over_limit(
+    retry_after_s: u64,
+    budget: Option<Budget>,
+    headers: Vec<rls::Header>,
+) -> rls::Answer {
+    rls::Answer {
+        over_limit: Some(retry_after_s),
+        budget,
+        request_headers: Vec::new(),
+        response_headers: headers,
+    }
+}
+
 #[test]
-fn global_rejection_reply_carries_retry_after_and_the_service_headers() {
+fn global_rejection_reply_carries_retry_after_the_services_budget_and_headers() {
     let p = policy(GLOBAL);
-    let reply = p.global_reject_reply(7, vec![("x-ratelimit-limit".into(), b"10".to_vec())]);
+    let budget = Budget {
+        limit: 10,
+        remaining: 0,
+        reset_s: 7,
+    };
+    let reply = p.global_reject_reply(over_limit(
+        7,
+        Some(budget),
+        vec![("x-limited-by".into(), b"rls".to_vec())],
+    ));
     assert_eq!(reply.status, 429);
     assert_eq!(reply.body, br#"{"error":"rate_limited"}"#);
-    assert!(reply.headers.contains(&("retry-after".into(), "7".into())));
-    assert!(
-        reply
-            .headers
-            .contains(&("x-ratelimit-limit".into(), "10".into()))
-    );
+    for header in [
+        ("retry-after", "7"),
+        ("x-ratelimit-limit", "10"),
+        ("x-ratelimit-remaining", "0"),
+        ("x-ratelimit-reset", "7"),
+        ("x-limited-by", "rls"),
+    ] {
+        assert!(
+            reply.headers.contains(&(header.0.into(), header.1.into())),
+            "{header:?} in {:?}",
+            reply.headers
+        );
+    }
     let unavailable = p.unavailable_reply();
     assert_eq!(unavailable.status, 503);
 }
 
 #[test]
+fn a_global_rejection_without_a_budget_or_with_headers_off_has_no_ratelimit_headers() {
+    let budget = Budget {
+        limit: 10,
+        remaining: 0,
+        reset_s: 7,
+    };
+    let off = policy(&GLOBAL.replace(r#""domain""#, r#""rate_limit_headers": false, "domain""#));
+    for reply in [
+        policy(GLOBAL).global_reject_reply(over_limit(7, None, Vec::new())),
+        off.global_reject_reply(over_limit(7, Some(budget), Vec::new())),
+    ] {
+        assert!(
+            reply
+                .headers
+                .iter()
+                .all(|(n, _)| !n.starts_with("x-ratelimit")),
+            "{:?}",
+            reply.headers
+        );
+        assert!(reply.headers.contains(&("retry-after".into(), "7".into())));
+    }
+}
+
+#[test]
 fn a_service_header_replaces_the_filters_own_of_that_name() {
     let p = policy(GLOBAL);
-    let reply = p.global_reject_reply(
+    let budget = Budget {
+        limit: 10,
+        remaining: 0,
+        reset_s: 7,
+    };
+    let reply = p.global_reject_reply(over_limit(
         7,
+        Some(budget),
         vec![
             ("retry-after".into(), b"30".to_vec()),
             ("Content-Type".into(), b"text/plain".to_vec()),
+            ("x-ratelimit-limit".into(), b"10, 10;w=60".to_vec()),
             ("x-limit-by".into(), b"a".to_vec()),
             ("x-limit-by".into(), b"b".to_vec()),
         ],
-    );
+    ));
     let values = |name: &str| -> Vec<&str> {
         reply
             .headers
@@ -796,6 +856,8 @@ fn a_service_header_replaces_the_filters_own_of_that_name() {
     };
     assert_eq!(values("retry-after"), ["30"]);
     assert_eq!(values("content-type"), ["text/plain"]);
+    assert_eq!(values("x-ratelimit-limit"), ["10, 10;w=60"]);
+    assert_eq!(values("x-ratelimit-remaining"), ["0"]);
     // The service's own repeated headers are all kept.
     assert_eq!(values("x-limit-by"), ["a", "b"]);
 }

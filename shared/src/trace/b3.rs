@@ -72,7 +72,7 @@ pub fn parse_single(value: &[u8]) -> Option<B3> {
 
 /// Reads the multi-header form through `header`; `None` when no `x-b3-traceid` or
 /// `x-b3-sampled` is present or the ids are malformed.
-pub fn read_multi(mut header: impl FnMut(&str) -> Option<Vec<u8>>) -> Option<B3> {
+pub fn read_multi<'a>(mut header: impl FnMut(&str) -> Option<&'a [u8]>) -> Option<B3> {
     let Some(trace_id) = header(TRACE_ID) else {
         return multi_sampling(&mut header).map(B3::SamplingOnly);
     };
@@ -91,7 +91,7 @@ pub fn read_multi(mut header: impl FnMut(&str) -> Option<Vec<u8>>) -> Option<B3>
 }
 
 /// `x-b3-flags: 1` (debug) wins over `x-b3-sampled` (`1`/`0`, or legacy `true`/`false`).
-fn multi_sampling(header: &mut impl FnMut(&str) -> Option<Vec<u8>>) -> Option<Sampling> {
+fn multi_sampling<'a>(header: &mut impl FnMut(&str) -> Option<&'a [u8]>) -> Option<Sampling> {
     if header(FLAGS).is_some_and(|flags| trim_ows(&flags) == b"1") {
         return Some(Sampling::Debug);
     }
@@ -219,34 +219,24 @@ mod tests {
             (SAMPLED, "1"),
         ]
         .into();
-        let c = ctx(read_multi(|n| {
-            headers.get(n).map(|v| v.as_bytes().to_vec())
-        }));
+        let c = ctx(read_multi(|n| headers.get(n).map(|v| v.as_bytes())));
         assert_eq!(hex::encode(&c.trace_id), format!("0000000000000000{T16}"));
         assert_eq!(c.sampling, Some(Sampling::Accept));
 
         let headers: HashMap<&str, &str> = [(TRACE_ID, T32), (SPAN_ID, SPAN), (FLAGS, "1")].into();
-        let c = ctx(read_multi(|n| {
-            headers.get(n).map(|v| v.as_bytes().to_vec())
-        }));
+        let c = ctx(read_multi(|n| headers.get(n).map(|v| v.as_bytes())));
         assert_eq!(c.sampling, Some(Sampling::Debug));
     }
 
     #[test]
     fn multi_headers_without_span_or_with_bad_ids_are_ignored() {
         let headers: HashMap<&str, &str> = [(TRACE_ID, T32)].into();
-        assert_eq!(
-            read_multi(|n| headers.get(n).map(|v| v.as_bytes().to_vec())),
-            None
-        );
+        assert_eq!(read_multi(|n| headers.get(n).map(|v| v.as_bytes())), None);
         let headers: HashMap<&str, &str> = [(TRACE_ID, "xyz"), (SPAN_ID, SPAN)].into();
-        assert_eq!(
-            read_multi(|n| headers.get(n).map(|v| v.as_bytes().to_vec())),
-            None
-        );
+        assert_eq!(read_multi(|n| headers.get(n).map(|v| v.as_bytes())), None);
         let headers: HashMap<&str, &str> = [(SAMPLED, "0")].into();
         assert_eq!(
-            read_multi(|n| headers.get(n).map(|v| v.as_bytes().to_vec())),
+            read_multi(|n| headers.get(n).map(|v| v.as_bytes())),
             Some(B3::SamplingOnly(Sampling::Deny))
         );
         assert_eq!(read_multi(|_| None), None);

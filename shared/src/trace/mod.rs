@@ -224,10 +224,10 @@ impl TracePolicy {
     pub fn decide(&self, host: &mut impl RequestHost) -> Decision {
         let incoming = host
             .request_header(w3c::TRACEPARENT)
-            .map(|value| TraceParent::parse(&value))
+            .map(TraceParent::parse)
             .map(|parsed| match parsed {
                 // Envoy shows only the first of repeated headers; two are invalid.
-                Ok(_) if host.request_header_values(w3c::TRACEPARENT).len() > 1 => {
+                Ok(_) if host.request_header_count(w3c::TRACEPARENT) > 1 => {
                     Err(w3c::TraceParentError::Repeated)
                 }
                 other => other,

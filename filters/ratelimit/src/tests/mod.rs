@@ -109,7 +109,19 @@ fn headers_can_be_turned_off() {
 const GLOBAL: &str = r#"{"routes": {"g": {"limits": [{"rate_per_s": 1, "burst": 2}, {"scope": "global", "key": {"header": "x-api-key"}}], "service_cluster": "rls", "domain": "mesh"}}}"#;
 
 fn rls_answer(code: i32, reset_s: i64, headers: &[(&str, &str)]) -> Vec<u8> {
-    use mesh_policy::ratelimit::rls::{DescriptorStatus, Duration, HeaderValue, RateLimitResponse};
+    rls_answer_limited(code, None, reset_s, headers)
+}
+
+/// An answer whose descriptor names its limit: `(requests per minute, remaining)`.
+fn rls_answer_limited(
+    code: i32,
+    limit: Option<(u32, u32)>,
+    reset_s: i64,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    use mesh_policy::ratelimit::rls::{
+        DescriptorStatus, Duration, HeaderValue, RateLimit, RateLimitResponse,
+    };
     let header = |(k, v): &(&str, &str)| HeaderValue {
         key: (*k).to_owned(),
         value: (*v).to_owned(),
@@ -119,7 +131,11 @@ fn rls_answer(code: i32, reset_s: i64, headers: &[(&str, &str)]) -> Vec<u8> {
         overall_code: code,
         statuses: vec![DescriptorStatus {
             code,
-            limit_remaining: 0,
+            current_limit: limit.map(|(requests_per_unit, _)| RateLimit {
+                requests_per_unit,
+                unit: 2,
+            }),
+            limit_remaining: limit.map_or(0, |(_, remaining)| remaining),
             duration_until_reset: Some(Duration {
                 seconds: reset_s,
                 nanos: 0,
@@ -152,7 +168,7 @@ fn a_locally_admitted_request_calls_the_service_and_goes_on_with_its_headers() {
     let answer = rls_answer(1, 1, &[("x-from-rls", "yes")]);
     let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
     assert_eq!(verdict, Verdict::Continue);
-    assert_eq!(host.request_header("x-from-rls"), Some(b"yes".to_vec()));
+    assert_eq!(host.request_header("x-from-rls"), Some(&b"yes"[..]));
     filter.on_response(&route, &mut state, &mut host);
     assert_eq!(host.response_values("x-from-rls"), ["yes"]);
     assert_eq!(host.response_values("x-ratelimit-limit"), ["2"]);
@@ -174,22 +190,63 @@ fn a_locally_admitted_request_calls_the_service_and_goes_on_with_its_headers() {
 }
 
 #[test]
+fn ratelimit_headers_tell_the_tighter_of_the_local_and_the_global_limit() {
+    // Local: burst 2, 1 left after this request.
+    for (global, expected) in [
+        // The service has more left: the local limit is the tighter.
+        (Some((60, 30)), ["2", "1"]),
+        // The service has none left (the last request it admits).
+        (Some((60, 0)), ["60", "0"]),
+        // The service names no limit.
+        (None, ["2", "1"]),
+    ] {
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let (filter, route) = bound(GLOBAL, "g", &mut host);
+        let (_, mut state) = filter.on_request(&route, &mut host);
+        let answer = rls_answer_limited(1, global, 40, &[]);
+        let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+        assert_eq!(verdict, Verdict::Continue);
+        filter.on_response(&route, &mut state, &mut host);
+        let got = [
+            host.response_values("x-ratelimit-limit"),
+            host.response_values("x-ratelimit-remaining"),
+        ];
+        assert_eq!(got, expected.map(|v| vec![v.to_owned()]), "{global:?}");
+    }
+}
+
+#[test]
+fn a_ratelimit_header_from_the_service_replaces_the_filters_own() {
+    let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+    let (filter, route) = bound(GLOBAL, "g", &mut host);
+    let (_, mut state) = filter.on_request(&route, &mut host);
+    let answer = rls_answer_limited(1, Some((60, 0)), 40, &[("X-RateLimit-Limit", "60;w=60")]);
+    filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+    filter.on_response(&route, &mut state, &mut host);
+    assert_eq!(host.response_values("x-ratelimit-limit"), ["60;w=60"]);
+    assert_eq!(host.response_values("x-ratelimit-remaining"), ["0"]);
+}
+
+#[test]
 fn over_limit_is_the_local_rejection_with_the_services_retry_after() {
     let mut host = FakeHost::new().with_request_header("x-api-key", "k");
     let (filter, route) = bound(GLOBAL, "g", &mut host);
     let (_, mut state) = filter.on_request(&route, &mut host);
-    let answer = rls_answer(2, 42, &[("x-ratelimit-reset", "42")]);
+    let answer = rls_answer_limited(2, Some((60, 0)), 42, &[("x-ratelimit-reset", "41")]);
     let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
     let Verdict::Reply(reply) = verdict else {
         panic!("not rejected: {verdict:?}")
     };
     assert_eq!(reply.status, 429);
-    assert!(reply.headers.contains(&("retry-after".into(), "42".into())));
-    assert!(
-        reply
-            .headers
-            .contains(&("x-ratelimit-reset".into(), "42".into()))
-    );
+    let values = |name: &str| -> Vec<&str> {
+        let named = reply.headers.iter().filter(|(n, _)| n == name);
+        named.map(|(_, v)| v.as_str()).collect()
+    };
+    assert_eq!(values("retry-after"), ["42"]);
+    // The service's limit, not the local one (burst 2); its own header wins.
+    assert_eq!(values("x-ratelimit-limit"), ["60"]);
+    assert_eq!(values("x-ratelimit-remaining"), ["0"]);
+    assert_eq!(values("x-ratelimit-reset"), ["41"]);
     // Request headers of an over-limit answer are not applied.
     assert_eq!(host.request_header("x-ratelimit-reset"), None);
     assert_eq!(
