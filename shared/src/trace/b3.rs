@@ -76,10 +76,10 @@ pub fn read_multi<'a>(mut header: impl FnMut(&str) -> Option<&'a [u8]>) -> Optio
     let Some(trace_id) = header(TRACE_ID) else {
         return multi_sampling(&mut header).map(B3::SamplingOnly);
     };
-    let trace_id = parse_trace_id(trim_ows(&trace_id))?;
-    let span_id = parse_span_id(trim_ows(&header(SPAN_ID)?))?;
+    let trace_id = parse_trace_id(trim_ows(trace_id))?;
+    let span_id = parse_span_id(trim_ows(header(SPAN_ID)?))?;
     let parent_span_id = match header(PARENT_SPAN_ID) {
-        Some(parent) => Some(parse_span_id(trim_ows(&parent))?),
+        Some(parent) => Some(parse_span_id(trim_ows(parent))?),
         None => None,
     };
     Some(B3::Context(B3Context {
@@ -92,10 +92,10 @@ pub fn read_multi<'a>(mut header: impl FnMut(&str) -> Option<&'a [u8]>) -> Optio
 
 /// `x-b3-flags: 1` (debug) wins over `x-b3-sampled` (`1`/`0`, or legacy `true`/`false`).
 fn multi_sampling<'a>(header: &mut impl FnMut(&str) -> Option<&'a [u8]>) -> Option<Sampling> {
-    if header(FLAGS).is_some_and(|flags| trim_ows(&flags) == b"1") {
+    if header(FLAGS).is_some_and(|flags| trim_ows(flags) == b"1") {
         return Some(Sampling::Debug);
     }
-    header(SAMPLED).and_then(|sampled| match trim_ows(&sampled) {
+    header(SAMPLED).and_then(|sampled| match trim_ows(sampled) {
         b"1" | b"true" => Some(Sampling::Accept),
         b"0" | b"false" => Some(Sampling::Deny),
         _ => None,

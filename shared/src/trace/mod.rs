@@ -289,7 +289,7 @@ impl TracePolicy {
             }
             if source == Source::W3c {
                 if let Some(state) = host.request_header(w3c::TRACESTATE) {
-                    match w3c::check_tracestate(&state) {
+                    match w3c::check_tracestate(state) {
                         TraceStateAction::Keep => {}
                         TraceStateAction::Truncate(kept) => {
                             edits.push(Edit::Set(w3c::TRACESTATE, kept));
@@ -347,9 +347,7 @@ fn remove_if_present(host: &impl RequestHost, name: &'static str, edits: &mut Ve
 /// The single `b3` header if it holds a context, else the multi-header form, else the
 /// single header's sampling decision.
 fn read_b3(host: &mut impl RequestHost) -> Option<B3> {
-    let single = host
-        .request_header(b3::B3)
-        .and_then(|v| b3::parse_single(&v));
+    let single = host.request_header(b3::B3).and_then(b3::parse_single);
     if let Some(B3::Context(_)) = single {
         return single;
     }
