@@ -103,6 +103,24 @@ impl Modules {
         Self::from_env().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `(module, plugin JSON)` of each filter as these modules load them (the bundle's stages
+    /// as one `bundle`), for a test that writes its own bootstrap.
+    pub fn load(self, filters: &[(&str, &str)]) -> Vec<(String, String)> {
+        let specs = filters
+            .iter()
+            .map(|(module, json)| FilterSpec {
+                module: (*module).to_owned(),
+                wasm: None,
+                plugin_json: (*json).to_owned(),
+                failure_policy: None,
+            })
+            .collect();
+        load_as(self, specs)
+            .into_iter()
+            .map(|spec| (spec.module, spec.plugin_json))
+            .collect()
+    }
+
     /// The Envoy plugin name `filter` runs under (`mesh.<module>`): it prefixes shared-data
     /// keys, which the breaker's transition log line shows.
     pub fn plugin(self, filter: &str) -> String {

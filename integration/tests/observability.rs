@@ -25,7 +25,7 @@ use mesh_integration::echo::EchoServer;
 use mesh_integration::envoy::{self, Envoy, Harness};
 use mesh_integration::prometheus::{Job, Prometheus, promtool_binary};
 use mesh_integration::rls::{RESPONSE_HEADER, Redis, Rls, RlsLimit};
-use mesh_integration::{Mesh, Reply, RouteSpec, demo_routes};
+use mesh_integration::{Mesh, Modules, Reply, RouteSpec, demo_routes};
 use serde_json::{Value, json};
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -1046,12 +1046,13 @@ fn the_istio_sidecar_settings_expose_every_label() {
     // `wasm` prefix is left out so the documented `wasmcustom.mesh_` is what includes ours).
     let harness = Harness::from_env().unwrap();
     let dist = envoy::dist_dir();
-    let plugin_configs = [
+    let stages = [
         ("traceid", TRACEID),
         ("canary", CANARY),
         ("ratelimit", RATELIMIT),
         ("breaker", BREAKER),
     ];
+    let plugin_configs = Modules::current().load(&stages);
     let modules: Vec<PathBuf> = plugin_configs
         .iter()
         .map(|(module, _)| dist.join(format!("{module}.wasm")))
@@ -1148,15 +1149,11 @@ fn the_istio_sidecar_settings_expose_every_label() {
         .iter()
         .filter_map(|s| s.label("wasm_plugin"))
         .collect();
-    assert_eq!(
-        plugins,
-        BTreeSet::from([
-            "mesh.breaker",
-            "mesh.canary",
-            "mesh.ratelimit",
-            "mesh.traceid"
-        ])
-    );
+    let expected: BTreeSet<String> = stages
+        .iter()
+        .map(|(filter, _)| Modules::current().plugin(filter))
+        .collect();
+    assert_eq!(plugins, expected.iter().map(String::as_str).collect());
     // The matcher is in force: what it does not include is not exported.
     assert_eq!(
         prometheus
