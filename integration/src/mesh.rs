@@ -309,13 +309,37 @@ impl MeshBuilder {
 
     /// Starts Envoy expecting it to refuse the filters' config, and checks that its log names
     /// the problem (`expected`: e.g. `routes["checkout"].emitt: unknown field`).
+    /// Starts Envoy and expects it to refuse the config, the module logging
+    /// `<module> config=rejected plugin=mesh.<module> error=<expected>`. An error at a field
+    /// (`routes[...]`, `default...`) starts with the stage in the bundle (`canary.routes[...]`);
+    /// one about the whole document (JSON that does not parse) only has to be on that line.
     pub fn assert_refused(self, expected: &str) {
         let what = format!("{:?}", self.filters);
+        let modules = Modules::current();
+        let stage = self
+            .filters
+            .iter()
+            .find(|f| f.wasm.is_none())
+            .map(|f| f.module.clone())
+            .unwrap_or_default();
+        let module = match modules {
+            Modules::Bundle if BUNDLE_STAGES.contains(&stage.as_str()) => "bundle".to_owned(),
+            _ => stage.clone(),
+        };
+        let at_field = expected.starts_with("routes[") || expected.starts_with("default");
+        let error = match (module == "bundle", at_field) {
+            (true, true) => format!("error={stage}.{expected}"),
+            (false, true) => format!("error={expected}"),
+            (_, false) => expected.to_owned(),
+        };
+        let rejected = format!("{module} config=rejected plugin=mesh.{module} ");
         match self.start() {
             Ok(_) => panic!("Envoy must refuse the config of {what}"),
             Err(err) => assert!(
-                err.log.contains(expected),
-                "{expected:?} not in:\n{}",
+                err.log
+                    .lines()
+                    .any(|line| line.contains(&rejected) && line.contains(&error)),
+                "no line with {rejected:?} and {error:?} in:\n{}",
                 err.log
             ),
         }
