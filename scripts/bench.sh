@@ -5,12 +5,13 @@
 # (integration/src/bin/bench.rs), prints a markdown table with the targets and writes
 # bench/results.md.
 #
-#   scripts/bench.sh                      # 3 repetitions of 40,000 requests per variant
+#   scripts/bench.sh                      # 3 repetitions: per variant and listener 5,000
+#                                         # warm-up + 30,000 measured requests in 5 windows
 #   scripts/bench.sh --max-load 1.0       # first wait (up to 30 min) for a quiet machine
 #   scripts/bench.sh --only ratelimit,lua --repeat 1 --out /tmp/r.md   # a quick look
 #
-# Every other argument goes to the driver: --requests N --warmup N --connections N
-# --repeat N --max-seconds N --only a,b --copies N --out FILE.
+# Every other argument goes to the driver: --requests N --windows N --warmup N
+# --connections N --repeat N --max-seconds N --only a,b --copies N --out FILE.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
