@@ -388,7 +388,10 @@ impl Filter for Breaker {
         let Some(pending) = pending.take() else {
             return;
         };
-        let end = pending.responded.unwrap_or_else(|| host.now());
+        // The call is counted at the stream's end, not at its response: a long response
+        // counted at its start would land in a bucket the window has moved past.
+        let now = host.now();
+        let end = pending.responded.unwrap_or(now);
         let finished = Finished {
             status: property_u64(host, &["response", "code"])
                 .and_then(|code| u16::try_from(code).ok())
@@ -415,14 +418,13 @@ impl Filter for Breaker {
         if call.slow {
             route.count(host, Counted::Slow);
         }
-        // Counted when the response came (the stream's end after a reset): one clock read.
         match machine::complete(
             policy,
             host,
             &pending.breaker.key,
             pending.ticket,
             call,
-            end,
+            now,
         ) {
             Ok(outcome) => {
                 route.observe(host, &pending.breaker, outcome.state, outcome.transition);

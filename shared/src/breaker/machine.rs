@@ -326,7 +326,7 @@ pub fn admit(
     })
 }
 
-/// Counts a call that finished at `now` in the breaker at `key`. When every CAS round is lost (or the host
+/// Counts a call whose stream ended at `now` in the breaker at `key`. When every CAS round is lost (or the host
 /// refuses the write) the call is not counted: the caller reports it as dropped.
 pub fn complete(
     policy: &BreakerPolicy,

@@ -208,6 +208,28 @@ fn latency_ends_at_the_response_headers() {
 }
 
 #[test]
+fn a_long_response_is_counted_when_its_stream_ends() {
+    // A 10 s window of 1 s buckets: a call counted at its response headers, 10 s back,
+    // would land in the slot of the current second and wipe the calls counted there.
+    let mut host = FakeHost::new();
+    let (filter, route) = bound(
+        r#"{"routes": {"fragile": {"window_ms": 10000, "failure_rate_percent": 30, "min_requests": 3}}}"#,
+        "fragile",
+        &mut host,
+    );
+    let (_, mut long) = filter.on_request(&route, &mut host);
+    upstream_answered(&mut host, 200);
+    filter.on_response(&route, &mut long, &mut host);
+    host.advance_ms(10_500);
+    call(&filter, &route, &mut host, 200);
+    upstream_answered(&mut host, 200);
+    filter.on_done(&route, &mut long, &mut host);
+    // Three calls in the window now, one failed: 33 % opens it (gauge 1).
+    call(&filter, &route, &mut host, 500);
+    assert_eq!(host.metric("mesh_breaker_state;route=fragile"), Some(1));
+}
+
+#[test]
 fn a_call_is_counted_once() {
     let mut host = FakeHost::new();
     let (filter, route) = bound(FRAGILE, "fragile", &mut host);
