@@ -307,8 +307,6 @@ impl MeshBuilder {
         self
     }
 
-    /// Starts Envoy expecting it to refuse the filters' config, and checks that its log names
-    /// the problem (`expected`: e.g. `routes["checkout"].emitt: unknown field`).
     /// Starts Envoy and expects it to refuse the config, the module logging
     /// `<module> config=rejected plugin=mesh.<module> error=<expected>`. An error at a field
     /// (`routes[...]`, `default...`) starts with the stage in the bundle (`canary.routes[...]`);

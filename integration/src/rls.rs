@@ -281,7 +281,8 @@ impl Inner {
             .filter_map(|c| c.expires_in())
             .max()
             .unwrap_or(Duration::from_secs(1));
-        // The counter with the fewest hits left names the limit.
+        // Statuses as envoyproxy/ratelimit fills them (Limitador's own server sends none): the
+        // counter with the fewest hits left names the limit.
         let tightest = result
             .counters
             .iter()

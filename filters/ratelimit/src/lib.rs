@@ -21,7 +21,8 @@ use mesh_policy::host::{
 };
 use mesh_policy::ratelimit::rls::{self, BadAnswer};
 use mesh_policy::ratelimit::{
-    Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers, tightest,
+    Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
+    service_tells_budget, tightest,
 };
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
@@ -316,13 +317,13 @@ impl Filter for RateLimit {
         state: &mut RequestState,
         host: &mut impl ResponseHost,
     ) {
-        if let Some(budget) = &state.budget {
+        if let Some(budget) = state
+            .budget
+            .filter(|_| !service_tells_budget(&state.response_headers))
+        {
             let mut digits = [0u8; 20];
-            // A header the service sends replaces the filter's own of that name.
-            for (name, value) in budget_headers(budget) {
-                if !state.response_headers.iter().any(|(sent, _)| sent == name) {
-                    host.set_response_header(name, decimal(value, &mut digits));
-                }
+            for (name, value) in budget_headers(&budget) {
+                host.set_response_header(name, decimal(value, &mut digits));
             }
         }
         for (name, value) in &state.response_headers {

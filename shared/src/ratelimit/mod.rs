@@ -383,7 +383,7 @@ impl RateLimitPolicy {
     /// and body, `Retry-After` and `X-RateLimit-*` from the service's answer, and the
     /// service's response headers. A header the service sends replaces the filter's own of
     /// that name (the service knows the cluster-wide state; Envoy's ratelimit filter lets the
-    /// service's `content-type` win too).
+    /// service's `content-type` win too), and any `x-ratelimit-*` of its replaces all three.
     pub fn global_reject_reply(&self, answer: rls::Answer) -> LocalReply {
         let rls::Answer {
             over_limit,
@@ -394,7 +394,7 @@ impl RateLimitPolicy {
         let retry_after_s = over_limit.unwrap_or(1);
         let mut reply = self.reject_reply(&Check {
             decision: Decision::Rejected,
-            budget,
+            budget: budget.filter(|_| !service_tells_budget(&headers)),
             retry_after_s,
             store_error: None,
         });
@@ -422,6 +422,14 @@ impl RateLimitPolicy {
             body: config::UNAVAILABLE_BODY.as_bytes().to_vec(),
         }
     }
+}
+
+/// Whether the service's headers describe the limit themselves: one `x-ratelimit-*` header
+/// from the service replaces all three of ours, so a reply never mixes two limits' numbers.
+pub fn service_tells_budget(service_headers: &[rls::Header]) -> bool {
+    service_headers
+        .iter()
+        .any(|(name, _)| name.starts_with("x-ratelimit-"))
 }
 
 /// The `X-RateLimit-*` headers and their values.

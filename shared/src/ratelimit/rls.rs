@@ -187,10 +187,12 @@ pub fn interpret(message: &[u8]) -> Result<Answer, BadAnswer> {
             .filter(|s| !over || s.code == Code::OverLimit as i32)
             .filter_map(|s| {
                 let limit = s.current_limit.as_ref()?;
+                let reset_s = s.duration_until_reset.as_ref().map_or(0, seconds_up);
                 Some(Budget {
                     limit: limit.requests_per_unit,
                     remaining: if over { 0 } else { s.limit_remaining },
-                    reset_s: s.duration_until_reset.as_ref().map_or(0, seconds_up),
+                    // Over the limit, as `Retry-After`: at least 1 s.
+                    reset_s: if over { reset_s.max(1) } else { reset_s },
                 })
             }),
     );
@@ -382,6 +384,12 @@ mod tests {
                 reset_s: 45
             })
         );
+        // Over the limit without a reset: 1 s, as Retry-After.
+        let over = vec![DescriptorStatus {
+            duration_until_reset: None,
+            ..limited(Code::OverLimit, 60, 0, 0)
+        }];
+        assert_eq!(answer(Code::OverLimit, over).map(|b| b.reset_s), Some(1));
         assert_eq!(answer(Code::Ok, vec![status(Code::Ok, Some((1, 0)))]), None);
         assert_eq!(answer(Code::Ok, Vec::new()), None);
     }

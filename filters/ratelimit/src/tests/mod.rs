@@ -223,8 +223,26 @@ fn a_ratelimit_header_from_the_service_replaces_the_filters_own() {
     let answer = rls_answer_limited(1, Some((60, 0)), 40, &[("X-RateLimit-Limit", "60;w=60")]);
     filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
     filter.on_response(&route, &mut state, &mut host);
+    // All three of ours give way, so the client never gets two limits' numbers mixed.
     assert_eq!(host.response_values("x-ratelimit-limit"), ["60;w=60"]);
-    assert_eq!(host.response_values("x-ratelimit-remaining"), ["0"]);
+    assert!(host.response_values("x-ratelimit-remaining").is_empty());
+    assert!(host.response_values("x-ratelimit-reset").is_empty());
+}
+
+#[test]
+fn no_ratelimit_headers_from_the_service_in_dry_run_or_with_headers_off() {
+    for option in [r#""dry_run": true"#, r#""rate_limit_headers": false"#] {
+        let json = GLOBAL.replace(r#""domain""#, &format!(r#"{option}, "domain""#));
+        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+        let (filter, route) = bound(&json, "g", &mut host);
+        let (_, mut state) = filter.on_request(&route, &mut host);
+        let answer = rls_answer_limited(1, Some((60, 0)), 40, &[]);
+        filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+        filter.on_response(&route, &mut state, &mut host);
+        for name in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
+            assert!(host.response_values(name).is_empty(), "{option}: {name}");
+        }
+    }
 }
 
 #[test]
@@ -232,7 +250,7 @@ fn over_limit_is_the_local_rejection_with_the_services_retry_after() {
     let mut host = FakeHost::new().with_request_header("x-api-key", "k");
     let (filter, route) = bound(GLOBAL, "g", &mut host);
     let (_, mut state) = filter.on_request(&route, &mut host);
-    let answer = rls_answer_limited(2, Some((60, 0)), 42, &[("x-ratelimit-reset", "41")]);
+    let answer = rls_answer_limited(2, Some((60, 0)), 42, &[("x-limited-by", "rls")]);
     let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
     let Verdict::Reply(reply) = verdict else {
         panic!("not rejected: {verdict:?}")
@@ -243,12 +261,13 @@ fn over_limit_is_the_local_rejection_with_the_services_retry_after() {
         named.map(|(_, v)| v.as_str()).collect()
     };
     assert_eq!(values("retry-after"), ["42"]);
-    // The service's limit, not the local one (burst 2); its own header wins.
+    // The service's limit, not the local one (burst 2).
     assert_eq!(values("x-ratelimit-limit"), ["60"]);
     assert_eq!(values("x-ratelimit-remaining"), ["0"]);
-    assert_eq!(values("x-ratelimit-reset"), ["41"]);
+    assert_eq!(values("x-ratelimit-reset"), ["42"]);
+    assert_eq!(values("x-limited-by"), ["rls"]);
     // Request headers of an over-limit answer are not applied.
-    assert_eq!(host.request_header("x-ratelimit-reset"), None);
+    assert_eq!(host.request_header("x-limited-by"), None);
     assert_eq!(
         host.metric("mesh_ratelimit_requests_total;route=g;decision=rejected"),
         Some(1)
