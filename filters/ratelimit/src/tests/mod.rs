@@ -239,7 +239,11 @@ fn no_ratelimit_headers_from_the_service_in_dry_run_or_with_headers_off() {
         let answer = rls_answer_limited(1, Some((60, 0)), 40, &[]);
         filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
         filter.on_response(&route, &mut state, &mut host);
-        for name in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
             assert!(host.response_values(name).is_empty(), "{option}: {name}");
         }
     }
