@@ -362,28 +362,21 @@ mod tests {
             status(Code::Ok, Some((1, 0))),
             limited(Code::Ok, 10, 3, 20),
         ];
-        assert_eq!(
-            answer(Code::Ok, ok),
+        let budget = |limit, remaining, reset_s| {
             Some(Budget {
-                limit: 10,
-                remaining: 3,
-                reset_s: 20
+                limit,
+                remaining,
+                reset_s,
             })
-        );
+        };
+        assert_eq!(answer(Code::Ok, ok), budget(10, 3, 20));
         // Over the limit: the descriptor over it that resets last, nothing left.
         let over = vec![
             limited(Code::Ok, 5, 0, 50),
             limited(Code::OverLimit, 100, 2, 10),
             limited(Code::OverLimit, 60, 0, 45),
         ];
-        assert_eq!(
-            answer(Code::OverLimit, over),
-            Some(Budget {
-                limit: 60,
-                remaining: 0,
-                reset_s: 45
-            })
-        );
+        assert_eq!(answer(Code::OverLimit, over), budget(60, 0, 45));
         // Over the limit without a reset: 1 s, as Retry-After.
         let over = vec![DescriptorStatus {
             duration_until_reset: None,

@@ -758,6 +758,13 @@ fn global_config_errors_name_route_and_field() {
     }
 }
 
+/// What a rate limit service told of a limit it rejected for.
+const SERVICE_BUDGET: Budget = Budget {
+    limit: 10,
+    remaining: 0,
+    reset_s: 7,
+};
+
 fn over_limit(
     retry_after_s: u64,
     budget: Option<Budget>,
@@ -774,14 +781,9 @@ fn over_limit(
 #[test]
 fn global_rejection_reply_carries_retry_after_the_services_budget_and_headers() {
     let p = policy(GLOBAL);
-    let budget = Budget {
-        limit: 10,
-        remaining: 0,
-        reset_s: 7,
-    };
     let reply = p.global_reject_reply(over_limit(
         7,
-        Some(budget),
+        Some(SERVICE_BUDGET),
         vec![("x-limited-by".into(), b"rls".to_vec())],
     ));
     assert_eq!(reply.status, 429);
@@ -805,15 +807,10 @@ fn global_rejection_reply_carries_retry_after_the_services_budget_and_headers() 
 
 #[test]
 fn a_global_rejection_without_a_budget_or_with_headers_off_has_no_ratelimit_headers() {
-    let budget = Budget {
-        limit: 10,
-        remaining: 0,
-        reset_s: 7,
-    };
     let off = policy(&GLOBAL.replace(r#""domain""#, r#""rate_limit_headers": false, "domain""#));
     for reply in [
         policy(GLOBAL).global_reject_reply(over_limit(7, None, Vec::new())),
-        off.global_reject_reply(over_limit(7, Some(budget), Vec::new())),
+        off.global_reject_reply(over_limit(7, Some(SERVICE_BUDGET), Vec::new())),
     ] {
         assert!(
             reply
@@ -830,14 +827,9 @@ fn a_global_rejection_without_a_budget_or_with_headers_off_has_no_ratelimit_head
 #[test]
 fn a_service_header_replaces_the_filters_own_of_that_name() {
     let p = policy(GLOBAL);
-    let budget = Budget {
-        limit: 10,
-        remaining: 0,
-        reset_s: 7,
-    };
     let reply = p.global_reject_reply(over_limit(
         7,
-        Some(budget),
+        Some(SERVICE_BUDGET),
         vec![
             ("retry-after".into(), b"30".to_vec()),
             ("Content-Type".into(), b"text/plain".to_vec()),
