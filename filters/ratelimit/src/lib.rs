@@ -22,7 +22,7 @@ use mesh_policy::host::{
 use mesh_policy::ratelimit::rls::{self, BadAnswer};
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
-    service_tells_budget, tightest,
+    sends_ratelimit_headers, tightest,
 };
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
@@ -319,7 +319,7 @@ impl Filter for RateLimit {
     ) {
         if let Some(budget) = state
             .budget
-            .filter(|_| !service_tells_budget(&state.response_headers))
+            .filter(|_| !sends_ratelimit_headers(&state.response_headers))
         {
             let mut digits = [0u8; 20];
             for (name, value) in budget_headers(&budget) {

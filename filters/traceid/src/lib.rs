@@ -90,7 +90,11 @@ impl Filter for TraceId {
             decision.outcome.as_str(),
             decision.source.as_str()
         );
-        let keep = (route.policy.response_header.is_some()).then(|| decision.trace_id_hex());
+        let keep = route
+            .policy
+            .response_header
+            .is_some()
+            .then(|| decision.trace_id_hex());
         (Verdict::Continue, keep)
     }
 

@@ -326,8 +326,9 @@ pub fn admit(
     })
 }
 
-/// Counts a call whose stream ended at `now` in the breaker at `key`. When every CAS round is lost (or the host
-/// refuses the write) the call is not counted: the caller reports it as dropped.
+/// Counts a call whose stream ended at `now` in the breaker at `key`. When every CAS round
+/// is lost (or the host refuses the write) the call is not counted: the caller reports it as
+/// dropped.
 pub fn complete(
     policy: &BreakerPolicy,
     host: &mut impl Host,

@@ -394,7 +394,7 @@ impl RateLimitPolicy {
         let retry_after_s = over_limit.unwrap_or(1);
         let mut reply = self.reject_reply(&Check {
             decision: Decision::Rejected,
-            budget: budget.filter(|_| !service_tells_budget(&headers)),
+            budget: budget.filter(|_| !sends_ratelimit_headers(&headers)),
             retry_after_s,
             store_error: None,
         });
@@ -424,9 +424,9 @@ impl RateLimitPolicy {
     }
 }
 
-/// Whether the service's headers describe the limit themselves: one `x-ratelimit-*` header
-/// from the service replaces all three of ours, so a reply never mixes two limits' numbers.
-pub fn service_tells_budget(service_headers: &[rls::Header]) -> bool {
+/// Whether the rate limit service sent `x-ratelimit-*` headers itself: one of them replaces
+/// all three of the filter's, so a reply never mixes two limits' numbers.
+pub fn sends_ratelimit_headers(service_headers: &[rls::Header]) -> bool {
     service_headers
         .iter()
         .any(|(name, _)| name.starts_with("x-ratelimit-"))
