@@ -186,6 +186,13 @@ fn a_killed_service_answers_503_with_failure_mode_deny() {
     let reply = limited(&mesh);
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert_eq!(mesh.upstream_count("v1"), 1);
+    // Counted as the service's failure, not as a client over its limit.
+    let decision = |d: &str| {
+        mesh.stat(&format!(
+            "mesh_ratelimit_requests_total;route=limited;decision={d}"
+        ))
+    };
+    assert_eq!((decision("unavailable"), decision("rejected")), (1, 0));
     rls.restart().unwrap();
     let recovered = (0..50).map(|_| limited(&mesh).status).any(|s| s == 200);
     assert!(recovered, "still 503 after the service returned");

@@ -53,8 +53,8 @@ pub struct RateLimit {
 pub struct RateLimitRoute {
     limits: RouteLimits,
     name: String,
-    /// allowed, rejected, dry_run_rejected.
-    decisions: [Metric; 3],
+    /// allowed, rejected, dry_run_rejected, unavailable.
+    decisions: [Metric; 4],
     /// contended, failed.
     store_errors: [Metric; 2],
     dry_run_log: Throttle,
@@ -80,12 +80,13 @@ pub struct RequestState {
 
 impl RateLimitRoute {
     fn decision_counter(&self, decision: Decision) -> Option<Metric> {
-        let [allowed, rejected, dry_run_rejected] = self.decisions;
+        let [allowed, rejected, dry_run_rejected, unavailable] = self.decisions;
         match decision {
             Decision::Unlimited => None,
             Decision::Allowed => Some(allowed),
             Decision::Rejected => Some(rejected),
             Decision::DryRunRejected => Some(dry_run_rejected),
+            Decision::Unavailable => Some(unavailable),
         }
     }
 
@@ -98,10 +99,11 @@ impl RateLimitRoute {
     }
 }
 
-const DECISIONS: [Decision; 3] = [
+const DECISIONS: [Decision; 4] = [
     Decision::Allowed,
     Decision::Rejected,
     Decision::DryRunRejected,
+    Decision::Unavailable,
 ];
 
 impl Filter for RateLimit {
@@ -220,7 +222,10 @@ impl Filter for RateLimit {
                 state.budget = check.budget;
                 (Verdict::Continue, state)
             }
-            Decision::Allowed | Decision::Unlimited => (Verdict::Continue, state),
+            // Unavailable is the rate limit service's outcome: never a local check's.
+            Decision::Allowed | Decision::Unlimited | Decision::Unavailable => {
+                (Verdict::Continue, state)
+            }
         }
     }
 
@@ -293,7 +298,7 @@ impl Filter for RateLimit {
                 if deny_on_error {
                     state.budget = None;
                     (
-                        Decision::Rejected,
+                        Decision::Unavailable,
                         Verdict::Reply(policy.unavailable_reply()),
                     )
                 } else if policy.failure_mode_deny {

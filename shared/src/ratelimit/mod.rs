@@ -68,6 +68,9 @@ pub enum Decision {
     Rejected,
     /// Dry run: would have been rejected; let through.
     DryRunRejected,
+    /// The rate limit service could not decide and `failure_mode_deny` answered 503: not a
+    /// client over its limit, so not `Rejected`.
+    Unavailable,
 }
 
 impl Decision {
@@ -78,6 +81,7 @@ impl Decision {
             Self::Allowed => Some("allowed"),
             Self::Rejected => Some("rejected"),
             Self::DryRunRejected => Some("dry_run_rejected"),
+            Self::Unavailable => Some("unavailable"),
         }
     }
 }

@@ -34,6 +34,7 @@ fn send(route: &RouteLimits, host: &mut FakeHost, n: usize) -> (usize, usize) {
             Decision::Allowed => allowed += 1,
             Decision::Rejected | Decision::DryRunRejected => rejected += 1,
             Decision::Unlimited => {}
+            Decision::Unavailable => panic!("a local check never asks the service"),
         }
     }
     (allowed, rejected)

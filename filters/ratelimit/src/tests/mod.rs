@@ -334,6 +334,15 @@ fn failures_fail_open_by_default_and_503_with_failure_mode_deny() {
             "{verdict:?}"
         );
     }
+    // No client was over a limit: the 503s are not rejections.
+    assert_eq!(
+        host.metric("mesh_ratelimit_requests_total;route=g;decision=unavailable"),
+        Some(5)
+    );
+    assert_eq!(
+        host.metric("mesh_ratelimit_requests_total;route=g;decision=rejected"),
+        Some(0)
+    );
 }
 
 #[test]
