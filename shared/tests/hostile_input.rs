@@ -284,8 +284,7 @@ fn trace_policy() -> TracePolicy {
 
 fn canary_policy() -> CanaryPolicy {
     let json = json::parse(
-        br#"{"percent": 20, "sticky": {"header": "x-user-id", "cookie": "uid", "client_address": true},
-            "sticky_cookie": {},
+        br#"{"percent": 20, "sticky": {"header": "x-user-id", "cookie": "uid"}, "sticky_cookie": {},
             "rules": [{"cookie": "beta", "exact": "1"}, {"query": "preview", "present": true},
                       {"header": "x-canary-force", "prefix": "t"}, {"path_prefix": "/new"}]}"#,
     )

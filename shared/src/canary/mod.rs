@@ -291,6 +291,13 @@ impl CanaryPolicy {
             Some(c) => Some(StickyCookie::compile(c, &at.field("sticky_cookie"))?),
             None => None,
         };
+        // The cookie is the last key source and every request has an address: it would never
+        // be set nor read.
+        if sticky.client_address && sticky_cookie.is_some() {
+            return Err(at
+                .field("sticky_cookie")
+                .invalid("is never used: sticky.client_address gives every request a key"));
+        }
         if config.salt.as_deref() == Some("") {
             return Err(at
                 .field("salt")

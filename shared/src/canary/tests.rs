@@ -72,7 +72,6 @@ fn a_full_config_compiles() {
             ],
             "percent": 12.5,
             "sticky": {"header": "x-user-id", "cookie": "uid", "client_address": true},
-            "sticky_cookie": {"name": "mesh-canary", "max_age_s": 60, "secure": false},
             "salt": "checkout",
             "response_header": "x-canary-decision"
         }"#,
@@ -212,6 +211,10 @@ fn config_errors_name_route_and_field() {
         (
             r#"{"sticky_cookie": {"name": "c=d"}}"#,
             r#"routes["checkout"].sticky_cookie.name: "c=d" is not a cookie name"#,
+        ),
+        (
+            r#"{"sticky": {"client_address": true}, "sticky_cookie": {}}"#,
+            r#"routes["checkout"].sticky_cookie: is never used: sticky.client_address gives every request a key"#,
         ),
         (
             r#"{"salt": ""}"#,
@@ -501,9 +504,12 @@ proptest! {
         user in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
         address in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60)),
         trust in any::<bool>(),
+        by_address in any::<bool>(),
         percent in 0..=100_000_000u64,
     ) {
         let percent = format!("{}.{:06}", percent / 1_000_000, percent % 1_000_000);
+        // The sticky cookie goes with every key source but the address (which refuses it).
+        let last_key = if by_address { "" } else { r#", "sticky_cookie": {"name": "mc"}"# };
         let p = policy(&format!(
             r#"{{"trust_incoming": {trust}, "percent": {percent},
                 "rules": [
@@ -511,8 +517,8 @@ proptest! {
                     {{"query": "canary", "exact": "1"}},
                     {{"path_prefix": "/new", "release": "stable"}}
                 ],
-                "sticky": {{"header": "x-user-id", "cookie": "uid", "client_address": true}},
-                "sticky_cookie": {{"name": "mc"}}}}"#
+                "sticky": {{"header": "x-user-id", "cookie": "uid", "client_address": {by_address}}}
+                {last_key}}}"#
         ));
         let mut host = FakeHost::new();
         for (name, value) in [("x-canary", &tag), (":path", &path), ("cookie", &cookie), ("x-user-id", &user)] {
