@@ -319,14 +319,19 @@ fn wasm_plugin(lint: &mut Lint<'_>, doc: &Doc, tables: &[Table]) -> Vec<PluginUs
 pub fn expected_sha256(url: &str, module: &str, dist: &Path) -> Result<String, String> {
     if url.starts_with("oci://") || !url.contains("://") {
         let reference = url.trim_start_matches("oci://");
-        let tag = reference
+        // `name:tag`, `name@sha256:...` or `name:tag@sha256:...`: the layout holds the image
+        // by tag (a registry's port sits before the last `/`).
+        let name = reference
+            .split_once('@')
+            .map_or(reference, |(name, _)| name);
+        let tag = name
             .rsplit('/')
             .next()
             .and_then(|last| last.split_once(':'))
             .map(|(_, tag)| tag);
         let layout = dist.join("oci").join(module);
-        let pulled = oci::read_layout(&layout, tag.filter(|t| !t.starts_with("sha256")))
-            .map_err(|e| format!("{e} (run scripts/package.sh)"))?;
+        let pulled =
+            oci::read_layout(&layout, tag).map_err(|e| format!("{e} (run scripts/package.sh)"))?;
         Ok(pulled.digest)
     } else {
         let file = dist.join(format!("{module}.wasm"));
@@ -732,18 +737,23 @@ fn check_istio_order(lint: &mut Lint<'_>, uses: &[PluginUse]) {
             let rank = |u: &PluginUse| u.placement.as_ref().map(|p| p.rank.clone());
             rank(a).cmp(&rank(b))
         });
+        // Sorted by run order: `a` runs before `b`.
         for pair in group.windows(2) {
             if let [a, b] = pair {
                 if a.kind > b.kind {
                     lint.push(
                         Severity::Warning,
-                        &b.file,
-                        &b.subject,
+                        &a.file,
+                        &a.subject,
                         "spec.phase",
                         format!(
-                            "runs before {} ({}) on the same workloads: by phase, then priority \
-                             (higher first), the order must be trace ID, canary, rate limit, breaker",
-                            a.subject, a.file
+                            "runs before {} ({}) on the same workloads, but {} must run after \
+                             {}: by phase, then priority (higher first), the order must be \
+                             trace ID, canary, rate limit, breaker",
+                            b.subject,
+                            b.file,
+                            a.kind.name(),
+                            b.kind.name()
                         ),
                     );
                 } else if a.kind == b.kind {

@@ -267,8 +267,45 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
         f.message.contains("manifest digest") && f.message.contains(&image.digest()),
         "{f}"
     );
+    // So is a reference by digest, with or without a tag (and a registry port).
+    for url in [
+        "oci://registry.example.com:5000/mesh-filters/traceid@sha256:0123",
+        "oci://registry.example.com/mesh-filters/traceid:0.1.0@sha256:0123",
+    ] {
+        let by_digest = read("istio/traceid.yaml").replace(
+            "url: oci://registry.example.com/mesh-filters/traceid:0.1.0",
+            &format!("url: {url}"),
+        );
+        let docs = docs::parse("t.yaml", &by_digest).unwrap();
+        let found = lint(
+            &docs,
+            &Options {
+                dist: Some(dist.path().to_path_buf()),
+            },
+        );
+        // (Besides the finding that the url's digest is not the pinned one.)
+        assert!(
+            found.iter().any(|f| f.severity == Severity::Error
+                && f.message.contains("is not the manifest digest")
+                && f.message.contains(&image.digest())),
+            "{url}: {found:#?}"
+        );
+    }
 
-    // https:// urls are checked against the module's own digest.
+    // https:// (and file://) urls are checked against the module's own digest.
+    let file = read("istio/traceid.yaml").replace(
+        "url: oci://registry.example.com/mesh-filters/traceid:0.1.0",
+        "url: file:///opt/filters/traceid.wasm",
+    );
+    let docs = docs::parse("t.yaml", &file).unwrap();
+    let found = lint(
+        &docs,
+        &Options {
+            dist: Some(dist.path().to_path_buf()),
+        },
+    );
+    let f = only(&found, Severity::Error);
+    assert!(f.message.contains(&oci::sha256_hex(wasm)), "{f}");
     let https = read("istio/traceid.yaml").replace(
         "url: oci://registry.example.com/mesh-filters/traceid:0.1.0",
         "url: https://artifacts.example.com/traceid.wasm",
@@ -325,13 +362,20 @@ fn a_manifest_istio_would_refuse_is_an_error() {
 
 #[test]
 fn placement_warnings_order_inbound_and_default() {
+    // The rate limiter moved ahead of the canary filter: it is the one named, and it runs
+    // before canary, not after.
     let found = findings(&istio_with("istio/ratelimit.yaml", |t| {
         t.replace("phase: STATS", "phase: AUTHN")
     }));
+    let f = only(&found, Severity::Warning);
+    assert_eq!(f.subject, "WasmPlugin mesh-ratelimit");
     assert!(
-        only(&found, Severity::Warning)
-            .message
-            .contains("the order must be trace ID, canary, rate limit, breaker")
+        f.message.starts_with(
+            "runs before WasmPlugin mesh-canary (istio/canary.yaml) on the same workloads, \
+             but ratelimit must run after canary"
+        ),
+        "{}",
+        f.message
     );
     let found = findings(&istio_with("istio/breaker.yaml", |t| {
         t.replace("  match:\n  - mode: CLIENT\n", "")
