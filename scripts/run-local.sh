@@ -110,14 +110,31 @@ if [ -n "$smoke" ]; then
   say "ok: /limited carried x-ratelimit-limit $limit"
   say "smoke check: 3 failures open the breaker on $base/fragile"
   for _ in 1 2 3; do curl -sS -o /dev/null -H 'x-echo-status: 500' "$base/fragile"; done
-  state="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-circuit-state" {print $2}')"
+  fallback="$(curl -sS -D - -o /dev/null "$base/fragile" | tr -d '\r')"
+  header_of() { awk -F': ' -v name="$1" 'tolower($1) == name {print $2}' <<<"$fallback"; }
+  state="$(header_of x-circuit-state)" retry_after="$(header_of retry-after)"
   [ "$state" = open ] || die "the breaker did not open after 3 failures (x-circuit-state: '$state')"
-  say "ok: the fourth request got the fallback with x-circuit-state: open"
+  case "$retry_after" in
+    [1-5]) ;;
+    *) die "the fallback's Retry-After is '$retry_after', expected 1-5 s (open_ms 5000)" ;;
+  esac
+  say "ok: the fourth request got the fallback with x-circuit-state: open, Retry-After: $retry_after"
+  say "smoke check: after Retry-After one probe reaches v1 and closes the breaker"
+  sleep "$retry_after.2"
+  v1_before="$(curl -fsS "http://127.0.0.1:$V1_PORT/__count")"
+  for i in 1 2; do
+    status="$(curl -sS -o /dev/null -w '%{http_code}' "$base/fragile")"
+    [ "$status" = 200 ] || die "request $i after Retry-After got $status, expected 200"
+  done
+  v1_after="$(curl -fsS "http://127.0.0.1:$V1_PORT/__count")"
+  [ "$((v1_after - v1_before))" = 2 ] || die "v1 counted $((v1_after - v1_before)) calls, expected 2"
+  say "ok: the probe passed, the breaker closed and the next call went through"
   say "smoke check: the counters carry their labels at /stats/prometheus"
   metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
   for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
                 'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
-                'mesh_breaker_transitions_total{route="fragile",to="open"} 1'; do
+                'mesh_breaker_transitions_total{route="fragile",to="open"} 1' \
+                'mesh_breaker_transitions_total{route="fragile",to="closed"} 1'; do
     grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
   done
   say "ok: route, outcome, decision and to are Prometheus labels"
