@@ -327,6 +327,30 @@ proptest! {
     }
 
     #[test]
+    fn b3multi_written_by_decide_reads_back_as_the_context_it_carries(
+        trace_id in any::<[u8; 16]>().prop_filter("non-zero", |t| *t != [0; 16]),
+        span_id in any::<[u8; 8]>().prop_filter("non-zero", |p| *p != [0; 8]),
+        parent in proptest::option::of(any::<[u8; 8]>().prop_filter("non-zero", |p| *p != [0; 8])),
+        sampled in any::<bool>(),
+    ) {
+        let incoming = b3::format_single(&trace_id, &span_id, sampled, parent.as_ref());
+        let mut host = FakeHost::new().with_request_header("b3", &incoming);
+        let d = policy(r#"{"emit": ["b3multi"]}"#).decide(&mut host);
+        let written: Vec<(&str, String)> = [b3::TRACE_ID, b3::SPAN_ID, b3::PARENT_SPAN_ID, b3::SAMPLED]
+            .into_iter()
+            .filter_map(|name| Some((name, set(&d, name)?)))
+            .collect();
+        let read = b3::read_multi(|name| {
+            written.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes())
+        });
+        let sampling = if sampled { b3::Sampling::Accept } else { b3::Sampling::Deny };
+        prop_assert_eq!(
+            read,
+            Some(B3::Context(b3::B3Context { trace_id, span_id, parent_span_id: parent, sampling: Some(sampling) }))
+        );
+    }
+
+    #[test]
     fn decide_always_writes_a_valid_traceparent_unless_kept(
         traceparent in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..80)),
         b3 in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..80)),

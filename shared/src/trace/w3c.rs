@@ -198,6 +198,49 @@ fn valid_value(value: &[u8]) -> bool {
         && value.last() != Some(&b' ')
 }
 
+/// The invalid `traceparent` values of the W3C trace-context test suite (test/test.py), built
+/// around a valid trace id and parent id (lowercase hex, 32 and 16 digits). The unit tests and
+/// the real-Envoy test (`integration/tests/traceid.rs`) both send every one.
+pub fn invalid_test_vectors(trace: &str, parent: &str) -> Vec<String> {
+    vec![
+        // version
+        format!("ff-{trace}-{parent}-01"),
+        format!(".0-{trace}-{parent}-01"),
+        format!("0.-{trace}-{parent}-01"),
+        format!("0-{trace}-{parent}-01"),
+        format!("000-{trace}-{parent}-01"),
+        format!("0A-{trace}-{parent}-01"),
+        format!("00-{trace}-{parent}-01-what-the-future-will-not-be-like"),
+        format!("cc-{trace}-{parent}-01.what-the-future-will-not-be-like"),
+        // trace-id
+        format!("00-00000000000000000000000000000000-{parent}-01"),
+        format!("00-.2345678901234567890123456789012-{parent}-01"),
+        format!("00-1234567890123456789012345678901.-{parent}-01"),
+        format!("00-ABCDEFABCDEF12345678901234567890-{parent}-01"),
+        format!("00-1234567890123456789012345678901-{parent}-01"),
+        format!("00-123456789012345678901234567890123-{parent}-01"),
+        // parent-id
+        format!("00-{trace}-0000000000000000-01"),
+        format!("00-{trace}-.234567890123456-01"),
+        format!("00-{trace}-123456789012345.-01"),
+        format!("00-{trace}-ABCDEF1234567890-01"),
+        format!("00-{trace}-123456789012345-01"),
+        format!("00-{trace}-12345678901234567-01"),
+        // flags
+        format!("00-{trace}-{parent}-.0"),
+        format!("00-{trace}-{parent}-0."),
+        format!("00-{trace}-{parent}-0"),
+        format!("00-{trace}-{parent}-AB"),
+        format!("00-{trace}-{parent}-001"),
+        // shape
+        format!("00_{trace}_{parent}_01"),
+        String::new(),
+        "garbage".to_owned(),
+        // two headers joined by a comma
+        format!("00-{trace}-{parent}-01,00-{trace}-{parent}-01"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,43 +291,7 @@ mod tests {
 
     #[test]
     fn test_suite_invalid_vectors() {
-        for v in [
-            // version
-            format!("ff-{TRACE}-{PARENT}-01"),
-            format!(".0-{TRACE}-{PARENT}-01"),
-            format!("0.-{TRACE}-{PARENT}-01"),
-            format!("0-{TRACE}-{PARENT}-01"),
-            format!("000-{TRACE}-{PARENT}-01"),
-            format!("0A-{TRACE}-{PARENT}-01"),
-            format!("00-{TRACE}-{PARENT}-01-what-the-future-will-not-be-like"),
-            format!("cc-{TRACE}-{PARENT}-01.what-the-future-will-not-be-like"),
-            // trace-id
-            format!("00-00000000000000000000000000000000-{PARENT}-01"),
-            format!("00-.2345678901234567890123456789012-{PARENT}-01"),
-            format!("00-1234567890123456789012345678901.-{PARENT}-01"),
-            format!("00-ABCDEFABCDEF12345678901234567890-{PARENT}-01"),
-            format!("00-1234567890123456789012345678901-{PARENT}-01"),
-            format!("00-123456789012345678901234567890123-{PARENT}-01"),
-            // parent-id
-            format!("00-{TRACE}-0000000000000000-01"),
-            format!("00-{TRACE}-.234567890123456-01"),
-            format!("00-{TRACE}-123456789012345.-01"),
-            format!("00-{TRACE}-ABCDEF1234567890-01"),
-            format!("00-{TRACE}-123456789012345-01"),
-            format!("00-{TRACE}-12345678901234567-01"),
-            // flags
-            format!("00-{TRACE}-{PARENT}-.0"),
-            format!("00-{TRACE}-{PARENT}-0."),
-            format!("00-{TRACE}-{PARENT}-0"),
-            format!("00-{TRACE}-{PARENT}-AB"),
-            format!("00-{TRACE}-{PARENT}-001"),
-            // shape
-            format!("00_{TRACE}_{PARENT}_01"),
-            String::new(),
-            "garbage".to_owned(),
-            // two headers joined by a comma
-            format!("00-{TRACE}-{PARENT}-01,00-{TRACE}-{PARENT}-01"),
-        ] {
+        for v in invalid_test_vectors(TRACE, PARENT) {
             assert!(parse(&v).is_err(), "{v:?} should be invalid");
         }
     }
