@@ -116,6 +116,8 @@ pub enum Mode {
     Unknown = 1,
     /// Answers after [`HANG`]: longer than any deadline the tests give the call.
     Hang = 2,
+    /// Answers OK at the gRPC level with bytes that are not a `RateLimitResponse`.
+    Garbage = 3,
 }
 
 /// How long [`Mode::Hang`] holds each call.
@@ -349,6 +351,11 @@ impl Service<http::Request<tonic::body::Body>> for RlsService {
             if request.uri().path() != PATH {
                 return Ok(Status::unimplemented("only ShouldRateLimit").into_http());
             }
+            if inner.mode.load(Ordering::SeqCst) == Mode::Garbage as u8 {
+                inner.requests.fetch_add(1, Ordering::SeqCst);
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                return Ok(grpc.unary(NotARateLimitResponse, request).await);
+            }
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
             Ok(grpc.unary(ShouldRateLimit(inner), request).await)
         })
@@ -368,6 +375,29 @@ impl UnaryService<RateLimitRequest> for ShouldRateLimit {
                 .should_rate_limit(request.into_inner())
                 .await
                 .map(Response::new)
+        })
+    }
+}
+
+/// Field 1 as a string, where `RateLimitResponse` has the varint `overall_code`: well-formed
+/// protobuf and gRPC that no `RateLimitResponse` decoder accepts.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(string, tag = "1")]
+    overall_code: String,
+}
+
+struct NotARateLimitResponse;
+
+impl UnaryService<RateLimitRequest> for NotARateLimitResponse {
+    type Response = Garbage;
+    type Future = BoxFuture<Response<Garbage>, Status>;
+
+    fn call(&mut self, _request: Request<RateLimitRequest>) -> Self::Future {
+        Box::pin(async {
+            Ok(Response::new(Garbage {
+                overall_code: "OK".to_owned(),
+            }))
         })
     }
 }

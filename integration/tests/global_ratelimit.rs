@@ -274,6 +274,25 @@ fn a_slow_service_and_a_meaningless_answer_fail_open() {
     assert!(log.contains("global_error=deadline_exceeded"), "{log}");
 }
 
+/// An answer that is not a `RateLimitResponse` at all (gRPC OK, bytes that do not decode):
+/// fail open, counted as an error, logged as a bad answer.
+#[test]
+fn an_undecodable_answer_fails_open() {
+    let (_redis, rls) = service(1000);
+    let mesh = envoy(&config(""), rls.addr());
+    rls.set_mode(Mode::Garbage);
+    let reply = limited(&mesh);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.upstream_header(REQUEST_HEADER), None);
+    assert_eq!(rls.requests(), 1);
+    assert_eq!(
+        mesh.stat("mesh_ratelimit_global_calls_total;route=limited;outcome=error"),
+        1
+    );
+    let log = mesh.envoy_log();
+    assert!(log.contains("global_error=bad_answer"), "{log}");
+}
+
 /// `failure_mode_deny` holds at the filter's own deadline too: a slow service is a 503.
 #[test]
 fn a_slow_service_answers_503_with_failure_mode_deny() {
