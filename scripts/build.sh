@@ -23,7 +23,7 @@ say "building ${filters[*]} for wasm32-wasip1"
 # that is both cdylib and rlib (as the filters are, for tests), and without LTO a module is
 # ~14 KB bigger and slower (the SDK and std are not optimised together with the filter).
 for f in "${filters[@]}"; do
-  cargo rustc --quiet --release --target wasm32-wasip1 -p "mesh-$f" --crate-type cdylib
+  with_module_flags cargo rustc --quiet --release --target wasm32-wasip1 -p "mesh-$f" --crate-type cdylib
 done
 
 # Exports a module built on the adapter does without. Envoy skips a callback the module

@@ -28,6 +28,23 @@ ensure_apt() {
   command -v "$command" >/dev/null 2>&1 || die "$package installed but $command is still missing"
 }
 
+# with_module_flags <command...>: runs a cargo command that builds modules (wasm32-wasip1,
+# release: scripts/build.sh, the test fixture) with the one set of flags they all share, so
+# their builds reuse each other's artifacts. Dependencies' source paths end up in a module
+# (panic locations) and name $CARGO_HOME and the registry's directory: mapped to /crates, a
+# module's bytes, and so the digests pinned in istio/, do not depend on where cargo keeps
+# its registry (and the bundle is ~0.5 KB smaller). The sources are fetched first, so the
+# registry's directory exists when the flags are made.
+with_module_flags() {
+  local home="${CARGO_HOME:-$HOME/.cargo}" flags dir
+  cargo fetch --locked --quiet
+  flags="--remap-path-prefix=$home=/cargo"
+  for dir in "$home"/registry/src/*/; do
+    [ -d "$dir" ] && flags+=$'\x1f'"--remap-path-prefix=${dir%/}=/crates"
+  done
+  CARGO_ENCODED_RUSTFLAGS="$flags" "$@"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
   local installed

@@ -11,7 +11,9 @@
 #                                           (credentials: skopeo login / REGISTRY_AUTH_FILE;
 #                                           --insecure for a plain-HTTP registry)
 # The images are byte-for-byte reproducible: the pinned sha256 is the same on every machine
-# that builds the same commit. Installs what it uses (skopeo only for --push).
+# that builds the same commit with the same rustc (1.95.0) and wasm-opt (binaryen 108,
+# Debian 12's), wherever its cargo home is (lib.sh: with_module_flags). Installs what it
+# uses (skopeo only for --push).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"

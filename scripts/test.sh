@@ -81,7 +81,7 @@ cargo test --locked -p mesh-deploy --quiet -- --ignored
 scripts/lint.sh
 
 say "test fixture module (integration/fixture, never shipped)"
-cargo build --quiet --locked --release --target wasm32-wasip1 -p mesh-fixture
+with_module_flags cargo build --quiet --locked --release --target wasm32-wasip1 -p mesh-fixture
 
 if [ "$MESH_HARNESS" = docker ]; then
   say "integration tests (real Envoy in containers from $ENVOY_IMAGE, dist/*.wasm)"

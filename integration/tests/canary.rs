@@ -246,6 +246,12 @@ fn a_client_sent_tag_is_ignored_unless_trusted() {
         .send();
     assert_eq!(service(&reply), "v2");
     assert_eq!(reply.upstream_header("x-canary").as_deref(), Some("true"));
+    // Every tag the filter decided over is counted, on the route Envoy chose for it.
+    let untrusted = |mesh: &Mesh, route: &str| {
+        mesh.stat(&format!("mesh_canary_untrusted_tags_total;route={route}"))
+    };
+    assert_eq!(untrusted(&mesh, "checkout-canary"), 1);
+    assert_eq!(untrusted(&mesh, "checkout"), 3);
 
     let trusted = mesh_trusted();
     let reply = trusted.get("/checkout").header("x-canary", "true").send();
@@ -262,6 +268,10 @@ fn a_client_sent_tag_is_ignored_unless_trusted() {
     assert_eq!(
         trusted.stat("mesh_canary_requests_total;route=checkout;release=stable;reason=trusted"),
         1
+    );
+    assert_eq!(
+        untrusted(&trusted, "checkout-canary") + untrusted(&trusted, "checkout"),
+        0
     );
 }
 

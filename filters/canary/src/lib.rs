@@ -15,6 +15,10 @@ use mesh_policy::stats;
 
 /// `mesh_canary_requests_total{route, release, reason[, rule]}`.
 pub const REQUESTS_TOTAL: &str = "mesh_canary_requests_total";
+/// `mesh_canary_untrusted_tags_total{route}`: requests that came with the tag header, which
+/// the policy does not trust, so the filter decided over it (clients trying to pick their
+/// release show here).
+pub const UNTRUSTED_TAGS_TOTAL: &str = "mesh_canary_untrusted_tags_total";
 
 #[derive(Debug)]
 pub struct Canary;
@@ -28,6 +32,7 @@ pub struct CanaryRoute {
     salt: Vec<u8>,
     /// One counter per release and reason the policy can produce.
     counters: Vec<(Release, Reason, Metric)>,
+    untrusted_tags: Metric,
 }
 
 impl CanaryRoute {
@@ -108,11 +113,19 @@ impl Filter for Canary {
             .unwrap_or(route_name)
             .as_bytes()
             .to_vec();
+        let untrusted_tags = host.define_metric(
+            MetricKind::Counter,
+            &stats::metric_name(
+                UNTRUSTED_TAGS_TOTAL,
+                &[("route", stats::route_label(route_name))],
+            ),
+        );
         CanaryRoute {
             policy,
             name: stats::route_label(route_name).to_owned(),
             salt,
             counters,
+            untrusted_tags,
         }
     }
 
@@ -137,6 +150,9 @@ impl Filter for Canary {
             host.clear_route_cache();
         }
         host.increment_metric(route.counter(&decision), 1);
+        if decision.untrusted_tag {
+            host.increment_metric(route.untrusted_tags, 1);
+        }
         log::debug!("canary route={} {}", route.name, policy.describe(&decision));
         let response = CanaryResponse {
             decision: policy

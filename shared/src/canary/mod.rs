@@ -548,6 +548,8 @@ pub struct Decision {
     pub release: Release,
     pub reason: Reason,
     pub tag: TagEdit,
+    /// The request came with the tag header and the policy does not trust it: decided over.
+    pub untrusted_tag: bool,
     /// A new sticky key to store in the sticky cookie: the request had none.
     pub new_sticky_key: Option<String>,
 }
@@ -569,6 +571,7 @@ impl CanaryPolicy {
                 release,
                 reason: Reason::Trusted,
                 tag: TagEdit::Keep,
+                untrusted_tag: false,
                 new_sticky_key: None,
             };
         }
@@ -595,6 +598,7 @@ impl CanaryPolicy {
             release,
             reason,
             tag,
+            untrusted_tag: tagged,
             new_sticky_key,
         }
     }

@@ -313,14 +313,17 @@ fn an_untrusted_tag_is_ignored_and_removed() {
     assert_eq!(d.release, Release::Stable);
     assert_eq!(d.tag, TagEdit::Remove);
     assert_ne!(d.reason, Reason::Trusted);
+    assert!(d.untrusted_tag);
     // Without an incoming tag, a stable request needs no edit.
     let d = decide(&p, &mut FakeHost::new());
     assert_eq!((d.release, d.tag), (Release::Stable, TagEdit::Keep));
+    assert!(!d.untrusted_tag);
     // A canary decision overwrites whatever the client sent.
     let p = policy(r#"{"percent": 100, "value": "v2"}"#);
     let mut host = FakeHost::new().with_request_header("x-canary", "forged");
     let d = decide(&p, &mut host);
     assert_eq!((d.release, d.tag), (Release::Canary, TagEdit::Set));
+    assert!(d.untrusted_tag);
 }
 
 #[test]
@@ -337,6 +340,7 @@ fn a_trusted_tag_is_kept_and_obeyed() {
         (d.release, d.reason, d.tag),
         (Release::Canary, Reason::Trusted, TagEdit::Keep)
     );
+    assert!(!d.untrusted_tag);
     assert_eq!(p.describe(&d), "canary; trusted");
     let mut host = FakeHost::new().with_request_header("x-canary", "v1");
     let d = decide(&p, &mut host);

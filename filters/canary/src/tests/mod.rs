@@ -77,6 +77,10 @@ fn a_forged_tag_is_removed_and_the_route_chosen_again() {
     Canary.on_request(&route, &mut host);
     assert!(host.request_values("x-canary").is_empty());
     assert_eq!(host.route_cache_clears, 1);
+    assert_eq!(
+        host.metric("mesh_canary_untrusted_tags_total;route=checkout-canary"),
+        Some(1)
+    );
 }
 
 #[test]
@@ -84,12 +88,11 @@ fn every_counter_is_defined_at_bind() {
     let mut host = FakeHost::new();
     bound(CHECKOUT, "checkout", &mut host);
     let names: Vec<String> = host.metrics().into_keys().collect();
-    assert_eq!(names.len(), 7, "{names:?}");
-    assert!(
-        names
-            .iter()
-            .all(|n| n.starts_with("mesh_canary_requests_total;route=checkout;"))
-    );
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(names.iter().all(
+        |n| n.starts_with("mesh_canary_requests_total;route=checkout;")
+            || n == "mesh_canary_untrusted_tags_total;route=checkout"
+    ));
 }
 
 #[test]
