@@ -19,7 +19,14 @@ use governor::nanos::Nanos;
 use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
-use crate::host::NANOS_PER_SEC;
+use crate::host::{NANOS_PER_MS, NANOS_PER_SEC};
+
+/// How far past an empty bucket a stored TAT may lie and still be taken as written: another
+/// worker read its clock a moment after this request did and wrote first (microseconds
+/// apart). Further out, the wall clock stepped back and the record is repaired; taking those
+/// microseconds for a clock step would rewrite the record on a rejection, a little earlier
+/// each time, and hand out refill no one waited for.
+const CLOCK_SKEW: u64 = 100 * NANOS_PER_MS;
 
 /// A slot record: the TAT, little-endian u64 nanoseconds since the epoch.
 pub type Record = [u8; 8];
@@ -84,9 +91,12 @@ pub fn decide(rate: &Rate, record: Option<&[u8]>, now: u64) -> Outcome {
     // An empty bucket at `now`: its TAT is a whole bucket ahead.
     let empty = now.saturating_add(rate.horizon());
     let read = record.map(|bytes| match Record::try_from(bytes) {
-        // Further ahead than an empty bucket means the wall clock stepped back: take it as
-        // empty now. Never as full: that would hand out tokens.
-        Ok(record) => u64::from_le_bytes(record).min(empty),
+        // Further ahead than an empty bucket (beyond the skew between workers) means the wall
+        // clock stepped back: take it as empty now. Never as full: that would hand out tokens.
+        Ok(record) => match u64::from_le_bytes(record) {
+            tat if tat > empty.saturating_add(CLOCK_SKEW) => empty,
+            tat => tat,
+        },
         // Not a record of ours: empty as well, for the same reason.
         Err(_) => empty,
     });
@@ -172,7 +182,6 @@ impl Clock for EpochClock {
 mod tests {
     // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     use super::*;
-    use crate::host::NANOS_PER_MS;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -296,6 +305,23 @@ mod tests {
             2,
             "refilling at the rate, not blocked for an hour"
         );
+    }
+
+    #[test]
+    fn another_workers_later_clock_is_not_a_clock_step() {
+        let rate = rate(100, 5);
+        let mut record = None;
+        assert_eq!(run(&rate, &mut record, NOW, 5), 5);
+        // Drained by a worker at NOW; this request read its clock 50 µs earlier, so the
+        // stored TAT lies past its empty bucket: rejected, and nothing written.
+        let earlier = NOW - 50_000;
+        match decide(&rate, record.as_ref().map(|r| r.as_slice()), earlier) {
+            Outcome::Reject { repair, wait, .. } => {
+                assert_eq!(repair, None);
+                assert_eq!(wait, 10 * NANOS_PER_MS + 50_000);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
