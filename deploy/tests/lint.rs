@@ -255,13 +255,11 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
     fs::write(dist.path().join("traceid.wasm"), wasm).unwrap();
     let image = oci::image(wasm, "traceid").unwrap();
     oci::write_layout(&dist.path().join("oci/traceid"), &image, "0.1.0").unwrap();
+    let with_dist = Options {
+        dist: Some(dist.path().to_path_buf()),
+    };
     let docs = docs::parse("istio/traceid.yaml", &read("istio/traceid.yaml")).unwrap();
-    let found = lint(
-        &docs,
-        &Options {
-            dist: Some(dist.path().to_path_buf()),
-        },
-    );
+    let found = lint(&docs, &with_dist);
     let f = only(&found, Severity::Error);
     assert!(
         f.message.contains("manifest digest") && f.message.contains(&image.digest()),
@@ -277,12 +275,7 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
             &format!("url: {url}"),
         );
         let docs = docs::parse("t.yaml", &by_digest).unwrap();
-        let found = lint(
-            &docs,
-            &Options {
-                dist: Some(dist.path().to_path_buf()),
-            },
-        );
+        let found = lint(&docs, &with_dist);
         // (Besides the finding that the url's digest is not the pinned one.)
         assert!(
             found.iter().any(|f| f.severity == Severity::Error
@@ -298,12 +291,7 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
         "url: file:///opt/filters/traceid.wasm",
     );
     let docs = docs::parse("t.yaml", &file).unwrap();
-    let found = lint(
-        &docs,
-        &Options {
-            dist: Some(dist.path().to_path_buf()),
-        },
-    );
+    let found = lint(&docs, &with_dist);
     let f = only(&found, Severity::Error);
     assert!(f.message.contains(&oci::sha256_hex(wasm)), "{f}");
     let https = read("istio/traceid.yaml").replace(
@@ -311,12 +299,7 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
         "url: https://artifacts.example.com/traceid.wasm",
     );
     let docs = docs::parse("t.yaml", &https).unwrap();
-    let found = lint(
-        &docs,
-        &Options {
-            dist: Some(dist.path().to_path_buf()),
-        },
-    );
+    let found = lint(&docs, &with_dist);
     assert!(
         only(&found, Severity::Error)
             .message
@@ -333,12 +316,7 @@ fn sha256_missing_or_not_the_built_module_is_an_error() {
         })
         .collect::<String>();
     let docs = docs::parse("t.yaml", &pinned).unwrap();
-    let found = lint(
-        &docs,
-        &Options {
-            dist: Some(dist.path().to_path_buf()),
-        },
-    );
+    let found = lint(&docs, &with_dist);
     assert!(
         found
             .iter()
