@@ -146,6 +146,18 @@ fn rls_answer_limited(
     })
 }
 
+/// One request with `x-api-key: k` through `json`'s route `g`, whose service answers
+/// `answer` (the call lets it through), up to its response: the client's response headers.
+fn global_response(json: &str, answer: Vec<u8>) -> FakeHost {
+    let mut host = FakeHost::new().with_request_header("x-api-key", "k");
+    let (filter, route) = bound(json, "g", &mut host);
+    let (_, mut state) = filter.on_request(&route, &mut host);
+    let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
+    assert_eq!(verdict, Verdict::Continue);
+    filter.on_response(&route, &mut state, &mut host);
+    host
+}
+
 fn metric(host: &FakeHost, name: &str) -> Option<i64> {
     host.metric(&format!("{name};route=g"))
 }
@@ -200,13 +212,7 @@ fn ratelimit_headers_tell_the_tighter_of_the_local_and_the_global_limit() {
         // The service names no limit.
         (None, ["2", "1"]),
     ] {
-        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
-        let (filter, route) = bound(GLOBAL, "g", &mut host);
-        let (_, mut state) = filter.on_request(&route, &mut host);
-        let answer = rls_answer_limited(1, global, 40, &[]);
-        let verdict = filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
-        assert_eq!(verdict, Verdict::Continue);
-        filter.on_response(&route, &mut state, &mut host);
+        let host = global_response(GLOBAL, rls_answer_limited(1, global, 40, &[]));
         let got = [
             host.response_values("x-ratelimit-limit"),
             host.response_values("x-ratelimit-remaining"),
@@ -217,12 +223,8 @@ fn ratelimit_headers_tell_the_tighter_of_the_local_and_the_global_limit() {
 
 #[test]
 fn a_ratelimit_header_from_the_service_replaces_the_filters_own() {
-    let mut host = FakeHost::new().with_request_header("x-api-key", "k");
-    let (filter, route) = bound(GLOBAL, "g", &mut host);
-    let (_, mut state) = filter.on_request(&route, &mut host);
     let answer = rls_answer_limited(1, Some((60, 0)), 40, &[("X-RateLimit-Limit", "60;w=60")]);
-    filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
-    filter.on_response(&route, &mut state, &mut host);
+    let host = global_response(GLOBAL, answer);
     // All three of ours give way, so the client never gets two limits' numbers mixed.
     assert_eq!(host.response_values("x-ratelimit-limit"), ["60;w=60"]);
     assert!(host.response_values("x-ratelimit-remaining").is_empty());
@@ -233,12 +235,7 @@ fn a_ratelimit_header_from_the_service_replaces_the_filters_own() {
 fn no_ratelimit_headers_from_the_service_in_dry_run_or_with_headers_off() {
     for option in [r#""dry_run": true"#, r#""rate_limit_headers": false"#] {
         let json = GLOBAL.replace(r#""domain""#, &format!(r#"{option}, "domain""#));
-        let mut host = FakeHost::new().with_request_header("x-api-key", "k");
-        let (filter, route) = bound(&json, "g", &mut host);
-        let (_, mut state) = filter.on_request(&route, &mut host);
-        let answer = rls_answer_limited(1, Some((60, 0)), 40, &[]);
-        filter.on_call_done(&route, &mut state, CallOutcome::Ok(answer), &mut host);
-        filter.on_response(&route, &mut state, &mut host);
+        let host = global_response(&json, rls_answer_limited(1, Some((60, 0)), 40, &[]));
         for name in [
             "x-ratelimit-limit",
             "x-ratelimit-remaining",
