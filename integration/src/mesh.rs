@@ -502,9 +502,11 @@ impl Mesh {
             .unwrap()
     }
 
-    /// The filters' stats by name as Envoy reports them (`wasmcustom.` prefix removed).
+    /// The filters' stats by name as Envoy reports them (`wasmcustom.` prefix removed), once
+    /// the modules have handed Envoy the counts of the requests before (they do every
+    /// [`envoy::TEST_STATS_FLUSH_MS`]).
     pub fn stats(&self) -> BTreeMap<String, u64> {
-        let text = self.admin("/stats?filter=mesh_");
+        let text = self.stats_page("/stats?filter=mesh_");
         text.lines()
             .filter_map(|line| {
                 let (name, value) = line.rsplit_once(": ")?;
@@ -517,6 +519,13 @@ impl Mesh {
     /// One stat, 0 if it was never defined.
     pub fn stat(&self, name: &str) -> u64 {
         self.stats().get(name).copied().unwrap_or(0)
+    }
+
+    /// An admin page of stats once the modules have flushed the counts of the requests
+    /// before ([`wait_for_stats_flush`]).
+    pub fn stats_page(&self, path: &str) -> String {
+        wait_for_stats_flush();
+        self.admin(path)
     }
 
     pub fn admin(&self, path: &str) -> String {
@@ -673,4 +682,10 @@ impl Reply {
     pub fn upstream_header(&self, name: &str) -> Option<String> {
         self.echo()["headers"][name].as_str().map(str::to_owned)
     }
+}
+
+/// Sleeps until every module's VM has flushed its counters at least once more: three flush
+/// periods (ticks come on Envoy's workers' own timers, a little late under load).
+pub fn wait_for_stats_flush() {
+    std::thread::sleep(Duration::from_millis(3 * envoy::TEST_STATS_FLUSH_MS));
 }

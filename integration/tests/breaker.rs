@@ -402,7 +402,7 @@ fn stats_reach_prometheus_with_route_decision_outcome_and_to_labels() {
         fail(&mesh, "/fragile");
     }
     mesh.get("/fragile").send();
-    let prometheus = mesh.admin("/stats/prometheus");
+    let prometheus = mesh.stats_page("/stats/prometheus");
     for line in [
         r#"mesh_breaker_state{route="fragile"} 1"#,
         r#"mesh_breaker_transitions_total{route="fragile",to="open"} 1"#,

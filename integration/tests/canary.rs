@@ -374,7 +374,7 @@ fn stats_reach_prometheus_with_release_reason_and_rule_labels() {
         .header("x-canary-force", "true")
         .send();
     mesh.get("/checkout").send();
-    let prometheus = mesh.admin("/stats/prometheus");
+    let prometheus = mesh.stats_page("/stats/prometheus");
     assert!(
         prometheus.contains(
             r#"mesh_canary_requests_total{route="checkout",release="canary",reason="rule",rule="force"} 1"#

@@ -371,7 +371,7 @@ const UNPREDICTABLE: [&str; 2] = [
 /// Envoy's own Prometheus exposition (`/stats/prometheus`) of the filters' histograms:
 /// every `_bucket`, `_sum` and `_count` series of a family typed `histogram`.
 fn envoy_histograms(mesh: &Mesh) -> BTreeMap<SeriesKey, f64> {
-    let text = mesh.admin("/stats/prometheus?filter=mesh_");
+    let text = mesh.stats_page("/stats/prometheus?filter=mesh_");
     let families: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))

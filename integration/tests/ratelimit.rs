@@ -341,7 +341,7 @@ fn stats_reach_prometheus_with_route_and_decision_labels() {
     for _ in 0..12 {
         limited(&mesh, "erin");
     }
-    let prometheus = mesh.admin("/stats/prometheus");
+    let prometheus = mesh.stats_page("/stats/prometheus");
     assert!(
         prometheus.contains(r#"mesh_ratelimit_requests_total{route="limited",decision="allowed"}"#),
         "{prometheus}"

@@ -273,7 +273,7 @@ fn default_policy_covers_unlisted_and_unnamed_routes() {
 fn stats_reach_prometheus_with_route_and_outcome_labels() {
     let mesh = mesh();
     mesh.get("/checkout").send();
-    let prometheus = mesh.admin("/stats/prometheus");
+    let prometheus = mesh.stats_page("/stats/prometheus");
     assert!(
         prometheus.contains(r#"mesh_trace_requests_total{route="checkout",outcome="started"} 1"#),
         "{prometheus}"

@@ -93,6 +93,9 @@ pub trait Stages: Sized {
     );
 
     fn on_done(&self, route: &Self::Route, request: &mut Self::Request, host: &mut impl Host);
+
+    /// The root context's tick for one bound route: every stage's deferred work.
+    fn on_tick(&self, route: &Self::Route, host: &mut impl Host);
 }
 
 /// One filter and its compiled routes.
@@ -256,6 +259,10 @@ impl<F: Filter> Stages for Stage<F> {
             self.filter.on_done(route, &mut request.request, host);
         }
     }
+
+    fn on_tick(&self, route: &F::Route, host: &mut impl Host) {
+        self.filter.on_tick(route, host);
+    }
 }
 
 /// `A`'s stages, then `B`'s. A stage without a policy for the route is skipped.
@@ -343,6 +350,15 @@ impl<A: Stages, B: Stages> Stages for (A, B) {
         }
         if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
             self.0.on_done(a, state, host);
+        }
+    }
+
+    fn on_tick(&self, route: &Self::Route, host: &mut impl Host) {
+        if let Some(a) = &route.0 {
+            self.0.on_tick(a, host);
+        }
+        if let Some(b) = &route.1 {
+            self.1.on_tick(b, host);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use crate::filter::{Filter, configure};
 use crate::host::{
-    Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
+    Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
 };
 
 #[derive(Debug)]
@@ -17,18 +17,8 @@ pub struct FakeHost {
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
-    /// How many times the route cache was cleared.
-    pub route_cache_clears: usize,
-    /// Request header sets and removals so far: each is a host call, and in Envoy makes the
-    /// route be chosen again.
-    pub request_header_writes: usize,
-    /// Metric increments and records so far, one host call each.
-    pub metric_updates: usize,
-    /// Shared-data reads so far, one host call each (a `Cell`: `shared_get` takes `&self`).
-    pub shared_gets: Cell<usize>,
-    /// Shared-data writes so far (CAS or not, succeeded or not), one host call each;
-    /// [`FakeHost::shared_put`], another VM's write, is not counted.
-    pub shared_sets: usize,
+    /// The host calls made so far, by kind (a `Cell`: some are made through `&self`).
+    calls: Cell<HostCalls>,
     rng: fastrand::Rng,
     scripted_random: Vec<u64>,
     /// Envoy's shared data, one for every VM of an Envoy: [`FakeHost::another_vm`] shares it.
@@ -36,6 +26,49 @@ pub struct FakeHost {
     /// The next this-many CAS writes fail as if another VM had written first.
     pub cas_conflicts: usize,
     metrics: Vec<(String, MetricKind, i64)>,
+}
+
+/// Host calls by kind: what a module pays Envoy for, each a crossing out of the VM, and
+/// [`HostCalls::allocations`] the crossings back into it (Envoy allocates every answer that
+/// carries data in the module's memory, by calling its `malloc`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostCalls {
+    /// Property reads (`xds.route_name`, `response.code`, ...).
+    pub property_reads: usize,
+    /// Request header maps fetched whole ([`RequestCalls::get_http_request_headers`]).
+    pub header_map_reads: usize,
+    /// Response headers read by name.
+    pub response_header_reads: usize,
+    /// Request header sets and removals: in Envoy each also makes the route be chosen again.
+    pub request_header_writes: usize,
+    pub response_header_writes: usize,
+    pub route_cache_clears: usize,
+    /// Metric increments and records.
+    pub metric_updates: usize,
+    pub shared_gets: usize,
+    /// Shared-data writes, CAS or not, succeeded or not ([`FakeHost::shared_put`], another
+    /// VM's write, is not one).
+    pub shared_sets: usize,
+    pub clock_reads: usize,
+    /// Answers that carried data (a property, the header map, a shared-data record): each
+    /// enters the VM once more, for its allocation.
+    pub allocations: usize,
+}
+
+impl HostCalls {
+    /// Every call out of the VM.
+    pub fn total(&self) -> usize {
+        self.property_reads
+            + self.header_map_reads
+            + self.response_header_reads
+            + self.request_header_writes
+            + self.response_header_writes
+            + self.route_cache_clears
+            + self.metric_updates
+            + self.shared_gets
+            + self.shared_sets
+            + self.clock_reads
+    }
 }
 
 impl Default for FakeHost {
@@ -54,11 +87,7 @@ impl FakeHost {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             properties: HashMap::new(),
-            route_cache_clears: 0,
-            request_header_writes: 0,
-            metric_updates: 0,
-            shared_gets: Cell::new(0),
-            shared_sets: 0,
+            calls: Cell::new(HostCalls::default()),
             rng: fastrand::Rng::with_seed(7),
             scripted_random: Vec::new(),
             shared: Rc::default(),
@@ -87,6 +116,17 @@ impl FakeHost {
     pub fn set_property(&mut self, path: &[&str], value: impl AsRef<[u8]>) {
         let path = path.iter().map(|p| (*p).to_owned()).collect();
         self.properties.insert(path, value.as_ref().to_vec());
+    }
+
+    /// The host calls made so far.
+    pub fn calls(&self) -> HostCalls {
+        self.calls.get()
+    }
+
+    fn count(&self, call: impl FnOnce(&mut HostCalls)) {
+        let mut calls = self.calls.get();
+        call(&mut calls);
+        self.calls.set(calls);
     }
 
     /// These values come out of `random_u64` first, in order; then seeded randomness.
@@ -192,6 +232,7 @@ fn replace(headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: &[u8]) {
 
 impl Host for FakeHost {
     fn now(&self) -> Nanos {
+        self.count(|c| c.clock_reads += 1);
         self.now
     }
 
@@ -202,19 +243,29 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.properties
+        let value = self
+            .properties
             .iter()
             .find(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.clone());
+        self.count(|c| {
+            c.property_reads += 1;
+            c.allocations += usize::from(value.is_some());
+        });
+        value
     }
 
     fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.shared_gets.set(self.shared_gets.get() + 1);
-        self.shared.borrow().records.get(key).cloned()
+        let record = self.shared.borrow().records.get(key).cloned();
+        self.count(|c| {
+            c.shared_gets += 1;
+            c.allocations += usize::from(record.is_some());
+        });
+        record
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        self.shared_sets += 1;
+        self.count(|c| c.shared_sets += 1);
         if cas.is_some() && self.cas_conflicts > 0 {
             self.cas_conflicts -= 1;
             // Another VM wrote the same key in between (not a read of this VM's).
@@ -245,14 +296,14 @@ impl Host for FakeHost {
     }
 
     fn increment_metric(&mut self, metric: Metric, delta: i64) {
-        self.metric_updates += 1;
+        self.count(|c| c.metric_updates += 1);
         if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
             entry.2 += delta;
         }
     }
 
     fn record_metric(&mut self, metric: Metric, value: u64) {
-        self.metric_updates += 1;
+        self.count(|c| c.metric_updates += 1);
         if let Some(entry) = metric.0.and_then(|id| self.metrics.get_mut(id as usize)) {
             entry.2 = i64::try_from(value).unwrap_or(i64::MAX);
         }
@@ -272,30 +323,60 @@ impl RequestHost for FakeHost {
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.request_header_writes += 1;
-        replace(&mut self.request_headers, name, value);
+        self.set_http_request_header(name, value);
     }
 
     fn remove_request_header(&mut self, name: &str) {
-        self.request_header_writes += 1;
-        self.request_headers.retain(|(n, _)| n != name);
+        self.remove_http_request_header(name);
     }
 
     fn clear_route_cache(&mut self) {
-        self.route_cache_clears += 1;
+        self.clear_http_route_cache();
+    }
+}
+
+/// What [`crate::vm`] asks of the proxy: reads of the map come at a header-map fetch each.
+impl RequestCalls for FakeHost {
+    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.count(|c| {
+            c.header_map_reads += 1;
+            c.allocations += usize::from(!self.request_headers.is_empty());
+        });
+        self.request_headers.clone()
+    }
+
+    fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
+        self.count(|c| c.request_header_writes += 1);
+        replace(&mut self.request_headers, name, value);
+    }
+
+    fn remove_http_request_header(&mut self, name: &str) {
+        self.count(|c| c.request_header_writes += 1);
+        self.request_headers.retain(|(n, _)| n != name);
+    }
+
+    fn clear_http_route_cache(&mut self) {
+        self.count(|c| c.route_cache_clears += 1);
     }
 }
 
 impl ResponseHost for FakeHost {
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        first(&self.response_headers, name).cloned()
+        let value = first(&self.response_headers, name).cloned();
+        self.count(|c| {
+            c.response_header_reads += 1;
+            c.allocations += usize::from(value.is_some());
+        });
+        value
     }
 
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        self.count(|c| c.response_header_writes += 1);
         replace(&mut self.response_headers, name, value);
     }
 
     fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        self.count(|c| c.response_header_writes += 1);
         self.response_headers
             .push((name.to_owned(), value.to_vec()));
     }

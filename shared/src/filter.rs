@@ -137,6 +137,10 @@ pub trait Filter: Sized {
     /// timeout that produced no upstream response. Properties such as `["response", "code"]`
     /// and `["response", "flags"]` are readable here; headers are not.
     fn on_done(&self, _route: &Self::Route, _request: &mut Self::Request, _host: &mut impl Host) {}
+
+    /// The root context's tick (at least once a second), for every route the VM has bound:
+    /// work a filter defers from its requests, such as the breaker's batched successes.
+    fn on_tick(&self, _route: &Self::Route, _host: &mut impl Host) {}
 }
 
 /// Reads and compiles plugin JSON for `filter`: what the adapter's `on_configure` runs for a

@@ -76,6 +76,20 @@ pub trait RequestHost: Host {
     fn clear_route_cache(&mut self);
 }
 
+/// The request-headers phase as the host calls it offers, what the adapter implements over
+/// proxy-wasm: the header map comes whole, in one call (each call that returns data enters
+/// the module twice: the call, then an allocation for the answer). [`crate::vm`] serves the
+/// filters' [`RequestHost`] reads from that one copy.
+pub trait RequestCalls: Host {
+    /// Every request header, in Envoy's order, repeats included (bytes: clients control them).
+    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// Replaces every value of the header with this one.
+    fn set_http_request_header(&mut self, name: &str, value: &[u8]);
+    fn remove_http_request_header(&mut self, name: &str);
+    /// Makes Envoy choose the route again.
+    fn clear_http_route_cache(&mut self);
+}
+
 /// The response-headers phase. The response status is the `:status` header.
 pub trait ResponseHost: Host {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;

@@ -6,8 +6,9 @@
 //! - [`config`]: the per-route envelope, field paths and typed config errors.
 //! - [`host`]: what a filter may ask of the proxy, split by request phase.
 //! - [`filter`]: the [`filter::Filter`] trait every filter implements.
-//! - [`chain`]: what the adapter drives: one filter ([`chain::Stage`]) or filters chained in
-//!   one module (the bundle).
+//! - [`chain`]: one filter ([`chain::Stage`]) or filters chained in one module (the bundle).
+//! - [`vm`]: what the adapter drives: one VM's stages, bound routes and batched counters, and
+//!   each request's phases over the host calls alone.
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`hash`]: the stable hash behind slots and cohorts.
@@ -33,3 +34,4 @@ pub mod request;
 pub mod stats;
 pub mod store;
 pub mod trace;
+pub mod vm;

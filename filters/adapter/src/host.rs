@@ -4,13 +4,13 @@
 //! [`ResponseHost`]. Reading request headers in the response phase aborts the VM in Envoy,
 //! so no value that could do it exists there.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::time::UNIX_EPOCH;
 
 use mesh_policy::filter::{GrpcCall, LocalReply};
 use mesh_policy::host::{
-    Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, Shared, SharedError,
+    Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
@@ -47,34 +47,27 @@ pub(crate) fn envoy_log_level() -> Option<LogLevel> {
     None
 }
 
+/// The root context: configure, tick, shutdown.
 #[derive(Debug)]
-pub struct ConfigurePhase;
+pub struct RootPhase;
 #[derive(Debug)]
 pub struct RequestPhase;
 #[derive(Debug)]
 pub struct ResponsePhase;
-/// The log phase: the stream is over; properties only.
+/// The stream is over (its context is being deleted): properties only.
 #[derive(Debug)]
 pub struct DonePhase;
 
-/// Request headers as (name, value) pairs in Envoy's order, repeats included.
-type HeaderList = Vec<(String, Vec<u8>)>;
-
-/// The proxy, as seen from one phase of one VM.
+/// The proxy, as seen from one phase of one VM: every method is one host call.
 pub struct Proxy<'a, Phase> {
     rng: &'a RefCell<fastrand::Rng>,
-    /// The request headers, fetched by the first read of the phase in one host call (each
-    /// host call that returns data enters the VM twice: the call and its allocation), then
-    /// kept in step with this phase's own writes. Request phase only.
-    request_headers: OnceCell<HeaderList>,
     phase: PhantomData<Phase>,
 }
 
-impl<'a> Proxy<'a, ConfigurePhase> {
-    pub(crate) fn configure(rng: &'a RefCell<fastrand::Rng>) -> Self {
+impl<'a> Proxy<'a, RootPhase> {
+    pub(crate) fn root(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
-            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -84,7 +77,6 @@ impl<'a> Proxy<'a, RequestPhase> {
     pub(crate) fn request(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
-            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -136,7 +128,6 @@ impl<'a> Proxy<'a, ResponsePhase> {
     pub(crate) fn response(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
-            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -146,7 +137,6 @@ impl<'a> Proxy<'a, DonePhase> {
     pub(crate) fn done(rng: &'a RefCell<fastrand::Rng>) -> Self {
         Self {
             rng,
-            request_headers: OnceCell::new(),
             phase: PhantomData,
         }
     }
@@ -219,54 +209,21 @@ impl<Phase> Host for Proxy<'_, Phase> {
     }
 }
 
-impl Proxy<'_, RequestPhase> {
-    /// The request headers, fetched once (the bytes getter: the text one panics on
-    /// non-UTF-8 values, which clients control).
-    fn request_headers(&self) -> &HeaderList {
-        self.request_headers.get_or_init(|| {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
-        })
+impl RequestCalls for Proxy<'_, RequestPhase> {
+    /// The bytes getter: the text one panics on non-UTF-8 values, which clients control.
+    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
     }
 
-    /// Applies this phase's own header write to the snapshot, if one was taken: later reads
-    /// see what Envoy now has (a set leaves one value, a remove none).
-    fn edit_snapshot(&mut self, name: &str, value: Option<&[u8]>) {
-        if let Some(headers) = self.request_headers.get_mut() {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            if let Some(value) = value {
-                headers.push((name.to_ascii_lowercase(), value.to_vec()));
-            }
-        }
-    }
-}
-
-impl RequestHost for Proxy<'_, RequestPhase> {
-    /// The first value, as Envoy's own single-value getter answers.
-    fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.request_headers()
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    }
-
-    fn request_header_count(&self, name: &str) -> usize {
-        self.request_headers()
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
-    }
-
-    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+    fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
-        self.edit_snapshot(name, Some(value));
     }
 
-    fn remove_request_header(&mut self, name: &str) {
+    fn remove_http_request_header(&mut self, name: &str) {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-        self.edit_snapshot(name, None);
     }
 
-    fn clear_route_cache(&mut self) {
+    fn clear_http_route_cache(&mut self) {
         // Envoy re-matches the route after a header change for ABI 0.2.1 modules; newer ABIs
         // need this foreign function. Absent on older Envoys: nothing to do then.
         let _ = hostcalls::call_foreign_function("clear_route_cache", None);

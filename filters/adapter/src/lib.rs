@@ -2,35 +2,37 @@
 //!
 //! [`export_filter!`] turns a [`Filter`] into a proxy-wasm module and [`export_stages!`] a
 //! chain of them (the bundle, `filters/bundle`): a root context that compiles the plugin JSON
-//! once in `on_configure` (refusing the config on error), and an HTTP context per request that
-//! looks up the route's bound stages, runs them against [`host::Proxy`] ([`Stages`] keeps
-//! their order, holds and short-circuits), and turns the [`Verdict`] into proxy-wasm actions.
+//! once in `on_configure` (refusing the config on error) into a [`Vm`], and an HTTP context
+//! per request that hands each phase to the [`Vm`] over [`host::Proxy`] (the host calls) and
+//! turns its [`Verdict`] into proxy-wasm actions. What a request costs in host calls is
+//! decided in `mesh_policy::vm`, where tests count it; this crate adds the calls out.
 //!
 //! Invariants kept here:
 //! - `on_configure` returns false on any config error, so Envoy refuses the config.
-//! - The route name is read once per request (`xds.route_name`); the bound stages are cached
-//!   per route name for the VM's lifetime (route names are finite: they come from config).
-//! - A filter's response and done phases do not run for a local reply the filter sent itself
-//!   ([`Stages`] skips that stage).
 //! - Host calls never unwrap: a failed host call degrades to "absent" and is logged.
 //! - A held request is released by its call's deadline even when Envoy's own timeout does not
 //!   fire (Kuadrant wasm-shim#425: calls queued for a cluster without healthy endpoints): the
 //!   root context ticks while calls are out and ends an overdue one as deadline exceeded.
-//! - No body, trailer or TCP callbacks: `scripts/build.sh` removes their exports, so Envoy
-//!   does not enter the VM for them. Handle one here and take it off `DROP_EXPORTS` there.
+//! - The root context ticks at least once a second ([`STATS_FLUSH`]) to hand the VM's
+//!   counters to Envoy, and hands them over when Envoy deletes it.
+//! - A stream's end is its context's deletion (`proxy_on_delete`, after Envoy's log phase):
+//!   the done phase runs there, so modules export no `proxy_on_log`.
+//! - No body, trailer, log or TCP callbacks: `scripts/build.sh` removes their exports, so
+//!   Envoy does not enter the VM for them. Handle one here and take it off `DROP_EXPORTS`
+//!   there.
 
 #[cfg(any(test, target_arch = "wasm32"))]
 mod alloc;
 mod host;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use hashbrown::HashMap;
 use mesh_policy::chain::Stages;
 use mesh_policy::filter::{CallOutcome, Plugin, Verdict};
 use mesh_policy::host::{Host, NANOS_PER_MS, Nanos};
+use mesh_policy::vm::{Stream, Vm};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
@@ -68,25 +70,25 @@ pub fn start<S: Stages + 'static>() {
     proxy_wasm::set_root_context(|_| Box::new(Root::<S> { state: None }));
 }
 
-/// Bound routes by Envoy route name; `None` caches "no policy applies". hashbrown, as in the
-/// SDK (std's `HashMap` costs its random seeding and SipHash in every module), with FxHash:
-/// route names come from config, not clients, so no flooding defence is needed, and foldhash's
-/// byte-slice hashing costs 2 KB more.
-type BoundRoutes<S> = HashMap<Vec<u8>, Option<Rc<<S as Stages>::Route>>, rustc_hash::FxBuildHasher>;
-
 /// How often the root context looks for overdue calls while any is out.
 const TICK: Duration = Duration::from_millis(5);
 /// Envoy's timeout for a call is ours plus this: the tick ends it first, Envoy's timer is the
 /// backstop should ticks stop.
 const ENVOY_GRACE_MS: u32 = 1000;
+/// How often counters reach Envoy unless `MESH_STATS_FLUSH_MS` says otherwise.
+const STATS_FLUSH: Duration = Duration::from_secs(1);
+/// The shortest flush period the variable may ask for.
+const MIN_STATS_FLUSH: Duration = Duration::from_millis(10);
 
 /// Everything a VM keeps between requests, shared by its HTTP contexts.
 struct State<S: Stages> {
-    stages: S,
-    bound: RefCell<BoundRoutes<S>>,
+    vm: Vm<S>,
     rng: RefCell<fastrand::Rng>,
     /// The calls out, with their deadlines (a handful: one per held request of this VM).
     calls: RefCell<Vec<OutCall<S>>>,
+    /// How often counters reach Envoy, and when they last did.
+    flush_every: Duration,
+    flushed_at: Cell<Nanos>,
 }
 
 struct OutCall<S: Stages> {
@@ -98,14 +100,10 @@ struct OutCall<S: Stages> {
 }
 
 impl<S: Stages> State<S> {
-    fn route(&self, name: &[u8], host: &mut impl Host) -> Option<Rc<S::Route>> {
-        if let Some(bound) = self.bound.borrow().get(name) {
-            return bound.clone();
-        }
-        let text = String::from_utf8_lossy(name);
-        let bound = self.stages.bind(&text, host).map(Rc::new);
-        self.bound.borrow_mut().insert(name.to_vec(), bound.clone());
-        bound
+    /// The tick period: short while calls are out (their deadlines), else the flush period.
+    fn tick_period(&self) -> Duration {
+        let calls_out = self.calls.try_borrow().is_ok_and(|calls| !calls.is_empty());
+        if calls_out { TICK } else { self.flush_every }
     }
 }
 
@@ -115,6 +113,16 @@ struct Root<S: Stages> {
 
 impl<S: Stages> Context for Root<S> {}
 
+impl<S: Stages> Drop for Root<S> {
+    /// The VM is going away (Envoy deletes the root context when it drains the plugin): the
+    /// counts of the last tick period go to Envoy now.
+    fn drop(&mut self) {
+        if let Some(state) = &self.state {
+            state.vm.flush(&mut Proxy::root(&state.rng));
+        }
+    }
+}
+
 impl<S: Stages + 'static> RootContext for Root<S> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         // Per-request lines are at debug: they print when Envoy logs wasm at debug.
@@ -122,7 +130,7 @@ impl<S: Stages + 'static> RootContext for Root<S> {
             proxy_wasm::set_log_level(level);
         }
         let rng = RefCell::new(fastrand::Rng::with_seed(0));
-        let probe = Proxy::configure(&rng);
+        let probe = Proxy::root(&rng);
         rng.replace(fastrand::Rng::with_seed(random_seed(&probe)));
         let plugin = Plugin {
             name: probe.property_text(&["plugin_name"]),
@@ -149,59 +157,37 @@ impl<S: Stages + 'static> RootContext for Root<S> {
             }
         };
         stages.log_loaded(&plugin);
-        self.state = Some(Rc::new(State {
-            stages,
-            bound: RefCell::new(HashMap::default()),
+        let flushed_at = Cell::new(probe.now());
+        let state = Rc::new(State {
+            vm: Vm::new(stages),
             rng,
             calls: RefCell::new(Vec::new()),
-        }));
+            flush_every: stats_flush_period(),
+            flushed_at,
+        });
+        let _ = proxy_wasm::hostcalls::set_tick_period(state.tick_period());
+        // A configuration pushed again replaces the VM's state: hand over the old counts.
+        if let Some(old) = self.state.replace(state) {
+            old.vm.flush(&mut Proxy::root(&old.rng));
+        }
         true
     }
 
     fn on_tick(&mut self) {
-        if !S::MAKES_CALLS {
-            return;
-        }
         let Some(state) = self.state.clone() else {
             return;
         };
-        let now = Proxy::request(&state.rng).now();
-        let overdue: Vec<OutCall<S>> = match state.calls.try_borrow_mut() {
-            Ok(mut calls) => {
-                let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
-                *calls = waiting;
-                overdue
-            }
-            Err(_) => return,
-        };
-        for call in overdue {
-            let Some(core) = call.core.upgrade() else {
-                continue;
-            };
-            if core
-                .try_borrow()
-                .map_or(true, |c| c.call != Some(call.token))
-            {
-                continue;
-            }
-            let _ = proxy_wasm::hostcalls::cancel_grpc_call(call.token);
-            if proxy_wasm::hostcalls::set_effective_context(call.context_id).is_err() {
-                continue;
-            }
-            let mut host = Proxy::request(&state.rng);
-            // 4: deadline exceeded, as Envoy would say it were its timer the one that fired.
-            let outcome = CallOutcome::Failed { grpc_status: 4 };
-            call_done(
-                &state,
-                &core,
-                call.context_id,
-                call.token,
-                outcome,
-                &mut host,
-            );
+        let now = Proxy::root(&state.rng).now();
+        if S::MAKES_CALLS {
+            end_overdue_calls(&state, now);
         }
-        if state.calls.try_borrow().is_ok_and(|calls| calls.is_empty()) {
-            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::ZERO);
+        let flush_every = u64::try_from(state.flush_every.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(state.flushed_at.get()) >= flush_every / 8 * 7 {
+            state.flushed_at.set(now);
+            state.vm.on_tick(&mut Proxy::root(&state.rng));
+        }
+        if S::MAKES_CALLS {
+            let _ = proxy_wasm::hostcalls::set_tick_period(state.tick_period());
         }
     }
 
@@ -211,8 +197,7 @@ impl<S: Stages + 'static> RootContext for Root<S> {
             state: self.state.clone(),
             context_id,
             core: Rc::new(RefCell::new(Core {
-                route: None,
-                request: None,
+                stream: None,
                 call: None,
             })),
         }))
@@ -220,6 +205,55 @@ impl<S: Stages + 'static> RootContext for Root<S> {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The period `MESH_STATS_FLUSH_MS` asks for (the plugin's VM environment: Envoy's
+/// `vm_config.environment_variables`, Istio's `vmConfig.env`), else [`STATS_FLUSH`].
+fn stats_flush_period() -> Duration {
+    std::env::var("MESH_STATS_FLUSH_MS")
+        .ok()
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .map_or(STATS_FLUSH, |ms| {
+            Duration::from_millis(ms).clamp(MIN_STATS_FLUSH, STATS_FLUSH)
+        })
+}
+
+/// Ends the calls past their deadline as Envoy would on its own timer: deadline exceeded.
+fn end_overdue_calls<S: Stages>(state: &State<S>, now: Nanos) {
+    let overdue: Vec<OutCall<S>> = match state.calls.try_borrow_mut() {
+        Ok(mut calls) => {
+            let (overdue, waiting) = calls.drain(..).partition(|c| c.deadline <= now);
+            *calls = waiting;
+            overdue
+        }
+        Err(_) => return,
+    };
+    for call in overdue {
+        let Some(core) = call.core.upgrade() else {
+            continue;
+        };
+        if core
+            .try_borrow()
+            .map_or(true, |c| c.call != Some(call.token))
+        {
+            continue;
+        }
+        let _ = proxy_wasm::hostcalls::cancel_grpc_call(call.token);
+        if proxy_wasm::hostcalls::set_effective_context(call.context_id).is_err() {
+            continue;
+        }
+        let mut host = Proxy::request(&state.rng);
+        // 4: deadline exceeded, as Envoy would say it were its timer the one that fired.
+        let outcome = CallOutcome::Failed { grpc_status: 4 };
+        call_done(
+            state,
+            &core,
+            call.context_id,
+            call.token,
+            outcome,
+            &mut host,
+        );
     }
 }
 
@@ -232,8 +266,7 @@ struct Http<S: Stages> {
 
 /// One request's state.
 struct Core<S: Stages> {
-    route: Option<Rc<S::Route>>,
-    request: Option<S::Request>,
+    stream: Option<Stream<S>>,
     /// The token of the gRPC call the request is held for.
     call: Option<u32>,
 }
@@ -278,16 +311,24 @@ impl<S: Stages> Context for Http<S> {
 }
 
 impl<S: Stages> Drop for Http<S> {
+    /// Envoy deletes the context when the stream is over (after its log phase): every stage
+    /// that saw the request counts its end here, so the module needs no `proxy_on_log` and
+    /// Envoy enters it once less per request.
     fn drop(&mut self) {
-        if !S::MAKES_CALLS {
+        let Some(state) = &self.state else {
             return;
-        }
+        };
+        let Ok(mut core) = self.core.try_borrow_mut() else {
+            return;
+        };
         // A stream that ended while its call was out: forget the call.
-        let token = self.core.try_borrow().ok().and_then(|c| c.call);
-        if let (Some(state), Some(token)) = (&self.state, token)
+        if let Some(token) = core.call.take()
             && let Ok(mut calls) = state.calls.try_borrow_mut()
         {
             calls.retain(|c| c.token != token);
+        }
+        if let Some(stream) = core.stream.take() {
+            state.vm.on_done(stream, &mut Proxy::done(&state.rng));
         }
     }
 }
@@ -309,9 +350,9 @@ fn call_done<S: Stages>(
         return;
     };
     core.call = None;
-    let verdict = match (core.route.clone(), core.request.as_mut()) {
-        (Some(route), Some(request)) => state.stages.on_call_done(&route, request, outcome, host),
-        _ => Verdict::Continue,
+    let verdict = match core.stream.as_mut() {
+        Some(stream) => state.vm.on_call_done(stream, outcome, host),
+        None => Verdict::Continue,
     };
     let weak = Rc::downgrade(shared);
     if let Settled::Continue = settle(state, &mut core, &weak, context_id, verdict, host)
@@ -350,48 +391,35 @@ fn settle<S: Stages>(
                 host.send_reply(&reply);
                 return Settled::Held;
             }
-            Verdict::Call(_) if !S::MAKES_CALLS => {
-                verdict = match (core.route.clone(), core.request.as_mut()) {
-                    (Some(route), Some(request)) => {
-                        state
-                            .stages
-                            .on_call_done(&route, request, CallOutcome::NotSent, host)
-                    }
-                    _ => Verdict::Continue,
-                };
-            }
             Verdict::Call(call) => {
+                let token = if S::MAKES_CALLS {
+                    host.dispatch_grpc(&call, call.timeout_ms.saturating_add(ENVOY_GRACE_MS))
+                } else {
+                    None
+                };
+                let Some(token) = token else {
+                    verdict = match core.stream.as_mut() {
+                        Some(stream) => state.vm.on_call_done(stream, CallOutcome::NotSent, host),
+                        None => Verdict::Continue,
+                    };
+                    continue;
+                };
                 let deadline = host
                     .now()
                     .saturating_add(u64::from(call.timeout_ms) * NANOS_PER_MS);
-                match host.dispatch_grpc(&call, call.timeout_ms.saturating_add(ENVOY_GRACE_MS)) {
-                    Some(token) => {
-                        core.call = Some(token);
-                        if let Ok(mut calls) = state.calls.try_borrow_mut() {
-                            if calls.is_empty() {
-                                let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
-                            }
-                            calls.push(OutCall {
-                                context_id,
-                                token,
-                                deadline,
-                                core: weak.clone(),
-                            });
-                        }
-                        return Settled::Held;
+                core.call = Some(token);
+                if let Ok(mut calls) = state.calls.try_borrow_mut() {
+                    if calls.is_empty() {
+                        let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
                     }
-                    None => {
-                        verdict = match (core.route.clone(), core.request.as_mut()) {
-                            (Some(route), Some(request)) => state.stages.on_call_done(
-                                &route,
-                                request,
-                                CallOutcome::NotSent,
-                                host,
-                            ),
-                            _ => Verdict::Continue,
-                        };
-                    }
+                    calls.push(OutCall {
+                        context_id,
+                        token,
+                        deadline,
+                        core: weak.clone(),
+                    });
                 }
+                return Settled::Held;
             }
         }
     }
@@ -403,17 +431,14 @@ impl<S: Stages> HttpContext for Http<S> {
             return Action::Continue;
         };
         let mut host = Proxy::request(&state.rng);
-        let route_name = host.property(&["xds", "route_name"]).unwrap_or_default();
-        let Some(route) = state.route(&route_name, &mut host) else {
+        let Some((verdict, stream)) = state.vm.on_request(&mut host) else {
             return Action::Continue;
         };
-        let (verdict, request) = state.stages.on_request(&route, &mut host);
         let weak = Rc::downgrade(&self.core);
         let Ok(mut core) = self.core.try_borrow_mut() else {
             return Action::Continue;
         };
-        core.route = Some(route);
-        core.request = Some(request);
+        core.stream = Some(stream);
         match settle(
             &state,
             &mut core,
@@ -431,23 +456,12 @@ impl<S: Stages> HttpContext for Http<S> {
         let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
             return Action::Continue;
         };
-        let core = &mut *core;
-        if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
-            let mut host = Proxy::response(&state.rng);
-            state.stages.on_response(route, request, &mut host);
+        if let Some(stream) = core.stream.as_mut() {
+            state
+                .vm
+                .on_response(stream, &mut Proxy::response(&state.rng));
         }
         Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
-            return;
-        };
-        let core = &mut *core;
-        if let (Some(route), Some(request)) = (&core.route, &mut core.request) {
-            let mut host = Proxy::done(&state.rng);
-            state.stages.on_done(route, request, &mut host);
-        }
     }
 }
 

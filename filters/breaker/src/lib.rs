@@ -10,8 +10,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use mesh_policy::breaker::classify::{self, Finished, VIA_UPSTREAM, Verdict};
-use mesh_policy::breaker::machine::{self, Admission, Ticket, Transition};
+use mesh_policy::breaker::classify::{self, Finished, Verdict};
+use mesh_policy::breaker::machine::{self, Admission, Local, Outcome, Ticket, Transition};
 use mesh_policy::breaker::record::State;
 use mesh_policy::breaker::{
     BreakerConfig, BreakerPolicy, CIRCUIT_STATE_HEADER, KeyBy, RETRY_AFTER_HEADER, shared_key,
@@ -112,21 +112,39 @@ const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 #[derive(Debug)]
 pub struct Breaker {
     prefix: String,
+    /// This VM's view of each breaker by shared-data key: the routes of one cluster share its
+    /// breaker (`key: cluster`), so they share one view too. As many as breakers bound.
+    views: RefCell<Vec<(String, Rc<Local>)>>,
 }
 
-/// One breaker as a route sees it: its shared-data key and state gauge.
+impl Breaker {
+    /// The VM's view of the breaker at `key`.
+    fn view(&self, key: &str) -> Rc<Local> {
+        let mut views = self.views.borrow_mut();
+        if let Some((_, view)) = views.iter().find(|(k, _)| k == key) {
+            return Rc::clone(view);
+        }
+        let view = Rc::new(Local::default());
+        views.push((key.to_owned(), Rc::clone(&view)));
+        view
+    }
+}
+
+/// One breaker as a route sees it: its shared-data key, state gauge and this VM's view of it.
 #[derive(Debug)]
 pub struct BoundBreaker {
     /// The cluster name when keyed by cluster; empty when keyed by route.
     cluster: Vec<u8>,
     key: String,
     state: Metric,
+    local: Rc<Local>,
 }
 
 impl BoundBreaker {
     /// The breaker at `key`, its record created now if no VM has yet: every write to it is
     /// then a compare-and-swap (see [`machine::create`]).
     fn new(
+        filter: &Breaker,
         host: &mut impl Host,
         route: &str,
         key: String,
@@ -140,6 +158,7 @@ impl BoundBreaker {
         }
         Self {
             cluster,
+            local: filter.view(&key),
             key,
             state,
         }
@@ -176,7 +195,7 @@ impl BreakerRoute {
     }
 
     /// The breaker this request belongs to; `None` leaves the request alone.
-    fn breaker(&self, prefix: &str, host: &mut impl Host) -> Option<Rc<BoundBreaker>> {
+    fn breaker(&self, filter: &Breaker, host: &mut impl Host) -> Option<Rc<BoundBreaker>> {
         if self.policy.key == KeyBy::Route {
             return self.breakers.borrow().first().cloned();
         }
@@ -198,8 +217,10 @@ impl BreakerRoute {
             MetricKind::Gauge,
             &stats::metric_name(STATE, &[("route", &self.name), ("cluster", &name)]),
         );
-        let key = shared_key(prefix, KeyBy::Cluster, &name);
-        let bound = Rc::new(BoundBreaker::new(host, &self.name, key, cluster, state));
+        let key = shared_key(&filter.prefix, KeyBy::Cluster, &name);
+        let bound = Rc::new(BoundBreaker::new(
+            filter, host, &self.name, key, cluster, state,
+        ));
         breakers.push(Rc::clone(&bound));
         Some(bound)
     }
@@ -252,12 +273,6 @@ fn fallback_reply(policy: &BreakerPolicy, state: State, retry_after_secs: u64) -
     }
 }
 
-fn property_u64(host: &impl Host, path: &[&str]) -> Option<u64> {
-    host.property(path)
-        .as_deref()
-        .and_then(classify::property_u64)
-}
-
 impl Filter for Breaker {
     const NAME: &'static str = "breaker";
     type Config = BreakerConfig;
@@ -269,6 +284,7 @@ impl Filter for Breaker {
     fn new(plugin: &Plugin) -> Self {
         Self {
             prefix: plugin.key_prefix(),
+            views: RefCell::new(Vec::new()),
         }
     }
 
@@ -303,6 +319,7 @@ impl Filter for Breaker {
             );
             let key = shared_key(&self.prefix, KeyBy::Route, route_name);
             breakers.push(Rc::new(BoundBreaker::new(
+                self,
                 host,
                 &name,
                 key,
@@ -324,11 +341,13 @@ impl Filter for Breaker {
         route: &BreakerRoute,
         host: &mut impl RequestHost,
     ) -> (FilterVerdict, Option<Pending>) {
-        let Some(breaker) = route.breaker(&self.prefix, host) else {
+        let Some(breaker) = route.breaker(self, host) else {
             return (FilterVerdict::Continue, None);
         };
         let started = host.now();
-        let outcome = machine::admit(&route.policy, host, &breaker.key, started);
+        let outcome = breaker
+            .local
+            .admit(&route.policy, host, &breaker.key, started);
         // A request that passes sets the state gauge when it completes (on_done): one gauge
         // update per request, not two. A rejected one ends here.
         let rejected = matches!(outcome.result, Admission::Reject { .. });
@@ -392,15 +411,7 @@ impl Filter for Breaker {
         // counted at its start would land in a bucket the window has moved past.
         let now = host.now();
         let end = pending.responded.unwrap_or(now);
-        let finished = Finished {
-            status: property_u64(host, &["response", "code"])
-                .and_then(|code| u16::try_from(code).ok())
-                .filter(|code| *code != 0),
-            flags: property_u64(host, &["response", "flags"]).unwrap_or(0),
-            via_upstream: host.property(&["response", "code_details"]).as_deref()
-                == Some(VIA_UPSTREAM),
-            latency: end.saturating_sub(pending.started),
-        };
+        let finished = Finished::read(host, end.saturating_sub(pending.started));
         let policy = &route.policy;
         let call = classify::classify(
             &finished,
@@ -418,23 +429,44 @@ impl Filter for Breaker {
         if call.slow {
             route.count(host, Counted::Slow);
         }
-        match machine::complete(
-            policy,
-            host,
-            &pending.breaker.key,
-            pending.ticket,
-            call,
-            now,
-        ) {
-            Ok(outcome) => {
-                route.observe(host, &pending.breaker, outcome.state, outcome.transition);
+        let breaker = &pending.breaker;
+        let written = breaker
+            .local
+            .complete(policy, host, &breaker.key, pending.ticket, call, now);
+        route.written(host, breaker, written.transpose());
+    }
+
+    /// Successes batched since the last write go into the record.
+    fn on_tick(&self, route: &BreakerRoute, host: &mut impl Host) {
+        let now = host.now();
+        let breakers = route.breakers.borrow().clone();
+        for breaker in breakers {
+            let flushed = breaker.local.flush(&route.policy, host, &breaker.key, now);
+            route.written(host, &breaker, flushed);
+        }
+    }
+}
+
+impl BreakerRoute {
+    /// Observes what a write to `breaker`'s record left, or counts its error (the call was
+    /// not counted); `None`: nothing was written.
+    fn written(
+        &self,
+        host: &mut impl Host,
+        breaker: &BoundBreaker,
+        written: Option<Result<Outcome<()>, UpdateError>>,
+    ) {
+        match written {
+            None => {}
+            Some(Ok(outcome)) => {
+                self.observe(host, breaker, outcome.state, outcome.transition);
             }
-            Err(err) => {
-                route.count(host, Counted::store_error(err));
+            Some(Err(err)) => {
+                self.count(host, Counted::store_error(err));
                 log::debug!(
                     "breaker route={} key={}: call not counted: shared data {err:?}",
-                    route.name,
-                    pending.breaker.key
+                    self.name,
+                    breaker.key
                 );
             }
         }

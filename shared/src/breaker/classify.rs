@@ -10,7 +10,7 @@
 //!   `downstream_remote_disconnect`: not the upstream's fault.
 
 use super::config::StatusMatch;
-use crate::host::Nanos;
+use crate::host::{Host, Nanos};
 
 /// Envoy's `response.flags` bits (`StreamInfo::CoreResponseFlag`, the legacy bit vector).
 pub mod flags {
@@ -128,6 +128,47 @@ impl Call {
     /// Whether the call counts in the window at all.
     pub fn counts(&self) -> bool {
         !matches!(self.verdict, Verdict::Ignored) || self.slow
+    }
+}
+
+pub const RESPONSE_FLAGS: [&str; 2] = ["response", "flags"];
+pub const RESPONSE_CODE: [&str; 2] = ["response", "code"];
+pub const RESPONSE_CODE_DETAILS: [&str; 2] = ["response", "code_details"];
+
+impl Finished {
+    /// Envoy's facts about the stream that just ended, read only as far as [`classify`] needs
+    /// them (each property is a host call and an allocation in the module): the flags first,
+    /// which decide alone when they name an upstream failure; then the status; the details
+    /// only for a status outside 2xx, to tell the upstream's from a local reply's. A 2xx
+    /// without flags counts as the upstream's: a filter before the breaker that answers
+    /// itself ends the request before the breaker sees it.
+    pub fn read(host: &impl Host, latency: Nanos) -> Self {
+        let flags = host
+            .property(&RESPONSE_FLAGS)
+            .as_deref()
+            .and_then(property_u64)
+            .unwrap_or(0);
+        let mut finished = Self {
+            status: None,
+            flags,
+            via_upstream: false,
+            latency,
+        };
+        if flags & flags::UPSTREAM_FAILURE != 0 {
+            return finished;
+        }
+        finished.status = host
+            .property(&RESPONSE_CODE)
+            .as_deref()
+            .and_then(property_u64)
+            .and_then(|code| u16::try_from(code).ok())
+            .filter(|code| *code != 0);
+        finished.via_upstream = match finished.status {
+            Some(200..=299) => true,
+            Some(_) => host.property(&RESPONSE_CODE_DETAILS).as_deref() == Some(VIA_UPSTREAM),
+            None => false,
+        };
+        finished
     }
 }
 

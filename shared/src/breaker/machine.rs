@@ -15,11 +15,22 @@
 //!   the breaker half-open forever.
 //! - Every transition starts a new generation; a call's outcome counts only in the
 //!   generation that admitted it, so a late answer from before a transition changes nothing.
+//!
+//! Each VM keeps a [`Local`] view of a breaker, so most requests touch no shared data: a
+//! closed state it read less than [`TRUST`] ago admits without reading the record again, and
+//! successes of closed calls wait in a batch (at most [`TRUST`] while requests come, at most
+//! [`MAX_BATCH`], else until the root context's tick) that goes into the record with the next
+//! write. Failures, slow calls, probes and every transition go through the record at once.
+//! So a worker can admit for up to [`TRUST`] after another opened the breaker, and the
+//! window misses at most each worker's last [`TRUST`] of successes (a rate can trip a little
+//! earlier, or `min_requests` be reached a little later).
+
+use std::cell::Cell;
 
 use super::classify::{Call, Verdict};
 use super::config::BreakerPolicy;
 use super::record::{Counts, Record, State};
-use crate::host::{Host, NANOS_PER_SEC, Nanos};
+use crate::host::{Host, NANOS_PER_MS, NANOS_PER_SEC, Nanos};
 use crate::store::{self, Step, UpdateError};
 
 /// What a passed request carries to its end.
@@ -91,6 +102,8 @@ pub struct Decision<T> {
 pub struct Outcome<T> {
     pub result: T,
     pub state: State,
+    /// The record's generation after the call.
+    pub generation: u64,
     pub transition: Option<Transition>,
     /// [`admit`] only: the write the decision needed failed (the request is rejected as
     /// half-open). [`complete`] returns its error instead.
@@ -315,14 +328,18 @@ pub fn admit(
         let record = Record::decode(bytes);
         step(&record, policy.admit(&record, now))
     });
-    updated.unwrap_or_else(|error| Outcome {
-        result: Admission::Reject {
-            state: State::HalfOpen,
-            retry_after_secs: 1,
-        },
-        state: Record::decode(host.shared_get(key).as_ref().map(|s| s.value.as_slice())).state,
-        transition: None,
-        store_error: Some(error),
+    updated.unwrap_or_else(|error| {
+        let record = Record::decode(host.shared_get(key).as_ref().map(|s| s.value.as_slice()));
+        Outcome {
+            result: Admission::Reject {
+                state: State::HalfOpen,
+                retry_after_secs: 1,
+            },
+            state: record.state,
+            generation: record.generation,
+            transition: None,
+            store_error: Some(error),
+        }
     })
 }
 
@@ -345,17 +362,182 @@ pub fn complete(
 
 /// A decision about `record` as one round of [`store::update`].
 fn step<T>(record: &Record, decision: Decision<T>) -> Step<Outcome<T>> {
-    let state = decision
-        .next
-        .as_ref()
-        .map_or(record.state, |next| next.state);
+    let after = decision.next.as_ref().unwrap_or(record);
+    let (state, generation) = (after.state, after.generation);
     Step {
         write: decision.next.map(|next| next.encode()),
         result: Outcome {
             result: decision.result,
             state,
+            generation,
             transition: decision.transition,
             store_error: None,
         },
+    }
+}
+
+/// How long a VM trusts a closed state it read (admitting without reading the record), and
+/// the longest a success waits in its batch while requests keep coming.
+pub const TRUST: Nanos = 5 * NANOS_PER_MS;
+/// The most successes a VM's batch holds before they go into the record.
+pub const MAX_BATCH: u64 = 64;
+
+/// What one VM keeps of one breaker between requests (see the module docs).
+#[derive(Debug, Default)]
+pub struct Local {
+    /// The record was closed, in this generation, when this VM read or wrote it at this time.
+    closed: Cell<Option<(u64, Nanos)>>,
+    batch: Cell<Batch>,
+}
+
+/// Successes of closed calls that are not in the record yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Batch {
+    generation: u64,
+    successes: u64,
+    /// When the first of them finished.
+    since: Nanos,
+}
+
+/// Whether `now` is less than [`TRUST`] after `then` (never when the clock went back).
+fn fresh(then: Nanos, now: Nanos) -> bool {
+    (then..then.saturating_add(TRUST)).contains(&now)
+}
+
+impl Local {
+    /// [`admit`], from the closed state this VM read less than [`TRUST`] ago when there is
+    /// one: then no shared data is touched.
+    pub fn admit(
+        &self,
+        policy: &BreakerPolicy,
+        host: &mut impl Host,
+        key: &str,
+        now: Nanos,
+    ) -> Outcome<Admission> {
+        if let Some((generation, read_at)) = self.closed.get()
+            && fresh(read_at, now)
+        {
+            return Outcome {
+                result: Admission::Pass(Ticket {
+                    generation,
+                    probe: false,
+                }),
+                state: State::Closed,
+                generation,
+                transition: None,
+                store_error: None,
+            };
+        }
+        let outcome = admit(policy, host, key, now);
+        self.saw(&outcome, now);
+        outcome
+    }
+
+    /// [`complete`], unless the call is a success of a closed call that can wait in the
+    /// batch: `Ok(None)`, nothing written. Otherwise the batch and the call are written
+    /// together. On an error the batch stays for the next write; the call is not counted.
+    pub fn complete(
+        &self,
+        policy: &BreakerPolicy,
+        host: &mut impl Host,
+        key: &str,
+        ticket: Ticket,
+        call: Call,
+        now: Nanos,
+    ) -> Result<Option<Outcome<()>>, UpdateError> {
+        let batch = self.batch.get();
+        let success = !ticket.probe && call.verdict == Verdict::Success && !call.slow;
+        let joins = batch.successes == 0
+            || (batch.generation == ticket.generation
+                && batch.successes < MAX_BATCH
+                && fresh(batch.since, now));
+        if success && joins {
+            self.batch.set(Batch {
+                generation: ticket.generation,
+                successes: batch.successes + 1,
+                since: if batch.successes == 0 {
+                    now
+                } else {
+                    batch.since
+                },
+            });
+            return Ok(None);
+        }
+        self.write(policy, host, key, Some((ticket, call)), now)
+            .map(Some)
+    }
+
+    /// Writes the batch, if there is one (the root context's tick: successes do not wait
+    /// longer than a tick when requests stop).
+    pub fn flush(
+        &self,
+        policy: &BreakerPolicy,
+        host: &mut impl Host,
+        key: &str,
+        now: Nanos,
+    ) -> Option<Result<Outcome<()>, UpdateError>> {
+        (self.batch.get().successes > 0).then(|| self.write(policy, host, key, None, now))
+    }
+
+    fn write(
+        &self,
+        policy: &BreakerPolicy,
+        host: &mut impl Host,
+        key: &str,
+        call: Option<(Ticket, Call)>,
+        now: Nanos,
+    ) -> Result<Outcome<()>, UpdateError> {
+        let batch = self.batch.get();
+        let outcome = store::update(host, key, ATTEMPTS, |bytes| {
+            let record = Record::decode(bytes);
+            step(&record, policy.complete_batch(&record, batch, call, now))
+        })?;
+        self.batch.set(Batch::default());
+        self.saw(&outcome, now);
+        Ok(outcome)
+    }
+
+    /// Notes the state the record was in at `now`.
+    fn saw<T>(&self, outcome: &Outcome<T>, now: Nanos) {
+        let closed = outcome.state == State::Closed && outcome.store_error.is_none();
+        self.closed.set(closed.then_some((outcome.generation, now)));
+    }
+}
+
+/// A success: what a batch holds.
+const SUCCESS: Call = Call {
+    verdict: Verdict::Success,
+    slow: false,
+};
+
+impl BreakerPolicy {
+    /// Counts a batch of successes, then `call`, as [`BreakerPolicy::complete`] would one by
+    /// one: at most one transition (calls of the generation it ended count no more).
+    fn complete_batch(
+        &self,
+        record: &Record,
+        batch: Batch,
+        call: Option<(Ticket, Call)>,
+        now: Nanos,
+    ) -> Decision<()> {
+        let batched = Ticket {
+            generation: batch.generation,
+            probe: false,
+        };
+        let calls = std::iter::repeat_n((batched, SUCCESS), batch.successes as usize).chain(call);
+        let mut current: Option<Record> = None;
+        let mut transition = None;
+        for (ticket, call) in calls {
+            let decision = self.complete(current.as_ref().unwrap_or(record), ticket, call, now);
+            if let Some(next) = decision.next {
+                current = Some(next);
+            }
+            transition = transition.or(decision.transition);
+        }
+        Decision {
+            result: (),
+            next: current,
+            transition,
+        }
     }
 }

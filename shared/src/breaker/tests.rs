@@ -1,7 +1,7 @@
 // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
 use super::classify::{self, Call, Failure, Finished, StatusSet, Verdict, flags};
 use super::config::{BreakerConfig, BreakerPolicy, KeyBy, StatusMatch};
-use super::machine::{self, Admission, Outcome, Reason, Ticket, Transition};
+use super::machine::{self, Admission, Local, Outcome, Reason, Ticket, Transition};
 use super::record::{BUCKETS, RECORD_BYTES, Record, State};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::fake::FakeHost;
@@ -316,6 +316,36 @@ fn slowness_is_measured_against_the_threshold_only_when_configured() {
     );
     assert_eq!(left.verdict, Verdict::Ignored);
     assert!(left.slow && left.counts());
+}
+
+/// What Envoy says of a finished stream, as properties; the verdict and the property reads
+/// it took.
+fn read(flags: u64, code: u64, details: &str) -> (Verdict, usize) {
+    let host = FakeHost::new()
+        .with_property(&classify::RESPONSE_FLAGS, flags.to_le_bytes())
+        .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
+        .with_property(&classify::RESPONSE_CODE_DETAILS, details);
+    let finished = Finished::read(&host, 0);
+    let verdict = classify::classify(&finished, &five_xx(), None).verdict;
+    (verdict, host.calls().property_reads)
+}
+
+#[test]
+fn a_finished_stream_is_read_only_as_far_as_its_classification_needs() {
+    // A plain 2xx: flags and status, no details.
+    assert_eq!(read(0, 200, "via_upstream"), (Verdict::Success, 2));
+    // An upstream failure flag decides alone.
+    let reset = flags::UPSTREAM_CONNECTION_FAILURE;
+    let (verdict, reads) = read(reset, 503, "upstream_reset_before_response_started");
+    assert!(matches!(verdict, Verdict::Failure(Failure::Reset)));
+    assert_eq!(reads, 1);
+    // Another status needs the details: the upstream's 503 fails, a local one is ignored.
+    assert!(matches!(
+        read(0, 503, "via_upstream"),
+        (Verdict::Failure(Failure::Status), 3)
+    ));
+    assert_eq!(read(0, 503, "direct_response"), (Verdict::Ignored, 3));
+    assert_eq!(read(0, 404, "via_upstream"), (Verdict::Success, 3));
 }
 
 #[test]
@@ -873,4 +903,180 @@ fn keys_name_the_plugin_the_kind_and_the_name() {
         super::shared_key("p/r", KeyBy::Cluster, "outbound|80||shop"),
         "p/r/breaker/cluster/outbound|80||shop"
     );
+}
+
+// ---- each VM's view: trusted closed state, batched successes ----
+
+/// One VM of a worker: its host (sharing shared data with the other VMs') and its view.
+struct Worker {
+    host: FakeHost,
+    local: Local,
+}
+
+impl Worker {
+    fn first() -> Self {
+        Self {
+            host: FakeHost::new(),
+            local: Local::default(),
+        }
+    }
+
+    fn another(&self) -> Self {
+        Self {
+            host: self.host.another_vm(),
+            local: Local::default(),
+        }
+    }
+
+    fn admit(&mut self, policy: &BreakerPolicy) -> Admission {
+        let now = self.host.now;
+        self.local.admit(policy, &mut self.host, KEY, now).result
+    }
+
+    /// A request that passes and ends with `status`, 1 ms later; whether anything was written.
+    fn call(&mut self, policy: &BreakerPolicy, status: u16) -> bool {
+        let Admission::Pass(ticket) = self.admit(policy) else {
+            panic!("expected to pass");
+        };
+        self.host.advance_ms(1);
+        let call = classify::classify(
+            &finished(Some(status), 0, true, 1),
+            &policy.failure_status,
+            None,
+        );
+        let now = self.host.now;
+        let written = self
+            .local
+            .complete(policy, &mut self.host, KEY, ticket, call, now)
+            .unwrap();
+        written.is_some()
+    }
+
+    fn shared_calls(&self) -> (usize, usize) {
+        (self.host.calls().shared_gets, self.host.calls().shared_sets)
+    }
+
+    fn record(&self) -> Record {
+        Record::decode(self.host.shared_get(KEY).map(|s| s.value).as_deref())
+    }
+}
+
+#[test]
+fn a_closed_state_read_less_than_trust_ago_admits_without_shared_data() {
+    let policy = policy(r#"{"consecutive_failures": 3}"#);
+    let mut w = Worker::first();
+    assert!(machine::create(&mut w.host, KEY));
+    assert!(matches!(w.admit(&policy), Admission::Pass(_)));
+    let read = w.shared_calls();
+    for _ in 0..4 {
+        w.host.advance_ms(1);
+        assert!(matches!(w.admit(&policy), Admission::Pass(_)));
+    }
+    assert_eq!(w.shared_calls(), read, "trusted: no shared data");
+    w.host.advance_ms(1);
+    w.admit(&policy);
+    assert_eq!(w.shared_calls().0, read.0 + 1, "TRUST passed: read again");
+}
+
+#[test]
+fn successes_wait_in_a_batch_and_reach_the_record_together() {
+    let policy = policy(r#"{"failure_rate_percent": 50, "min_requests": 100}"#);
+    let mut w = Worker::first();
+    assert!(machine::create(&mut w.host, KEY));
+    // 5 ms of successes: one write, when the batch is TRUST old.
+    let writes: Vec<bool> = (0..6).map(|_| w.call(&policy, 200)).collect();
+    assert_eq!(writes, [false, false, false, false, false, true]);
+    assert_eq!(w.record().window(w.host.now, policy.bucket).calls, 6);
+    // A failure goes at once and takes the batch with it: nothing is lost or counted twice.
+    assert!(!w.call(&policy, 200));
+    assert!(w.call(&policy, 503));
+    let window = w.record().window(w.host.now, policy.bucket);
+    assert_eq!((window.calls, window.failures), (8, 1));
+    assert_eq!(w.record().consecutive_failures, 1);
+    // The tick writes what waits.
+    assert!(!w.call(&policy, 200));
+    let now = w.host.now;
+    assert!(w.local.flush(&policy, &mut w.host, KEY, now).is_some());
+    assert!(
+        w.local.flush(&policy, &mut w.host, KEY, now).is_none(),
+        "nothing left"
+    );
+    assert_eq!(w.record().window(w.host.now, policy.bucket).calls, 9);
+}
+
+#[test]
+fn a_batch_holds_at_most_max_batch_successes() {
+    let policy = policy(r#"{"consecutive_failures": 3}"#);
+    let mut w = Worker::first();
+    assert!(machine::create(&mut w.host, KEY));
+    let mut writes = 0;
+    for _ in 0..=machine::MAX_BATCH {
+        let Admission::Pass(ticket) = w.admit(&policy) else {
+            panic!("closed");
+        };
+        let call = classify::classify(&finished(Some(200), 0, true, 1), &five_xx(), None);
+        let now = w.host.now;
+        writes += usize::from(
+            w.local
+                .complete(&policy, &mut w.host, KEY, ticket, call, now)
+                .unwrap()
+                .is_some(),
+        );
+    }
+    assert_eq!(writes, 1);
+    let window = w.record().window(w.host.now, policy.bucket);
+    assert_eq!(window.calls, machine::MAX_BATCH + 1);
+}
+
+#[test]
+fn a_worker_admits_at_most_trust_after_another_opened_the_breaker() {
+    let policy = policy(r#"{"consecutive_failures": 2, "open_ms": 60000}"#);
+    let mut a = Worker::first();
+    assert!(machine::create(&mut a.host, KEY));
+    let mut b = a.another();
+    // b reads the breaker closed; a opens it a moment later.
+    assert!(matches!(b.admit(&policy), Admission::Pass(_)));
+    let read_at = b.host.now;
+    a.call(&policy, 503);
+    a.call(&policy, 503);
+    assert_eq!(a.record().state, State::Open);
+    // b still trusts what it read, until TRUST has passed since.
+    b.host.now = read_at + machine::TRUST - 1;
+    assert!(matches!(b.admit(&policy), Admission::Pass(_)));
+    b.host.now = read_at + machine::TRUST;
+    assert!(matches!(
+        b.admit(&policy),
+        Admission::Reject {
+            state: State::Open,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn batched_successes_from_before_a_transition_change_nothing() {
+    let policy = policy(r#"{"consecutive_failures": 2, "open_ms": 60000}"#);
+    let mut a = Worker::first();
+    assert!(machine::create(&mut a.host, KEY));
+    let mut b = a.another();
+    assert!(!b.call(&policy, 200), "batched");
+    a.call(&policy, 503);
+    a.call(&policy, 503);
+    let opened = a.record();
+    let now = b.host.now;
+    assert!(b.local.flush(&policy, &mut b.host, KEY, now).is_some());
+    // The batch was of the closed generation: the open record is as it was.
+    assert_eq!(b.record(), opened);
+}
+
+#[test]
+fn a_clock_that_went_back_trusts_nothing() {
+    let policy = policy(r#"{"consecutive_failures": 3}"#);
+    let mut w = Worker::first();
+    assert!(machine::create(&mut w.host, KEY));
+    w.admit(&policy);
+    let read = w.shared_calls();
+    w.host.now -= NANOS_PER_MS;
+    w.admit(&policy);
+    assert_eq!(w.shared_calls().0, read.0 + 1);
 }

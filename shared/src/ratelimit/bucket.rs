@@ -88,21 +88,118 @@ pub enum Outcome {
 /// Decides one request at `now` (wall-clock nanoseconds) against the slot record read from
 /// shared data (`None`: never written, a full bucket).
 pub fn decide(rate: &Rate, record: Option<&[u8]>, now: u64) -> Outcome {
-    // An empty bucket at `now`: its TAT is a whole bucket ahead.
-    let empty = now.saturating_add(rate.horizon());
-    let read = record.map(|bytes| match Record::try_from(bytes) {
-        // Further ahead than an empty bucket (beyond the skew between workers) means the wall
-        // clock stepped back: take it as empty now. Never as full: that would hand out tokens.
-        Ok(record) => match u64::from_le_bytes(record) {
-            tat if tat > empty.saturating_add(CLOCK_SKEW) => empty,
-            tat => tat,
-        },
-        // Not a record of ours: empty as well, for the same reason.
-        Err(_) => empty,
-    });
-    let repaired = read == Some(empty) && record != Some(empty.to_le_bytes().as_slice());
+    take(rate, &Read::new(rate, record, now), now, NonZeroU32::MIN)
+}
+
+/// Tokens a VM takes from the bucket for its later requests, besides a request's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Tokens for later requests of this VM.
+    pub tokens: u32,
+    /// They may be used until this instant (exclusive).
+    pub until: u64,
+}
+
+/// A lease takes at most this share of the tokens the bucket holds (1/32): as the bucket
+/// empties, leases shrink to nothing and every request takes its own token.
+pub const LEASE_SHARE: u64 = 32;
+
+/// [`decide`] for a request that also takes `extra` tokens for this VM's later requests,
+/// usable for `hold` nanoseconds; without them (a plain [`decide`]) when the bucket holds
+/// less than [`LEASE_SHARE`] times what the lease costs.
+///
+/// Exact: a lease never lets more through than the bucket would have admitted one request
+/// at a time. Its tokens are taken as if at `now + hold`, the last instant they may be used
+/// (a bucket holding fewer than `rate x hold` tokens of debt is charged the difference), so
+/// the bucket cannot refill under tokens a VM still holds. What a lease costs is only ever
+/// under-admission: the charge, and tokens that expire unused.
+pub fn decide_lease(
+    rate: &Rate,
+    record: Option<&[u8]>,
+    now: u64,
+    extra: u32,
+    hold: u64,
+) -> (Outcome, Option<Lease>) {
+    let read = Read::new(rate, record, now);
+    let single = || (take(rate, &read, now, NonZeroU32::MIN), None);
+    if extra == 0 || read.repaired {
+        return single();
+    }
+    let period = duration_nanos(rate.period()).max(1);
+    // How far the bucket is from full, in time; what it holds; what the lease costs.
+    let debt = read.tat.unwrap_or(now).saturating_sub(now);
+    let available = rate
+        .horizon()
+        .saturating_sub(debt)
+        .checked_div(period)
+        .unwrap_or(0);
+    let charge = hold.saturating_sub(debt).div_ceil(period);
+    let total = charge.saturating_add(u64::from(extra)).saturating_add(1);
+    let Some(total) = u32::try_from(total)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .filter(|total| u64::from(total.get()) * LEASE_SHARE <= available)
+    else {
+        return single();
+    };
+    match take(rate, &read, now, total) {
+        Outcome::Admit {
+            record,
+            remaining,
+            full_in,
+        } => (
+            Outcome::Admit {
+                record,
+                remaining,
+                full_in,
+            },
+            Some(Lease {
+                tokens: extra,
+                until: now.saturating_add(hold),
+            }),
+        ),
+        Outcome::Reject { .. } => single(),
+    }
+}
+
+/// A slot record as read, with a clock step repaired.
+struct Read {
+    /// The TAT to decide from; `None`: never written, a full bucket.
+    tat: Option<u64>,
+    /// An empty bucket's TAT at `now`.
+    empty: u64,
+    /// The record read was impossible and is taken as [`Read::empty`].
+    repaired: bool,
+}
+
+impl Read {
+    fn new(rate: &Rate, record: Option<&[u8]>, now: u64) -> Self {
+        // An empty bucket at `now`: its TAT is a whole bucket ahead.
+        let empty = now.saturating_add(rate.horizon());
+        let tat = record.map(|bytes| match Record::try_from(bytes) {
+            // Further ahead than an empty bucket (beyond the skew between workers) means the
+            // wall clock stepped back: take it as empty now. Never as full: that would hand
+            // out tokens.
+            Ok(record) => match u64::from_le_bytes(record) {
+                tat if tat > empty.saturating_add(CLOCK_SKEW) => empty,
+                tat => tat,
+            },
+            // Not a record of ours: empty as well, for the same reason.
+            Err(_) => empty,
+        });
+        let repaired = tat == Some(empty) && record != Some(empty.to_le_bytes().as_slice());
+        Self {
+            tat,
+            empty,
+            repaired,
+        }
+    }
+}
+
+/// Takes `tokens` at once (governor's `check_n`), or none.
+fn take(rate: &Rate, read: &Read, now: u64, tokens: NonZeroU32) -> Outcome {
     let slot = OneSlot {
-        read: read.map(Nanos::from),
+        read: read.tat.map(Nanos::from),
         written: Cell::new(None),
     };
     let limiter = RateLimiter::<NotKeyed, _, _, StateInformationMiddleware>::new(
@@ -112,7 +209,11 @@ pub fn decide(rate: &Rate, record: Option<&[u8]>, now: u64) -> Outcome {
     );
     // Created at the epoch; from here on governor reads the request's time.
     limiter.clock().0.set(now);
-    let checked = limiter.check();
+    let checked = match limiter.check_n(tokens) {
+        Ok(checked) => checked.map_err(Some),
+        // More than the burst: never admitted.
+        Err(_) => Err(None),
+    };
     let slot = limiter.into_state_store();
     match (checked, slot.written.get()) {
         (Ok(snapshot), Some(tat)) => {
@@ -124,9 +225,11 @@ pub fn decide(rate: &Rate, record: Option<&[u8]>, now: u64) -> Outcome {
             }
         }
         (Err(not_until), _) => Outcome::Reject {
-            wait: duration_nanos(not_until.wait_time_from(Nanos::from(now))),
-            full_in: read.unwrap_or(now).saturating_sub(now),
-            repair: repaired.then(|| empty.to_le_bytes()),
+            wait: not_until.map_or(rate.horizon(), |not_until| {
+                duration_nanos(not_until.wait_time_from(Nanos::from(now)))
+            }),
+            full_in: read.tat.unwrap_or(now).saturating_sub(now),
+            repair: read.repaired.then(|| read.empty.to_le_bytes()),
         },
         // governor admitted without handing back a state: cannot happen; refuse to guess.
         (Ok(_), None) => Outcome::Reject {

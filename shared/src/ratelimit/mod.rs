@@ -16,8 +16,13 @@
 //!    the limits already written keep the token they took (a rare race, never an extra
 //!    admission).
 //!
-//! In the common case a request costs one shared-data read and one CAS write per limit.
-//! When the retries run out or the host refuses a write, the request is let through
+//! A request that reads a slot may lease tokens for this VM's later requests on it
+//! ([`bucket::decide_lease`]: exact, at worst under-admitting), so while a bucket is far
+//! from empty most requests touch no shared data: a lease holds at most [`MAX_LEASE`] tokens
+//! for [`LEASE_HOLD`], its size follows what the VM used of the last one, and a bucket holding
+//! less than [`bucket::LEASE_SHARE`] times a lease's cost gets none (each request takes its own
+//! token, as before). Otherwise a request costs one shared-data read and one CAS write per
+//! limit. When the retries run out or the host refuses a write, the request is let through
 //! (`failure_mode_deny: false`, the default) or rejected, and the error is reported.
 //!
 //! Slot records are created when a VM first binds a route, before it decides anything
@@ -40,7 +45,7 @@ pub use config::{
 };
 
 use crate::filter::{GrpcCall, LocalReply};
-use crate::host::{Host, RequestHost, SharedError};
+use crate::host::{Host, NANOS_PER_MS, Nanos, RequestHost, SharedError};
 use crate::store::{self, Step, UpdateError};
 use bucket::Outcome;
 use key::KeyValue;
@@ -125,14 +130,127 @@ pub struct RouteLimits {
 struct BoundLimit {
     salt: u64,
     key_base: String,
+    /// This VM's leases on the limit's slots.
+    leases: RefCell<Vec<SlotLease>>,
+}
+
+/// How long leased tokens may be used.
+pub const LEASE_HOLD: Nanos = 20 * NANOS_PER_MS;
+/// The most tokens one decision takes (the request's own included).
+pub const MAX_LEASE: u32 = 32;
+/// The most slots of one limit a VM holds leases on.
+pub const LEASE_SLOTS: usize = 16;
+
+/// A VM's lease on one slot, and what it learnt of the slot's traffic.
+#[derive(Debug, Clone, Copy)]
+struct SlotLease {
+    slot: u32,
+    /// Tokens taken at once (the taking request's own included), and left for later ones.
+    size: u32,
+    left: u32,
+    /// The tokens may be used from `taken` until `until` (exclusive).
+    taken: Nanos,
+    until: Nanos,
+    /// The bucket as the lease left it, for `X-RateLimit-*`.
+    remaining: u32,
+    full_at: Nanos,
+}
+
+impl SlotLease {
+    fn usable(&self, now: Nanos) -> bool {
+        self.left > 0 && (self.taken..self.until).contains(&now)
+    }
+
+    /// The tokens the next decision on the slot takes: twice the last lease's when this VM
+    /// used it up before it expired, else what it used of it.
+    fn next_size(&self, now: Nanos) -> u32 {
+        if self.left == 0 && (self.taken..self.until).contains(&now) {
+            self.size.saturating_mul(2).min(MAX_LEASE)
+        } else {
+            self.size.saturating_sub(self.left).max(1)
+        }
+    }
+}
+
+impl BoundLimit {
+    /// The lease on `slot` when it can admit a request at `now`.
+    fn usable_lease(&self, slot: u32, now: Nanos) -> Option<SlotLease> {
+        let leases = self.leases.try_borrow().ok()?;
+        leases
+            .iter()
+            .find(|l| l.slot == slot)
+            .filter(|l| l.usable(now))
+            .copied()
+    }
+
+    /// How many tokens a decision on `slot` takes for later requests.
+    fn extra_tokens(&self, slot: u32, now: Nanos) -> u32 {
+        let Ok(leases) = self.leases.try_borrow() else {
+            return 0;
+        };
+        leases
+            .iter()
+            .find(|l| l.slot == slot)
+            .map_or(0, |l| l.next_size(now) - 1)
+    }
+
+    /// Uses a token of the lease on `slot`.
+    fn use_lease(&self, slot: u32) {
+        if let Ok(mut leases) = self.leases.try_borrow_mut()
+            && let Some(lease) = leases.iter_mut().find(|l| l.slot == slot)
+        {
+            lease.left = lease.left.saturating_sub(1);
+        }
+    }
+
+    /// Notes the decision that took `size` tokens of `slot` at `now`, `lease` of them for
+    /// later requests. A slot without an entry gets one in place of one whose lease is over
+    /// (never of a live lease: its tokens would be lost); with none free, it learns nothing.
+    fn note_taken(
+        &self,
+        slot: u32,
+        now: Nanos,
+        lease: Option<bucket::Lease>,
+        remaining: u32,
+        full_in: Nanos,
+    ) {
+        let Ok(mut leases) = self.leases.try_borrow_mut() else {
+            return;
+        };
+        let tokens = lease.map_or(0, |l| l.tokens);
+        let entry = SlotLease {
+            slot,
+            size: tokens + 1,
+            left: tokens,
+            taken: now,
+            until: lease.map_or(now.saturating_add(LEASE_HOLD), |l| l.until),
+            remaining,
+            full_at: now.saturating_add(full_in),
+        };
+        if let Some(existing) = leases.iter_mut().find(|l| l.slot == slot) {
+            *existing = entry;
+        } else if leases.len() < LEASE_SLOTS {
+            leases.push(entry);
+        } else if let Some(free) = leases.iter_mut().find(|l| !l.usable(now)) {
+            *free = entry;
+        }
+    }
 }
 
 /// A limit that admitted the request in phase 1 and has its token to take.
 #[derive(Debug, Clone, Copy)]
-struct Pending {
-    slot: u32,
-    cas: Option<u32>,
-    record: bucket::Record,
+enum Pending {
+    /// From this VM's lease: nothing to write.
+    Leased { slot: u32 },
+    /// From the shared record read: write `record` with the read's CAS token.
+    Read {
+        slot: u32,
+        cas: Option<u32>,
+        record: bucket::Record,
+        lease: Option<bucket::Lease>,
+        remaining: u32,
+        full_in: Nanos,
+    },
 }
 
 impl RateLimitPolicy {
@@ -148,6 +266,7 @@ impl RateLimitPolicy {
             .map(|i| BoundLimit {
                 salt: key::salt(route_name, i),
                 key_base: key_base(key_prefix, route_name, i),
+                leases: RefCell::new(Vec::new()),
             })
             .collect();
         let mut failed = 0u32;
@@ -228,30 +347,49 @@ impl RouteLimits {
                 continue;
             }
             let slot = key::slot(bound.salt, &value, limit.slots);
+            if let Some(lease) = bound.usable_lease(slot, now) {
+                let remaining = lease.remaining.saturating_add(lease.left - 1);
+                let full_in = lease.full_at.saturating_sub(now);
+                set(&mut budgets, i, budget(limit, remaining, full_in));
+                set(&mut pending, i, Pending::Leased { slot });
+                continue;
+            }
+            let extra = bound.extra_tokens(slot, now);
             let read = self.with_key(i, slot, |key| host.shared_get(key));
             let record = read.as_ref().map(|r| r.value.as_slice());
-            match bucket::decide(&limit.rate, record, now) {
-                Outcome::Admit {
-                    record,
-                    remaining,
-                    full_in,
-                } => {
-                    set(&mut budgets, i, budget(limit, remaining, full_in));
+            match bucket::decide_lease(&limit.rate, record, now, extra, LEASE_HOLD) {
+                (
+                    Outcome::Admit {
+                        record,
+                        remaining,
+                        full_in,
+                    },
+                    lease,
+                ) => {
+                    let leased = lease.map_or(0, |l| l.tokens);
+                    let shown = remaining.saturating_add(leased);
+                    set(&mut budgets, i, budget(limit, shown, full_in));
                     set(
                         &mut pending,
                         i,
-                        Pending {
+                        Pending::Read {
                             slot,
                             cas: read.map(|r| r.cas),
                             record,
+                            lease,
+                            remaining,
+                            full_in,
                         },
                     );
                 }
-                Outcome::Reject {
-                    wait,
-                    full_in,
-                    repair,
-                } => {
+                (
+                    Outcome::Reject {
+                        wait,
+                        full_in,
+                        repair,
+                    },
+                    _,
+                ) => {
                     if let Some(repair) = repair {
                         // Rare (the clock stepped back): best effort, the next request repairs
                         // it otherwise.
@@ -277,11 +415,34 @@ impl RouteLimits {
         }
 
         let mut store_error = None;
-        for (i, (limit, pending)) in policy.limits.iter().zip(pending).enumerate() {
-            let Some(pending) = pending else { continue };
-            let taken = self.with_key(i, pending.slot, |key| {
-                match host.shared_set(key, &pending.record, pending.cas) {
-                    Ok(()) => Ok(None),
+        for (i, ((limit, bound), pending)) in policy
+            .limits
+            .iter()
+            .zip(&self.limits)
+            .zip(pending)
+            .enumerate()
+        {
+            let (slot, cas, record, lease, remaining, full_in) = match pending {
+                None => continue,
+                Some(Pending::Leased { slot }) => {
+                    bound.use_lease(slot);
+                    continue;
+                }
+                Some(Pending::Read {
+                    slot,
+                    cas,
+                    record,
+                    lease,
+                    remaining,
+                    full_in,
+                }) => (slot, cas, record, lease, remaining, full_in),
+            };
+            let taken = self.with_key(i, slot, |key| {
+                match host.shared_set(key, &record, cas) {
+                    Ok(()) => {
+                        bound.note_taken(slot, now, lease, remaining, full_in);
+                        Ok(None)
+                    }
                     Err(SharedError::Failed) => Err(UpdateError::Failed),
                     // Another VM took from this slot since the read: decide again.
                     Err(SharedError::CasMismatch) => {
@@ -308,7 +469,10 @@ impl RouteLimits {
                 Ok(None) => {}
                 Ok(Some(Outcome::Admit {
                     remaining, full_in, ..
-                })) => set(&mut budgets, i, budget(limit, remaining, full_in)),
+                })) => {
+                    bound.note_taken(slot, now, None, remaining, full_in);
+                    set(&mut budgets, i, budget(limit, remaining, full_in));
+                }
                 Ok(Some(Outcome::Reject { wait, full_in, .. })) => {
                     return self.reject(wait, Some(budget(limit, 0, full_in)), None);
                 }

@@ -361,10 +361,13 @@ const THREE_LIMITS: &str = r#"{"limits": [
 
 /// Shared-data calls `f` makes: (reads, writes).
 fn shared_calls(host: &mut FakeHost, f: impl FnOnce(&mut FakeHost)) -> (usize, usize) {
-    host.shared_gets.set(0);
-    host.shared_sets = 0;
+    let before = host.calls();
     f(host);
-    (host.shared_gets.get(), host.shared_sets)
+    let after = host.calls();
+    (
+        after.shared_gets - before.shared_gets,
+        after.shared_sets - before.shared_sets,
+    )
 }
 
 #[test]

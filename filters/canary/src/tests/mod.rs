@@ -19,7 +19,7 @@ fn a_rule_tags_the_request_re_routes_and_counts() {
     let (verdict, mut response) = Canary.on_request(&route, &mut host);
     assert_eq!(verdict, Verdict::Continue);
     assert_eq!(host.request_values("x-canary"), ["true"]);
-    assert_eq!(host.route_cache_clears, 1);
+    assert_eq!(host.calls().route_cache_clears, 1);
     assert_eq!(
         host.metric(
             "mesh_canary_requests_total;route=checkout;release=canary;reason=rule;rule=force"
@@ -58,7 +58,11 @@ fn an_untouched_stable_request_keeps_the_route() {
     let route = bound(CHECKOUT, "checkout", &mut host);
     Canary.on_request(&route, &mut host);
     assert!(host.request_values("x-canary").is_empty());
-    assert_eq!(host.route_cache_clears, 0, "nothing changed: no re-match");
+    assert_eq!(
+        host.calls().route_cache_clears,
+        0,
+        "nothing changed: no re-match"
+    );
     assert_eq!(
         host.metric("mesh_canary_requests_total;route=checkout;release=stable;reason=random"),
         Some(1)
@@ -76,7 +80,7 @@ fn a_forged_tag_is_removed_and_the_route_chosen_again() {
     assert_eq!(route.salt, b"checkout");
     Canary.on_request(&route, &mut host);
     assert!(host.request_values("x-canary").is_empty());
-    assert_eq!(host.route_cache_clears, 1);
+    assert_eq!(host.calls().route_cache_clears, 1);
     assert_eq!(
         host.metric("mesh_canary_untrusted_tags_total;route=checkout-canary"),
         Some(1)

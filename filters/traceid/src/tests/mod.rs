@@ -27,7 +27,13 @@ fn new_trace_is_written_counted_and_returned_on_the_response() {
     assert_eq!(host.response_values("x-trace-id"), [trace_id]);
     // One request header write (traceparent), one counter: no removal of a tracestate that
     // never came (each write is a host call and a route re-match in Envoy).
-    assert_eq!((host.request_header_writes, host.metric_updates), (1, 1));
+    assert_eq!(
+        (
+            host.calls().request_header_writes,
+            host.calls().metric_updates
+        ),
+        (1, 1)
+    );
 }
 
 #[test]

@@ -1,0 +1,163 @@
+//! What a request through a [`Vm`] costs in host calls, with a probe filter whose every
+//! request reads headers twice, writes one, reads the clock twice and updates a counter, a
+//! gauge and a histogram.
+
+use super::*;
+use crate::chain::Stage;
+use crate::config::json::Json;
+use crate::config::read::{FromJson, Object};
+use crate::config::{ConfigError, FieldPath};
+use crate::fake::{FakeHost, HostCalls};
+use crate::filter::{Filter, Plugin};
+use crate::stats;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+struct Probe;
+
+struct Empty;
+
+impl FromJson for Empty {
+    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
+        Object::new(value, at)?.finish()?;
+        Ok(Self)
+    }
+}
+
+struct ProbeRoute {
+    requests: Metric,
+    state: Metric,
+    latency: Metric,
+}
+
+impl Filter for Probe {
+    const NAME: &'static str = "probe";
+    type Config = Empty;
+    type Policy = ();
+    type Route = ProbeRoute;
+    /// The clock as the request phase read it, twice.
+    type Request = (Nanos, Nanos);
+
+    fn new(_plugin: &Plugin) -> Self {
+        Self
+    }
+
+    fn compile(&self, _config: Empty, _at: &FieldPath) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn bind(&self, _policy: Rc<()>, route_name: &str, host: &mut impl Host) -> ProbeRoute {
+        ProbeRoute {
+            requests: stats::route_counter(host, "probe_requests", route_name, ("a", "b")),
+            state: host.define_metric(MetricKind::Gauge, "probe_state"),
+            latency: host.define_metric(MetricKind::Histogram, "probe_latency"),
+        }
+    }
+
+    fn on_request(
+        &self,
+        route: &ProbeRoute,
+        host: &mut impl RequestHost,
+    ) -> (Verdict, Self::Request) {
+        assert_eq!(host.request_header("x-user"), Some(&b"u1"[..]));
+        host.set_request_header("x-tag", b"v2");
+        // A read after the phase's own write sees it, without fetching the map again.
+        assert_eq!(host.request_header("x-tag"), Some(&b"v2"[..]));
+        assert_eq!(host.request_header_count("x-tag"), 1);
+        host.increment_metric(route.requests, 1);
+        host.record_metric(route.state, 0);
+        (Verdict::Continue, (host.now(), host.now()))
+    }
+
+    fn on_done(&self, route: &ProbeRoute, request: &mut Self::Request, host: &mut impl Host) {
+        let latency = host.now().saturating_sub(request.0);
+        host.record_metric(route.latency, latency);
+    }
+}
+
+fn vm() -> Vm<Stage<Probe>> {
+    let stages = Stage::<Probe>::configure(&Plugin::default(), br#"{"default": {}}"#).unwrap();
+    Vm::new(stages)
+}
+
+/// One request through `vm`'s phases on `host`; the host calls it made.
+fn request(vm: &Vm<Stage<Probe>>, host: &mut FakeHost) -> HostCalls {
+    let before = host.calls();
+    host.request_headers = vec![("x-user".to_owned(), b"u1".to_vec())];
+    let (verdict, mut stream) = vm.on_request(host).unwrap();
+    assert_eq!(verdict, Verdict::Continue);
+    host.advance_ms(1);
+    vm.on_response(&mut stream, host);
+    vm.on_done(stream, host);
+    let after = host.calls();
+    HostCalls {
+        property_reads: after.property_reads - before.property_reads,
+        header_map_reads: after.header_map_reads - before.header_map_reads,
+        request_header_writes: after.request_header_writes - before.request_header_writes,
+        metric_updates: after.metric_updates - before.metric_updates,
+        clock_reads: after.clock_reads - before.clock_reads,
+        ..HostCalls::default()
+    }
+}
+
+fn host() -> FakeHost {
+    FakeHost::new().with_property(&ROUTE_NAME, "checkout")
+}
+
+#[test]
+fn a_request_fetches_the_header_map_once_and_reads_the_clock_once_per_phase() {
+    let vm = vm();
+    let mut host = host();
+    request(&vm, &mut host);
+    let calls = request(&vm, &mut host);
+    assert_eq!(calls.property_reads, 1, "the route name, once");
+    assert_eq!(calls.header_map_reads, 1);
+    assert_eq!(calls.request_header_writes, 1);
+    // Request phase (two reads by the filter) and done phase.
+    assert_eq!(calls.clock_reads, 2);
+}
+
+#[test]
+fn counters_reach_the_host_at_the_tick_and_gauges_when_they_change() {
+    let vm = vm();
+    let mut host = host();
+    let first = request(&vm, &mut host);
+    // The gauge's first value and the latency observation go at once; the counter waits.
+    assert_eq!(first.metric_updates, 2);
+    for _ in 0..9 {
+        // The gauge did not change: only the histogram.
+        assert_eq!(request(&vm, &mut host).metric_updates, 1);
+    }
+    let name = "probe_requests;route=checkout;a=b";
+    assert_eq!(host.metric(name), Some(0));
+    let before = host.calls().metric_updates;
+    vm.on_tick(&mut host);
+    assert_eq!(
+        host.calls().metric_updates - before,
+        1,
+        "ten requests, one increment"
+    );
+    assert_eq!(host.metric(name), Some(10));
+    assert_eq!(host.metric("probe_state"), Some(0));
+    assert_eq!(host.metric("probe_latency"), Some(1_000_000));
+    // Nothing new: a tick sends nothing.
+    let before = host.calls().metric_updates;
+    vm.on_tick(&mut host);
+    assert_eq!(host.calls().metric_updates, before);
+    request(&vm, &mut host);
+    vm.flush(&mut host);
+    assert_eq!(host.metric(name), Some(11));
+}
+
+#[test]
+fn a_route_is_bound_once_per_name_and_vm() {
+    let vm = vm();
+    let mut host = host();
+    request(&vm, &mut host);
+    let defined = host.metrics().len();
+    request(&vm, &mut host);
+    assert_eq!(host.metrics().len(), defined);
+    host.set_property(&ROUTE_NAME, "catalog");
+    request(&vm, &mut host);
+    assert_eq!(host.metrics().len(), defined + 1, "catalog's own counter");
+}
