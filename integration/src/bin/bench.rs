@@ -107,32 +107,28 @@ impl Options {
 // ---------------------------------------------------------------------------------------
 // Variants
 
-const TRACEID: &str = r#"{"routes": {"bench": {}}}"#;
-/// A sticky 10 % split on a user header, one forcing rule (never matched by the load).
-const CANARY: &str = r#"{"routes": {"bench": {
-    "percent": 10, "sticky": {"header": "x-user-id"}, "salt": "bench",
-    "rules": [{"name": "force", "header": "x-canary-force", "exact": "true"}]}}}"#;
-/// A route-wide limit and a per-API-key limit, both far above the load: everything passes.
-const RATELIMIT: &str = r#"{"routes": {"bench": {"limits": [
-    {"rate_per_s": 1000000, "burst": 1000000},
-    {"rate_per_s": 100000, "burst": 100000, "key": {"header": "x-api-key"}}]}}}"#;
-/// Closed all along: the upstream always answers 200, quickly.
-const BREAKER: &str = r#"{"routes": {"bench": {
-    "consecutive_failures": 5, "failure_rate_percent": 50, "min_requests": 20,
-    "slow_call_ms": 1000, "slow_call_rate_percent": 80, "open_ms": 5000}}}"#;
-/// One global limit per route: one gRPC call per request to the local rate limit service
-/// (limitador over Redis), whose allowance is far above the load.
-const RATELIMIT_GLOBAL: &str = r#"{"routes": {"bench": {"limits": [
-    {"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
-    "service_cluster": "rls", "domain": "bench", "timeout_ms": 1000}}}"#;
-const PASSTHROUGH: &str = "";
+/// The variants' policies (the crossing budgets, `filters/bundle/tests/budget.rs`, use the
+/// same file): a route-wide and a per-API-key limit far above the load, a sticky 10 % canary
+/// split with one rule the load never matches, a breaker that stays closed, one global limit.
+const POLICIES: &str = include_str!("../../../bench/policies.json");
+
+/// The policy of `name` in [`POLICIES`], as plugin JSON.
+fn policy(name: &str) -> &'static str {
+    let policies: Value = serde_json::from_str(POLICIES).unwrap_or(Value::Null);
+    let json = policies.get(name).map(Value::to_string).unwrap_or_default();
+    json.leak()
+}
 
 /// The `chain` variant's four policies as the bundle's plugin JSON.
 fn bundle_json() -> &'static str {
-    format!(
-        r#"{{"traceid": {TRACEID}, "canary": {CANARY}, "ratelimit": {RATELIMIT}, "breaker": {BREAKER}}}"#
-    )
-    .leak()
+    let stages: serde_json::Map<String, Value> = ["traceid", "canary", "ratelimit", "breaker"]
+        .into_iter()
+        .map(|stage| {
+            let value = serde_json::from_str(policy(stage)).unwrap_or(Value::Null);
+            (stage.to_owned(), value)
+        })
+        .collect();
+    Value::Object(stages).to_string().leak()
 }
 
 const LUA_SOURCE: &str = "function envoy_on_request(request_handle)\n  \
@@ -198,7 +194,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "passthrough",
             what: "empty proxy-wasm filter, SDK only",
-            modules: vec![("passthrough", PASSTHROUGH)],
+            modules: vec![("passthrough", "")],
             native: vec![],
             checks: vec![],
             ours: false,
@@ -207,7 +203,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "traceid",
             what: "W3C traceparent + x-trace-id response header",
-            modules: vec![("traceid", TRACEID)],
+            modules: vec![("traceid", policy("traceid"))],
             native: vec![],
             checks: traceid_checks.to_vec(),
             ours: true,
@@ -216,7 +212,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "canary",
             what: "sticky 10 % split on x-user-id, one rule",
-            modules: vec![("canary", CANARY)],
+            modules: vec![("canary", policy("canary"))],
             native: vec![],
             checks: canary_checks.to_vec(),
             ours: true,
@@ -225,7 +221,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "ratelimit",
             what: "route + per-API-key buckets in shared data, all admitted",
-            modules: vec![("ratelimit", RATELIMIT)],
+            modules: vec![("ratelimit", policy("ratelimit"))],
             native: vec![],
             checks: ratelimit_checks.to_vec(),
             ours: true,
@@ -234,7 +230,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "ratelimit_global",
             what: "one global limit: a gRPC call per request to a local rate limit service",
-            modules: vec![("ratelimit", RATELIMIT_GLOBAL)],
+            modules: vec![("ratelimit", policy("ratelimit_global"))],
             native: vec![],
             checks: vec![
                 Check::UpstreamSaw(mesh_integration::rls::REQUEST_HEADER),
@@ -246,7 +242,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "breaker",
             what: "closed breaker, every call counted in shared data",
-            modules: vec![("breaker", BREAKER)],
+            modules: vec![("breaker", policy("breaker"))],
             native: vec![],
             checks: breaker_checks.to_vec(),
             ours: true,
@@ -256,10 +252,10 @@ fn variants() -> Vec<Variant> {
             name: "chain",
             what: "traceid, canary, ratelimit, breaker",
             modules: vec![
-                ("traceid", TRACEID),
-                ("canary", CANARY),
-                ("ratelimit", RATELIMIT),
-                ("breaker", BREAKER),
+                ("traceid", policy("traceid")),
+                ("canary", policy("canary")),
+                ("ratelimit", policy("ratelimit")),
+                ("breaker", policy("breaker")),
             ],
             native: vec![],
             checks: chain_checks,
@@ -1412,7 +1408,7 @@ mod tests {
         use mesh_policy::trace::{TraceConfig, TracePolicy};
 
         let at = FieldPath::root();
-        let trace = Envelope::<TraceConfig>::from_json(TRACEID.as_bytes()).unwrap();
+        let trace = Envelope::<TraceConfig>::from_json(policy("traceid").as_bytes()).unwrap();
         assert!(
             trace
                 .compile(&at, TracePolicy::compile)
@@ -1420,7 +1416,7 @@ mod tests {
                 .policy_for(ROUTE)
                 .is_some()
         );
-        let canary = Envelope::<CanaryConfig>::from_json(CANARY.as_bytes()).unwrap();
+        let canary = Envelope::<CanaryConfig>::from_json(policy("canary").as_bytes()).unwrap();
         assert!(
             canary
                 .compile(&at, CanaryPolicy::compile)
@@ -1428,7 +1424,8 @@ mod tests {
                 .policy_for(ROUTE)
                 .is_some()
         );
-        let limits = Envelope::<RateLimitConfig>::from_json(RATELIMIT.as_bytes()).unwrap();
+        let limits =
+            Envelope::<RateLimitConfig>::from_json(policy("ratelimit").as_bytes()).unwrap();
         assert!(
             limits
                 .compile(&at, RateLimitPolicy::compile)
@@ -1436,7 +1433,7 @@ mod tests {
                 .policy_for(ROUTE)
                 .is_some()
         );
-        let breaker = Envelope::<BreakerConfig>::from_json(BREAKER.as_bytes()).unwrap();
+        let breaker = Envelope::<BreakerConfig>::from_json(policy("breaker").as_bytes()).unwrap();
         assert!(
             breaker
                 .compile(&at, BreakerPolicy::compile)
