@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use crate::filter::{Filter, configure};
+use crate::headers::HeaderPairs;
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
 };
@@ -337,12 +338,16 @@ impl RequestHost for FakeHost {
 
 /// What [`crate::vm`] asks of the proxy: reads of the map come at a header-map fetch each.
 impl RequestCalls for FakeHost {
-    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)> {
+    fn get_http_request_headers(&self) -> HeaderPairs {
         self.count(|c| {
             c.header_map_reads += 1;
             c.allocations += usize::from(!self.request_headers.is_empty());
         });
-        self.request_headers.clone()
+        HeaderPairs::serialize(
+            self.request_headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice())),
+        )
     }
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {

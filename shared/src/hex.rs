@@ -29,20 +29,22 @@ pub fn digit_value(c: u8) -> Option<u8> {
     }
 }
 
-/// Appends the lower-case hex of `bytes` to `out`.
+/// Appends the lower-case hex of `bytes` to `out`: whole runs at once, not a `char` at a time
+/// (each `String::push` encodes UTF-8 and checks capacity; trace ids are written per request).
 pub fn encode_into(bytes: &[u8], out: &mut String) {
-    for byte in bytes {
-        out.push(digit(byte >> 4));
-        out.push(digit(byte & 0x0f));
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digit = |nibble: u8| DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+    for chunk in bytes.chunks(32) {
+        let mut text = [0u8; 64];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(chunk) {
+            if let [hi, lo] = pair {
+                *hi = digit(byte >> 4);
+                *lo = digit(byte & 0x0f);
+            }
+        }
+        let written = text.get(..2 * chunk.len()).unwrap_or_default();
+        out.push_str(std::str::from_utf8(written).unwrap_or_default());
     }
-}
-
-fn digit(nibble: u8) -> char {
-    char::from(if nibble < 10 {
-        b'0' + nibble
-    } else {
-        b'a' + nibble - 10
-    })
 }
 
 pub fn encode(bytes: &[u8]) -> String {

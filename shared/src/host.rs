@@ -7,6 +7,8 @@
 //!
 //! Header values are bytes: clients control them and they need not be UTF-8.
 
+use crate::headers::HeaderPairs;
+
 /// Nanoseconds since the Unix epoch: the same clock in every VM of every worker, so it
 /// can be stored in shared data.
 pub type Nanos = u64;
@@ -81,8 +83,9 @@ pub trait RequestHost: Host {
 /// the module twice: the call, then an allocation for the answer). [`crate::vm`] serves the
 /// filters' [`RequestHost`] reads from that one copy.
 pub trait RequestCalls: Host {
-    /// Every request header, in Envoy's order, repeats included (bytes: clients control them).
-    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// Every request header, in Envoy's order, repeats included (bytes: clients control them),
+    /// as the host serializes them.
+    fn get_http_request_headers(&self) -> HeaderPairs;
     /// Replaces every value of the header with this one.
     fn set_http_request_header(&mut self, name: &str, value: &[u8]);
     fn remove_http_request_header(&mut self, name: &str);

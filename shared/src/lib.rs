@@ -12,6 +12,7 @@
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`hash`]: the stable hash behind slots and cohorts.
+//! - [`headers`]: a header map as the host serializes it, read in place.
 //! - [`request`]: request facts several filters key on (client IP, the connection's peer,
 //!   the address a trusted proxy saw).
 //! - [`trace`]: W3C trace context, B3 and the trace-ID policy.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod fake;
 pub mod filter;
 pub mod hash;
+pub mod headers;
 pub mod hex;
 pub mod host;
 pub mod ratelimit;

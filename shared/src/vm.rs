@@ -25,6 +25,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::chain::Stages;
 use crate::filter::{CallOutcome, Verdict};
+use crate::headers::HeaderPairs;
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
 };
@@ -237,8 +238,10 @@ pub struct VmHost<'a, H> {
     host: &'a mut H,
     metrics: &'a MetricTable,
     now: Cell<Option<Nanos>>,
-    /// The request headers as fetched by the phase's first read, with the phase's own writes.
-    request_headers: OnceCell<Vec<(String, Vec<u8>)>>,
+    /// The request headers as fetched by the phase's first read (read in place)...
+    request_headers: OnceCell<HeaderPairs>,
+    /// ...and the phase's own writes since, by name: a value set, or `None` for removed.
+    written: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl<'a, H> VmHost<'a, H> {
@@ -248,6 +251,7 @@ impl<'a, H> VmHost<'a, H> {
             metrics,
             now: Cell::new(None),
             request_headers: OnceCell::new(),
+            written: Vec::new(),
         }
     }
 }
@@ -297,47 +301,53 @@ impl<H: Host> Host for VmHost<'_, H> {
 }
 
 impl<H: RequestCalls> VmHost<'_, H> {
-    fn request_headers(&self) -> &[(String, Vec<u8>)] {
+    fn request_headers(&self) -> &HeaderPairs {
         self.request_headers
             .get_or_init(|| self.host.get_http_request_headers())
     }
 
-    /// Applies the phase's own write to the copy, if one was fetched: later reads see what
-    /// Envoy now has (a set leaves one value, a remove none).
-    fn edit_copy(&mut self, name: &str, value: Option<&[u8]>) {
-        if let Some(headers) = self.request_headers.get_mut() {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            if let Some(value) = value {
-                headers.push((name.to_ascii_lowercase(), value.to_vec()));
-            }
-        }
+    /// The phase's own last write of `name`, if it wrote it.
+    fn written(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.written
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_deref())
+    }
+
+    /// Notes a write, so later reads see what Envoy now has (a set leaves one value, a remove
+    /// none).
+    fn note_write(&mut self, name: &str, value: Option<&[u8]>) {
+        self.written.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.written
+            .push((name.to_ascii_lowercase(), value.map(<[u8]>::to_vec)));
     }
 }
 
 impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
     /// The first value, as Envoy's own single-value getter answers.
     fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.request_headers()
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        match self.written(name) {
+            Some(written) => written,
+            None => self.request_headers().get(name),
+        }
     }
 
     fn request_header_count(&self, name: &str) -> usize {
-        self.request_headers()
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .count()
+        match self.written(name) {
+            Some(written) => usize::from(written.is_some()),
+            None => self.request_headers().count(name),
+        }
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.host.set_http_request_header(name, value);
-        self.edit_copy(name, Some(value));
+        self.note_write(name, Some(value));
     }
 
     fn remove_request_header(&mut self, name: &str) {
         self.host.remove_http_request_header(name);
-        self.edit_copy(name, None);
+        self.note_write(name, None);
     }
 
     fn clear_route_cache(&mut self) {

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use std::time::UNIX_EPOCH;
 
 use mesh_policy::filter::{GrpcCall, LocalReply};
+use mesh_policy::headers::HeaderPairs;
 use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError,
 };
@@ -209,10 +210,44 @@ impl<Phase> Host for Proxy<'_, Phase> {
     }
 }
 
+/// The host's serialized header map, as it lies in the buffer the host allocated in the
+/// module: the SDK's `get_map_bytes` copies every name and value into allocations of their own
+/// (and panics on a status it does not expect; this reads as empty).
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn header_pairs(map_type: MapType) -> HeaderPairs {
+    // The SDK declares the same import with the same types.
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_data: *mut *mut u8,
+            return_size: *mut usize,
+        ) -> Status;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size through the two pointers it is given.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if status != Status::Ok || data.is_null() {
+        return HeaderPairs::default();
+    }
+    // SAFETY: the host allocated `size` bytes at `data` through the module's allocator
+    // (`proxy_on_memory_allocate`, a `Vec<u8>` of that capacity) and hands them over, as
+    // the SDK's own getters take them back.
+    HeaderPairs::from_bytes(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn header_pairs(_map_type: MapType) -> HeaderPairs {
+    HeaderPairs::default()
+}
+
 impl RequestCalls for Proxy<'_, RequestPhase> {
-    /// The bytes getter: the text one panics on non-UTF-8 values, which clients control.
-    fn get_http_request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    /// Bytes, not text: the SDK's text getters panic on non-UTF-8 values, which clients
+    /// control.
+    fn get_http_request_headers(&self) -> HeaderPairs {
+        header_pairs(MapType::HttpRequestHeaders)
     }
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {

@@ -576,6 +576,10 @@ impl CanaryPolicy {
             };
         }
         let tagged = incoming.is_some();
+        // A write is a host call and a route chosen again: none when the request already
+        // says canary (one value, the canary's) and canary is decided.
+        let already_canary = incoming == Some(self.value.as_bytes())
+            && host.request_header_count(self.header.as_str()) == 1;
         let mut request = Request::new(&*host);
         let ruled = self
             .rules
@@ -590,6 +594,7 @@ impl CanaryPolicy {
             },
         };
         let tag = match (release, tagged) {
+            (Release::Canary, _) if already_canary => TagEdit::Keep,
             (Release::Canary, _) => TagEdit::Set,
             (Release::Stable, true) => TagEdit::Remove,
             (Release::Stable, false) => TagEdit::Keep,

@@ -70,6 +70,36 @@ fn an_untouched_stable_request_keeps_the_route() {
 }
 
 #[test]
+fn a_tag_that_already_says_canary_is_not_written_again() {
+    let mut host = FakeHost::new()
+        .with_request_header("x-canary-force", "true")
+        .with_request_header("x-canary", "true");
+    let route = bound(CHECKOUT, "checkout", &mut host);
+    Canary.on_request(&route, &mut host);
+    assert_eq!(host.request_values("x-canary"), ["true"]);
+    let calls = host.calls();
+    assert_eq!(
+        (calls.request_header_writes, calls.route_cache_clears),
+        (0, 0),
+        "the request already routes to the canary: no write, no re-match"
+    );
+    // Still a tag the client sent, which the policy does not trust.
+    assert_eq!(
+        host.metric("mesh_canary_untrusted_tags_total;route=checkout"),
+        Some(1)
+    );
+    // Twice, even with the right value, it is written once (Envoy routes on the first).
+    let mut host = FakeHost::new()
+        .with_request_header("x-canary-force", "true")
+        .with_request_header("x-canary", "true")
+        .with_request_header("x-canary", "true");
+    let route = bound(CHECKOUT, "checkout", &mut host);
+    Canary.on_request(&route, &mut host);
+    assert_eq!(host.request_values("x-canary"), ["true"]);
+    assert_eq!(host.calls().route_cache_clears, 1);
+}
+
+#[test]
 fn a_forged_tag_is_removed_and_the_route_chosen_again() {
     let mut host = FakeHost::new()
         .with_request_header("x-canary", "true")

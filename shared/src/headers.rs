@@ -1,0 +1,202 @@
+//! A header map as proxy-wasm hands it over: one buffer, read where it lies.
+//!
+//! The layout (the host's `proxy_get_header_map_pairs`): the pair count, then each pair's name
+//! and value lengths, then each name and value with a NUL after it, all lengths little-endian
+//! u32. Reading it in place costs one allocation per map (the buffer), where a list of owned
+//! pairs costs two per header (the SDK's `get_map_bytes`) — a dozen headers, two dozen
+//! allocations and frees per request, in a module's slow allocator.
+
+use std::cell::OnceCell;
+
+/// A serialized header map. A buffer that is not one (too short for what it declares) reads
+/// as far as it goes.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderPairs {
+    bytes: Vec<u8>,
+    /// Where each pair's name and value lie, found by the first lookup (a request's filters
+    /// look up a dozen names; each would otherwise walk the length table again).
+    index: OnceCell<Vec<Span>>,
+}
+
+/// One pair's place in the buffer.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl PartialEq for HeaderPairs {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for HeaderPairs {}
+
+impl HeaderPairs {
+    /// The host's buffer.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            index: OnceCell::new(),
+        }
+    }
+
+    /// Serializes `pairs` the way the host does (tests and the fake host).
+    pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone) -> Self {
+        let count = pairs.clone().into_iter().count();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&u32_le(count));
+        for (name, value) in pairs.clone() {
+            bytes.extend_from_slice(&u32_le(name.len()));
+            bytes.extend_from_slice(&u32_le(value.len()));
+        }
+        for (name, value) in pairs {
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value);
+            bytes.push(0);
+        }
+        Self::from_bytes(bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The pairs in the host's order, repeats included.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let slice = |(from, to): (usize, usize)| self.bytes.get(from..to).unwrap_or_default();
+        self.index()
+            .iter()
+            .map(move |span| (slice(span.name), slice(span.value)))
+    }
+
+    /// The first value of `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let span = self.matching(name).next()?;
+        self.bytes.get(span.value.0..span.value.1)
+    }
+
+    /// How many times `name` is present.
+    pub fn count(&self, name: &str) -> usize {
+        self.matching(name).count()
+    }
+
+    /// The pairs named `name`: lengths compared first, names only where they agree.
+    fn matching<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s Span> {
+        let name = name.as_bytes();
+        self.index().iter().filter(move |span| {
+            span.name.1 - span.name.0 == name.len()
+                && self
+                    .bytes
+                    .get(span.name.0..span.name.1)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn index(&self) -> &[Span] {
+        self.index.get_or_init(|| {
+            let count = read_u32(&self.bytes, 0).unwrap_or(0);
+            let mut spans = Vec::with_capacity(count.min(self.bytes.len() / 10));
+            spans.extend(Pairs {
+                bytes: &self.bytes,
+                index: 0,
+                count,
+                data: 4usize.saturating_add(count.saturating_mul(8)),
+            });
+            spans
+        })
+    }
+}
+
+fn u32_le(n: usize) -> [u8; 4] {
+    u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let word = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(word.try_into().ok()?) as usize)
+}
+
+/// Walks the length table of a buffer: each pair's place.
+#[derive(Debug)]
+struct Pairs<'a> {
+    bytes: &'a [u8],
+    index: usize,
+    count: usize,
+    /// Where the next name starts.
+    data: usize,
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        if self.index >= self.count {
+            return None;
+        }
+        let lengths = 4 + self.index * 8;
+        let name_len = read_u32(self.bytes, lengths)?;
+        let value_len = read_u32(self.bytes, lengths + 4)?;
+        let name_end = self.data.checked_add(name_len)?;
+        let value_start = name_end.checked_add(1)?;
+        let value_end = value_start.checked_add(value_len)?;
+        if value_end > self.bytes.len() {
+            return None;
+        }
+        let span = Span {
+            name: (self.data, name_end),
+            value: (value_start, value_end),
+        };
+        self.data = value_end.checked_add(1)?;
+        self.index += 1;
+        Some(span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn pairs_read_back_in_order_with_repeats() {
+        let map = HeaderPairs::serialize([
+            (":path", &b"/a"[..]),
+            ("x-a", b"1"),
+            ("x-a", b"2"),
+            ("x-empty", b""),
+        ]);
+        let pairs: Vec<_> = map.iter().collect();
+        assert_eq!(pairs.len(), 4);
+        assert_eq!(map.get("X-A"), Some(&b"1"[..]));
+        assert_eq!(map.count("x-a"), 2);
+        assert_eq!(map.get("x-empty"), Some(&b""[..]));
+        assert_eq!(map.get("x-none"), None);
+    }
+
+    #[test]
+    fn the_host_layout_is_read_as_the_sdk_reads_it() {
+        // What proxy-wasm's own serializer produces for two pairs.
+        let mut bytes = vec![2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(b"a\0bc\0def\0\0");
+        let map = HeaderPairs::from_bytes(bytes);
+        let pairs: Vec<_> = map.iter().collect();
+        assert_eq!(pairs, [(&b"a"[..], &b"bc"[..]), (&b"def"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn a_truncated_or_lying_buffer_reads_as_far_as_it_goes() {
+        let whole = HeaderPairs::serialize([("x-a", &b"1"[..]), ("x-b", b"2")]);
+        for cut in 0..whole.bytes.len() {
+            let map = HeaderPairs::from_bytes(whole.bytes.get(..cut).unwrap().to_vec());
+            assert!(map.iter().count() <= 2);
+        }
+        // A count far beyond the buffer.
+        let map = HeaderPairs::from_bytes(vec![255, 255, 255, 255, 1, 0]);
+        assert_eq!(map.iter().count(), 0);
+        assert!(HeaderPairs::default().is_empty());
+    }
+}
