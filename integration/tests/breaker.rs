@@ -311,6 +311,11 @@ fn both_workers_see_one_breaker() {
             500
         );
     }
+    // A worker that read the breaker closed trusts that for up to TRUST (5 ms): past that,
+    // every worker sees it open.
+    std::thread::sleep(Duration::from_nanos(
+        4 * mesh_policy::breaker::machine::TRUST,
+    ));
     let served = mesh.upstream_count("v1");
     let replies = on_both_workers(&mesh, "/fragile", 3);
     for reply in &replies {

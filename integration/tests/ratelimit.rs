@@ -199,6 +199,63 @@ fn reference_rate_holds_across_two_workers_not_doubled() {
     );
 }
 
+/// A bucket large enough that workers lease tokens (500/s, burst 1000): from both workers as
+/// fast as they go, the admitted count still never exceeds one bucket's, and falls short of
+/// it by no more than what leases may hold back: their charge (20 ms of tokens) and the
+/// tokens each worker may still hold (31).
+#[test]
+fn leases_keep_a_large_bucket_exact_across_two_workers() {
+    const CLIENTS: usize = 6;
+    const REQUESTS: usize = 4000;
+    let config = r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 500, "burst": 1000}]}}}"#;
+    let mesh = mesh_with(config);
+    let sent = AtomicUsize::new(0);
+    let admitted = AtomicUsize::new(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = Barrier::new(CLIENTS);
+    let began = Instant::now();
+    let last_sent = std::sync::Mutex::new(began);
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                start.wait();
+                while sent.fetch_add(1, Ordering::SeqCst) < REQUESTS && Instant::now() < deadline {
+                    let at = Instant::now();
+                    let reply = mesh.get("/checkout").send();
+                    match reply.status {
+                        200 => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        429 => {}
+                        other => panic!("unexpected status {other}: {}", reply.text()),
+                    }
+                    let mut last = last_sent.lock().unwrap();
+                    *last = (*last).max(at);
+                }
+            });
+        }
+    });
+    let elapsed = began.elapsed();
+    let sending = last_sent.lock().unwrap().duration_since(began);
+    let admitted = admitted.load(Ordering::SeqCst) as u64;
+    let most = admissible(1000, 500.0, elapsed);
+    // While requests kept coming faster than the rate, a bucket admits its burst and a token
+    // per 2 ms; leases may hold back 10 + 2 x 31 of them, the clocks of this process and
+    // Envoy's differ by a few ms (25 tokens of slack).
+    let least = admissible(1000, 500.0, sending).saturating_sub(1 + 10 + 2 * 31 + 25);
+    eprintln!("admitted {admitted} in {elapsed:?} (between {least} and {most})");
+    assert!(
+        admitted <= most,
+        "{admitted} admitted, more than one bucket's {most}"
+    );
+    assert!(admitted >= least, "{admitted} admitted, fewer than {least}");
+    let workers = connections_per_worker(&mesh);
+    assert!(
+        workers.len() == 2 && workers.iter().all(|n| *n > 0),
+        "both workers must have served: {workers:?}"
+    );
+}
+
 #[test]
 fn two_keys_are_independent() {
     let salt = key::salt("limited", 0);

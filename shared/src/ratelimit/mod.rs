@@ -509,6 +509,14 @@ impl RouteLimits {
         }
     }
 
+    /// Tokens this VM holds in leases on limit `limit`'s slots.
+    #[cfg(test)]
+    fn leased_tokens(&self, limit: usize) -> u32 {
+        self.limits.get(limit).map_or(0, |bound| {
+            bound.leases.borrow().iter().map(|l| l.left).sum()
+        })
+    }
+
     /// Runs `f` with the shared-data key of `slot` of limit `limit`.
     fn with_key<R>(&self, limit: usize, slot: u32, f: impl FnOnce(&str) -> R) -> R {
         let base = self.limits.get(limit).map_or("", |b| b.key_base.as_str());

@@ -859,3 +859,174 @@ fn a_service_header_replaces_the_filters_own_of_that_name() {
     // The service's own repeated headers are all kept.
     assert_eq!(values("x-limit-by"), ["a", "b"]);
 }
+
+// ---- leases: tokens a VM takes for its later requests ----
+
+/// A bucket large enough for leases: 1000/s (a token a millisecond), burst 2000.
+const LEASING: &str = r#"{"limits": [{"rate_per_s": 1000, "burst": 2000}]}"#;
+
+/// Two VMs of one Envoy on `json`: their hosts share shared data (and start at one time).
+fn two_vms(json: &str) -> [(RouteLimits, FakeHost); 2] {
+    let mut a = FakeHost::new();
+    let mut b = a.another_vm();
+    let route_a = bind(json, &mut a);
+    let route_b = bind(json, &mut b);
+    [(route_a, a), (route_b, b)]
+}
+
+/// The most a bucket of `burst` at one token every `period` can admit in `window`.
+fn admissible_in(burst: u64, period: u64, window: u64) -> u64 {
+    burst + window / period
+}
+
+/// Requests from two VMs in a seeded random interleaving, `gap` nanoseconds apart at most;
+/// the times of the admitted ones.
+fn interleaved(
+    vms: &mut [(RouteLimits, FakeHost); 2],
+    requests: usize,
+    gap: u64,
+    seed: u64,
+) -> Vec<u64> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut now = vms[0].1.now;
+    let mut admitted = Vec::new();
+    for _ in 0..requests {
+        now += rng.u64(0..=gap);
+        let (route, host) = &mut vms[rng.usize(0..2)];
+        host.now = now;
+        if route.check(host).decision == Decision::Allowed {
+            admitted.push(now);
+        }
+    }
+    admitted
+}
+
+#[test]
+fn leases_never_admit_more_than_the_bucket_in_any_window() {
+    // Load around the rate and far above it, in both VMs: in every window of time, never more
+    // than burst + the tokens that came in it (GCRA's own bound), with leases at work.
+    for (seed, gap) in [
+        (1, 3 * NANOS_PER_MS),
+        (2, 1_000_000),
+        (3, 200_000),
+        (4, 20_000),
+    ] {
+        let mut vms = two_vms(LEASING);
+        let admitted = interleaved(&mut vms, 3000, gap, seed);
+        let reads: usize = vms.iter().map(|(_, host)| host.calls().shared_gets).sum();
+        assert!(
+            reads < admitted.len(),
+            "seed {seed}: no lease at work ({reads} reads)"
+        );
+        let period = NANOS_PER_MS;
+        for (i, first) in admitted.iter().enumerate() {
+            for (j, last) in admitted.iter().enumerate().skip(i) {
+                let count = (j - i + 1) as u64;
+                assert!(
+                    count <= admissible_in(2000, period, last - first),
+                    "seed {seed}: {count} admitted in {} ns",
+                    last - first
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn leases_hold_back_at_most_their_charge_and_their_tokens() {
+    // Far above the rate from both VMs: the bucket drains. GCRA alone would admit the burst
+    // plus one token per period; what leases may cost is their charge (20 ms of tokens) and
+    // the tokens each VM still holds (MAX_LEASE - 1).
+    let mut vms = two_vms(LEASING);
+    let start = vms[0].1.now;
+    let admitted = interleaved(&mut vms, 20_000, 40_000, 9);
+    let end = vms.iter().map(|(_, host)| host.now).max().unwrap();
+    let exact = admissible_in(2000, NANOS_PER_MS, end - start);
+    let held_back = LEASE_HOLD.div_ceil(NANOS_PER_MS) + 2 * u64::from(MAX_LEASE - 1);
+    let admitted = admitted.len() as u64;
+    assert!(admitted <= exact, "{admitted} > {exact}");
+    assert!(
+        admitted + held_back >= exact,
+        "{admitted} admitted, {exact} admissible: more than {held_back} held back"
+    );
+}
+
+#[test]
+fn while_the_bucket_is_far_from_empty_most_requests_touch_no_shared_data() {
+    let [(route_a, mut a), (route_b, mut b)] = two_vms(
+        r#"{"limits": [
+        {"rate_per_s": 1000000, "burst": 1000000},
+        {"rate_per_s": 100000, "burst": 100000, "key": {"header": "x-api-key"}}]}"#,
+    );
+    with_key(&mut a, "k1");
+    with_key(&mut b, "k1");
+    let before = (a.calls().shared_gets, b.calls().shared_gets);
+    for _ in 0..1000 {
+        a.advance_ms(1);
+        b.now = a.now;
+        assert_eq!(route_a.check(&mut a).decision, Decision::Allowed);
+        assert_eq!(route_b.check(&mut b).decision, Decision::Allowed);
+    }
+    let reads = a.calls().shared_gets - before.0 + b.calls().shared_gets - before.1;
+    // Two limits, 2000 requests: 4000 reads without leases; a lease lasts 20 requests here.
+    assert!(
+        reads <= 4000 / 10,
+        "{reads} shared-data reads for 2000 requests"
+    );
+}
+
+#[test]
+fn a_lease_grows_while_used_up_and_shrinks_to_what_was_used() {
+    let [(route, mut host), _] = two_vms(LEASING);
+    let reads = |host: &FakeHost| host.calls().shared_gets;
+    // Requests 0.1 ms apart: each lease is used up before it expires, so it doubles.
+    let mut per_read = Vec::new();
+    for _ in 0..6 {
+        let before = reads(&host);
+        let mut served = 0;
+        while reads(&host) == before || served == 0 {
+            host.now += 100_000;
+            route.check(&mut host);
+            served += 1;
+            if reads(&host) > before + 1 {
+                break;
+            }
+        }
+        per_read.push(served);
+    }
+    assert!(per_read.windows(2).all(|w| w[1] >= w[0]), "{per_read:?}");
+    // One request per 30 ms outlives every lease: each takes one token and leases none.
+    host.now += 100 * NANOS_PER_MS;
+    let before = reads(&host);
+    for _ in 0..5 {
+        host.now += 30 * NANOS_PER_MS;
+        route.check(&mut host);
+    }
+    assert_eq!(reads(&host) - before, 5);
+}
+
+#[test]
+fn a_rejection_by_another_limit_spends_no_leased_token() {
+    // The route limit leases; the per-key limit of 1 rejects: the leased tokens stay.
+    let json = r#"{"limits": [
+        {"rate_per_s": 1000, "burst": 2000},
+        {"rate_per_s": 1, "burst": 1, "key": {"header": "x-api-key"}, "slots": 65536}]}"#;
+    let [(route, mut host), _] = two_vms(json);
+    for i in 0..40 {
+        with_key(&mut host, &format!("k{i}"));
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+        host.now += 100_000;
+    }
+    let leased = route.leased_tokens(0);
+    assert!(leased > 0, "the route limit leases");
+    with_key(&mut host, "k0");
+    assert_eq!(route.check(&mut host).decision, Decision::Rejected);
+    assert_eq!(
+        route.leased_tokens(0),
+        leased,
+        "the rejection took no leased token"
+    );
+    with_key(&mut host, "fresh");
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    assert_eq!(route.leased_tokens(0), leased - 1);
+}
