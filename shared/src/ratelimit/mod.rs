@@ -162,12 +162,19 @@ impl SlotLease {
     }
 
     /// The tokens the next decision on the slot takes: twice the last lease's when this VM
-    /// used it up before it expired, else what it used of it.
+    /// used it up in the first half of its time (its traffic on the slot is at least twice
+    /// the lease), as many when it used it up later, else what it used of it. A lease grows
+    /// only with traffic already seen, so one left unused is rare under steady traffic.
     fn next_size(&self, now: Nanos) -> u32 {
-        if self.left == 0 && (self.taken..self.until).contains(&now) {
-            self.size.saturating_mul(2).min(MAX_LEASE)
-        } else {
-            self.size.saturating_sub(self.left).max(1)
+        let half = self
+            .taken
+            .saturating_add(self.until.saturating_sub(self.taken) / 2);
+        match (self.left, now) {
+            (0, now) if (self.taken..half).contains(&now) => {
+                self.size.saturating_mul(2).min(MAX_LEASE)
+            }
+            (0, _) => self.size,
+            (left, _) => self.size.saturating_sub(left).max(1),
         }
     }
 }
