@@ -130,6 +130,9 @@ if [ -n "$smoke" ]; then
   [ "$((v1_after - v1_before))" = 2 ] || die "v1 counted $((v1_after - v1_before)) calls, expected 2"
   say "ok: the probe passed, the breaker closed and the next call went through"
   say "smoke check: the counters carry their labels at /stats/prometheus"
+  # The modules hand Envoy their counts once a second (README, "Counters reach Envoy once a
+  # second"): wait for one more flush.
+  sleep 1.5
   metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
   for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
                 'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
