@@ -151,34 +151,13 @@ fn thirty_concurrent_requests_with_one_key_admit_the_burst_and_reject_the_rest()
 /// both workers as fast as they go: the admitted count follows one bucket, not one per worker.
 #[test]
 fn reference_rate_holds_across_two_workers_not_doubled() {
-    const CLIENTS: usize = 6;
-    const REQUESTS: usize = 1200;
     let mesh = mesh();
-    let sent = AtomicUsize::new(0);
-    let admitted = AtomicUsize::new(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let start = Barrier::new(CLIENTS);
-    let began = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
-            s.spawn(|| {
-                start.wait();
-                while sent.fetch_add(1, Ordering::SeqCst) < REQUESTS && Instant::now() < deadline {
-                    let reply = mesh.get("/checkout").send();
-                    match reply.status {
-                        200 => {
-                            admitted.fetch_add(1, Ordering::SeqCst);
-                        }
-                        429 => {}
-                        other => panic!("unexpected status {other}: {}", reply.text()),
-                    }
-                }
-            });
-        }
-    });
-    let elapsed = began.elapsed();
-    let sent = sent.load(Ordering::SeqCst).min(REQUESTS) as u64;
-    let admitted = admitted.load(Ordering::SeqCst) as u64;
+    let Flood {
+        sent,
+        admitted,
+        elapsed,
+        ..
+    } = flood(&mesh, "/checkout", 1200);
     let bound = admissible(50, 100.0, elapsed);
     eprintln!("admitted {admitted} of {sent} in {elapsed:?} (bound {bound})");
     assert!(admitted >= 50, "the burst of 50 must pass, got {admitted}");
@@ -206,38 +185,15 @@ fn reference_rate_holds_across_two_workers_not_doubled() {
 /// tokens each worker may still hold (31).
 #[test]
 fn leases_keep_a_large_bucket_exact_across_two_workers() {
-    const CLIENTS: usize = 6;
-    const REQUESTS: usize = 4000;
     let config = r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 500, "burst": 1000}]}}}"#;
     let mesh = mesh_with(config);
-    let sent = AtomicUsize::new(0);
-    let admitted = AtomicUsize::new(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let start = Barrier::new(CLIENTS);
-    let began = Instant::now();
-    let arrivals = std::sync::Mutex::new(Vec::with_capacity(REQUESTS));
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
-            s.spawn(|| {
-                start.wait();
-                while sent.fetch_add(1, Ordering::SeqCst) < REQUESTS && Instant::now() < deadline {
-                    arrivals.lock().unwrap().push(began.elapsed());
-                    let reply = mesh.get("/checkout").send();
-                    match reply.status {
-                        200 => {
-                            admitted.fetch_add(1, Ordering::SeqCst);
-                        }
-                        429 => {}
-                        other => panic!("unexpected status {other}: {}", reply.text()),
-                    }
-                }
-            });
-        }
-    });
-    let elapsed = began.elapsed();
-    let admitted = admitted.load(Ordering::SeqCst) as u64;
+    let Flood {
+        admitted,
+        elapsed,
+        mut arrivals,
+        ..
+    } = flood(&mesh, "/checkout", 4000);
     let most = admissible(1000, 500.0, elapsed);
-    let mut arrivals = arrivals.into_inner().unwrap();
     arrivals.sort();
     let gcra = one_token_at_a_time(&arrivals, 1000, Duration::from_millis(2));
     // What leases may hold back, and a few ms of difference between this process's clock
@@ -256,6 +212,51 @@ fn leases_keep_a_large_bucket_exact_across_two_workers() {
         workers.len() == 2 && workers.iter().all(|n| *n > 0),
         "both workers must have served: {workers:?}"
     );
+}
+
+/// What a flood of requests got: how many were sent and admitted, over how long, and when
+/// each was sent (since the flood began).
+struct Flood {
+    sent: u64,
+    admitted: u64,
+    elapsed: Duration,
+    arrivals: Vec<Duration>,
+}
+
+/// `requests` GETs of `path` from six clients at once, each as fast as it goes (new
+/// connections spread over the workers), bounded by a minute.
+fn flood(mesh: &Mesh, path: &str, requests: usize) -> Flood {
+    const CLIENTS: usize = 6;
+    let sent = AtomicUsize::new(0);
+    let admitted = AtomicUsize::new(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = Barrier::new(CLIENTS);
+    let began = Instant::now();
+    let arrivals = std::sync::Mutex::new(Vec::with_capacity(requests));
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                start.wait();
+                while sent.fetch_add(1, Ordering::SeqCst) < requests && Instant::now() < deadline {
+                    arrivals.lock().unwrap().push(began.elapsed());
+                    let reply = mesh.get(path).send();
+                    match reply.status {
+                        200 => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        429 => {}
+                        other => panic!("unexpected status {other}: {}", reply.text()),
+                    }
+                }
+            });
+        }
+    });
+    Flood {
+        sent: sent.load(Ordering::SeqCst).min(requests) as u64,
+        admitted: admitted.load(Ordering::SeqCst) as u64,
+        elapsed: began.elapsed(),
+        arrivals: arrivals.into_inner().unwrap(),
+    }
 }
 
 /// How many of `arrivals` (sorted) a bucket of `burst`, a token every `period`, admits when
