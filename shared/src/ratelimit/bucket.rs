@@ -100,6 +100,14 @@ pub struct Lease {
     pub until: u64,
 }
 
+/// Tokens of a lease that expired unused, given back by the VM's next decision on the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unused {
+    pub tokens: u32,
+    /// The TAT the lease's decision wrote.
+    pub written: u64,
+}
+
 /// A lease takes at most this share of the tokens the bucket holds (1/32): as the bucket
 /// empties, leases shrink to nothing and every request takes its own token.
 pub const LEASE_SHARE: u64 = 32;
@@ -112,15 +120,20 @@ pub const LEASE_SHARE: u64 = 32;
 /// at a time. Its tokens are taken as if at `now + hold`, the last instant they may be used
 /// (a bucket holding fewer than `rate x hold` tokens of debt is charged the difference), so
 /// the bucket cannot refill under tokens a VM still holds. What a lease costs is only ever
-/// under-admission: the charge, and tokens that expire unused.
+/// under-admission: the charge, and tokens still held when traffic stops.
+///
+/// `unused`: tokens of this VM's last lease on the slot that expired unused, given back
+/// (see [`give_back`]).
 pub fn decide_lease(
     rate: &Rate,
     record: Option<&[u8]>,
     now: u64,
     extra: u32,
     hold: u64,
+    unused: Option<Unused>,
 ) -> (Outcome, Option<Lease>) {
-    let read = Read::new(rate, record, now);
+    let mut read = Read::new(rate, record, now);
+    give_back(rate, &mut read, now, unused);
     let single = || (take(rate, &read, now, NonZeroU32::MIN), None);
     if extra == 0 || read.repaired {
         return single();
@@ -159,6 +172,20 @@ pub fn decide_lease(
             }),
         ),
         Outcome::Reject { .. } => single(),
+    }
+}
+
+/// Takes `unused` tokens off the TAT read, as if they had never been leased: exact only while
+/// the bucket without them would not have been full since, which holds until `now` reaches
+/// the TAT the lease wrote less the tokens (the record's TAT only grows). Later, or when the
+/// record was repaired, they stay lost: under-admission, never over.
+fn give_back(rate: &Rate, read: &mut Read, now: u64, unused: Option<Unused>) {
+    let (Some(unused), Some(tat)) = (unused, read.tat) else {
+        return;
+    };
+    let owed = duration_nanos(rate.period()).saturating_mul(u64::from(unused.tokens));
+    if !read.repaired && tat >= unused.written && now < unused.written.saturating_sub(owed) {
+        read.tat = Some(tat - owed);
     }
 }
 

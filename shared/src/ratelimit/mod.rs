@@ -19,7 +19,8 @@
 //! A request that reads a slot may lease tokens for this VM's later requests on it
 //! ([`bucket::decide_lease`]: exact, at worst under-admitting), so while a bucket is far
 //! from empty most requests touch no shared data: a lease holds at most [`MAX_LEASE`] tokens
-//! for [`LEASE_HOLD`], its size follows what the VM used of the last one, and a bucket holding
+//! for [`LEASE_HOLD`], its size follows what the VM used of the last one, what it left unused
+//! is given back by the VM's next decision on the slot ([`bucket::Unused`]), and a bucket holding
 //! less than [`bucket::LEASE_SHARE`] times a lease's cost gets none (each request takes its own
 //! token, as before). Otherwise a request costs one shared-data read and one CAS write per
 //! limit. When the retries run out or the host refuses a write, the request is let through
@@ -154,6 +155,8 @@ struct SlotLease {
     /// The bucket as the lease left it, for `X-RateLimit-*`.
     remaining: u32,
     full_at: Nanos,
+    /// The TAT the decision wrote.
+    written: Nanos,
 }
 
 impl SlotLease {
@@ -190,15 +193,22 @@ impl BoundLimit {
             .copied()
     }
 
-    /// How many tokens a decision on `slot` takes for later requests.
-    fn extra_tokens(&self, slot: u32, now: Nanos) -> u32 {
+    /// How many tokens a decision on `slot` takes for later requests, and the tokens of the
+    /// last lease that expired unused, to give back.
+    fn next_lease(&self, slot: u32, now: Nanos) -> (u32, Option<bucket::Unused>) {
         let Ok(leases) = self.leases.try_borrow() else {
-            return 0;
+            return (0, None);
         };
         leases
             .iter()
             .find(|l| l.slot == slot)
-            .map_or(0, |l| l.next_size(now) - 1)
+            .map_or((0, None), |l| {
+                let unused = (l.left > 0).then_some(bucket::Unused {
+                    tokens: l.left,
+                    written: l.written,
+                });
+                (l.next_size(now) - 1, unused)
+            })
     }
 
     /// Uses a token of the lease on `slot`.
@@ -218,6 +228,7 @@ impl BoundLimit {
         slot: u32,
         now: Nanos,
         lease: Option<bucket::Lease>,
+        record: bucket::Record,
         remaining: u32,
         full_in: Nanos,
     ) {
@@ -233,6 +244,7 @@ impl BoundLimit {
             until: lease.map_or(now.saturating_add(LEASE_HOLD), |l| l.until),
             remaining,
             full_at: now.saturating_add(full_in),
+            written: u64::from_le_bytes(record),
         };
         if let Some(existing) = leases.iter_mut().find(|l| l.slot == slot) {
             *existing = entry;
@@ -361,10 +373,10 @@ impl RouteLimits {
                 set(&mut pending, i, Pending::Leased { slot });
                 continue;
             }
-            let extra = bound.extra_tokens(slot, now);
+            let (extra, unused) = bound.next_lease(slot, now);
             let read = self.with_key(i, slot, |key| host.shared_get(key));
             let record = read.as_ref().map(|r| r.value.as_slice());
-            match bucket::decide_lease(&limit.rate, record, now, extra, LEASE_HOLD) {
+            match bucket::decide_lease(&limit.rate, record, now, extra, LEASE_HOLD, unused) {
                 (
                     Outcome::Admit {
                         record,
@@ -447,14 +459,16 @@ impl RouteLimits {
             let taken = self.with_key(i, slot, |key| {
                 match host.shared_set(key, &record, cas) {
                     Ok(()) => {
-                        bound.note_taken(slot, now, lease, remaining, full_in);
+                        bound.note_taken(slot, now, lease, record, remaining, full_in);
                         Ok(None)
                     }
                     Err(SharedError::Failed) => Err(UpdateError::Failed),
                     // Another VM took from this slot since the read: decide again.
                     Err(SharedError::CasMismatch) => {
+                        let (_, unused) = bound.next_lease(slot, now);
                         store::update(host, key, store::DEFAULT_ATTEMPTS - 1, |record| {
-                            let outcome = bucket::decide(&limit.rate, record, now);
+                            let (outcome, _) =
+                                bucket::decide_lease(&limit.rate, record, now, 0, 0, unused);
                             let write = match outcome {
                                 Outcome::Admit { record, .. }
                                 | Outcome::Reject {
@@ -475,9 +489,11 @@ impl RouteLimits {
             match taken {
                 Ok(None) => {}
                 Ok(Some(Outcome::Admit {
-                    remaining, full_in, ..
+                    record,
+                    remaining,
+                    full_in,
                 })) => {
-                    bound.note_taken(slot, now, None, remaining, full_in);
+                    bound.note_taken(slot, now, None, record, remaining, full_in);
                     set(&mut budgets, i, budget(limit, remaining, full_in));
                 }
                 Ok(Some(Outcome::Reject { wait, full_in, .. })) => {
