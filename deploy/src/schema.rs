@@ -13,6 +13,7 @@
 //! gives the bounds it can, and `mesh-lint` runs the filter itself.
 
 use mesh_policy::canary;
+use mesh_policy::grpc::Code;
 use mesh_policy::trace;
 use mesh_policy::{breaker::config as breaker, ratelimit::config as ratelimit};
 use serde_json::{Value, json};
@@ -155,6 +156,8 @@ fn ratelimit_policy() -> Value {
             "status": {"type": "integer", "minimum": 400, "maximum": 599, "default": ratelimit::DEFAULT_STATUS},
             "body": {"type": "string", "default": ratelimit::DEFAULT_BODY},
             "content_type": {"type": "string", "minLength": 1, "default": ratelimit::DEFAULT_CONTENT_TYPE},
+            "grpc_status": grpc_status("For a gRPC call: the status the rejection ends with.", ratelimit::DEFAULT_GRPC_STATUS),
+            "grpc_message": {"description": "For a gRPC call: the rejection's grpc-message.", "type": "string", "default": ratelimit::DEFAULT_GRPC_MESSAGE},
             "rate_limit_headers": {"type": "boolean", "default": true},
             "failure_mode_deny": {"type": "boolean", "default": false},
             "trusted_hops": {"description": "Proxies in front trusted to append to x-forwarded-for; client_address keys read it only above 0.", "type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0},
@@ -169,6 +172,11 @@ fn ratelimit_policy() -> Value {
     policy["then"] = json!({"required": ["service_cluster", "domain"]});
     policy["else"] = json!({"not": any_of(&["service_cluster", "domain", "timeout_ms"])});
     policy
+}
+
+/// A local reply's gRPC status, by name (`OK` is the filter's to refuse, like a range).
+fn grpc_status(description: &str, default: Code) -> Value {
+    json!({"description": description, "enum": Code::NAMES, "default": default.name()})
 }
 
 fn breaker_policy() -> Value {
@@ -191,10 +199,15 @@ fn breaker_policy() -> Value {
         "probe_timeout_ms": with_default(1, 86_400_000, breaker::DEFAULT_PROBE_TIMEOUT_MS),
         "failure_status": {"description": "Statuses that are failures: codes and classes like \"5xx\".", "type": "array", "default": ["5xx"],
                            "items": {"anyOf": [{"type": "integer", "minimum": 100, "maximum": 599}, {"type": "string", "pattern": "^[1-5]xx$"}]}},
+        "grpc_failure_status": {"description": "gRPC statuses that are failures, for gRPC calls the upstream answered.", "type": "array",
+                                "default": breaker::DEFAULT_GRPC_FAILURE_STATUS.map(Code::name),
+                                "items": {"enum": Code::NAMES}},
         "fallback": object("The reply while the breaker rejects.", json!({
             "status": {"type": "integer", "minimum": 200, "maximum": 599, "default": breaker::DEFAULT_FALLBACK_STATUS},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "body": {"type": "string", "default": ""}
+            "body": {"type": "string", "default": ""},
+            "grpc_status": grpc_status("For a gRPC call: the status the fallback ends with.", breaker::DEFAULT_FALLBACK_GRPC_STATUS),
+            "grpc_message": {"description": "For a gRPC call: the fallback's grpc-message.", "type": "string", "default": breaker::DEFAULT_FALLBACK_GRPC_MESSAGE}
         }), &[], json!({}))
     });
     let mut policy = object(

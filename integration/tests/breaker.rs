@@ -74,7 +74,7 @@ fn stat(mesh: &Mesh, route: &str, counted: &str) -> u64 {
         "contended" | "failed" => {
             format!("mesh_breaker_store_errors_total;route={route};error={counted}")
         }
-        _ => format!("mesh_breaker_calls_total;route={route};outcome={counted}"),
+        _ => format!("mesh_breaker_calls_total;route={route};outcome={counted};protocol=http"),
     })
 }
 
@@ -412,7 +412,7 @@ fn stats_reach_prometheus_with_route_decision_outcome_and_to_labels() {
         r#"mesh_breaker_state{route="fragile"} 1"#,
         r#"mesh_breaker_transitions_total{route="fragile",to="open"} 1"#,
         r#"mesh_breaker_requests_total{route="fragile",decision="rejected"} 1"#,
-        r#"mesh_breaker_calls_total{route="fragile",outcome="failure"} 3"#,
+        r#"mesh_breaker_calls_total{route="fragile",outcome="failure",protocol="http"} 3"#,
     ] {
         assert!(prometheus.contains(line), "{line} not in:\n{prometheus}");
     }

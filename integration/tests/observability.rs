@@ -129,7 +129,10 @@ fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>> {
             "mesh_breaker_requests_total",
             sets(&[&["decision", "route"]]),
         ),
-        ("mesh_breaker_calls_total", sets(&[&["outcome", "route"]])),
+        (
+            "mesh_breaker_calls_total",
+            sets(&[&["outcome", "protocol", "route"]]),
+        ),
         ("mesh_breaker_slow_calls_total", sets(&[&["route"]])),
         (
             "mesh_breaker_store_errors_total",
@@ -353,7 +356,7 @@ fn send(mesh: &Mesh, seen: &mut Seen, route: &str, headers: &[(&str, &str)]) -> 
                     "mesh_breaker_requests_total;{breaker};decision=allowed"
                 ));
                 seen.add(format!(
-                    "mesh_breaker_calls_total;{breaker};outcome={outcome}"
+                    "mesh_breaker_calls_total;{breaker};outcome={outcome};protocol=http"
                 ));
             }
         }
@@ -1130,7 +1133,7 @@ fn the_istio_sidecar_settings_expose_every_label() {
     };
     // The breaker counts the call when the stream ends, after the client has its reply.
     while !admin("/stats?filter=mesh_breaker_calls_total")
-        .contains("route=catalog;outcome=success: 1")
+        .contains("route=catalog;outcome=success;protocol=http: 1")
     {
         assert!(Instant::now() < settled, "{}", envoy.log());
         std::thread::sleep(Duration::from_millis(50));

@@ -67,7 +67,7 @@ fn a_rate_limited_request_never_reaches_the_breaker_and_still_gets_its_trace_id(
         2
     );
     assert_eq!(
-        mesh.stat("mesh_breaker_calls_total;route=fragile;outcome=success"),
+        mesh.stat("mesh_breaker_calls_total;route=fragile;outcome=success;protocol=http"),
         2,
         "{:?}",
         mesh.stats()

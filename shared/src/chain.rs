@@ -451,6 +451,7 @@ mod tests {
                     status: 429,
                     headers: Vec::new(),
                     body: Vec::new(),
+                    grpc: None,
                 }),
                 "call" => Verdict::Call(GrpcCall {
                     cluster: "rls".to_owned(),

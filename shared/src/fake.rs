@@ -18,6 +18,8 @@ pub struct FakeHost {
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
+    /// A body follows the request headers (a POST, a gRPC call).
+    pub request_has_body: bool,
     /// The host calls made so far, by kind (a `Cell`: some are made through `&self`).
     calls: Cell<HostCalls>,
     rng: fastrand::Rng,
@@ -88,6 +90,7 @@ impl FakeHost {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
             properties: HashMap::new(),
+            request_has_body: false,
             calls: Cell::new(HostCalls::default()),
             rng: fastrand::Rng::with_seed(7),
             scripted_random: Vec::new(),
@@ -101,6 +104,18 @@ impl FakeHost {
         self.request_headers
             .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
         self
+    }
+
+    /// A request whose headers a body follows.
+    pub fn with_body(mut self) -> Self {
+        self.request_has_body = true;
+        self
+    }
+
+    /// A gRPC call: `content-type: application/grpc` and a body.
+    pub fn grpc_call(self) -> Self {
+        self.with_request_header("content-type", "application/grpc")
+            .with_body()
     }
 
     pub fn with_response_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
@@ -323,6 +338,10 @@ impl RequestHost for FakeHost {
             .count()
     }
 
+    fn request_has_body(&self) -> bool {
+        self.request_has_body
+    }
+
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.set_http_request_header(name, value);
     }
@@ -448,6 +467,9 @@ impl RequestHost for WriteRace<'_> {
     }
     fn request_header_count(&self, name: &str) -> usize {
         self.host.request_header_count(name)
+    }
+    fn request_has_body(&self) -> bool {
+        self.host.request_has_body()
     }
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.host.set_request_header(name, value);

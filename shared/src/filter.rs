@@ -79,6 +79,22 @@ pub struct LocalReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// For a gRPC call: the reply in gRPC form (trailers-only: HTTP 200, this status and
+    /// message; `body` is not sent). `None` for HTTP.
+    pub grpc: Option<crate::grpc::Status>,
+}
+
+impl LocalReply {
+    /// A reply in gRPC form: `status` is the HTTP status an HTTP client would have had (Envoy
+    /// sends 200 with the gRPC status in its place), no body.
+    pub fn grpc(status: u16, headers: Vec<(String, String)>, grpc: crate::grpc::Status) -> Self {
+        Self {
+            status,
+            headers,
+            body: Vec::new(),
+            grpc: Some(grpc),
+        }
+    }
 }
 
 pub trait Filter: Sized {

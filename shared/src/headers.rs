@@ -42,7 +42,7 @@ impl HeaderPairs {
         }
     }
 
-    /// Serializes `pairs` the way the host does (tests and the fake host).
+    /// Serializes `pairs` the way the host does.
     pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone) -> Self {
         let count = pairs.clone().into_iter().count();
         let mut bytes = Vec::new();
@@ -58,6 +58,11 @@ impl HeaderPairs {
             bytes.push(0);
         }
         Self::from_bytes(bytes)
+    }
+
+    /// The serialized map, as the host reads one (e.g. a local reply's headers).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub fn is_empty(&self) -> bool {

@@ -71,6 +71,8 @@ pub trait RequestHost: Host {
     /// How many times the header is repeated (Envoy's single-value read shows only the
     /// first): for where a second value changes the decision.
     fn request_header_count(&self, name: &str) -> usize;
+    /// Whether a body follows the headers (Envoy says so with the headers: no host call).
+    fn request_has_body(&self) -> bool;
     /// Replaces every value of the header with this one.
     fn set_request_header(&mut self, name: &str, value: &[u8]);
     fn remove_request_header(&mut self, name: &str);

@@ -11,6 +11,7 @@
 //!   each request's phases over the host calls alone.
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
+//! - [`grpc`]: which requests are gRPC calls; gRPC status codes.
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`headers`]: a header map as the host serializes it, read in place.
 //! - [`request`]: request facts several filters key on (client IP, the connection's peer,
@@ -27,6 +28,7 @@ pub mod chain;
 pub mod config;
 pub mod fake;
 pub mod filter;
+pub mod grpc;
 pub mod hash;
 pub mod headers;
 pub mod hex;

@@ -15,6 +15,7 @@ pub const UNNAMED_ROUTE: &str = "unnamed";
 /// Every label name the filters use; `envoy/` has one tag extractor for each.
 pub const LABELS: &[&str] = &[
     "route", "outcome", "release", "reason", "rule", "decision", "error", "to", "cluster",
+    "protocol",
 ];
 
 /// The stat name for a metric with labels.

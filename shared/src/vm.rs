@@ -60,6 +60,8 @@ pub struct Vm<S: Stages> {
 pub struct Stream<S: Stages> {
     route: Rc<S::Route>,
     request: S::Request,
+    /// A body follows the request headers (Envoy says so with them).
+    has_body: bool,
 }
 
 impl<S: Stages> Stream<S> {
@@ -82,13 +84,26 @@ impl<S: Stages> Vm<S> {
         &self.stages
     }
 
-    /// The request-headers phase; `None` when no stage has a policy for the request's route.
-    pub fn on_request<H: RequestCalls>(&self, host: &mut H) -> Option<(Verdict, Stream<S>)> {
+    /// The request-headers phase (`has_body`: a body follows the headers); `None` when no
+    /// stage has a policy for the request's route.
+    pub fn on_request<H: RequestCalls>(
+        &self,
+        host: &mut H,
+        has_body: bool,
+    ) -> Option<(Verdict, Stream<S>)> {
         let mut host = VmHost::new(host, &self.metrics);
+        host.has_body = has_body;
         let name = host.property(&ROUTE_NAME).unwrap_or_default();
         let route = self.route(&name, &mut host)?;
         let (verdict, request) = self.stages.on_request(&route, &mut host);
-        Some((verdict, Stream { route, request }))
+        Some((
+            verdict,
+            Stream {
+                route,
+                request,
+                has_body,
+            },
+        ))
     }
 
     /// The outcome of the call a stage asked for, still in the request phase.
@@ -99,6 +114,7 @@ impl<S: Stages> Vm<S> {
         host: &mut H,
     ) -> Verdict {
         let mut host = VmHost::new(host, &self.metrics);
+        host.has_body = stream.has_body;
         self.stages
             .on_call_done(&stream.route, &mut stream.request, outcome, &mut host)
     }
@@ -242,6 +258,7 @@ pub struct VmHost<'a, H> {
     request_headers: OnceCell<HeaderPairs>,
     /// ...and the phase's own writes since, by name: a value set, or `None` for removed.
     written: Vec<(String, Option<Vec<u8>>)>,
+    has_body: bool,
 }
 
 impl<'a, H> VmHost<'a, H> {
@@ -252,6 +269,7 @@ impl<'a, H> VmHost<'a, H> {
             now: Cell::new(None),
             request_headers: OnceCell::new(),
             written: Vec::new(),
+            has_body: false,
         }
     }
 }
@@ -338,6 +356,10 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
             Some(written) => usize::from(written.is_some()),
             None => self.request_headers().count(name),
         }
+    }
+
+    fn request_has_body(&self) -> bool {
+        self.has_body
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) {

@@ -83,18 +83,64 @@ impl<'a> Proxy<'a, RequestPhase> {
     }
 
     /// Answers locally; the caller returns `Action::Pause` so the upstream is not contacted.
+    /// A reply in gRPC form passes its gRPC status to Envoy, which sends it trailers-only.
     pub(crate) fn send_reply(&mut self, reply: &LocalReply) {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        if let Err(status) =
-            hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body))
-        {
-            log::warn!("send_http_response failed: status {}", status as u32);
+        let headers = HeaderPairs::serialize(
+            reply
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        );
+        let (grpc_status, body): (i32, &[u8]) = match &reply.grpc {
+            Some(status) => (
+                i32::try_from(status.code.0).unwrap_or(2),
+                status.message.as_bytes(),
+            ),
+            None => (-1, &reply.body),
+        };
+        let status = send_local_response(reply.status, headers.as_bytes(), body, grpc_status);
+        if status != Status::Ok as u32 {
+            log::warn!("send_local_response failed: status {status}");
         }
     }
+}
+
+/// `proxy_send_local_response` with its gRPC status, which the SDK (0.2.5) always passes as
+/// -1 (none). For a gRPC request Envoy answers `:status 200`, `grpc-status` = `grpc_status`
+/// (or one mapped from `status` when -1) and `grpc-message` = the body.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn send_local_response(status: u16, headers: &[u8], body: &[u8], grpc_status: i32) -> u32 {
+    unsafe extern "C" {
+        fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+    // SAFETY: each pointer and length describes a live slice the host only reads.
+    unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            grpc_status,
+        )
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn send_local_response(_status: u16, _headers: &[u8], _body: &[u8], _grpc_status: i32) -> u32 {
+    Status::InternalFailure as u32
 }
 
 impl Proxy<'_, RequestPhase> {

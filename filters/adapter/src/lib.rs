@@ -426,12 +426,12 @@ fn settle<S: Stages>(
 }
 
 impl<S: Stages> HttpContext for Http<S> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(state) = self.state.clone() else {
             return Action::Continue;
         };
         let mut host = Proxy::request(&state.rng);
-        let Some((verdict, stream)) = state.vm.on_request(&mut host) else {
+        let Some((verdict, stream)) = state.vm.on_request(&mut host, !end_of_stream) else {
             return Action::Continue;
         };
         let weak = Rc::downgrade(&self.core);

@@ -13,11 +13,10 @@ use std::rc::Rc;
 use mesh_policy::breaker::classify::{self, Finished, Verdict};
 use mesh_policy::breaker::machine::{self, Admission, Local, Outcome, Ticket, Transition};
 use mesh_policy::breaker::record::State;
-use mesh_policy::breaker::{
-    BreakerConfig, BreakerPolicy, CIRCUIT_STATE_HEADER, KeyBy, RETRY_AFTER_HEADER, shared_key,
-};
+use mesh_policy::breaker::{BreakerConfig, BreakerPolicy, KeyBy, shared_key};
 use mesh_policy::config::{ConfigError, FieldPath};
-use mesh_policy::filter::{Filter, LocalReply, Plugin, Verdict as FilterVerdict};
+use mesh_policy::filter::{Filter, Plugin, Verdict as FilterVerdict};
+use mesh_policy::grpc::Protocol;
 use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost};
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
@@ -25,7 +24,8 @@ use mesh_policy::store::UpdateError;
 /// `mesh_breaker_requests_total{route, decision}`: every tracked request, once, at its
 /// request headers.
 pub const REQUESTS_TOTAL: &str = "mesh_breaker_requests_total";
-/// `mesh_breaker_calls_total{route, outcome}`: every passed call, once, when it ends.
+/// `mesh_breaker_calls_total{route, outcome, protocol}`: every passed call, once, when it
+/// ends; `protocol` is `grpc` for gRPC calls (classified by their gRPC status), else `http`.
 pub const CALLS_TOTAL: &str = "mesh_breaker_calls_total";
 /// `mesh_breaker_slow_calls_total{route}`: passed calls at least `slow_call_ms` slow.
 pub const SLOW_CALLS_TOTAL: &str = "mesh_breaker_slow_calls_total";
@@ -52,11 +52,11 @@ pub enum Counted {
     /// Decision: open, or half-open over the probe budget: answered with the fallback.
     Rejected,
     /// Outcome: the upstream answered with a status outside the failure set.
-    Success,
+    Success(Protocol),
     /// Outcome: a failure status, reset, connect failure or timeout.
-    Failure,
+    Failure(Protocol),
     /// Outcome: finished without the upstream deciding it (the client left first).
-    Ignored,
+    Ignored(Protocol),
     /// Besides the outcome: at least `slow_call_ms`.
     Slow,
     /// Shared data: every compare-and-swap round lost.
@@ -66,36 +66,51 @@ pub enum Counted {
 }
 
 impl Counted {
-    pub const ALL: [Counted; 9] = [
+    pub const ALL: [Counted; 12] = [
         Self::Allowed,
         Self::Probe,
         Self::Rejected,
-        Self::Success,
-        Self::Failure,
-        Self::Ignored,
+        Self::Success(Protocol::Http),
+        Self::Failure(Protocol::Http),
+        Self::Ignored(Protocol::Http),
+        Self::Success(Protocol::Grpc),
+        Self::Failure(Protocol::Grpc),
+        Self::Ignored(Protocol::Grpc),
         Self::Slow,
         Self::Contended,
         Self::StoreFailed,
     ];
 
-    /// The metric and its label (`None`: the metric has only `route`).
-    pub fn metric(self) -> (&'static str, Option<(&'static str, &'static str)>) {
+    /// The metric and its labels besides `route`.
+    pub fn metric(self) -> (&'static str, Vec<(&'static str, &'static str)>) {
+        let call = |outcome, protocol: Protocol| {
+            vec![("outcome", outcome), ("protocol", protocol.label())]
+        };
         match self {
-            Self::Allowed => (REQUESTS_TOTAL, Some(("decision", "allowed"))),
-            Self::Probe => (REQUESTS_TOTAL, Some(("decision", "probe"))),
-            Self::Rejected => (REQUESTS_TOTAL, Some(("decision", "rejected"))),
-            Self::Success => (CALLS_TOTAL, Some(("outcome", "success"))),
-            Self::Failure => (CALLS_TOTAL, Some(("outcome", "failure"))),
-            Self::Ignored => (CALLS_TOTAL, Some(("outcome", "ignored"))),
-            Self::Slow => (SLOW_CALLS_TOTAL, None),
+            Self::Allowed => (REQUESTS_TOTAL, vec![("decision", "allowed")]),
+            Self::Probe => (REQUESTS_TOTAL, vec![("decision", "probe")]),
+            Self::Rejected => (REQUESTS_TOTAL, vec![("decision", "rejected")]),
+            Self::Success(protocol) => (CALLS_TOTAL, call("success", protocol)),
+            Self::Failure(protocol) => (CALLS_TOTAL, call("failure", protocol)),
+            Self::Ignored(protocol) => (CALLS_TOTAL, call("ignored", protocol)),
+            Self::Slow => (SLOW_CALLS_TOTAL, Vec::new()),
             Self::Contended => (
                 STORE_ERRORS_TOTAL,
-                Some(("error", UpdateError::Contended.as_str())),
+                vec![("error", UpdateError::Contended.as_str())],
             ),
             Self::StoreFailed => (
                 STORE_ERRORS_TOTAL,
-                Some(("error", UpdateError::Failed.as_str())),
+                vec![("error", UpdateError::Failed.as_str())],
             ),
+        }
+    }
+
+    /// How a classified call is counted.
+    fn call(verdict: Verdict, protocol: Protocol) -> Self {
+        match verdict {
+            Verdict::Success => Self::Success(protocol),
+            Verdict::Failure(_) => Self::Failure(protocol),
+            Verdict::Ignored => Self::Ignored(protocol),
         }
     }
 
@@ -184,6 +199,7 @@ pub struct Pending {
     ticket: Ticket,
     started: Nanos,
     responded: Option<Nanos>,
+    protocol: Protocol,
 }
 
 impl BreakerRoute {
@@ -259,20 +275,6 @@ impl BreakerRoute {
     }
 }
 
-/// The fallback reply, with the breaker's state and when to try again.
-fn fallback_reply(policy: &BreakerPolicy, state: State, retry_after_secs: u64) -> LocalReply {
-    let fallback = &policy.fallback;
-    let mut headers = Vec::with_capacity(fallback.headers.len() + 2);
-    headers.extend(fallback.headers.iter().cloned());
-    headers.push((CIRCUIT_STATE_HEADER.to_owned(), state.as_str().to_owned()));
-    headers.push((RETRY_AFTER_HEADER.to_owned(), retry_after_secs.to_string()));
-    LocalReply {
-        status: fallback.status,
-        headers,
-        body: fallback.body.clone(),
-    }
-}
-
 impl Filter for Breaker {
     const NAME: &'static str = "breaker";
     type Config = BreakerConfig;
@@ -300,13 +302,10 @@ impl Filter for Breaker {
     ) -> BreakerRoute {
         let name = stats::route_label(route_name).to_owned();
         let requests = Counted::ALL.map(|counted| {
-            let (base, label) = counted.metric();
-            let route = ("route", name.as_str());
-            let full = match label {
-                Some(label) => stats::metric_name(base, &[route, label]),
-                None => stats::metric_name(base, &[route]),
-            };
-            host.define_metric(MetricKind::Counter, &full)
+            let (base, labels) = counted.metric();
+            let mut all = vec![("route", name.as_str())];
+            all.extend(labels);
+            host.define_metric(MetricKind::Counter, &stats::metric_name(base, &all))
         });
         let transitions = STATES.map(|state| {
             stats::route_counter(host, TRANSITIONS_TOTAL, route_name, ("to", state.as_str()))
@@ -370,6 +369,7 @@ impl Filter for Breaker {
                     ticket,
                     started,
                     responded: None,
+                    protocol: Protocol::of(host),
                 };
                 (FilterVerdict::Continue, Some(pending))
             }
@@ -384,7 +384,7 @@ impl Filter for Breaker {
                     breaker.key,
                     state.as_str()
                 );
-                let reply = fallback_reply(&route.policy, state, retry_after_secs);
+                let reply = route.policy.fallback.reply(state, retry_after_secs, host);
                 (FilterVerdict::Reply(reply), None)
             }
         }
@@ -411,21 +411,15 @@ impl Filter for Breaker {
         // counted at its start would land in a bucket the window has moved past.
         let now = host.now();
         let end = pending.responded.unwrap_or(now);
-        let finished = Finished::read(host, end.saturating_sub(pending.started));
+        let finished = Finished::read(host, end.saturating_sub(pending.started), pending.protocol);
         let policy = &route.policy;
         let call = classify::classify(
             &finished,
             &policy.failure_status,
+            policy.grpc_failure_status,
             policy.slow_calls.map(|slow| slow.threshold),
         );
-        route.count(
-            host,
-            match call.verdict {
-                Verdict::Success => Counted::Success,
-                Verdict::Failure(_) => Counted::Failure,
-                Verdict::Ignored => Counted::Ignored,
-            },
-        );
+        route.count(host, Counted::call(call.verdict, pending.protocol));
         if call.slow {
             route.count(host, Counted::Slow);
         }

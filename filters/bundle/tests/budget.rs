@@ -188,7 +188,9 @@ fn measure<S: Stages>(json: &str) -> Counts {
             ticks = 0;
         }
         host.request_headers = request_headers(i);
-        let (verdict, mut stream) = vm.on_request(&mut host).expect("the bench route is bound");
+        let (verdict, mut stream) = vm
+            .on_request(&mut host, false)
+            .expect("the bench route is bound");
         assert_eq!(verdict, Verdict::Continue, "request {i}");
         host.response_headers = vec![
             (":status".to_owned(), b"200".to_vec()),

@@ -213,7 +213,7 @@ impl Filter for RateLimit {
             check.retry_after_s
         );
         match check.decision {
-            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check)), state),
+            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check, host)), state),
             Decision::DryRunRejected => {
                 route.note_dry_run(host.now());
                 (Verdict::Continue, state)
@@ -278,7 +278,7 @@ impl Filter for RateLimit {
                     route.note_dry_run(now);
                     (Decision::DryRunRejected, Verdict::Continue)
                 } else {
-                    let reply = policy.global_reject_reply(answer);
+                    let reply = policy.global_reject_reply(answer, host);
                     (Decision::Rejected, Verdict::Reply(reply))
                 }
             }
@@ -299,7 +299,7 @@ impl Filter for RateLimit {
                     state.budget = None;
                     (
                         Decision::Unavailable,
-                        Verdict::Reply(policy.unavailable_reply()),
+                        Verdict::Reply(policy.unavailable_reply(host)),
                     )
                 } else if policy.failure_mode_deny {
                     // Dry run: the 503 it would have been, counted like a would-be rejection.

@@ -8,8 +8,13 @@
 //!   `upstream_reset_before_response_started{...}` or `response_timeout`.
 //! - A client that hangs up first leaves no status, flag DC and details
 //!   `downstream_remote_disconnect`: not the upstream's fault.
+//! - A gRPC call the upstream answered is HTTP 200 whatever its outcome; `response.grpc_status`
+//!   is its `grpc-status` (from the trailers, or the headers of a trailers-only response).
+//!   Without either Envoy infers one from the HTTP status (200 gives `UNKNOWN`): a call that
+//!   ended without a status is broken, which gRPC clients see as `UNKNOWN` too.
 
 use super::config::StatusMatch;
+use crate::grpc::{CodeSet, Protocol};
 use crate::host::{Host, Nanos};
 
 /// Envoy's `response.flags` bits (`StreamInfo::CoreResponseFlag`, the legacy bit vector).
@@ -88,6 +93,8 @@ pub struct Finished {
     pub flags: u64,
     /// `response.code_details` was `via_upstream`.
     pub via_upstream: bool,
+    /// A gRPC call the upstream answered with HTTP 200: `response.grpc_status`.
+    pub grpc_status: Option<u32>,
     /// Request headers to response headers; to the end of the stream when no response
     /// headers were sent.
     pub latency: Nanos,
@@ -134,6 +141,7 @@ impl Call {
 pub const RESPONSE_FLAGS: [&str; 2] = ["response", "flags"];
 pub const RESPONSE_CODE: [&str; 2] = ["response", "code"];
 pub const RESPONSE_CODE_DETAILS: [&str; 2] = ["response", "code_details"];
+pub const RESPONSE_GRPC_STATUS: [&str; 2] = ["response", "grpc_status"];
 
 impl Finished {
     /// Envoy's facts about the stream that just ended, read only as far as [`classify`] needs
@@ -141,8 +149,10 @@ impl Finished {
     /// which decide alone when they name an upstream failure; then the status; the details
     /// only for a status outside 2xx, to tell the upstream's from a local reply's. A 2xx
     /// without flags counts as the upstream's: a filter before the breaker that answers
-    /// itself ends the request before the breaker sees it.
-    pub fn read(host: &impl Host, latency: Nanos) -> Self {
+    /// itself ends the request before the breaker sees it. A gRPC call reads the details
+    /// always (Envoy answers gRPC calls itself with 200 too), then its gRPC status; an HTTP
+    /// request reads nothing more than before.
+    pub fn read(host: &impl Host, latency: Nanos, protocol: Protocol) -> Self {
         let flags = host
             .property(&RESPONSE_FLAGS)
             .as_deref()
@@ -152,6 +162,7 @@ impl Finished {
             status: None,
             flags,
             via_upstream: false,
+            grpc_status: None,
             latency,
         };
         if flags & flags::UPSTREAM_FAILURE != 0 {
@@ -163,19 +174,30 @@ impl Finished {
             .and_then(property_u64)
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| *code != 0);
-        finished.via_upstream = match finished.status {
-            Some(200..=299) => true,
-            Some(_) => host.property(&RESPONSE_CODE_DETAILS).as_deref() == Some(VIA_UPSTREAM),
-            None => false,
+        let via_upstream =
+            || host.property(&RESPONSE_CODE_DETAILS).as_deref() == Some(VIA_UPSTREAM);
+        finished.via_upstream = match (finished.status, protocol) {
+            (None, _) => false,
+            (Some(200..=299), Protocol::Http) => true,
+            (Some(_), _) => via_upstream(),
         };
+        if protocol == Protocol::Grpc && finished.via_upstream && finished.status == Some(200) {
+            finished.grpc_status = host
+                .property(&RESPONSE_GRPC_STATUS)
+                .as_deref()
+                .and_then(property_u64)
+                .and_then(|code| u32::try_from(code).ok());
+        }
         finished
     }
 }
 
-/// Classifies a finished stream; `slow_threshold` is `slow_call_ms` when configured.
+/// Classifies a finished stream: a gRPC call by its gRPC status, anything else by its HTTP
+/// status; `slow_threshold` is `slow_call_ms` when configured.
 pub fn classify(
     finished: &Finished,
     failure_status: &StatusSet,
+    grpc_failure_status: CodeSet,
     slow_threshold: Option<Nanos>,
 ) -> Call {
     let timeouts = flags::UPSTREAM_REQUEST_TIMEOUT | flags::UPSTREAM_MAX_STREAM_DURATION_REACHED;
@@ -186,6 +208,16 @@ pub fn classify(
         Verdict::Failure(Failure::Reset)
     } else {
         match finished.status {
+            Some(_) if finished.via_upstream && finished.grpc_status.is_some() => {
+                if finished
+                    .grpc_status
+                    .is_some_and(|code| grpc_failure_status.contains(code))
+                {
+                    Verdict::Failure(Failure::Status)
+                } else {
+                    Verdict::Success
+                }
+            }
             Some(status) if finished.via_upstream => {
                 if failure_status.contains(status) {
                     Verdict::Failure(Failure::Status)

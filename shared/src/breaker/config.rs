@@ -4,6 +4,7 @@
 use crate::config::json::Json;
 use crate::config::read::{FromJson, Object, map, one_of, type_error};
 use crate::config::{ConfigError, FieldPath, HeaderName};
+use crate::grpc::{self, Code, CodeSet};
 use crate::host::{NANOS_PER_MS, Nanos};
 
 use super::classify::StatusSet;
@@ -66,6 +67,10 @@ pub struct FallbackConfig {
     /// In the order written.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// For a gRPC call: the status the reply ends with (default `UNAVAILABLE`).
+    pub grpc_status: Option<Code>,
+    /// For a gRPC call: the reply's `grpc-message` (default `circuit open`).
+    pub grpc_message: Option<String>,
 }
 
 impl FromJson for FallbackConfig {
@@ -77,11 +82,15 @@ impl FromJson for FallbackConfig {
             None => Vec::new(),
         };
         let body = object.or("body", String::new())?;
+        let grpc_status = object.optional("grpc_status")?;
+        let grpc_message = object.optional("grpc_message")?;
         object.finish()?;
         Ok(Self {
             status,
             headers,
             body,
+            grpc_status,
+            grpc_message,
         })
     }
 }
@@ -100,8 +109,22 @@ pub struct BreakerConfig {
     pub half_open_max_requests: u64,
     pub probe_timeout_ms: u64,
     pub failure_status: Vec<StatusMatch>,
+    /// gRPC statuses that count as failures, for gRPC calls the upstream answered.
+    pub grpc_failure_status: Vec<Code>,
     pub fallback: FallbackConfig,
 }
+
+/// A gRPC call fails with these by default: the upstream is down, overloaded or broken.
+/// Not `RESOURCE_EXHAUSTED` (a quota, usually the caller's) nor the caller's own errors.
+pub const DEFAULT_GRPC_FAILURE_STATUS: [Code; 5] = [
+    Code::UNAVAILABLE,
+    Code::DEADLINE_EXCEEDED,
+    Code::INTERNAL,
+    Code::UNKNOWN,
+    Code::DATA_LOSS,
+];
+pub const DEFAULT_FALLBACK_GRPC_STATUS: Code = Code::UNAVAILABLE;
+pub const DEFAULT_FALLBACK_GRPC_MESSAGE: &str = "circuit open";
 
 pub const DEFAULT_WINDOW_MS: u64 = 10_000;
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
@@ -156,6 +179,8 @@ impl FromJson for BreakerConfig {
                 .unwrap_or(DEFAULT_HALF_OPEN_MAX_REQUESTS),
             probe_timeout_ms: probe_timeout_ms.unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
             failure_status: object.or("failure_status", vec![StatusMatch::Class(5)])?,
+            grpc_failure_status: object
+                .or("grpc_failure_status", DEFAULT_GRPC_FAILURE_STATUS.to_vec())?,
             fallback: object.or("fallback", FallbackConfig::default())?,
         };
         object.finish()?;
@@ -177,6 +202,8 @@ pub struct Fallback {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The reply to a gRPC call.
+    pub grpc: grpc::Status,
 }
 
 /// A validated breaker policy.
@@ -193,6 +220,7 @@ pub struct BreakerPolicy {
     pub half_open_max_requests: u64,
     pub probe_timeout: Nanos,
     pub failure_status: StatusSet,
+    pub grpc_failure_status: CodeSet,
     pub fallback: Fallback,
 }
 
@@ -292,6 +320,7 @@ impl BreakerPolicy {
             half_open_max_requests: config.half_open_max_requests,
             probe_timeout: millis(config.probe_timeout_ms),
             failure_status: StatusSet::from_matches(&config.failure_status),
+            grpc_failure_status: CodeSet::of(&config.grpc_failure_status),
             fallback,
         })
     }
@@ -316,10 +345,18 @@ fn compile_fallback(config: FallbackConfig, at: &FieldPath) -> Result<Fallback, 
         }
         headers.push((header.as_str().to_owned(), value));
     }
+    let grpc = grpc::Status::compile(
+        config.grpc_status.unwrap_or(DEFAULT_FALLBACK_GRPC_STATUS),
+        config
+            .grpc_message
+            .unwrap_or_else(|| DEFAULT_FALLBACK_GRPC_MESSAGE.to_owned()),
+        at,
+    )?;
     Ok(Fallback {
         // In range: checked above.
         status: status as u16,
         headers,
         body: config.body.into_bytes(),
+        grpc,
     })
 }

@@ -8,6 +8,7 @@
 //! - [`machine`]: the state machine over that record, pure, plus [`machine::admit`] and
 //!   [`machine::complete`], which run it against shared data with compare-and-swap, and
 //!   [`machine::create`], which creates the record before either does.
+//! - [`reply`]: the fallback reply, in HTTP or gRPC form.
 //!
 //! Nothing here reads a clock or shared data except through [`Host`](crate::host::Host).
 
@@ -15,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod machine;
 pub mod record;
+pub mod reply;
 
 pub use config::{BreakerConfig, BreakerPolicy, KeyBy};
 

@@ -5,6 +5,7 @@ use super::machine::{self, Admission, Local, Outcome, Reason, Ticket, Transition
 use super::record::{BUCKETS, RECORD_BYTES, Record, State};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::fake::FakeHost;
+use crate::grpc::{Code, CodeSet, Protocol};
 use crate::host::{Host, NANOS_PER_MS};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -217,6 +218,7 @@ fn finished(status: Option<u16>, flags: u64, via_upstream: bool, latency_ms: u64
         status,
         flags,
         via_upstream,
+        grpc_status: None,
         latency: latency_ms * NANOS_PER_MS,
     }
 }
@@ -228,13 +230,27 @@ fn five_xx() -> StatusSet {
 #[test]
 fn upstream_statuses_are_classified_by_the_failure_set() {
     let set = five_xx();
-    let call = |status| classify::classify(&finished(Some(status), 0, true, 1), &set, None);
+    let call = |status| {
+        classify::classify(
+            &finished(Some(status), 0, true, 1),
+            &set,
+            CodeSet::default(),
+            None,
+        )
+    };
     assert_eq!(call(200).verdict, Verdict::Success);
     assert_eq!(call(404).verdict, Verdict::Success);
     assert_eq!(call(500).verdict, Verdict::Failure(Failure::Status));
     assert_eq!(call(503).verdict, Verdict::Failure(Failure::Status));
     let only_429 = StatusSet::from_matches(&[StatusMatch::Code(429)]);
-    let call = |status| classify::classify(&finished(Some(status), 0, true, 1), &only_429, None);
+    let call = |status| {
+        classify::classify(
+            &finished(Some(status), 0, true, 1),
+            &only_429,
+            CodeSet::default(),
+            None,
+        )
+    };
     assert_eq!(call(429).verdict, Verdict::Failure(Failure::Status));
     assert_eq!(call(500).verdict, Verdict::Success);
 }
@@ -270,7 +286,12 @@ fn resets_and_timeouts_fail_whatever_the_status() {
         // A 200 whose body the upstream cut off.
         (flags::UPSTREAM_REMOTE_RESET, Some(200), Failure::Reset),
     ] {
-        let call = classify::classify(&finished(status, flag, false, 1), &set, None);
+        let call = classify::classify(
+            &finished(status, flag, false, 1),
+            &set,
+            CodeSet::default(),
+            None,
+        );
         assert_eq!(call.verdict, Verdict::Failure(failure), "flag {flag:#x}");
     }
 }
@@ -281,37 +302,53 @@ fn what_the_upstream_did_not_do_is_ignored() {
     // The client hung up: no status.
     let left = finished(None, flags::DOWNSTREAM_CONNECTION_TERMINATION, false, 10);
     assert_eq!(
-        classify::classify(&left, &set, None).verdict,
+        classify::classify(&left, &set, CodeSet::default(), None).verdict,
         Verdict::Ignored
     );
     // A direct response or another filter's local reply: a status, but not the upstream's.
     let local = finished(Some(503), 0, false, 1);
     assert_eq!(
-        classify::classify(&local, &set, None).verdict,
+        classify::classify(&local, &set, CodeSet::default(), None).verdict,
         Verdict::Ignored
     );
     // Envoy's own overflow cap refused to call the upstream.
     let overflow = finished(Some(503), flags::UPSTREAM_OVERFLOW, false, 1);
     assert_eq!(
-        classify::classify(&overflow, &set, None).verdict,
+        classify::classify(&overflow, &set, CodeSet::default(), None).verdict,
         Verdict::Ignored
     );
-    assert!(!classify::classify(&left, &set, None).counts());
+    assert!(!classify::classify(&left, &set, CodeSet::default(), None).counts());
 }
 
 #[test]
 fn slowness_is_measured_against_the_threshold_only_when_configured() {
     let set = five_xx();
     let threshold = Some(500 * NANOS_PER_MS);
-    let at = |ms| classify::classify(&finished(Some(200), 0, true, ms), &set, threshold);
+    let at = |ms| {
+        classify::classify(
+            &finished(Some(200), 0, true, ms),
+            &set,
+            CodeSet::default(),
+            threshold,
+        )
+    };
     assert!(!at(499).slow);
     assert!(at(500).slow);
     assert_eq!(at(500).verdict, Verdict::Success);
-    assert!(!classify::classify(&finished(Some(200), 0, true, 9_999), &set, None).slow);
+    assert!(
+        !classify::classify(
+            &finished(Some(200), 0, true, 9_999),
+            &set,
+            CodeSet::default(),
+            None
+        )
+        .slow
+    );
     // A client that gave up after the threshold still shows a slow upstream.
     let left = classify::classify(
         &finished(None, flags::DOWNSTREAM_CONNECTION_TERMINATION, false, 600),
         &set,
+        CodeSet::default(),
         threshold,
     );
     assert_eq!(left.verdict, Verdict::Ignored);
@@ -325,8 +362,8 @@ fn read(flags: u64, code: u64, details: &str) -> (Verdict, usize) {
         .with_property(&classify::RESPONSE_FLAGS, flags.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE_DETAILS, details);
-    let finished = Finished::read(&host, 0);
-    let verdict = classify::classify(&finished, &five_xx(), None).verdict;
+    let finished = Finished::read(&host, 0, Protocol::Http);
+    let verdict = classify::classify(&finished, &five_xx(), CodeSet::default(), None).verdict;
     (verdict, host.calls().property_reads)
 }
 
@@ -346,6 +383,113 @@ fn a_finished_stream_is_read_only_as_far_as_its_classification_needs() {
     ));
     assert_eq!(read(0, 503, "direct_response"), (Verdict::Ignored, 3));
     assert_eq!(read(0, 404, "via_upstream"), (Verdict::Success, 3));
+}
+
+/// A gRPC call's end as Envoy reports it: HTTP status, details and `response.grpc_status`
+/// (`None`: the property is absent); the verdict under the default policy and the reads.
+fn read_grpc(code: u64, details: &str, grpc_status: Option<u64>) -> (Verdict, usize) {
+    let mut host = FakeHost::new()
+        .with_property(&classify::RESPONSE_FLAGS, 0u64.to_le_bytes())
+        .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
+        .with_property(&classify::RESPONSE_CODE_DETAILS, details);
+    if let Some(status) = grpc_status {
+        host = host.with_property(&classify::RESPONSE_GRPC_STATUS, status.to_le_bytes());
+    }
+    let p = policy(r#"{"consecutive_failures": 3}"#);
+    let finished = Finished::read(&host, 0, Protocol::Grpc);
+    let verdict =
+        classify::classify(&finished, &p.failure_status, p.grpc_failure_status, None).verdict;
+    (verdict, host.calls().property_reads)
+}
+
+#[test]
+fn grpc_calls_are_classified_by_their_grpc_status() {
+    let failed = Verdict::Failure(Failure::Status);
+    // The default set: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS.
+    for code in [14, 4, 13, 2, 15] {
+        assert_eq!(
+            read_grpc(200, "via_upstream", Some(code)),
+            (failed, 4),
+            "{code}"
+        );
+    }
+    // OK and the caller's own errors (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED).
+    for code in [0, 5, 3, 8] {
+        let (verdict, _) = read_grpc(200, "via_upstream", Some(code));
+        assert_eq!(verdict, Verdict::Success, "{code}");
+    }
+    // Envoy answered the call itself (200 in gRPC form): not the upstream's doing.
+    assert_eq!(
+        read_grpc(200, "direct_response", Some(14)),
+        (Verdict::Ignored, 3)
+    );
+    // An HTTP error from a gRPC upstream (a proxy in between): the HTTP set decides.
+    assert_eq!(read_grpc(503, "via_upstream", None), (failed, 3));
+    // No gRPC status at all: the HTTP status decides.
+    assert_eq!(read_grpc(200, "via_upstream", None).0, Verdict::Success);
+}
+
+#[test]
+fn the_grpc_failure_set_is_configurable_by_name() {
+    let p = policy(
+        r#"{"consecutive_failures": 3, "grpc_failure_status": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]}"#,
+    );
+    assert!(p.grpc_failure_status.contains(14) && p.grpc_failure_status.contains(8));
+    assert!(!p.grpc_failure_status.contains(13) && !p.grpc_failure_status.contains(0));
+    let err = config_error(r#"{"consecutive_failures": 3, "grpc_failure_status": ["BUSY"]}"#);
+    assert!(
+        err.starts_with(r#"routes["checkout"].grpc_failure_status[0]: unknown gRPC status "BUSY""#),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_fallback_answers_a_grpc_call_in_grpc_form() {
+    let p = policy(
+        r#"{"consecutive_failures": 3, "fallback": {"status": 503, "body": "down", "headers": {"x-fallback": "1"}}}"#,
+    );
+    let http = p.fallback.reply(State::Open, 30, &FakeHost::new());
+    assert_eq!(
+        (http.status, http.body.as_slice(), http.grpc.as_ref()),
+        (503, &b"down"[..], None)
+    );
+    let grpc = p
+        .fallback
+        .reply(State::Open, 30, &FakeHost::new().grpc_call());
+    let status = grpc.grpc.expect("gRPC form");
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (Code::UNAVAILABLE, "circuit open")
+    );
+    for header in [
+        ("x-fallback", "1"),
+        ("x-circuit-state", "open"),
+        ("retry-after", "30"),
+        ("grpc-retry-pushback-ms", "30000"),
+    ] {
+        assert!(
+            grpc.headers.contains(&(header.0.into(), header.1.into())),
+            "{header:?} in {:?}",
+            grpc.headers
+        );
+    }
+    let p = policy(
+        r#"{"consecutive_failures": 3, "fallback": {"grpc_status": "RESOURCE_EXHAUSTED", "grpc_message": "shed"}}"#,
+    );
+    assert_eq!(
+        p.fallback.grpc,
+        crate::grpc::Status {
+            code: Code::RESOURCE_EXHAUSTED,
+            message: "shed".into()
+        }
+    );
+    let err = config_error(r#"{"consecutive_failures": 3, "fallback": {"grpc_status": "OK"}}"#);
+    assert!(
+        err.starts_with(
+            r#"routes["checkout"].fallback.grpc_status: a reply that ends a call cannot be OK"#
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -473,6 +617,7 @@ impl Breaker {
         classify::classify(
             finished,
             &self.policy.failure_status,
+            self.policy.grpc_failure_status,
             self.policy.slow_calls.map(|s| s.threshold),
         )
     }
@@ -942,6 +1087,7 @@ impl Worker {
         let call = classify::classify(
             &finished(Some(status), 0, true, 1),
             &policy.failure_status,
+            policy.grpc_failure_status,
             None,
         );
         let now = self.host.now;
@@ -1014,7 +1160,12 @@ fn a_batch_holds_at_most_max_batch_successes() {
         let Admission::Pass(ticket) = w.admit(&policy) else {
             panic!("closed");
         };
-        let call = classify::classify(&finished(Some(200), 0, true, 1), &five_xx(), None);
+        let call = classify::classify(
+            &finished(Some(200), 0, true, 1),
+            &five_xx(),
+            CodeSet::default(),
+            None,
+        );
         let now = w.host.now;
         writes += usize::from(
             w.local

@@ -8,6 +8,7 @@ use super::key::{Key, Missing};
 use crate::config::json::Json;
 use crate::config::read::{FromJson, Object, one_of, type_error};
 use crate::config::{ConfigError, FieldPath, HeaderName};
+use crate::grpc;
 use crate::host::NANOS_PER_SEC;
 
 // The bounds below are spelled out in the error messages too (literals, not `format!`: every
@@ -32,6 +33,11 @@ pub const MAX_TIMEOUT_MS: u32 = 10_000;
 /// The reply when the rate limit service cannot decide and `failure_mode_deny` is on.
 pub const UNAVAILABLE_STATUS: u16 = 503;
 pub const UNAVAILABLE_BODY: &str = r#"{"error":"rate_limit_service_unavailable"}"#;
+/// A gRPC call's rejection: over quota, which gRPC clients do not retry on their own (they
+/// do retry `UNAVAILABLE`, what Envoy makes of a 429).
+pub const DEFAULT_GRPC_STATUS: grpc::Code = grpc::Code::RESOURCE_EXHAUSTED;
+pub const DEFAULT_GRPC_MESSAGE: &str = "rate limited";
+pub const UNAVAILABLE_GRPC_MESSAGE: &str = "rate limit service unavailable";
 
 /// One route's rate-limit policy as written in plugin JSON.
 #[derive(Debug, Clone)]
@@ -45,6 +51,10 @@ pub struct RateLimitConfig {
     /// Body of the rejection reply.
     pub body: String,
     pub content_type: String,
+    /// For a gRPC call: the status the rejection ends with (default `RESOURCE_EXHAUSTED`).
+    pub grpc_status: grpc::Code,
+    /// For a gRPC call: the rejection's `grpc-message` (default `rate limited`).
+    pub grpc_message: String,
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` on allowed and rejected responses.
     pub rate_limit_headers: bool,
     /// When shared data cannot be updated: reject (`true`) or let the request through; when
@@ -70,6 +80,8 @@ impl FromJson for RateLimitConfig {
             status: object.or("status", DEFAULT_STATUS)?,
             body: object.or("body", DEFAULT_BODY.to_owned())?,
             content_type: object.or("content_type", DEFAULT_CONTENT_TYPE.to_owned())?,
+            grpc_status: object.or("grpc_status", DEFAULT_GRPC_STATUS)?,
+            grpc_message: object.or("grpc_message", DEFAULT_GRPC_MESSAGE.to_owned())?,
             rate_limit_headers: object.or("rate_limit_headers", true)?,
             failure_mode_deny: object.or("failure_mode_deny", false)?,
             trusted_hops: object.or("trusted_hops", 0)?,
@@ -254,6 +266,7 @@ pub struct RateLimitPolicy {
     pub status: u16,
     pub body: Vec<u8>,
     pub content_type: String,
+    pub grpc: grpc::Status,
     pub rate_limit_headers: bool,
     pub failure_mode_deny: bool,
 }
@@ -324,6 +337,7 @@ impl RateLimitPolicy {
                 .field("content_type")
                 .invalid("must be a non-empty header value of printable ASCII"));
         }
+        let grpc = grpc::Status::compile(config.grpc_status, config.grpc_message, at)?;
         Ok(Self {
             limits,
             global,
@@ -331,6 +345,7 @@ impl RateLimitPolicy {
             status: config.status,
             body: config.body.into_bytes(),
             content_type: config.content_type,
+            grpc,
             rate_limit_headers: config.rate_limit_headers,
             failure_mode_deny: config.failure_mode_deny,
         })

@@ -46,6 +46,7 @@ pub use config::{
 };
 
 use crate::filter::{GrpcCall, LocalReply};
+use crate::grpc;
 use crate::host::{Host, NANOS_PER_MS, Nanos, RequestHost, SharedError};
 use crate::store::{self, Step, UpdateError};
 use bucket::Outcome;
@@ -112,6 +113,8 @@ pub struct Check {
     pub budget: Option<Budget>,
     /// Rejected: whole seconds, rounded up (at least 1), until a retry can pass.
     pub retry_after_s: u64,
+    /// The same wait in milliseconds, rounded up (at least 1): gRPC's retry pushback.
+    pub retry_after_ms: u64,
     /// Shared data could not be updated; the decision is `failure_mode_deny`'s.
     pub store_error: Option<UpdateError>,
 }
@@ -429,6 +432,7 @@ impl RouteLimits {
                 decision: Decision::Unlimited,
                 budget: None,
                 retry_after_s: 0,
+                retry_after_ms: 0,
                 store_error: None,
             };
         }
@@ -515,6 +519,7 @@ impl RouteLimits {
                 tightest(budgets.into_iter().flatten())
             },
             retry_after_s: 0,
+            retry_after_ms: 0,
             store_error,
         }
     }
@@ -528,6 +533,7 @@ impl RouteLimits {
             },
             budget,
             retry_after_s: bucket::seconds_up(wait).max(1),
+            retry_after_ms: wait.div_ceil(NANOS_PER_MS).max(1),
             store_error,
         }
     }
@@ -556,12 +562,10 @@ impl RouteLimits {
 }
 
 impl RateLimitPolicy {
-    /// The local reply for a rejected request.
-    pub fn reject_reply(&self, check: &Check) -> LocalReply {
-        let mut headers = vec![
-            (RETRY_AFTER.to_owned(), check.retry_after_s.to_string()),
-            ("content-type".to_owned(), self.content_type.clone()),
-        ];
+    /// The local reply for a rejected request: for a gRPC call, the policy's gRPC status with
+    /// the wait as `grpc-retry-pushback-ms` (gRFC A6) besides `Retry-After`.
+    pub fn reject_reply(&self, check: &Check, host: &impl RequestHost) -> LocalReply {
+        let mut headers = vec![(RETRY_AFTER.to_owned(), check.retry_after_s.to_string())];
         if let Some(budget) = check.budget.filter(|_| self.rate_limit_headers) {
             headers.extend(
                 budget_headers(&budget)
@@ -569,10 +573,19 @@ impl RateLimitPolicy {
                     .map(|(name, value)| (name.to_owned(), value.to_string())),
             );
         }
+        if grpc::is_call(host) {
+            headers.push((
+                grpc::RETRY_PUSHBACK.to_owned(),
+                check.retry_after_ms.to_string(),
+            ));
+            return LocalReply::grpc(self.status, headers, self.grpc.clone());
+        }
+        headers.push((grpc::CONTENT_TYPE.to_owned(), self.content_type.clone()));
         LocalReply {
             status: self.status,
             headers,
             body: self.body.clone(),
+            grpc: None,
         }
     }
 }
@@ -583,7 +596,7 @@ impl RateLimitPolicy {
     /// service's response headers. A header the service sends replaces the filter's own of
     /// that name (the service knows the cluster-wide state; Envoy's ratelimit filter lets the
     /// service's `content-type` win too), and any `x-ratelimit-*` of its replaces all three.
-    pub fn global_reject_reply(&self, answer: rls::Answer) -> LocalReply {
+    pub fn global_reject_reply(&self, answer: rls::Answer, host: &impl RequestHost) -> LocalReply {
         let rls::Answer {
             over_limit,
             budget,
@@ -591,12 +604,16 @@ impl RateLimitPolicy {
             ..
         } = answer;
         let retry_after_s = over_limit.unwrap_or(1);
-        let mut reply = self.reject_reply(&Check {
-            decision: Decision::Rejected,
-            budget: budget.filter(|_| !sends_ratelimit_headers(&headers)),
-            retry_after_s,
-            store_error: None,
-        });
+        let mut reply = self.reject_reply(
+            &Check {
+                decision: Decision::Rejected,
+                budget: budget.filter(|_| !sends_ratelimit_headers(&headers)),
+                retry_after_s,
+                retry_after_ms: retry_after_s.saturating_mul(1000),
+                store_error: None,
+            },
+            host,
+        );
         reply.headers.retain(|(own, _)| {
             !headers
                 .iter()
@@ -610,15 +627,24 @@ impl RateLimitPolicy {
         reply
     }
 
-    /// The reply when the rate limit service could not decide and `failure_mode_deny` is on.
-    pub fn unavailable_reply(&self) -> LocalReply {
+    /// The reply when the rate limit service could not decide and `failure_mode_deny` is on:
+    /// 503, or `UNAVAILABLE` for a gRPC call (the service may be back on a retry).
+    pub fn unavailable_reply(&self, host: &impl RequestHost) -> LocalReply {
+        if grpc::is_call(host) {
+            let status = grpc::Status {
+                code: grpc::Code::UNAVAILABLE,
+                message: config::UNAVAILABLE_GRPC_MESSAGE.to_owned(),
+            };
+            return LocalReply::grpc(config::UNAVAILABLE_STATUS, Vec::new(), status);
+        }
         LocalReply {
             status: config::UNAVAILABLE_STATUS,
             headers: vec![(
-                "content-type".to_owned(),
+                grpc::CONTENT_TYPE.to_owned(),
                 config::DEFAULT_CONTENT_TYPE.to_owned(),
             )],
             body: config::UNAVAILABLE_BODY.as_bytes().to_vec(),
+            grpc: None,
         }
     }
 }

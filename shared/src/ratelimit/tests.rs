@@ -552,7 +552,7 @@ fn the_reject_reply_carries_status_headers_and_body() {
     );
     route.check(&mut host);
     let check = route.check(&mut host);
-    let reply = route.policy().reject_reply(&check);
+    let reply = route.policy().reject_reply(&check, &host);
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body, b"slow down");
     let header = |name: &str| {
@@ -573,7 +573,7 @@ fn the_reject_reply_carries_status_headers_and_body() {
         &mut host,
     );
     let check = route.check(&mut host);
-    let reply = route.policy().reject_reply(&check);
+    let reply = route.policy().reject_reply(&check, &host);
     assert_eq!(reply.status, 429);
     assert_eq!(reply.body, br#"{"error":"rate_limited"}"#);
     assert!(
@@ -583,6 +583,86 @@ fn the_reject_reply_carries_status_headers_and_body() {
             .all(|(n, _)| !n.starts_with("x-ratelimit"))
     );
     assert!(reply.headers.iter().any(|(n, _)| n == "retry-after"));
+}
+
+#[test]
+fn a_grpc_call_is_rejected_in_grpc_form_with_the_wait_as_pushback() {
+    let mut host = FakeHost::new().grpc_call();
+    let route = bind(r#"{"limits": [{"rate_per_s": 4, "burst": 1}]}"#, &mut host);
+    route.check(&mut host);
+    host.advance_ms(10);
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    let reply = route.policy().reject_reply(&check, &host);
+    let status = reply.grpc.clone().expect("a gRPC reply");
+    assert_eq!(status.code, grpc::Code::RESOURCE_EXHAUSTED);
+    assert_eq!(status.message, "rate limited");
+    assert!(reply.body.is_empty());
+    let header = |name: &str| {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    // 250 ms a token, 10 ms since the last: 240 ms to wait.
+    assert_eq!(header("grpc-retry-pushback-ms").as_deref(), Some("240"));
+    assert_eq!(header("retry-after").as_deref(), Some("1"));
+    assert_eq!(header("x-ratelimit-limit").as_deref(), Some("1"));
+    assert_eq!(
+        header("content-type"),
+        None,
+        "Envoy writes a gRPC reply's own"
+    );
+
+    // Configured per route; the rate limit service unreachable is UNAVAILABLE.
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 4, "burst": 1}], "grpc_status": "UNAVAILABLE", "grpc_message": "try later"}"#,
+        &mut host,
+    );
+    let reply = route.policy().reject_reply(&check, &host);
+    assert_eq!(
+        reply.grpc,
+        Some(grpc::Status {
+            code: grpc::Code::UNAVAILABLE,
+            message: "try later".into()
+        })
+    );
+    let unavailable = policy(GLOBAL).unavailable_reply(&host);
+    assert_eq!(
+        unavailable.grpc.map(|s| s.code),
+        Some(grpc::Code::UNAVAILABLE)
+    );
+    let global = policy(GLOBAL).global_reject_reply(over_limit(7, None, Vec::new()), &host);
+    assert!(
+        global
+            .headers
+            .contains(&("grpc-retry-pushback-ms".into(), "7000".into()))
+    );
+}
+
+#[test]
+fn grpc_reply_settings_are_checked() {
+    for (json, expected) in [
+        (
+            r#""grpc_status": "OK""#,
+            "grpc_status: a reply that ends a call cannot be OK",
+        ),
+        (
+            r#""grpc_status": "over""#,
+            "grpc_status: unknown gRPC status",
+        ),
+        (
+            r#""grpc_message": "a\nb""#,
+            "grpc_message: must be one line of text",
+        ),
+    ] {
+        let err = compile_err(&format!(
+            r#"{{"routes": {{"checkout": {{"limits": [{{"rate_per_s": 1, "burst": 1}}], {json}}}}}}}"#
+        ));
+        let expected = format!("routes[\"checkout\"].{expected}");
+        assert!(err.starts_with(&expected), "{err}");
+    }
 }
 
 #[test]
@@ -785,11 +865,15 @@ fn over_limit(
 #[test]
 fn global_rejection_reply_carries_retry_after_the_services_budget_and_headers() {
     let p = policy(GLOBAL);
-    let reply = p.global_reject_reply(over_limit(
-        7,
-        Some(SERVICE_BUDGET),
-        vec![("x-limited-by".into(), b"rls".to_vec())],
-    ));
+    let host = FakeHost::new();
+    let reply = p.global_reject_reply(
+        over_limit(
+            7,
+            Some(SERVICE_BUDGET),
+            vec![("x-limited-by".into(), b"rls".to_vec())],
+        ),
+        &host,
+    );
     assert_eq!(reply.status, 429);
     assert_eq!(reply.body, br#"{"error":"rate_limited"}"#);
     for header in [
@@ -805,16 +889,18 @@ fn global_rejection_reply_carries_retry_after_the_services_budget_and_headers() 
             reply.headers
         );
     }
-    let unavailable = p.unavailable_reply();
+    let unavailable = p.unavailable_reply(&host);
     assert_eq!(unavailable.status, 503);
+    assert_eq!(unavailable.grpc, None);
 }
 
 #[test]
 fn a_global_rejection_without_a_budget_or_with_headers_off_has_no_ratelimit_headers() {
     let off = policy(&GLOBAL.replace(r#""domain""#, r#""rate_limit_headers": false, "domain""#));
+    let host = FakeHost::new();
     for reply in [
-        policy(GLOBAL).global_reject_reply(over_limit(7, None, Vec::new())),
-        off.global_reject_reply(over_limit(7, Some(SERVICE_BUDGET), Vec::new())),
+        policy(GLOBAL).global_reject_reply(over_limit(7, None, Vec::new()), &host),
+        off.global_reject_reply(over_limit(7, Some(SERVICE_BUDGET), Vec::new()), &host),
     ] {
         assert!(
             reply
@@ -831,17 +917,20 @@ fn a_global_rejection_without_a_budget_or_with_headers_off_has_no_ratelimit_head
 #[test]
 fn a_service_header_replaces_the_filters_own_of_that_name() {
     let p = policy(GLOBAL);
-    let reply = p.global_reject_reply(over_limit(
-        7,
-        Some(SERVICE_BUDGET),
-        vec![
-            ("retry-after".into(), b"30".to_vec()),
-            ("Content-Type".into(), b"text/plain".to_vec()),
-            ("x-ratelimit-limit".into(), b"10, 10;w=60".to_vec()),
-            ("x-limit-by".into(), b"a".to_vec()),
-            ("x-limit-by".into(), b"b".to_vec()),
-        ],
-    ));
+    let reply = p.global_reject_reply(
+        over_limit(
+            7,
+            Some(SERVICE_BUDGET),
+            vec![
+                ("retry-after".into(), b"30".to_vec()),
+                ("Content-Type".into(), b"text/plain".to_vec()),
+                ("x-ratelimit-limit".into(), b"10, 10;w=60".to_vec()),
+                ("x-limit-by".into(), b"a".to_vec()),
+                ("x-limit-by".into(), b"b".to_vec()),
+            ],
+        ),
+        &FakeHost::new(),
+    );
     let values = |name: &str| -> Vec<&str> {
         reply
             .headers

@@ -84,7 +84,7 @@ fn vm() -> Vm<Stage<Probe>> {
 fn request(vm: &Vm<Stage<Probe>>, host: &mut FakeHost) -> HostCalls {
     let before = host.calls();
     host.request_headers = vec![("x-user".to_owned(), b"u1".to_vec())];
-    let (verdict, mut stream) = vm.on_request(host).unwrap();
+    let (verdict, mut stream) = vm.on_request(host, false).unwrap();
     assert_eq!(verdict, Verdict::Continue);
     host.advance_ms(1);
     vm.on_response(&mut stream, host);

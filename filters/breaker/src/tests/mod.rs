@@ -39,17 +39,20 @@ const FRAGILE: &str = r#"{"routes": {"fragile": {
 
 /// The stat name of what the breaker counted, on `route`.
 fn stat_name(counted: Counted, route: &str) -> String {
-    match counted.metric() {
-        (base, Some((label, value))) => format!("{base};route={route};{label}={value}"),
-        (base, None) => format!("{base};route={route}"),
+    let (base, labels) = counted.metric();
+    let mut name = format!("{base};route={route}");
+    for (label, value) in labels {
+        name.push_str(&format!(";{label}={value}"));
     }
+    name
 }
 
-/// The counter on `fragile` whose label value is `value` (`slow`: the slow calls).
+/// The counter on `fragile` whose first label value is `value` (`slow`: the slow calls), of
+/// HTTP calls.
 fn stat(host: &FakeHost, value: &str) -> i64 {
     let counted = Counted::ALL
         .into_iter()
-        .find(|c| c.metric().1.map_or("slow", |(_, v)| v) == value)
+        .find(|c| c.metric().1.first().map_or("slow", |(_, v)| v) == value)
         .unwrap_or_else(|| panic!("nothing counts {value}"));
     host.metric(&stat_name(counted, "fragile")).unwrap()
 }
@@ -395,7 +398,8 @@ fn every_outcome_and_state_is_defined_at_bind() {
     }
     for name in [
         "mesh_breaker_requests_total;route=fragile;decision=allowed",
-        "mesh_breaker_calls_total;route=fragile;outcome=failure",
+        "mesh_breaker_calls_total;route=fragile;outcome=failure;protocol=http",
+        "mesh_breaker_calls_total;route=fragile;outcome=failure;protocol=grpc",
         "mesh_breaker_slow_calls_total;route=fragile",
         "mesh_breaker_store_errors_total;route=fragile;error=contended",
     ] {
@@ -441,4 +445,28 @@ fn lost_writes_are_counted_as_store_errors() {
     assert_eq!(stat(&host, "contended"), 2);
     assert_eq!(stat(&host, "rejected"), 1);
     assert_eq!(stat(&host, "failed"), 0);
+}
+
+#[test]
+fn grpc_failures_open_it_counted_as_grpc_and_the_fallback_is_in_grpc_form() {
+    let mut host = FakeHost::new().grpc_call();
+    let (filter, route) = bound(FRAGILE, "fragile", &mut host);
+    host.set_property(&["response", "grpc_status"], 14u64.to_le_bytes());
+    for _ in 0..3 {
+        call(&filter, &route, &mut host, 200);
+    }
+    assert_eq!(host.metric("mesh_breaker_state;route=fragile"), Some(1));
+    let calls = |outcome: &str, protocol: &str| {
+        host.metric(&format!(
+            "mesh_breaker_calls_total;route=fragile;outcome={outcome};protocol={protocol}"
+        ))
+    };
+    assert_eq!(calls("failure", "grpc"), Some(3));
+    assert_eq!(calls("failure", "http"), Some(0));
+    let (verdict, _) = filter.on_request(&route, &mut host);
+    let FilterVerdict::Reply(reply) = verdict else {
+        panic!("expected the fallback, got {verdict:?}");
+    };
+    let status = reply.grpc.expect("a gRPC call's fallback is in gRPC form");
+    assert_eq!(status.code, mesh_policy::grpc::Code::UNAVAILABLE);
 }

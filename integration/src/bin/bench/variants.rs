@@ -79,7 +79,7 @@ pub fn variants() -> Vec<Variant> {
         Check::StatGrew("mesh_ratelimit_requests_total;route=bench;decision=allowed"),
     ];
     let breaker_checks = [Check::StatGrew(
-        "mesh_breaker_calls_total;route=bench;outcome=success",
+        "mesh_breaker_calls_total;route=bench;outcome=success;protocol=http",
     )];
     let chain_checks: Vec<Check> = traceid_checks
         .iter()
