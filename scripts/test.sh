@@ -5,9 +5,10 @@
 # Installs what it needs.
 #
 # Every integration test file that loads our filters runs twice: with each filter's own module,
-# then with MESH_MODULES=bundle (dist/bundle.wasm). Only harness.rs, which tests the harness
-# itself, runs once. failure.rs runs against the bundle too: the fixture that panics there
-# has no bundle form and stays a module of its own, after the bundle.
+# then with MESH_MODULES=bundle (dist/bundle.wasm). Only harness.rs and grpc_harness.rs, which
+# test the harness itself (and its gRPC upstream and client), run once. failure.rs runs against
+# the bundle too: the fixture that panics there has no bundle form and stays a module of its
+# own, after the bundle.
 #
 # MESH_HARNESS chooses where Envoy runs: docker (the default here: a container from
 # ENVOY_IMAGE, default the local image scripts/envoy-image.sh builds; a docker daemon is

@@ -1,7 +1,8 @@
 //! Real-Envoy test support: the echo upstream, Envoy config generation, the Envoy backends
 //! (a child process, or a container: `MESH_HARNESS=process|docker`) and the [`Mesh`] harness
 //! that ties them together behind one builder; [`raw`] for
-//! requests no HTTP client sends (bytes that are not UTF-8, repeated and oversized headers).
+//! requests no HTTP client sends (bytes that are not UTF-8, repeated and oversized headers);
+//! [`grpc`] for a gRPC upstream and a blocking gRPC client.
 //!
 //! ```no_run
 //! use mesh_integration::Mesh;
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod container;
 pub mod echo;
 pub mod envoy;
+pub mod grpc;
 mod mesh;
 pub mod prometheus;
 pub mod raw;
