@@ -34,7 +34,7 @@ done
 # take its callback off this list. Envoy allocates in the module through `malloc` alone: the
 # rest of the C allocator is libc's business, not an export.
 DROP_EXPORTS="proxy_on_request_body proxy_on_request_trailers proxy_on_response_body
-  proxy_on_response_trailers proxy_on_new_connection proxy_on_downstream_data
+  proxy_on_new_connection proxy_on_downstream_data
   proxy_on_upstream_data proxy_on_downstream_connection_close
   proxy_on_upstream_connection_close proxy_on_log proxy_on_done
   calloc realloc free aligned_alloc posix_memalign"
@@ -42,9 +42,11 @@ DROP_EXPORTS="proxy_on_request_body proxy_on_request_trailers proxy_on_response_
 # The callbacks Envoy makes into a module for every HTTP stream it sees, dropped or not: a
 # module built on the adapter must export exactly PER_REQUEST of them (what the crossing
 # budgets in filters/bundle/tests/budget.rs count, `mesh_policy::vm::CALLBACKS_PER_REQUEST`).
+# proxy_on_response_trailers stays, and is not one of them: Envoy calls it only for a
+# response that has trailers (a gRPC call's grpc-status; an HTTP/1 response has none).
 STREAM_CALLBACKS="proxy_on_context_create proxy_on_request_headers proxy_on_request_body
   proxy_on_request_trailers proxy_on_response_headers proxy_on_response_body
-  proxy_on_response_trailers proxy_on_log proxy_on_done proxy_on_delete"
+  proxy_on_log proxy_on_done proxy_on_delete"
 PER_REQUEST="proxy_on_context_create proxy_on_delete proxy_on_request_headers proxy_on_response_headers"
 
 # drop_exports <in> <out>: the module without DROP_EXPORTS (wasm-metadce, then what became

@@ -95,7 +95,7 @@ cargo test --locked -p mesh-integration --quiet
 
 say "the filters' integration tests again, against the bundle (MESH_MODULES=bundle: dist/bundle.wasm)"
 MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
-  --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order \
+  --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order --test grpc \
   --test observability --test hostile --test failure
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"

@@ -31,4 +31,7 @@ pub mod prometheus;
 pub mod raw;
 pub mod rls;
 
-pub use mesh::{BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes};
+pub use mesh::{
+    BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes,
+    wait_for_stats_flush,
+};

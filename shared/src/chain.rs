@@ -28,7 +28,7 @@ use crate::config::json::{self, Json};
 use crate::config::read::{FromJson, Object};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::filter::{CallOutcome, Filter, Plugin, Verdict};
-use crate::host::{Host, RequestHost, ResponseHost};
+use crate::host::{Host, RequestHost, ResponseHost, TrailersHost};
 
 /// The stages of one module, as the adapter drives them.
 pub trait Stages: Sized {
@@ -90,6 +90,13 @@ pub trait Stages: Sized {
         route: &Self::Route,
         request: &mut Self::Request,
         host: &mut impl ResponseHost,
+    );
+
+    fn on_response_trailers(
+        &self,
+        route: &Self::Route,
+        request: &mut Self::Request,
+        host: &mut impl TrailersHost,
     );
 
     fn on_done(&self, route: &Self::Route, request: &mut Self::Request, host: &mut impl Host);
@@ -254,6 +261,18 @@ impl<F: Filter> Stages for Stage<F> {
         }
     }
 
+    fn on_response_trailers(
+        &self,
+        route: &F::Route,
+        request: &mut Self::Request,
+        host: &mut impl TrailersHost,
+    ) {
+        if request.step != Step::Replied {
+            self.filter
+                .on_response_trailers(route, &mut request.request, host);
+        }
+    }
+
     fn on_done(&self, route: &F::Route, request: &mut Self::Request, host: &mut impl Host) {
         if request.step != Step::Replied {
             self.filter.on_done(route, &mut request.request, host);
@@ -341,6 +360,20 @@ impl<A: Stages, B: Stages> Stages for (A, B) {
         }
         if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
             self.0.on_response(a, state, host);
+        }
+    }
+
+    fn on_response_trailers(
+        &self,
+        route: &Self::Route,
+        request: &mut Self::Request,
+        host: &mut impl TrailersHost,
+    ) {
+        if let (Some(b), Some(state)) = (&route.1, &mut request.1) {
+            self.1.on_response_trailers(b, state, host);
+        }
+        if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
+            self.0.on_response_trailers(a, state, host);
         }
     }
 

@@ -10,6 +10,7 @@ use crate::filter::{Filter, configure};
 use crate::headers::HeaderPairs;
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
+    TrailersHost,
 };
 
 #[derive(Debug)]
@@ -17,6 +18,7 @@ pub struct FakeHost {
     pub now: Nanos,
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
+    pub response_trailers: Vec<(String, Vec<u8>)>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     /// A body follows the request headers (a POST, a gRPC call).
     pub request_has_body: bool,
@@ -89,6 +91,7 @@ impl FakeHost {
             now: Self::START,
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            response_trailers: Vec::new(),
             properties: HashMap::new(),
             request_has_body: false,
             calls: Cell::new(HostCalls::default()),
@@ -381,6 +384,14 @@ impl RequestCalls for FakeHost {
 
     fn clear_http_route_cache(&mut self) {
         self.count(|c| c.route_cache_clears += 1);
+    }
+}
+
+impl TrailersHost for FakeHost {
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        let value = first(&self.response_trailers, name).cloned();
+        self.count(|c| c.response_header_reads += 1);
+        value
     }
 }
 

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use crate::config::read::FromJson;
 
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
-use crate::host::{Host, RequestHost, ResponseHost};
+use crate::host::{Host, RequestHost, ResponseHost, TrailersHost};
 
 /// Who this instance of the plugin is: Istio sets no vm_id, so shared-data keys are
 /// prefixed with the plugin name and root id to keep plugins apart.
@@ -146,6 +146,15 @@ pub trait Filter: Sized {
         _route: &Self::Route,
         _request: &mut Self::Request,
         _host: &mut impl ResponseHost,
+    ) {
+    }
+
+    /// The response's trailers, when it has any (gRPC calls do; HTTP/1 responses seldom).
+    fn on_response_trailers(
+        &self,
+        _route: &Self::Route,
+        _request: &mut Self::Request,
+        _host: &mut impl TrailersHost,
     ) {
     }
 

@@ -11,6 +11,8 @@ use crate::config::{ConfigError, FieldPath};
 use crate::host::RequestHost;
 
 pub const CONTENT_TYPE: &str = "content-type";
+/// A call's status: in the trailers, or in the headers of a trailers-only response.
+pub const STATUS: &str = "grpc-status";
 /// gRFC A6: how long a client should wait before it retries, in milliseconds.
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
@@ -34,6 +36,11 @@ fn is_grpc_content_type(value: &[u8]) -> bool {
         || media
             .get(..17)
             .is_some_and(|head| head.eq_ignore_ascii_case(b"application/grpc+"))
+}
+
+/// A `grpc-status` value: a decimal code.
+pub fn parse_status(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// What kind of call a request is, for the stats (`protocol` label).

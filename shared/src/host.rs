@@ -96,6 +96,12 @@ pub trait RequestCalls: Host {
 }
 
 /// The response-headers phase. The response status is the `:status` header.
+/// The response trailers' phase (HTTP/2: where a gRPC call's `grpc-status` usually is).
+/// Envoy enters a module here only for a response that has trailers.
+pub trait TrailersHost: Host {
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>>;
+}
+
 pub trait ResponseHost: Host {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Replaces every value of the header with this one.

@@ -28,13 +28,15 @@ use crate::filter::{CallOutcome, Verdict};
 use crate::headers::HeaderPairs;
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
+    TrailersHost,
 };
 
 /// The callbacks Envoy makes into a module for every request: its stream context's creation,
 /// request headers, response headers and deletion (the done phase runs there). A module built
 /// on the adapter exports no other per-stream callback (`scripts/build.sh` checks), so a
 /// request enters the VM this many times, plus once per host call answer it allocates
-/// ([`crate::fake::HostCalls::allocations`]).
+/// ([`crate::fake::HostCalls::allocations`]). The one more it exports, the response
+/// trailers, Envoy calls only for a response that has trailers (gRPC).
 pub const CALLBACKS_PER_REQUEST: [&str; 4] = [
     "proxy_on_context_create",
     "proxy_on_request_headers",
@@ -123,6 +125,12 @@ impl<S: Stages> Vm<S> {
         let mut host = VmHost::new(host, &self.metrics);
         self.stages
             .on_response(&stream.route, &mut stream.request, &mut host);
+    }
+
+    pub fn on_response_trailers<H: TrailersHost>(&self, stream: &mut Stream<S>, host: &mut H) {
+        let mut host = VmHost::new(host, &self.metrics);
+        self.stages
+            .on_response_trailers(&stream.route, &mut stream.request, &mut host);
     }
 
     /// The stream is over: taken by value, so its done phase runs once.
@@ -374,6 +382,12 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
 
     fn clear_route_cache(&mut self) {
         self.host.clear_http_route_cache();
+    }
+}
+
+impl<H: TrailersHost> TrailersHost for VmHost<'_, H> {
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.response_trailer(name)
     }
 }
 

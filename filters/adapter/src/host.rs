@@ -11,7 +11,7 @@ use std::time::UNIX_EPOCH;
 use mesh_policy::filter::{GrpcCall, LocalReply};
 use mesh_policy::headers::HeaderPairs;
 use mesh_policy::host::{
-    Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError,
+    Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError, TrailersHost,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
@@ -55,6 +55,9 @@ pub struct RootPhase;
 pub struct RequestPhase;
 #[derive(Debug)]
 pub struct ResponsePhase;
+/// The response trailers (only for a response that has them).
+#[derive(Debug)]
+pub struct TrailersPhase;
 /// The stream is over (its context is being deleted): properties only.
 #[derive(Debug)]
 pub struct DonePhase;
@@ -177,6 +180,23 @@ impl<'a> Proxy<'a, ResponsePhase> {
             rng,
             phase: PhantomData,
         }
+    }
+}
+
+impl<'a> Proxy<'a, TrailersPhase> {
+    pub(crate) fn trailers(rng: &'a RefCell<fastrand::Rng>) -> Self {
+        Self {
+            rng,
+            phase: PhantomData,
+        }
+    }
+}
+
+impl TrailersHost for Proxy<'_, TrailersPhase> {
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name)
+            .ok()
+            .flatten()
     }
 }
 

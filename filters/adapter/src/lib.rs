@@ -463,6 +463,19 @@ impl<S: Stages> HttpContext for Http<S> {
         }
         Action::Continue
     }
+
+    /// Only for a response with trailers: a gRPC call's `grpc-status` is there.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let (Some(state), Ok(mut core)) = (&self.state, self.core.try_borrow_mut()) else {
+            return Action::Continue;
+        };
+        if let Some(stream) = core.stream.as_mut() {
+            state
+                .vm
+                .on_response_trailers(stream, &mut Proxy::trailers(&state.rng));
+        }
+        Action::Continue
+    }
 }
 
 /// A seed from WASI `random_get`; the host clock if that fails (never a panic).

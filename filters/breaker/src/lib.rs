@@ -16,8 +16,8 @@ use mesh_policy::breaker::record::State;
 use mesh_policy::breaker::{BreakerConfig, BreakerPolicy, KeyBy, shared_key};
 use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict as FilterVerdict};
-use mesh_policy::grpc::Protocol;
-use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost};
+use mesh_policy::grpc::{self, Protocol};
+use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, TrailersHost};
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
 
@@ -200,6 +200,19 @@ pub struct Pending {
     started: Nanos,
     responded: Option<Nanos>,
     protocol: Protocol,
+    /// A gRPC call's `grpc-status`, from the response headers or trailers.
+    grpc_status: Option<u32>,
+}
+
+impl Pending {
+    /// Notes a gRPC call's status where the response carries it.
+    fn note_grpc_status(&mut self, read: impl FnOnce() -> Option<Vec<u8>>) {
+        if self.protocol == Protocol::Grpc
+            && let Some(code) = read().as_deref().and_then(grpc::parse_status)
+        {
+            self.grpc_status = Some(code);
+        }
+    }
 }
 
 impl BreakerRoute {
@@ -370,6 +383,7 @@ impl Filter for Breaker {
                     started,
                     responded: None,
                     protocol: Protocol::of(host),
+                    grpc_status: None,
                 };
                 (FilterVerdict::Continue, Some(pending))
             }
@@ -399,6 +413,19 @@ impl Filter for Breaker {
         // Latency ends at the response headers; the call is counted once, in on_done.
         if let Some(pending) = pending {
             pending.responded = Some(host.now());
+            // A trailers-only response (a failed unary call, Envoy's own replies).
+            pending.note_grpc_status(|| host.response_header(grpc::STATUS));
+        }
+    }
+
+    fn on_response_trailers(
+        &self,
+        _route: &BreakerRoute,
+        pending: &mut Option<Pending>,
+        host: &mut impl TrailersHost,
+    ) {
+        if let Some(pending) = pending {
+            pending.note_grpc_status(|| host.response_trailer(grpc::STATUS));
         }
     }
 
@@ -411,7 +438,12 @@ impl Filter for Breaker {
         // counted at its start would land in a bucket the window has moved past.
         let now = host.now();
         let end = pending.responded.unwrap_or(now);
-        let finished = Finished::read(host, end.saturating_sub(pending.started), pending.protocol);
+        let finished = Finished::read(
+            host,
+            end.saturating_sub(pending.started),
+            pending.protocol,
+            pending.grpc_status,
+        );
         let policy = &route.policy;
         let call = classify::classify(
             &finished,

@@ -8,10 +8,10 @@
 //!   `upstream_reset_before_response_started{...}` or `response_timeout`.
 //! - A client that hangs up first leaves no status, flag DC and details
 //!   `downstream_remote_disconnect`: not the upstream's fault.
-//! - A gRPC call the upstream answered is HTTP 200 whatever its outcome; `response.grpc_status`
-//!   is its `grpc-status` (from the trailers, or the headers of a trailers-only response).
-//!   Without either Envoy infers one from the HTTP status (200 gives `UNKNOWN`): a call that
-//!   ended without a status is broken, which gRPC clients see as `UNKNOWN` too.
+//! - A gRPC call the upstream answered is HTTP 200 whatever its outcome; its `grpc-status` is
+//!   in the trailers, or the headers of a trailers-only response. The filter reads it there:
+//!   `response.grpc_status` is no help once the stream's context is deleted (Envoy no longer
+//!   holds the headers and infers `UNKNOWN` from the 200).
 
 use super::config::StatusMatch;
 use crate::grpc::{CodeSet, Protocol};
@@ -93,7 +93,7 @@ pub struct Finished {
     pub flags: u64,
     /// `response.code_details` was `via_upstream`.
     pub via_upstream: bool,
-    /// A gRPC call the upstream answered with HTTP 200: `response.grpc_status`.
+    /// A gRPC call the upstream answered with HTTP 200: its `grpc-status`, when it sent one.
     pub grpc_status: Option<u32>,
     /// Request headers to response headers; to the end of the stream when no response
     /// headers were sent.
@@ -141,7 +141,6 @@ impl Call {
 pub const RESPONSE_FLAGS: [&str; 2] = ["response", "flags"];
 pub const RESPONSE_CODE: [&str; 2] = ["response", "code"];
 pub const RESPONSE_CODE_DETAILS: [&str; 2] = ["response", "code_details"];
-pub const RESPONSE_GRPC_STATUS: [&str; 2] = ["response", "grpc_status"];
 
 impl Finished {
     /// Envoy's facts about the stream that just ended, read only as far as [`classify`] needs
@@ -150,9 +149,15 @@ impl Finished {
     /// only for a status outside 2xx, to tell the upstream's from a local reply's. A 2xx
     /// without flags counts as the upstream's: a filter before the breaker that answers
     /// itself ends the request before the breaker sees it. A gRPC call reads the details
-    /// always (Envoy answers gRPC calls itself with 200 too), then its gRPC status; an HTTP
+    /// always (Envoy answers gRPC calls itself with 200 too) and takes `grpc_status` (what
+    /// the response's headers or trailers said) when the upstream sent the 200; an HTTP
     /// request reads nothing more than before.
-    pub fn read(host: &impl Host, latency: Nanos, protocol: Protocol) -> Self {
+    pub fn read(
+        host: &impl Host,
+        latency: Nanos,
+        protocol: Protocol,
+        grpc_status: Option<u32>,
+    ) -> Self {
         let flags = host
             .property(&RESPONSE_FLAGS)
             .as_deref()
@@ -182,11 +187,7 @@ impl Finished {
             (Some(_), _) => via_upstream(),
         };
         if protocol == Protocol::Grpc && finished.via_upstream && finished.status == Some(200) {
-            finished.grpc_status = host
-                .property(&RESPONSE_GRPC_STATUS)
-                .as_deref()
-                .and_then(property_u64)
-                .and_then(|code| u32::try_from(code).ok());
+            finished.grpc_status = grpc_status;
         }
         finished
     }

@@ -362,7 +362,7 @@ fn read(flags: u64, code: u64, details: &str) -> (Verdict, usize) {
         .with_property(&classify::RESPONSE_FLAGS, flags.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE_DETAILS, details);
-    let finished = Finished::read(&host, 0, Protocol::Http);
+    let finished = Finished::read(&host, 0, Protocol::Http, None);
     let verdict = classify::classify(&finished, &five_xx(), CodeSet::default(), None).verdict;
     (verdict, host.calls().property_reads)
 }
@@ -385,18 +385,15 @@ fn a_finished_stream_is_read_only_as_far_as_its_classification_needs() {
     assert_eq!(read(0, 404, "via_upstream"), (Verdict::Success, 3));
 }
 
-/// A gRPC call's end as Envoy reports it: HTTP status, details and `response.grpc_status`
-/// (`None`: the property is absent); the verdict under the default policy and the reads.
-fn read_grpc(code: u64, details: &str, grpc_status: Option<u64>) -> (Verdict, usize) {
-    let mut host = FakeHost::new()
+/// A gRPC call's end as Envoy reports it (HTTP status, details) and the `grpc-status` its
+/// response carried (`None`: none); the verdict under the default policy and the reads.
+fn read_grpc(code: u64, details: &str, grpc_status: Option<u32>) -> (Verdict, usize) {
+    let host = FakeHost::new()
         .with_property(&classify::RESPONSE_FLAGS, 0u64.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE_DETAILS, details);
-    if let Some(status) = grpc_status {
-        host = host.with_property(&classify::RESPONSE_GRPC_STATUS, status.to_le_bytes());
-    }
     let p = policy(r#"{"consecutive_failures": 3}"#);
-    let finished = Finished::read(&host, 0, Protocol::Grpc);
+    let finished = Finished::read(&host, 0, Protocol::Grpc, grpc_status);
     let verdict =
         classify::classify(&finished, &p.failure_status, p.grpc_failure_status, None).verdict;
     (verdict, host.calls().property_reads)
@@ -409,7 +406,7 @@ fn grpc_calls_are_classified_by_their_grpc_status() {
     for code in [14, 4, 13, 2, 15] {
         assert_eq!(
             read_grpc(200, "via_upstream", Some(code)),
-            (failed, 4),
+            (failed, 3),
             "{code}"
         );
     }

@@ -451,9 +451,14 @@ fn lost_writes_are_counted_as_store_errors() {
 fn grpc_failures_open_it_counted_as_grpc_and_the_fallback_is_in_grpc_form() {
     let mut host = FakeHost::new().grpc_call();
     let (filter, route) = bound(FRAGILE, "fragile", &mut host);
-    host.set_property(&["response", "grpc_status"], 14u64.to_le_bytes());
+    host.response_trailers = vec![("grpc-status".into(), b"14".to_vec())];
     for _ in 0..3 {
-        call(&filter, &route, &mut host, 200);
+        let (verdict, mut pending) = filter.on_request(&route, &mut host);
+        assert_eq!(verdict, FilterVerdict::Continue);
+        upstream_answered(&mut host, 200);
+        filter.on_response(&route, &mut pending, &mut host);
+        filter.on_response_trailers(&route, &mut pending, &mut host);
+        filter.on_done(&route, &mut pending, &mut host);
     }
     assert_eq!(host.metric("mesh_breaker_state;route=fragile"), Some(1));
     let calls = |outcome: &str, protocol: &str| {
