@@ -63,6 +63,19 @@ fn assert_served_by_every_filter(reply: &Reply) {
     );
 }
 
+/// Envoy's log once it has `needle` (or after 10 s): the reply can come before the container
+/// runtime hands over the lines Envoy wrote while making it.
+fn log_once_it_has(mesh: &Mesh, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = mesh.envoy_log();
+        if log.contains(needle) || Instant::now() >= deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A counter summed over its routes and labels.
 fn total(mesh: &Mesh, prefix: &str) -> u64 {
     mesh.stats()
@@ -77,7 +90,7 @@ fn a_panic_is_logged_with_its_message_before_the_vm_aborts() {
     let mesh = chain("FAIL_OPEN");
     assert!(mesh.wasm_health().failures.is_empty());
     crash(&mesh, "marker-7f3a");
-    let log = mesh.envoy_log();
+    let log = log_once_it_has(&mesh, "Function: proxy_on_request_headers failed");
     let panicked = log
         .find("panicked at")
         .unwrap_or_else(|| panic!("no panic message in the log:\n{log}"));
