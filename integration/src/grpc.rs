@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::envoy::StartError;
+use crate::{Mesh, MeshBuilder, RouteSpec};
+
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -193,6 +196,19 @@ impl GrpcEcho {
     /// Requests that reached the service so far, whatever their path and outcome.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Starts `builder`'s Envoy with this service behind route `echo` (every method of
+    /// `mesh.test.Echo`), through an HTTP/2 cluster.
+    pub fn behind(&self, builder: MeshBuilder) -> Result<Mesh, StartError> {
+        builder
+            .grpc_cluster("grpc-echo", self.addr())
+            .routes(vec![RouteSpec::new(
+                "echo",
+                "/mesh.test.Echo/",
+                "grpc-echo",
+            )])
+            .start()
     }
 }
 

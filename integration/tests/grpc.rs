@@ -11,7 +11,7 @@
 use mesh_integration::grpc::{
     CountRequest, FAILURE_MESSAGE, GrpcClient, GrpcEcho, GrpcError, SayReply, SayRequest,
 };
-use mesh_integration::{Mesh, MeshBuilder, RouteSpec, wait_for_stats_flush};
+use mesh_integration::{Mesh, MeshBuilder, wait_for_stats_flush};
 
 /// gRPC status codes the tests see.
 const NOT_FOUND: i32 = 5;
@@ -21,15 +21,7 @@ const UNAVAILABLE: i32 = 14;
 /// Envoy with `builder`'s filters in front of one gRPC service on route `echo`.
 fn start(builder: MeshBuilder) -> (Mesh, GrpcEcho, GrpcClient) {
     let server = GrpcEcho::start("echo").expect("gRPC upstream");
-    let mesh = builder
-        .grpc_cluster("grpc-echo", server.addr())
-        .routes(vec![RouteSpec::new(
-            "echo",
-            "/mesh.test.Echo/",
-            "grpc-echo",
-        )])
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mesh = server.behind(builder).unwrap_or_else(|e| panic!("{e}"));
     let client = GrpcClient::connect(mesh.listener()).expect("client");
     (mesh, server, client)
 }

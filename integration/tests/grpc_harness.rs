@@ -5,7 +5,7 @@
 use mesh_integration::grpc::{
     COUNT_PATH, CountRequest, FAILURE_MESSAGE, GrpcClient, GrpcEcho, SAY_PATH, SERVICE, SayRequest,
 };
-use mesh_integration::{Mesh, RouteSpec};
+use mesh_integration::Mesh;
 
 /// 14: UNAVAILABLE.
 const UNAVAILABLE: i32 = 14;
@@ -158,14 +158,8 @@ fn a_stopped_server_fails_the_call_and_nothing_hangs() {
 #[test]
 fn through_envoy_without_filters() {
     let server = GrpcEcho::start("echo").unwrap();
-    let mesh = Mesh::builder()
-        .grpc_cluster("grpc-echo", server.addr())
-        .routes(vec![RouteSpec::new(
-            "echo",
-            "/mesh.test.Echo/",
-            "grpc-echo",
-        )])
-        .start()
+    let mesh = server
+        .behind(Mesh::builder())
         .unwrap_or_else(|e| panic!("{e}"));
     let client = GrpcClient::connect(mesh.listener()).unwrap();
     let log = || mesh.envoy_log();

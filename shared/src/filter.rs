@@ -17,6 +17,7 @@ use std::rc::Rc;
 use crate::config::read::FromJson;
 
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
+use crate::grpc;
 use crate::host::{Host, RequestHost, ResponseHost, TrailersHost};
 
 /// Who this instance of the plugin is: Istio sets no vm_id, so shared-data keys are
@@ -81,19 +82,33 @@ pub struct LocalReply {
     pub body: Vec<u8>,
     /// For a gRPC call: the reply in gRPC form (trailers-only: HTTP 200, this status and
     /// message; `body` is not sent). `None` for HTTP.
-    pub grpc: Option<crate::grpc::Status>,
+    pub grpc: Option<grpc::Status>,
 }
 
 impl LocalReply {
-    /// A reply in gRPC form: `status` is the HTTP status an HTTP client would have had (Envoy
-    /// sends 200 with the gRPC status in its place), no body.
-    pub fn grpc(status: u16, headers: Vec<(String, String)>, grpc: crate::grpc::Status) -> Self {
-        Self {
-            status,
-            headers,
-            body: Vec::new(),
-            grpc: Some(grpc),
+    /// This reply as the request it answers takes it. An HTTP request gets it unchanged. A
+    /// gRPC call gets it trailers-only (Envoy sends HTTP 200 with `status`'s code and message):
+    /// the headers go as metadata, except `content-type`, which Envoy writes itself; there is
+    /// no body; a wait to announce (`retry_after_ms`) also goes as `grpc-retry-pushback-ms`
+    /// (gRFC A6).
+    pub fn for_request(
+        mut self,
+        host: &impl RequestHost,
+        status: &grpc::Status,
+        retry_after_ms: Option<u64>,
+    ) -> Self {
+        if !grpc::is_call(host) {
+            return self;
         }
+        self.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(grpc::CONTENT_TYPE));
+        if let Some(ms) = retry_after_ms {
+            self.headers
+                .push((grpc::RETRY_PUSHBACK.to_owned(), ms.to_string()));
+        }
+        self.body = Vec::new();
+        self.grpc = Some(status.clone());
+        self
     }
 }
 

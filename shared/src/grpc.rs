@@ -1,7 +1,7 @@
 //! gRPC as the filters meet it: which requests are gRPC calls, and status codes by name.
 //!
-//! A gRPC call is an HTTP/2 request whose `content-type` is `application/grpc` or
-//! `application/grpc+<codec>` — the test Envoy itself applies before it answers a local reply
+//! A gRPC call is a request whose `content-type` is `application/grpc` or
+//! `application/grpc+<codec>`: the test Envoy applies itself before it answers a local reply
 //! in gRPC form (trailers-only, `grpc-status` and `grpc-message`). gRPC-Web is not: a gRPC-Web
 //! filter in front translates it.
 
@@ -51,8 +51,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Self::Http, Self::Grpc];
-
     /// The request's: see [`is_call`].
     pub fn of(host: &impl RequestHost) -> Self {
         if is_call(host) {

@@ -9,6 +9,7 @@ use std::marker::PhantomData;
 use std::time::UNIX_EPOCH;
 
 use mesh_policy::filter::{GrpcCall, LocalReply};
+use mesh_policy::grpc::Code;
 use mesh_policy::headers::HeaderPairs;
 use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError, TrailersHost,
@@ -96,7 +97,7 @@ impl<'a> Proxy<'a, RequestPhase> {
         );
         let (grpc_status, body): (i32, &[u8]) = match &reply.grpc {
             Some(status) => (
-                i32::try_from(status.code.0).unwrap_or(2),
+                i32::try_from(status.code.0).unwrap_or(Code::UNKNOWN.0 as i32),
                 status.message.as_bytes(),
             ),
             None => (-1, &reply.body),

@@ -208,25 +208,16 @@ pub fn classify(
         // Also after a 200 whose body was cut off by a reset.
         Verdict::Failure(Failure::Reset)
     } else {
-        match finished.status {
-            Some(_) if finished.via_upstream && finished.grpc_status.is_some() => {
-                if finished
-                    .grpc_status
-                    .is_some_and(|code| grpc_failure_status.contains(code))
-                {
-                    Verdict::Failure(Failure::Status)
-                } else {
-                    Verdict::Success
-                }
-            }
-            Some(status) if finished.via_upstream => {
-                if failure_status.contains(status) {
-                    Verdict::Failure(Failure::Status)
-                } else {
-                    Verdict::Success
-                }
-            }
-            _ => Verdict::Ignored,
+        let failed = match (finished.status, finished.grpc_status) {
+            _ if !finished.via_upstream => None,
+            (Some(_), Some(code)) => Some(grpc_failure_status.contains(code)),
+            (Some(status), None) => Some(failure_status.contains(status)),
+            (None, _) => None,
+        };
+        match failed {
+            Some(true) => Verdict::Failure(Failure::Status),
+            Some(false) => Verdict::Success,
+            None => Verdict::Ignored,
         }
     };
     let slow = slow_threshold.is_some_and(|threshold| finished.latency >= threshold);

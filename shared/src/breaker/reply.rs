@@ -4,12 +4,11 @@ use super::config::Fallback;
 use super::record::State;
 use super::{CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER};
 use crate::filter::LocalReply;
-use crate::grpc;
 use crate::host::RequestHost;
 
 impl Fallback {
-    /// The fallback for this request, in gRPC form for a gRPC call (its headers as
-    /// metadata, the wait also as `grpc-retry-pushback-ms`).
+    /// The fallback for this request, in gRPC form for a gRPC call
+    /// ([`LocalReply::for_request`]).
     pub fn reply(
         &self,
         state: State,
@@ -20,18 +19,16 @@ impl Fallback {
         headers.extend(self.headers.iter().cloned());
         headers.push((CIRCUIT_STATE_HEADER.to_owned(), state.as_str().to_owned()));
         headers.push((RETRY_AFTER_HEADER.to_owned(), retry_after_secs.to_string()));
-        if grpc::is_call(host) {
-            headers.push((
-                grpc::RETRY_PUSHBACK.to_owned(),
-                retry_after_secs.saturating_mul(1000).to_string(),
-            ));
-            return LocalReply::grpc(self.status, headers, self.grpc.clone());
-        }
-        LocalReply {
+        let http = LocalReply {
             status: self.status,
             headers,
             body: self.body.clone(),
             grpc: None,
-        }
+        };
+        http.for_request(
+            host,
+            &self.grpc,
+            Some(retry_after_secs.saturating_mul(1000)),
+        )
     }
 }

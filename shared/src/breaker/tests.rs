@@ -6,7 +6,7 @@ use super::record::{BUCKETS, RECORD_BYTES, Record, State};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::fake::FakeHost;
 use crate::grpc::{Code, CodeSet, Protocol};
-use crate::host::{Host, NANOS_PER_MS};
+use crate::host::{Host, NANOS_PER_MS, Nanos};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -223,6 +223,11 @@ fn finished(status: Option<u16>, flags: u64, via_upstream: bool, latency_ms: u64
     }
 }
 
+/// [`classify::classify`] for an HTTP request (no gRPC status to classify by).
+fn classify_http(finished: &Finished, set: &StatusSet, slow: Option<Nanos>) -> Call {
+    classify::classify(finished, set, CodeSet::default(), slow)
+}
+
 fn five_xx() -> StatusSet {
     StatusSet::from_matches(&[StatusMatch::Class(5)])
 }
@@ -230,27 +235,13 @@ fn five_xx() -> StatusSet {
 #[test]
 fn upstream_statuses_are_classified_by_the_failure_set() {
     let set = five_xx();
-    let call = |status| {
-        classify::classify(
-            &finished(Some(status), 0, true, 1),
-            &set,
-            CodeSet::default(),
-            None,
-        )
-    };
+    let call = |status| classify_http(&finished(Some(status), 0, true, 1), &set, None);
     assert_eq!(call(200).verdict, Verdict::Success);
     assert_eq!(call(404).verdict, Verdict::Success);
     assert_eq!(call(500).verdict, Verdict::Failure(Failure::Status));
     assert_eq!(call(503).verdict, Verdict::Failure(Failure::Status));
     let only_429 = StatusSet::from_matches(&[StatusMatch::Code(429)]);
-    let call = |status| {
-        classify::classify(
-            &finished(Some(status), 0, true, 1),
-            &only_429,
-            CodeSet::default(),
-            None,
-        )
-    };
+    let call = |status| classify_http(&finished(Some(status), 0, true, 1), &only_429, None);
     assert_eq!(call(429).verdict, Verdict::Failure(Failure::Status));
     assert_eq!(call(500).verdict, Verdict::Success);
 }
@@ -286,12 +277,7 @@ fn resets_and_timeouts_fail_whatever_the_status() {
         // A 200 whose body the upstream cut off.
         (flags::UPSTREAM_REMOTE_RESET, Some(200), Failure::Reset),
     ] {
-        let call = classify::classify(
-            &finished(status, flag, false, 1),
-            &set,
-            CodeSet::default(),
-            None,
-        );
+        let call = classify_http(&finished(status, flag, false, 1), &set, None);
         assert_eq!(call.verdict, Verdict::Failure(failure), "flag {flag:#x}");
     }
 }
@@ -301,54 +287,32 @@ fn what_the_upstream_did_not_do_is_ignored() {
     let set = five_xx();
     // The client hung up: no status.
     let left = finished(None, flags::DOWNSTREAM_CONNECTION_TERMINATION, false, 10);
-    assert_eq!(
-        classify::classify(&left, &set, CodeSet::default(), None).verdict,
-        Verdict::Ignored
-    );
+    assert_eq!(classify_http(&left, &set, None).verdict, Verdict::Ignored);
     // A direct response or another filter's local reply: a status, but not the upstream's.
     let local = finished(Some(503), 0, false, 1);
-    assert_eq!(
-        classify::classify(&local, &set, CodeSet::default(), None).verdict,
-        Verdict::Ignored
-    );
+    assert_eq!(classify_http(&local, &set, None).verdict, Verdict::Ignored);
     // Envoy's own overflow cap refused to call the upstream.
     let overflow = finished(Some(503), flags::UPSTREAM_OVERFLOW, false, 1);
     assert_eq!(
-        classify::classify(&overflow, &set, CodeSet::default(), None).verdict,
+        classify_http(&overflow, &set, None).verdict,
         Verdict::Ignored
     );
-    assert!(!classify::classify(&left, &set, CodeSet::default(), None).counts());
+    assert!(!classify_http(&left, &set, None).counts());
 }
 
 #[test]
 fn slowness_is_measured_against_the_threshold_only_when_configured() {
     let set = five_xx();
     let threshold = Some(500 * NANOS_PER_MS);
-    let at = |ms| {
-        classify::classify(
-            &finished(Some(200), 0, true, ms),
-            &set,
-            CodeSet::default(),
-            threshold,
-        )
-    };
+    let at = |ms| classify_http(&finished(Some(200), 0, true, ms), &set, threshold);
     assert!(!at(499).slow);
     assert!(at(500).slow);
     assert_eq!(at(500).verdict, Verdict::Success);
-    assert!(
-        !classify::classify(
-            &finished(Some(200), 0, true, 9_999),
-            &set,
-            CodeSet::default(),
-            None
-        )
-        .slow
-    );
+    assert!(!classify_http(&finished(Some(200), 0, true, 9_999), &set, None).slow);
     // A client that gave up after the threshold still shows a slow upstream.
-    let left = classify::classify(
+    let left = classify_http(
         &finished(None, flags::DOWNSTREAM_CONNECTION_TERMINATION, false, 600),
         &set,
-        CodeSet::default(),
         threshold,
     );
     assert_eq!(left.verdict, Verdict::Ignored);
@@ -363,7 +327,7 @@ fn read(flags: u64, code: u64, details: &str) -> (Verdict, usize) {
         .with_property(&classify::RESPONSE_CODE, code.to_le_bytes())
         .with_property(&classify::RESPONSE_CODE_DETAILS, details);
     let finished = Finished::read(&host, 0, Protocol::Http, None);
-    let verdict = classify::classify(&finished, &five_xx(), CodeSet::default(), None).verdict;
+    let verdict = classify_http(&finished, &five_xx(), None).verdict;
     (verdict, host.calls().property_reads)
 }
 
@@ -443,7 +407,7 @@ fn the_grpc_failure_set_is_configurable_by_name() {
 #[test]
 fn the_fallback_answers_a_grpc_call_in_grpc_form() {
     let p = policy(
-        r#"{"consecutive_failures": 3, "fallback": {"status": 503, "body": "down", "headers": {"x-fallback": "1"}}}"#,
+        r#"{"consecutive_failures": 3, "fallback": {"status": 503, "body": "down", "headers": {"x-fallback": "1", "content-type": "text/plain"}}}"#,
     );
     let http = p.fallback.reply(State::Open, 30, &FakeHost::new());
     assert_eq!(
@@ -453,6 +417,12 @@ fn the_fallback_answers_a_grpc_call_in_grpc_form() {
     let grpc = p
         .fallback
         .reply(State::Open, 30, &FakeHost::new().grpc_call());
+    // Envoy writes a gRPC reply's content-type itself: a second one would confuse clients.
+    assert!(
+        grpc.headers.iter().all(|(name, _)| name != "content-type"),
+        "{:?}",
+        grpc.headers
+    );
     let status = grpc.grpc.expect("gRPC form");
     assert_eq!(
         (status.code, status.message.as_str()),
@@ -1157,12 +1127,7 @@ fn a_batch_holds_at_most_max_batch_successes() {
         let Admission::Pass(ticket) = w.admit(&policy) else {
             panic!("closed");
         };
-        let call = classify::classify(
-            &finished(Some(200), 0, true, 1),
-            &five_xx(),
-            CodeSet::default(),
-            None,
-        );
+        let call = classify_http(&finished(Some(200), 0, true, 1), &five_xx(), None);
         let now = w.host.now;
         writes += usize::from(
             w.local

@@ -562,10 +562,18 @@ impl RouteLimits {
 }
 
 impl RateLimitPolicy {
-    /// The local reply for a rejected request: for a gRPC call, the policy's gRPC status with
-    /// the wait as `grpc-retry-pushback-ms` (gRFC A6) besides `Retry-After`.
+    /// The local reply for a rejected request; for a gRPC call, in gRPC form with the wait
+    /// as pushback ([`LocalReply::for_request`]).
     pub fn reject_reply(&self, check: &Check, host: &impl RequestHost) -> LocalReply {
-        let mut headers = vec![(RETRY_AFTER.to_owned(), check.retry_after_s.to_string())];
+        self.http_reject_reply(check)
+            .for_request(host, &self.grpc, Some(check.retry_after_ms))
+    }
+
+    fn http_reject_reply(&self, check: &Check) -> LocalReply {
+        let mut headers = vec![
+            (RETRY_AFTER.to_owned(), check.retry_after_s.to_string()),
+            (grpc::CONTENT_TYPE.to_owned(), self.content_type.clone()),
+        ];
         if let Some(budget) = check.budget.filter(|_| self.rate_limit_headers) {
             headers.extend(
                 budget_headers(&budget)
@@ -573,14 +581,6 @@ impl RateLimitPolicy {
                     .map(|(name, value)| (name.to_owned(), value.to_string())),
             );
         }
-        if grpc::is_call(host) {
-            headers.push((
-                grpc::RETRY_PUSHBACK.to_owned(),
-                check.retry_after_ms.to_string(),
-            ));
-            return LocalReply::grpc(self.status, headers, self.grpc.clone());
-        }
-        headers.push((grpc::CONTENT_TYPE.to_owned(), self.content_type.clone()));
         LocalReply {
             status: self.status,
             headers,
@@ -588,9 +588,7 @@ impl RateLimitPolicy {
             grpc: None,
         }
     }
-}
 
-impl RateLimitPolicy {
     /// The reply when the rate limit service says over limit: the local rejection's status
     /// and body, `Retry-After` and `X-RateLimit-*` from the service's answer, and the
     /// service's response headers. A header the service sends replaces the filter's own of
@@ -603,17 +601,14 @@ impl RateLimitPolicy {
             response_headers: headers,
             ..
         } = answer;
-        let retry_after_s = over_limit.unwrap_or(1);
-        let mut reply = self.reject_reply(
-            &Check {
-                decision: Decision::Rejected,
-                budget: budget.filter(|_| !sends_ratelimit_headers(&headers)),
-                retry_after_s,
-                retry_after_ms: retry_after_s.saturating_mul(1000),
-                store_error: None,
-            },
-            host,
-        );
+        let check = Check {
+            decision: Decision::Rejected,
+            budget: budget.filter(|_| !sends_ratelimit_headers(&headers)),
+            retry_after_s: over_limit.unwrap_or(1),
+            retry_after_ms: over_limit.unwrap_or(1).saturating_mul(1000),
+            store_error: None,
+        };
+        let mut reply = self.http_reject_reply(&check);
         reply.headers.retain(|(own, _)| {
             !headers
                 .iter()
@@ -624,20 +619,13 @@ impl RateLimitPolicy {
                 .into_iter()
                 .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned())),
         );
-        reply
+        reply.for_request(host, &self.grpc, Some(check.retry_after_ms))
     }
 
     /// The reply when the rate limit service could not decide and `failure_mode_deny` is on:
     /// 503, or `UNAVAILABLE` for a gRPC call (the service may be back on a retry).
     pub fn unavailable_reply(&self, host: &impl RequestHost) -> LocalReply {
-        if grpc::is_call(host) {
-            let status = grpc::Status {
-                code: grpc::Code::UNAVAILABLE,
-                message: config::UNAVAILABLE_GRPC_MESSAGE.to_owned(),
-            };
-            return LocalReply::grpc(config::UNAVAILABLE_STATUS, Vec::new(), status);
-        }
-        LocalReply {
+        let http = LocalReply {
             status: config::UNAVAILABLE_STATUS,
             headers: vec![(
                 grpc::CONTENT_TYPE.to_owned(),
@@ -645,7 +633,12 @@ impl RateLimitPolicy {
             )],
             body: config::UNAVAILABLE_BODY.as_bytes().to_vec(),
             grpc: None,
-        }
+        };
+        let status = grpc::Status {
+            code: grpc::Code::UNAVAILABLE,
+            message: config::UNAVAILABLE_GRPC_MESSAGE.to_owned(),
+        };
+        http.for_request(host, &status, None)
     }
 }
 
