@@ -2,10 +2,10 @@
 //! through an Envoy without filters. `Count { count: n }` streams 1..=n.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use mesh_integration::Mesh;
 use mesh_integration::grpc::{
     COUNT_PATH, CountRequest, FAILURE_MESSAGE, GrpcClient, GrpcEcho, SAY_PATH, SERVICE, SayRequest,
 };
-use mesh_integration::Mesh;
 
 /// 14: UNAVAILABLE.
 const UNAVAILABLE: i32 = 14;
