@@ -23,7 +23,9 @@
 //! write. Failures, slow calls, probes and every transition go through the record at once.
 //! So a worker can admit for up to [`TRUST`] after another opened the breaker, and the
 //! window misses at most each worker's last [`TRUST`] of successes (a rate can trip a little
-//! earlier, or `min_requests` be reached a little later).
+//! earlier, or `min_requests` be reached a little later). A batched success ends a run of
+//! consecutive failures only if it finished after the run's first failure: one that waited
+//! in a batch while other workers' failures went in is older news.
 
 use std::cell::Cell;
 
@@ -186,12 +188,25 @@ impl BreakerPolicy {
         }
     }
 
-    /// Counts a finished call admitted with `ticket`.
+    /// Counts a call admitted with `ticket` that finished at `now`.
     pub fn complete(
         &self,
         record: &Record,
         ticket: Ticket,
         call: Call,
+        now: Nanos,
+    ) -> Decision<()> {
+        self.complete_finished(record, ticket, call, now, now)
+    }
+
+    /// [`Self::complete`] for a call that finished at `finished`, counted at `now` (a
+    /// success that waited in a batch).
+    fn complete_finished(
+        &self,
+        record: &Record,
+        ticket: Ticket,
+        call: Call,
+        finished: Nanos,
         now: Nanos,
     ) -> Decision<()> {
         let unchanged = Decision {
@@ -211,9 +226,18 @@ impl BreakerPolicy {
                 }
                 next.count(now, self.bucket, call.failed(), call.slow);
                 match call.verdict {
-                    Verdict::Failure(_) => next.consecutive_failures += 1,
-                    Verdict::Success => next.consecutive_failures = 0,
-                    Verdict::Ignored => {}
+                    Verdict::Failure(_) => {
+                        if next.consecutive_failures == 0 {
+                            next.failing_since = finished;
+                        }
+                        next.consecutive_failures += 1;
+                    }
+                    // Only a success after the run's first failure ends it: one from before
+                    // it (held in another VM's batch) is older news.
+                    Verdict::Success if finished >= next.failing_since => {
+                        next.consecutive_failures = 0;
+                    }
+                    Verdict::Success | Verdict::Ignored => {}
                 }
                 self.trips(&next, now)
             }
@@ -397,6 +421,8 @@ struct Batch {
     successes: u64,
     /// When the first of them finished.
     since: Nanos,
+    /// When the last of them finished.
+    last: Nanos,
 }
 
 /// Whether `now` is less than [`TRUST`] after `then` (never when the clock went back).
@@ -460,6 +486,7 @@ impl Local {
                 } else {
                     batch.since
                 },
+                last: now,
             });
             return Ok(None);
         }
@@ -524,11 +551,13 @@ impl BreakerPolicy {
             generation: batch.generation,
             probe: false,
         };
-        let calls = std::iter::repeat_n((batched, SUCCESS), batch.successes as usize).chain(call);
+        let calls = std::iter::repeat_n((batched, SUCCESS, batch.last), batch.successes as usize)
+            .chain(call.map(|(ticket, call)| (ticket, call, now)));
         let mut current: Option<Record> = None;
         let mut transition = None;
-        for (ticket, call) in calls {
-            let decision = self.complete(current.as_ref().unwrap_or(record), ticket, call, now);
+        for (ticket, call, finished) in calls {
+            let record = current.as_ref().unwrap_or(record);
+            let decision = self.complete_finished(record, ticket, call, finished, now);
             if let Some(next) = decision.next {
                 current = Some(next);
             }

@@ -12,7 +12,8 @@
 //! [6] probes admitted (half-open)
 //! [7] probes succeeded (half-open)
 //! [8] last probe admitted at (half-open)
-//! [9..] BUCKETS buckets of [epoch, calls, failures, slow]: the rolling window
+//! [9] failing since: when the first of the consecutive failures finished (closed)
+//! [10..] BUCKETS buckets of [epoch, calls, failures, slow]: the rolling window
 //! ```
 //!
 //! The window is `BUCKETS` buckets of `window_ms / BUCKETS` each; bucket `i` holds the
@@ -24,11 +25,11 @@ use crate::store::{read_u64s, write_u64s};
 
 /// Buckets in the rolling window.
 pub const BUCKETS: usize = 10;
-const HEADER_FIELDS: usize = 9;
+const HEADER_FIELDS: usize = 10;
 const BUCKET_FIELDS: usize = 4;
 const FIELDS: usize = HEADER_FIELDS + BUCKETS * BUCKET_FIELDS;
-/// "brk1" and the bucket count: changes whenever the layout does.
-const LAYOUT: u64 = 0x6272_6b31_0000_0000 | BUCKETS as u64;
+/// "brk2" and the bucket count: changes whenever the layout does.
+const LAYOUT: u64 = 0x6272_6b32_0000_0000 | BUCKETS as u64;
 
 /// The record's size in bytes.
 pub const RECORD_BYTES: usize = FIELDS * 8;
@@ -94,6 +95,9 @@ pub struct Record {
     pub since: Nanos,
     pub open_until: Nanos,
     pub consecutive_failures: u64,
+    /// When the first of the `consecutive_failures` finished: a success that finished
+    /// earlier (one that waited in another VM's batch) does not end the run.
+    pub failing_since: Nanos,
     pub probes_admitted: u64,
     pub probes_succeeded: u64,
     pub last_probe_at: Nanos,
@@ -119,6 +123,7 @@ impl Record {
             admitted,
             succeeded,
             last_probe,
+            failing_since,
         ] = *header;
         if layout != LAYOUT {
             return None;
@@ -143,6 +148,7 @@ impl Record {
             probes_admitted: admitted,
             probes_succeeded: succeeded,
             last_probe_at: last_probe,
+            failing_since,
             buckets,
         })
     }
@@ -159,6 +165,7 @@ impl Record {
             self.probes_admitted,
             self.probes_succeeded,
             self.last_probe_at,
+            self.failing_since,
         ]);
         for b in &self.buckets {
             fields.extend_from_slice(&[b.epoch, b.calls, b.failures, b.slow]);

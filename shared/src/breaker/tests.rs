@@ -489,9 +489,10 @@ fn records_round_trip_and_foreign_ones_read_as_closed() {
     record.open_until = 9;
     record.count(123 * NANOS_PER_MS, NANOS_PER_MS, true, true);
     record.consecutive_failures = 4;
+    record.failing_since = 7;
     let bytes = record.encode();
     assert_eq!(bytes.len(), RECORD_BYTES);
-    assert_eq!(RECORD_BYTES, 392, "the README gives the size");
+    assert_eq!(RECORD_BYTES, 400, "the README gives the size");
     assert_eq!(Record::decode(Some(&bytes)), record);
     assert_eq!(Record::decode(None), Record::default());
     assert_eq!(Record::decode(Some(&bytes[1..])), Record::default());
@@ -1192,4 +1193,39 @@ fn a_clock_that_went_back_trusts_nothing() {
     w.host.now -= NANOS_PER_MS;
     w.admit(&policy);
     assert_eq!(w.shared_calls().0, read.0 + 1);
+}
+
+#[test]
+fn a_batched_success_from_before_a_run_of_failures_does_not_end_it() {
+    // Worker b's success waits in its batch while a's failure goes in; b's own failure then
+    // writes both. The success came first: the run is 2, and a third failure opens.
+    let policy = policy(r#"{"consecutive_failures": 3, "open_ms": 60000}"#);
+    let mut a = Worker::first();
+    assert!(machine::create(&mut a.host, KEY));
+    let mut b = a.another();
+    assert!(!b.call(&policy, 200), "batched");
+    a.host.now = b.host.now + 10 * NANOS_PER_MS;
+    assert!(a.call(&policy, 503));
+    b.host.now = a.host.now + 10 * NANOS_PER_MS;
+    assert!(b.call(&policy, 503), "the failure writes the batch with it");
+    let record = b.record();
+    assert_eq!(record.consecutive_failures, 2);
+    assert_eq!(record.window(b.host.now, policy.bucket).calls, 3);
+    a.host.now = b.host.now + NANOS_PER_MS;
+    a.call(&policy, 503);
+    assert_eq!(a.record().state, State::Open);
+}
+
+#[test]
+fn a_batched_success_after_the_first_failure_ends_the_run() {
+    let policy = policy(r#"{"consecutive_failures": 3}"#);
+    let mut a = Worker::first();
+    assert!(machine::create(&mut a.host, KEY));
+    let mut b = a.another();
+    assert!(a.call(&policy, 503));
+    b.host.now = a.host.now + NANOS_PER_MS;
+    assert!(!b.call(&policy, 200), "batched");
+    let now = b.host.now;
+    assert!(b.local.flush(&policy, &mut b.host, KEY, now).is_some());
+    assert_eq!(b.record().consecutive_failures, 0);
 }
