@@ -101,11 +101,12 @@ filter_names() {
 }
 
 # render_envoy_config <out>: envoy/envoy.yaml with its ${...} placeholders filled from
-# ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT and DIST.
+# ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT, GRPC_PORT and DIST.
 render_envoy_config() {
   local out="$1"
   sed -e "s|\${ENVOY_PORT}|$ENVOY_PORT|g" -e "s|\${ADMIN_PORT}|$ADMIN_PORT|g" \
-      -e "s|\${V1_PORT}|$V1_PORT|g" -e "s|\${V2_PORT}|$V2_PORT|g" -e "s|\${DIST}|$DIST|g" \
+      -e "s|\${V1_PORT}|$V1_PORT|g" -e "s|\${V2_PORT}|$V2_PORT|g" \
+      -e "s|\${GRPC_PORT}|$GRPC_PORT|g" -e "s|\${DIST}|$DIST|g" \
       "$ROOT/envoy/envoy.yaml" > "$out"
   if grep -qE '\$\{[A-Z_]+\}' "$out"; then die "unfilled placeholder in $out: $(grep -oE '\$\{[A-Z_]+\}' "$out" | head -1)"; fi
 }

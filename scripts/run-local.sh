@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: build the filters, start the demo upstreams v1 and v2 and a real Envoy with
-# the filters loaded, all on 127.0.0.1, and keep them running until Ctrl-C.
+# The main job: build the filters, start the demo upstreams v1 and v2 (HTTP) and grpc-echo
+# (gRPC) and a real Envoy with the filters loaded, all on 127.0.0.1, and keep them running
+# until Ctrl-C.
 #
 #   scripts/run-local.sh            run until Ctrl-C
 #   scripts/run-local.sh --smoke    start, check a request end to end, stop (used by the tests)
@@ -8,7 +9,8 @@
 #                                   scripts/envoy-image.sh builds), host network, config and
 #                                   dist/ mounted read-only; the upstreams stay processes
 #
-# Ports: ENVOY_PORT (10000), ADMIN_PORT (9901), V1_PORT (18081), V2_PORT (18082).
+# Ports: ENVOY_PORT (10000), ADMIN_PORT (9901), V1_PORT (18081), V2_PORT (18082),
+# GRPC_PORT (18083).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -23,7 +25,8 @@ for arg in "$@"; do
 done
 
 export ENVOY_PORT="${ENVOY_PORT:-10000}" ADMIN_PORT="${ADMIN_PORT:-9901}"
-export V1_PORT="${V1_PORT:-18081}" V2_PORT="${V2_PORT:-18082}" DIST="$ROOT/dist"
+export V1_PORT="${V1_PORT:-18081}" V2_PORT="${V2_PORT:-18082}" GRPC_PORT="${GRPC_PORT:-18083}"
+export DIST="$ROOT/dist"
 
 ensure_rust
 ensure_binaryen
@@ -31,8 +34,9 @@ ensure_apt curl curl
 [ -n "$docker" ] || ensure_envoy
 
 scripts/build.sh
-say "building the echo upstream"
-cargo build --quiet --locked -p mesh-integration --bin echo
+say "building the echo upstream and the gRPC client"
+cargo build --quiet --locked -p mesh-integration --bin echo --bin grpc-call
+bin="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)"
 
 run="$ROOT/.run"
 mkdir -p "$run"
@@ -58,10 +62,14 @@ fi
 
 for service in v1 v2; do
   port_var="${service^^}_PORT"
-  "${CARGO_TARGET_DIR:-target}/debug/echo" "$service" "127.0.0.1:${!port_var}" >"$run/$service.log" 2>&1 &
+  "$bin/echo" "$service" "127.0.0.1:${!port_var}" >"$run/$service.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:${!port_var}/__count" 10 "$!" || { cat "$run/$service.log"; die "echo $service did not start"; }
 done
+"$bin/echo" --grpc grpc-echo "127.0.0.1:$GRPC_PORT" >"$run/grpc-echo.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q '^listening' "$run/grpc-echo.log" && break; sleep 0.2; done
+grep -q '^listening' "$run/grpc-echo.log" || { cat "$run/grpc-echo.log"; die "echo --grpc did not start"; }
 
 render_envoy_config "$run/envoy.yaml"
 envoy_args=(--disable-hot-restart --concurrency 2 --component-log-level wasm:debug)
@@ -129,6 +137,26 @@ if [ -n "$smoke" ]; then
   v1_after="$(curl -fsS "http://127.0.0.1:$V1_PORT/__count")"
   [ "$((v1_after - v1_before))" = 2 ] || die "v1 counted $((v1_after - v1_before)) calls, expected 2"
   say "ok: the probe passed, the breaker closed and the next call went through"
+  say "smoke check of gRPC through 127.0.0.1:$ENVOY_PORT (route echo)"
+  grpc_call() { "$bin/grpc-call" "127.0.0.1:$ENVOY_PORT" "$@"; }
+  said="$(grpc_call say hello)"
+  grep -q '^OK from grpc-echo: hello' <<<"$said" || die "gRPC Say did not pass: $said"
+  grep -q '^  traceparent: 00-' <<<"$said" || die "the gRPC service saw no traceparent: $said"
+  say "ok: Say passed and the service saw traceparent as metadata"
+  # 15 Count calls at once: the burst of 10 passes, the rest end RESOURCE_EXHAUSTED (5/s
+  # per method refills about one while they run).
+  tally="$(grpc_call count 1 --repeat 15 | tail -n 1)"
+  exhausted="$(grep -oE '[0-9]+ RESOURCE_EXHAUSTED' <<<"$tally" | cut -d' ' -f1)"
+  [ "${exhausted:-0}" -ge 3 ] || die "15 Count calls: $tally, expected at least 3 RESOURCE_EXHAUSTED"
+  say "ok: 15 Count calls: $tally"
+  for _ in 1 2 3; do grpc_call say --fail UNAVAILABLE >/dev/null; done
+  # A worker trusts a closed state it read for 5 ms (README, "Each worker's view of it").
+  sleep 0.05
+  fallback="$(grpc_call say)"
+  grep -q '^UNAVAILABLE (14): echo: circuit open' <<<"$fallback" \
+    || die "after 3 UNAVAILABLE the breaker did not answer: $fallback"
+  grep -q '^  x-circuit-state: open' <<<"$fallback" || die "no x-circuit-state: open: $fallback"
+  say "ok: 3 UNAVAILABLE opened the breaker; the next call ended UNAVAILABLE \"echo: circuit open\""
   say "smoke check: the counters carry their labels at /stats/prometheus"
   # The modules hand Envoy their counts once a second (README, "Counters reach Envoy once a
   # second"): wait for one more flush.
@@ -137,7 +165,9 @@ if [ -n "$smoke" ]; then
   for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
                 'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
                 'mesh_breaker_transitions_total{route="fragile",to="open"} 1' \
-                'mesh_breaker_transitions_total{route="fragile",to="closed"} 1'; do
+                'mesh_breaker_transitions_total{route="fragile",to="closed"} 1' \
+                'mesh_breaker_calls_total{route="echo",outcome="failure",protocol="grpc"} 3' \
+                "mesh_ratelimit_requests_total{route=\"echo\",decision=\"rejected\"} $exhausted"; do
     grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
   done
   say "ok: route, outcome, decision and to are Prometheus labels"
@@ -147,7 +177,7 @@ fi
 cat <<MSG
 
 Envoy is listening on $base (admin http://127.0.0.1:$ADMIN_PORT), upstreams v1 and v2 echo
-what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
+what they receive, grpc-echo serves mesh.test.Echo. Logs: .run/*.log. Try:
 
   # a new trace: the upstream sees traceparent and b3, the response carries x-trace-id
   curl -si $base/checkout
@@ -174,6 +204,16 @@ what they receive. Logs: .run/envoy.log, .run/v1.log, .run/v2.log. Try:
   for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo
   curl -si $base/fragile ; curl -s http://127.0.0.1:$V1_PORT/__count
   sleep 5; curl -si $base/fragile
+  # gRPC on the same listener (route echo): the service lists the metadata it received,
+  # traceparent among them
+  $bin/grpc-call 127.0.0.1:$ENVOY_PORT say hello -H 'x-tenant: demo'
+  # 5/s, burst 10 per method: the rest of a burst ends RESOURCE_EXHAUSTED with
+  # grpc-retry-pushback-ms (Count's bucket is not Say's)
+  $bin/grpc-call 127.0.0.1:$ENVOY_PORT count 2 --repeat 15
+  $bin/grpc-call 127.0.0.1:$ENVOY_PORT count 2
+  # 3 UNAVAILABLE in a row open the breaker: for 5 s calls end UNAVAILABLE "echo: circuit open"
+  for i in 1 2 3; do $bin/grpc-call 127.0.0.1:$ENVOY_PORT say --fail UNAVAILABLE; done
+  $bin/grpc-call 127.0.0.1:$ENVOY_PORT say
   # what the filters counted, as Prometheus scrapes it (README: Observability)
   curl -s 'http://127.0.0.1:$ADMIN_PORT/stats/prometheus' | grep '^mesh_'
 

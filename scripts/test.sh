@@ -103,7 +103,7 @@ SOAK_SKIP_BUILD=1 scripts/soak.sh 30
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 smoke() {
-  ENVOY_PORT=$(free_port) ADMIN_PORT=$(free_port) V1_PORT=$(free_port) V2_PORT=$(free_port) \
+  ENVOY_PORT=$(free_port) ADMIN_PORT=$(free_port) V1_PORT=$(free_port) V2_PORT=$(free_port) GRPC_PORT=$(free_port) \
     scripts/run-local.sh --smoke "$@"
 }
 if [ "$MESH_HARNESS" = docker ]; then

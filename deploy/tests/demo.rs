@@ -86,16 +86,21 @@ fn envoy_routes_mirror_the_virtual_service_routes() {
         istio.routes.iter().map(istio_matching).collect::<Vec<_>>(),
         "what each route matches"
     );
-    // Where each goes: the Istio subset is the Envoy cluster (v1, v2).
+    // Where each goes: the Istio subset of `shop` is the Envoy cluster (v1, v2), another
+    // host is the cluster of its name (grpc-echo).
     let istio_destinations: Vec<(String, String)> = service["spec"]["http"]
         .as_array()
         .unwrap()
         .iter()
         .map(|http| {
-            let subset = &http["route"][0]["destination"]["subset"];
+            let destination = &http["route"][0]["destination"];
+            let cluster = match destination.get("subset") {
+                Some(subset) => subset,
+                None => &destination["host"],
+            };
             (
                 http["name"].as_str().unwrap().to_owned(),
-                subset.as_str().unwrap().to_owned(),
+                cluster.as_str().unwrap().to_owned(),
             )
         })
         .collect();

@@ -87,7 +87,7 @@ fn a_route_name_no_virtual_service_defines_is_an_error() {
 #[test]
 fn a_config_the_filter_refuses_is_an_error_with_the_filters_message() {
     let found = findings(&istio_with("istio/breaker.yaml", |t| {
-        t.replace("consecutive_failures: 3", "consecutive_failures: 0")
+        t.replacen("consecutive_failures: 3", "consecutive_failures: 0", 1)
     }));
     let f = only(&found, Severity::Error);
     assert_eq!(
@@ -125,7 +125,7 @@ fn a_config_the_filter_refuses_is_an_error_with_the_filters_message() {
 fn the_bundle_is_checked_stage_by_stage_with_its_own_message() {
     // A stage's config the filter refuses: the bundle's error names the stage.
     let found = findings(&istio_with("istio/bundle.yaml", |t| {
-        t.replace("consecutive_failures: 3", "consecutive_failures: 0")
+        t.replacen("consecutive_failures: 3", "consecutive_failures: 0", 1)
     }));
     let f = only(&found, Severity::Error);
     assert_eq!(

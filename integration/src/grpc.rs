@@ -167,16 +167,12 @@ impl GrpcEcho {
         let listener = runtime.block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr()?;
         let calls = Arc::new(AtomicU64::new(0));
-        let service = EchoService(Arc::new(Inner {
-            name: name.to_owned(),
-            calls: Arc::clone(&calls),
-        }));
-        runtime.spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await;
-        });
+        runtime.spawn(serve_counted(
+            name.to_owned(),
+            listener,
+            Arc::clone(&calls),
+            std::future::pending(),
+        ));
         Ok(Self {
             addr,
             name: name.to_owned(),
@@ -218,6 +214,34 @@ impl Drop for GrpcEcho {
             runtime.shutdown_timeout(Duration::from_secs(2));
         }
     }
+}
+
+/// Serves `mesh.test.Echo` as `name` on `listener` until `shutdown` completes (the demo's
+/// `echo --grpc`; tests use [`GrpcEcho`]).
+pub async fn serve(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_counted(name.to_owned(), listener, Arc::default(), shutdown).await
+}
+
+async fn serve_counted(
+    name: String,
+    listener: tokio::net::TcpListener,
+    calls: Arc<AtomicU64>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let service = EchoService(Arc::new(Inner { name, calls }));
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY each reply waits ~40 ms for a delayed ACK (Nagle).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(io::Error::other)
 }
 
 struct Inner {

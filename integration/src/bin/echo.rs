@@ -1,14 +1,17 @@
-//! The demo upstream as a program: `echo <service> [listen address]`, default 127.0.0.1:0.
-//! Prints `listening <address>` once bound; stops on Ctrl-C or SIGTERM.
+//! The demo upstream as a program: `echo [--grpc] <service> [listen address]`, default
+//! 127.0.0.1:0. Without `--grpc` an HTTP echo (`mesh_integration::echo`), with it the gRPC
+//! service `mesh.test.Echo` over h2c (`mesh_integration::grpc`). Prints `listening <address>`
+//! once bound; stops on Ctrl-C or SIGTERM.
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let grpc = args.next_if(|arg| arg == "--grpc").is_some();
     let service = args
         .next()
-        .ok_or("usage: echo <service> [listen address]")?;
+        .ok_or("usage: echo [--grpc] <service> [listen address]")?;
     let addr: SocketAddr = args.next().as_deref().unwrap_or("127.0.0.1:0").parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -24,7 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 _ = term.recv() => {}
             }
         };
-        mesh_integration::echo::serve(&service, listener, stop).await
+        if grpc {
+            mesh_integration::grpc::serve(&service, listener, stop).await
+        } else {
+            mesh_integration::echo::serve(&service, listener, stop).await
+        }
     })?;
     Ok(())
 }
