@@ -57,7 +57,12 @@ impl Kind {
             let envelope = Envelope::<F::Config>::from_json(json)?;
             Ok(Configured {
                 has_default: envelope.default.is_some(),
-                routes: envelope.routes.into_iter().map(|(name, _)| name).collect(),
+                routes: envelope
+                    .routes
+                    .0
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect(),
                 compiled: !routes.is_empty(),
             })
         }
@@ -85,7 +90,7 @@ impl Kind {
             {
                 out.push((None, format!("{policy:?}")));
             }
-            for (name, config) in envelope.routes {
+            for (name, config) in envelope.routes.0 {
                 if let Ok(policy) = filter.compile(config, &at) {
                     out.push((Some(name), format!("{policy:?}")));
                 }
@@ -154,7 +159,7 @@ pub fn canary_tags(json: &[u8]) -> Vec<CanaryTag> {
     if let Some(config) = envelope.default {
         out.extend(tag(None, config));
     }
-    for (name, config) in envelope.routes {
+    for (name, config) in envelope.routes.0 {
         out.extend(tag(Some(name), config));
     }
     out

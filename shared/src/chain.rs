@@ -24,9 +24,9 @@
 
 use std::rc::Rc;
 
-use crate::config::json::{self, Json};
-use crate::config::read::{FromJson, Object};
-use crate::config::{ConfigError, Envelope, FieldPath, Routes};
+use serde_json::value::RawValue;
+
+use crate::config::{ConfigError, Entries, Envelope, FieldPath, Routes, parse_json};
 use crate::filter::{CallOutcome, Filter, Plugin, Verdict};
 use crate::host::{Host, RequestHost, ResponseHost, TrailersHost};
 
@@ -43,22 +43,29 @@ pub trait Stages: Sized {
 
     /// Reads and compiles the module's plugin JSON. A chain takes an object keyed by stage.
     fn configure(plugin: &Plugin, json: &[u8]) -> Result<Self, ConfigError> {
-        let at = FieldPath::root();
-        if json.iter().all(u8::is_ascii_whitespace) {
-            return Self::load(plugin, &mut Object::new(&Json::Object(Vec::new()), &at)?);
+        let mut configs: StageConfigs = if json.iter().all(u8::is_ascii_whitespace) {
+            Entries::default()
+        } else {
+            parse_json(json)?
+        };
+        let stages = Self::load(plugin, &mut configs)?;
+        if let Some((name, _)) = configs.0.first() {
+            let mut names = Vec::new();
+            Self::stage_names(&mut names);
+            return Err(ConfigError::Json {
+                path: FieldPath::root().field(name),
+                message: format!("unknown stage, expected one of {}", names.join(", ")),
+            });
         }
-        let value = json::parse(json).map_err(|err| ConfigError::Json {
-            path: at.clone(),
-            message: err.to_string(),
-        })?;
-        let mut object = Object::new(&value, &at)?;
-        let stages = Self::load(plugin, &mut object)?;
-        object.finish()?;
         Ok(stages)
     }
 
-    /// Reads each stage's envelope from its key of a chain's plugin JSON.
-    fn load(plugin: &Plugin, object: &mut Object<'_>) -> Result<Self, ConfigError>;
+    /// Takes each stage's envelope from its key of a chain's plugin JSON; what is left is
+    /// not a stage of this chain.
+    fn load(plugin: &Plugin, configs: &mut StageConfigs) -> Result<Self, ConfigError>;
+
+    /// The stages' names, in order.
+    fn stage_names(names: &mut Vec<&'static str>);
 
     /// Logs one `config=loaded` line per configured stage.
     fn log_loaded(&self, plugin: &Plugin);
@@ -104,6 +111,10 @@ pub trait Stages: Sized {
     /// The root context's tick for one bound route: every stage's deferred work.
     fn on_tick(&self, route: &Self::Route, host: &mut impl Host);
 }
+
+/// A chain's plugin JSON: each stage's text by stage name, parsed when the stage takes it
+/// (so its errors carry the stage's path and its duplicate keys stay errors).
+pub type StageConfigs = Entries<Box<RawValue>>;
 
 /// One filter and its compiled routes.
 pub struct Stage<F: Filter> {
@@ -181,10 +192,12 @@ impl<F: Filter> Stages for Stage<F> {
         })
     }
 
-    fn load(plugin: &Plugin, object: &mut Object<'_>) -> Result<Self, ConfigError> {
-        match object.raw(F::NAME) {
-            Some((value, at)) => {
-                let envelope = <Envelope<F::Config> as FromJson>::from_json(value, &at)?;
+    fn load(plugin: &Plugin, configs: &mut StageConfigs) -> Result<Self, ConfigError> {
+        match configs.0.iter().position(|(name, _)| name == F::NAME) {
+            Some(index) => {
+                let (_, text) = configs.0.remove(index);
+                let at = FieldPath::root().field(F::NAME);
+                let envelope = Envelope::from_json_at(text.get().as_bytes(), &at)?;
                 Self::compile(plugin, envelope, &at)
             }
             None => Ok(Self {
@@ -193,6 +206,10 @@ impl<F: Filter> Stages for Stage<F> {
                 enabled: false,
             }),
         }
+    }
+
+    fn stage_names(names: &mut Vec<&'static str>) {
+        names.push(F::NAME);
     }
 
     fn log_loaded(&self, plugin: &Plugin) {
@@ -291,8 +308,13 @@ impl<A: Stages, B: Stages> Stages for (A, B) {
     type Route = (Option<A::Route>, Option<B::Route>);
     type Request = (Option<A::Request>, Option<B::Request>);
 
-    fn load(plugin: &Plugin, object: &mut Object<'_>) -> Result<Self, ConfigError> {
-        Ok((A::load(plugin, object)?, B::load(plugin, object)?))
+    fn load(plugin: &Plugin, configs: &mut StageConfigs) -> Result<Self, ConfigError> {
+        Ok((A::load(plugin, configs)?, B::load(plugin, configs)?))
+    }
+
+    fn stage_names(names: &mut Vec<&'static str>) {
+        A::stage_names(names);
+        B::stage_names(names);
     }
 
     fn log_loaded(&self, plugin: &Plugin) {
@@ -439,15 +461,10 @@ mod tests {
     /// `"continue"`, `"reply"`, or `"call"` (then continue once the call is done).
     struct Probe<const N: usize>;
 
-    struct ProbeConfig(String);
-
-    impl FromJson for ProbeConfig {
-        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            let mut object = Object::new(value, at)?;
-            let verdict = object.required("verdict")?;
-            object.finish()?;
-            Ok(Self(verdict))
-        }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ProbeConfig {
+        verdict: String,
     }
 
     impl<const N: usize> Filter for Probe<N> {
@@ -466,8 +483,8 @@ mod tests {
         }
 
         fn compile(&self, config: ProbeConfig, at: &FieldPath) -> Result<String, ConfigError> {
-            match config.0.as_str() {
-                "continue" | "reply" | "call" => Ok(config.0),
+            match config.verdict.as_str() {
+                "continue" | "reply" | "call" => Ok(config.verdict),
                 _ => Err(at.field("verdict").invalid("not a verdict")),
             }
         }
@@ -643,14 +660,25 @@ mod tests {
         );
         assert_eq!(
             error(r#"{"third": {"default": {"verdict": "continue", "extra": 1}}}"#),
-            r#"third.default.extra: unknown field, expected one of "verdict""#
+            "third.default.extra: unknown field `extra`, expected `verdict`"
         );
         assert_eq!(
             error(r#"{"fourth": {}}"#),
-            r#"fourth: unknown field, expected one of "first", "second", "third""#
+            "fourth: unknown stage, expected one of first, second, third"
         );
-        assert!(error("[1]").contains("expected an object"));
-        assert!(error("{").starts_with("(config): "));
+        assert_eq!(
+            error(r#"{"first": {}, "first": {}}"#),
+            r#"first: key written twice"#
+        );
+        assert_eq!(
+            error(r#"{"second": {"routes": {"a": {"verdict": "call"}, "a": {}}}}"#),
+            r#"second.routes["a"]: key written twice"#
+        );
+        assert_eq!(
+            error("[1]"),
+            "(config): invalid type: sequence, expected an object"
+        );
+        assert!(error("{").starts_with("(config): EOF while parsing"));
     }
 
     #[test]
@@ -666,7 +694,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             error.to_string(),
-            r#"first: unknown field, expected one of "default", "routes""#
+            "first: unknown field `first`, expected `default` or `routes`"
         );
     }
 }

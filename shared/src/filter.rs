@@ -14,8 +14,6 @@
 
 use std::rc::Rc;
 
-use crate::config::read::FromJson;
-
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::grpc;
 use crate::host::{Host, RequestHost, ResponseHost, TrailersHost};
@@ -121,7 +119,7 @@ pub trait Filter: Sized {
     /// filter that says `false` is treated as [`CallOutcome::NotSent`].
     const MAKES_CALLS: bool = false;
     /// One route's policy as written in plugin JSON.
-    type Config: FromJson;
+    type Config: serde::de::DeserializeOwned;
     /// One route's policy, validated and compiled.
     type Policy;
     /// A policy bound to a concrete route name: what each request on it needs ready.

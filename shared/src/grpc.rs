@@ -5,8 +5,6 @@
 //! in gRPC form (trailers-only, `grpc-status` and `grpc-message`). gRPC-Web is not: a gRPC-Web
 //! filter in front translates it.
 
-use crate::config::json::Json;
-use crate::config::read::{FromJson, one_of};
 use crate::config::{ConfigError, FieldPath};
 use crate::host::RequestHost;
 
@@ -124,13 +122,28 @@ impl Code {
 }
 
 /// A code in plugin JSON: its canonical name (`"UNAVAILABLE"`).
-impl FromJson for Code {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let choices: Vec<(&'static str, Code)> = (0u32..)
+impl<'de> serde::Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        (0u32..)
             .zip(Self::NAMES)
-            .map(|(code, name)| (name, Code(code)))
-            .collect();
-        one_of(value, at, "gRPC status", &choices)
+            .find(|(_, known)| *known == name)
+            .map(|(code, _)| Self(code))
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &Self::NAMES))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Code {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GrpcCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A gRPC status code by its canonical name.",
+            "enum": Self::NAMES,
+        })
     }
 }
 
@@ -193,16 +206,17 @@ mod tests {
 
     #[test]
     fn codes_read_by_name() {
-        let code = |json: &str| {
-            Code::from_json(
-                &crate::config::json::parse(json.as_bytes()).unwrap(),
-                &FieldPath::root(),
-            )
-        };
+        let code = |json: &str| crate::config::parse_json::<Code>(json.as_bytes());
         assert_eq!(code(r#""UNAVAILABLE""#).unwrap(), Code::UNAVAILABLE);
         assert_eq!(Code::RESOURCE_EXHAUSTED.name(), "RESOURCE_EXHAUSTED");
         let err = code(r#""unavailable""#).unwrap_err().to_string();
-        assert!(err.contains("expected one of"), "{err}");
-        assert!(code("14").is_err());
+        assert!(
+            err.starts_with("(config): unknown variant `unavailable`, expected one of `OK`"),
+            "{err}"
+        );
+        assert_eq!(
+            code("14").unwrap_err().to_string(),
+            "(config): invalid type: integer `14`, expected a string"
+        );
     }
 }

@@ -28,9 +28,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use mesh_policy::canary::{CanaryConfig, CanaryPolicy, cookie, query};
-use mesh_policy::config::json;
-use mesh_policy::config::read::FromJson;
-use mesh_policy::config::{FieldPath, HeaderName};
+use mesh_policy::config::{FieldPath, HeaderName, parse_json};
 use mesh_policy::fake::FakeHost;
 use mesh_policy::ratelimit::key::{Key, Missing, normalize_path};
 use mesh_policy::request::client_address;
@@ -274,23 +272,16 @@ proptest! {
 }
 
 fn trace_policy() -> TracePolicy {
-    let json = json::parse(br#"{"emit": ["w3c", "b3", "b3multi", "request_id"]}"#).unwrap();
-    TracePolicy::compile(
-        TraceConfig::from_json(&json, &FieldPath::root()).unwrap(),
-        &FieldPath::root(),
-    )
-    .unwrap()
+    let json = br#"{"emit": ["w3c", "b3", "b3multi", "request_id"]}"#;
+    TracePolicy::compile(parse_json::<TraceConfig>(json).unwrap(), &FieldPath::root()).unwrap()
 }
 
 fn canary_policy() -> CanaryPolicy {
-    let json = json::parse(
-        br#"{"percent": 20, "sticky": {"header": "x-user-id", "cookie": "uid"}, "sticky_cookie": {},
+    let json = br#"{"percent": 20, "sticky": {"header": "x-user-id", "cookie": "uid"}, "sticky_cookie": {},
             "rules": [{"cookie": "beta", "exact": "1"}, {"query": "preview", "present": true},
-                      {"header": "x-canary-force", "prefix": "t"}, {"path_prefix": "/new"}]}"#,
-    )
-    .unwrap();
+                      {"header": "x-canary-force", "prefix": "t"}, {"path_prefix": "/new"}]}"#;
     CanaryPolicy::compile(
-        CanaryConfig::from_json(&json, &FieldPath::root()).unwrap(),
+        parse_json::<CanaryConfig>(json).unwrap(),
         &FieldPath::root(),
     )
     .unwrap()

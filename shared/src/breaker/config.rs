@@ -1,9 +1,10 @@
 //! One route's breaker config as written in plugin JSON, and its validation into a
 //! [`BreakerPolicy`].
 
-use crate::config::json::Json;
-use crate::config::read::{FromJson, Object, map, one_of, type_error};
-use crate::config::{ConfigError, FieldPath, HeaderName};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use crate::config::{ConfigError, Entries, FieldPath, HeaderName};
 use crate::grpc::{self, Code, CodeSet};
 use crate::host::{NANOS_PER_MS, Nanos};
 
@@ -11,23 +12,15 @@ use super::classify::StatusSet;
 use super::{CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER};
 
 /// Which shared breaker a request belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum KeyBy {
     /// One breaker per Envoy route name.
+    #[default]
     Route,
     /// One breaker per upstream cluster (`xds.cluster_name`), shared by every route to it.
     Cluster,
-}
-
-impl FromJson for KeyBy {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(
-            value,
-            at,
-            "key",
-            &[("route", Self::Route), ("cluster", Self::Cluster)],
-        )
-    }
 }
 
 /// A status code (`503`) or a class of them (`"5xx"`).
@@ -37,81 +30,157 @@ pub enum StatusMatch {
     Class(u16),
 }
 
-impl FromJson for StatusMatch {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Number(_) => match u64::from_json(value, at)? {
-                code @ 100..=599 => Ok(Self::Code(code as u16)),
-                _ => Err(at.invalid("must be a status code between 100 and 599")),
-            },
-            Json::String(s) => match s.as_bytes() {
-                [class @ b'1'..=b'5', b'x', b'x'] => Ok(Self::Class(u16::from(class - b'0'))),
-                _ => Err(at.invalid(format!(
-                    "unknown status class \"{}\", expected \"1xx\" to \"5xx\" or a status code",
-                    crate::config::escape(s)
-                ))),
-            },
-            other => Err(type_error(
-                other,
-                at,
-                "a status code or a class like \"5xx\"",
-            )),
+impl<'de> Deserialize<'de> for StatusMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatusVisitor;
+
+        impl Visitor<'_> for StatusVisitor {
+            type Value = StatusMatch;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"a status code or a class like "5xx""#)
+            }
+
+            fn visit_u64<E: de::Error>(self, code: u64) -> Result<StatusMatch, E> {
+                match code {
+                    100..=599 => Ok(StatusMatch::Code(code as u16)),
+                    _ => Err(E::custom("must be a status code between 100 and 599")),
+                }
+            }
+
+            fn visit_str<E: de::Error>(self, class: &str) -> Result<StatusMatch, E> {
+                match class.as_bytes() {
+                    [digit @ b'1'..=b'5', b'x', b'x'] => {
+                        Ok(StatusMatch::Class(u16::from(digit - b'0')))
+                    }
+                    _ => Err(E::custom(format_args!(
+                        "unknown status class \"{}\", expected \"1xx\" to \"5xx\" or a status code",
+                        crate::config::escape(class)
+                    ))),
+                }
+            }
         }
+
+        deserializer.deserialize_any(StatusVisitor)
     }
 }
 
-/// The local reply while the breaker is open, as written.
-#[derive(Debug, Clone, Default)]
-pub struct FallbackConfig {
-    pub status: Option<u64>,
-    /// In the order written.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// For a gRPC call: the status the reply ends with (default `UNAVAILABLE`).
-    pub grpc_status: Option<Code>,
-    /// For a gRPC call: the reply's `grpc-message` (default `circuit open`).
-    pub grpc_message: Option<String>,
-}
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for StatusMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusMatch".into()
+    }
 
-impl FromJson for FallbackConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let status = object.optional("status")?;
-        let headers = match object.raw("headers") {
-            Some((headers, at)) => map(headers, &at)?,
-            None => Vec::new(),
-        };
-        let body = object.or("body", String::new())?;
-        let grpc_status = object.optional("grpc_status")?;
-        let grpc_message = object.optional("grpc_message")?;
-        object.finish()?;
-        Ok(Self {
-            status,
-            headers,
-            body,
-            grpc_status,
-            grpc_message,
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A status code (503) or a class of them (\"5xx\").",
+            "oneOf": [
+                {"type": "integer", "minimum": 100, "maximum": 599},
+                {"enum": ["1xx", "2xx", "3xx", "4xx", "5xx"]},
+            ],
         })
     }
 }
 
+/// The local reply while the breaker is open, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FallbackConfig {
+    /// The reply's status (200-599; default 503).
+    #[serde(default)]
+    pub status: Option<u64>,
+    /// The reply's headers, name to value (not `x-circuit-state` nor `retry-after`, which the
+    /// breaker sets).
+    #[serde(default)]
+    pub headers: Entries<String>,
+    /// The reply's body.
+    #[serde(default)]
+    pub body: String,
+    /// For a gRPC call: the status the reply ends with (default `UNAVAILABLE`; not `OK`).
+    #[serde(default)]
+    pub grpc_status: Option<Code>,
+    /// For a gRPC call: the reply's `grpc-message` (default `circuit open`; one line).
+    #[serde(default)]
+    pub grpc_message: Option<String>,
+}
+
 /// One route's breaker as written. Trip conditions left out are off; at least one is needed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BreakerConfig {
+    /// One breaker per route, or per upstream cluster.
+    #[serde(default)]
     pub key: KeyBy,
+    /// Opens after this many failures in a row (1 to 1000000).
+    #[serde(default)]
     pub consecutive_failures: Option<u64>,
+    /// Opens when failures reach this share of the window's calls (1-100), once it holds
+    /// `min_requests`.
+    #[serde(default)]
     pub failure_rate_percent: Option<u64>,
+    /// A call at least this slow (request headers to response headers) is slow (1 to
+    /// 3600000 ms); needs `slow_call_rate_percent`.
+    #[serde(default)]
     pub slow_call_ms: Option<u64>,
+    /// Opens when slow calls reach this share of the window's calls (1-100); needs
+    /// `slow_call_ms`.
+    #[serde(default)]
     pub slow_call_rate_percent: Option<u64>,
+    /// The rolling window of the rate conditions (100 to 3600000 ms).
+    #[serde(default = "default_window_ms")]
     pub window_ms: u64,
+    /// Calls the window must hold before a rate condition can open (1 to 1000000).
+    #[serde(default = "default_min_requests")]
     pub min_requests: u64,
+    /// How long it stays open before probing (1 to 86400000 ms).
+    #[serde(default = "default_open_ms")]
     pub open_ms: u64,
+    /// Probes let through half-open; that many successes close it (1-1000).
+    #[serde(default = "default_half_open_max_requests")]
     pub half_open_max_requests: u64,
+    /// A probe not finished this long after the last probe was admitted counts as failed (1
+    /// to 86400000 ms).
+    #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// HTTP statuses that are failures: codes (`503`) or classes (`"5xx"`).
+    #[serde(default = "default_failure_status")]
     pub failure_status: Vec<StatusMatch>,
-    /// gRPC statuses that count as failures, for gRPC calls the upstream answered.
+    /// gRPC statuses that are failures, by name, for gRPC calls the upstream answered.
+    #[serde(default = "default_grpc_failure_status")]
     pub grpc_failure_status: Vec<Code>,
+    /// The reply while it rejects.
+    #[serde(default)]
     pub fallback: FallbackConfig,
+}
+
+fn default_window_ms() -> u64 {
+    DEFAULT_WINDOW_MS
+}
+
+fn default_min_requests() -> u64 {
+    DEFAULT_MIN_REQUESTS
+}
+
+fn default_open_ms() -> u64 {
+    DEFAULT_OPEN_MS
+}
+
+fn default_half_open_max_requests() -> u64 {
+    DEFAULT_HALF_OPEN_MAX_REQUESTS
+}
+
+fn default_probe_timeout_ms() -> u64 {
+    DEFAULT_PROBE_TIMEOUT_MS
+}
+
+fn default_failure_status() -> Vec<StatusMatch> {
+    vec![StatusMatch::Class(5)]
+}
+
+fn default_grpc_failure_status() -> Vec<Code> {
+    DEFAULT_GRPC_FAILURE_STATUS.to_vec()
 }
 
 /// A gRPC call fails with these by default: the upstream is down, overloaded or broken.
@@ -132,61 +201,6 @@ pub const DEFAULT_OPEN_MS: u64 = 60_000;
 pub const DEFAULT_HALF_OPEN_MAX_REQUESTS: u64 = 1;
 pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_FALLBACK_STATUS: u64 = 503;
-
-/// The whole-number fields, read as u64 and range-checked in compile (each integer type
-/// would cost its own copy of the reading code in the module).
-const NUMBER_FIELDS: [&str; 9] = [
-    "consecutive_failures",
-    "failure_rate_percent",
-    "slow_call_ms",
-    "slow_call_rate_percent",
-    "window_ms",
-    "min_requests",
-    "open_ms",
-    "half_open_max_requests",
-    "probe_timeout_ms",
-];
-
-impl FromJson for BreakerConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        // One loop, one error exit: each `?` costs its own cleanup code in the module.
-        let mut numbers = [None; NUMBER_FIELDS.len()];
-        for (number, key) in numbers.iter_mut().zip(NUMBER_FIELDS) {
-            *number = object.optional::<u64>(key)?;
-        }
-        let [
-            consecutive_failures,
-            failure_rate_percent,
-            slow_call_ms,
-            slow_call_rate_percent,
-            window_ms,
-            min_requests,
-            open_ms,
-            half_open_max_requests,
-            probe_timeout_ms,
-        ] = numbers;
-        let config = Self {
-            key: object.or("key", KeyBy::Route)?,
-            consecutive_failures,
-            failure_rate_percent,
-            slow_call_ms,
-            slow_call_rate_percent,
-            window_ms: window_ms.unwrap_or(DEFAULT_WINDOW_MS),
-            min_requests: min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
-            open_ms: open_ms.unwrap_or(DEFAULT_OPEN_MS),
-            half_open_max_requests: half_open_max_requests
-                .unwrap_or(DEFAULT_HALF_OPEN_MAX_REQUESTS),
-            probe_timeout_ms: probe_timeout_ms.unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
-            failure_status: object.or("failure_status", vec![StatusMatch::Class(5)])?,
-            grpc_failure_status: object
-                .or("grpc_failure_status", DEFAULT_GRPC_FAILURE_STATUS.to_vec())?,
-            fallback: object.or("fallback", FallbackConfig::default())?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
-}
 
 /// The slow-call trip condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,8 +344,8 @@ fn compile_fallback(config: FallbackConfig, at: &FieldPath) -> Result<Fallback, 
     let status = config.status.unwrap_or(DEFAULT_FALLBACK_STATUS);
     in_range(status, 200, 599, at, "status")?;
     let headers_at = at.field("headers");
-    let mut headers = Vec::with_capacity(config.headers.len());
-    for (name, value) in config.headers {
+    let mut headers = Vec::with_capacity(config.headers.0.len());
+    for (name, value) in config.headers.0 {
         let at = headers_at.key(&name);
         let header = HeaderName::parse(&name, &at)?;
         if [CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER].contains(&header.as_str()) {

@@ -20,8 +20,8 @@ pub mod query;
 
 use std::borrow::Cow;
 
-use crate::config::json::Json;
-use crate::config::read::{FromJson, Object, one_of};
+use serde::Deserialize;
+
 use crate::config::{ConfigError, FieldPath, HeaderName, escape};
 use crate::hash::{stable_hash, unit_interval};
 use crate::hex;
@@ -38,51 +38,56 @@ pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 30 * 24 * 60 * 60;
 pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 
 /// One route's canary policy as written in plugin JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CanaryConfig {
-    /// The request header that carries the decision (default `x-canary`).
+    /// The request header that carries the decision.
+    #[serde(default = "default_header")]
     pub header: String,
-    /// Its value for the canary (default `"true"`); stable requests go without the header.
+    /// Its value for the canary; stable requests go without the header.
+    #[serde(default = "default_value")]
     pub value: String,
     /// Keep and obey a tag the request already carries (for internal hops that tagged).
+    #[serde(default)]
     pub trust_incoming: bool,
     /// Checked in order; the first that matches decides.
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
-    /// Share of keys (or of requests without a key) sent to the canary, 0–100.
+    /// Share of keys (or of requests without a key) sent to the canary, 0-100, at most 6
+    /// decimals.
+    #[serde(default)]
     pub percent: Percent,
     /// Where the sticky key comes from.
+    #[serde(default)]
     pub sticky: StickyConfig,
-    /// A cookie that keeps a browser without a sticky key in its cohort.
+    /// A cookie that keeps a browser without a sticky key in its cohort; off by default.
+    #[serde(default)]
     pub sticky_cookie: Option<StickyCookieConfig>,
     /// The hash salt that picks the cohort; default: the route name.
+    #[serde(default)]
     pub salt: Option<String>,
     /// A response header that tells the decision (for debugging); off by default.
+    #[serde(default)]
     pub response_header: Option<String>,
 }
 
-impl FromJson for CanaryConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            header: object.or("header", DEFAULT_HEADER.to_owned())?,
-            value: object.or("value", DEFAULT_VALUE.to_owned())?,
-            trust_incoming: object.or("trust_incoming", false)?,
-            rules: object.or("rules", Vec::new())?,
-            percent: object.or("percent", Percent::ZERO)?,
-            sticky: object.or("sticky", StickyConfig::default())?,
-            sticky_cookie: object.nullable("sticky_cookie", None)?,
-            salt: object.nullable("salt", None)?,
-            response_header: object.nullable("response_header", None)?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
+fn default_header() -> String {
+    DEFAULT_HEADER.to_owned()
+}
+
+fn default_value() -> String {
+    DEFAULT_VALUE.to_owned()
 }
 
 /// Which release a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Release {
+    /// The new release (the tag header is set).
     Canary,
+    /// The current release (the tag header is not set).
     Stable,
 }
 
@@ -97,96 +102,84 @@ impl Release {
     }
 }
 
-impl FromJson for Release {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(
-            value,
-            at,
-            "release",
-            &[("canary", Self::Canary), ("stable", Self::Stable)],
-        )
-    }
-}
-
 /// A rule as written: one target (`header`, `cookie`, `query` or `path_prefix`) and, except
 /// for `path_prefix`, one test (`exact`, `prefix` or `present`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RuleConfig {
     /// The stats label of the rule; default its index.
+    #[serde(default)]
     pub name: Option<String>,
+    /// Target: a request header.
+    #[serde(default)]
     pub header: Option<String>,
+    /// Target: a cookie.
+    #[serde(default)]
     pub cookie: Option<String>,
+    /// Target: a query parameter.
+    #[serde(default)]
     pub query: Option<String>,
+    /// Target and test: the path starts with this (a gRPC service or method too).
+    #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Test: the target's value is this.
+    #[serde(default)]
     pub exact: Option<String>,
+    /// Test: the target's value starts with this.
+    #[serde(default)]
     pub prefix: Option<String>,
+    /// Test: the target is there (`true`) or not (`false`).
+    #[serde(default)]
     pub present: Option<bool>,
     /// Where a matching request goes; default the canary.
+    #[serde(default)]
     pub release: Option<Release>,
-}
-
-impl FromJson for RuleConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            name: object.optional("name")?,
-            header: object.optional("header")?,
-            cookie: object.optional("cookie")?,
-            query: object.optional("query")?,
-            path_prefix: object.optional("path_prefix")?,
-            exact: object.optional("exact")?,
-            prefix: object.optional("prefix")?,
-            present: object.optional("present")?,
-            release: object.optional("release")?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
 }
 
 /// Where the sticky key comes from: the first of these the request has (an empty value
 /// counts as absent).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StickyConfig {
+    /// A request header (a user id).
+    #[serde(default)]
     pub header: Option<String>,
+    /// A cookie.
+    #[serde(default)]
     pub cookie: Option<String>,
     /// The client's IP (`source.address` without the port).
+    #[serde(default)]
     pub client_address: bool,
 }
 
-impl FromJson for StickyConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            header: object.optional("header")?,
-            cookie: object.optional("cookie")?,
-            client_address: object.or("client_address", false)?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
-}
-
-/// The cookie that keeps a browser without a sticky key in its cohort. Defaults:
-/// `mesh-canary`, 30 days, `Secure`.
-#[derive(Debug, Clone)]
+/// The cookie that keeps a browser without a sticky key in its cohort.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StickyCookieConfig {
+    /// The cookie's name.
+    #[serde(default = "default_cookie")]
     pub name: String,
+    /// Its lifetime in seconds (default 30 days).
+    #[serde(default = "default_cookie_max_age_s")]
     pub max_age_s: u64,
+    /// Sent with `Secure` (HTTPS only).
+    #[serde(default = "yes")]
     pub secure: bool,
 }
 
-impl FromJson for StickyCookieConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            name: object.or("name", DEFAULT_COOKIE.to_owned())?,
-            max_age_s: object.or("max_age_s", DEFAULT_COOKIE_MAX_AGE_S)?,
-            secure: object.or("secure", true)?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
+fn default_cookie() -> String {
+    DEFAULT_COOKIE.to_owned()
+}
+
+fn default_cookie_max_age_s() -> u64 {
+    DEFAULT_COOKIE_MAX_AGE_S
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A validated canary policy.

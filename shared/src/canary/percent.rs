@@ -1,12 +1,8 @@
-//! A percentage read from JSON without floating-point parsing or formatting.
+//! A percentage with at most six decimals, kept exactly in millionths of a percent.
 //!
-//! `str::parse::<f64>` and float `Display` cost about 30 KB of the 150 KB module budget
-//! (the Eisel-Lemire tables, Grisu and Dragon4). A percent needs neither: it is read as a
-//! decimal into millionths of a percent, exactly.
-
-use crate::config::json::Json;
-use crate::config::read::{FromJson, type_error};
-use crate::config::{ConfigError, FieldPath};
+//! JSON gives a double; its shortest round-trip text (what `Display` writes) is the decimal
+//! that was written, which [`Percent::parse`] reads exactly: `0.1` is 100000 millionths, not
+//! 0.1000000000000000055... of a percent.
 
 /// Millionths of a percent in one percent.
 const SCALE: u64 = 1_000_000;
@@ -83,13 +79,30 @@ fn parse_exponent(text: &str) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-impl FromJson for Percent {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let expected = "a number from 0 to 100 with at most 6 decimals";
-        match value {
-            Json::Number(text) => Self::parse(text).ok_or_else(|| type_error(value, at, expected)),
-            other => Err(type_error(other, at, expected)),
-        }
+impl<'de> serde::Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+        Self::parse(&format!("{number}")).ok_or_else(|| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Float(number),
+                &"a number from 0 to 100 with at most 6 decimals",
+            )
+        })
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "number",
+            "minimum": 0,
+            "maximum": 100,
+        })
     }
 }
 

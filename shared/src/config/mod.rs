@@ -1,19 +1,19 @@
 //! The per-route config envelope every filter uses, and typed config errors.
 //!
 //! Plugin JSON is `{"default": P, "routes": {"<route name>": P}}`; both keys are optional.
-//! It is read into [`Envelope`] (raw, as written: [`json`] parses, [`read`] checks shapes and
-//! unknown fields) and compiled once, in `on_configure`, into [`Routes`] (validated).
+//! It is read into [`Envelope`] (as written: serde's derives, `deny_unknown_fields`, by
+//! [`parse_json`]) and compiled once, in `on_configure`, into [`Routes`] (validated).
 //! Errors carry the path of the offending field, e.g.
-//! `routes["checkout"].emit[1]: unknown format "b4", expected one of "w3c", ...`.
+//! `routes["checkout"].emit[1]: unknown variant `b4`, expected one of ...`: serde's
+//! message, the path from `serde_path_to_error`. A key written twice is an error, in a
+//! struct (serde's derive) as in a map ([`Entries`]).
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::rc::Rc;
 
-pub mod json;
-pub mod read;
-
-use json::Json;
-use read::{FromJson, Object};
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 /// Where a config value sits, rendered like `routes["checkout"].emit[1]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,52 +130,154 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Map keys that are data (route names, header names), rendered `["key"]` in a path; other
+/// keys are struct fields, rendered `.field`. `deploy`'s schema test checks that every map
+/// of the config types is listed.
+pub const DATA_KEYED: [&str; 2] = ["routes", "headers"];
+
 /// Parses JSON and reads it as `T`, naming the offending field on error.
-pub fn parse_json<T: FromJson>(input: &[u8]) -> Result<T, ConfigError> {
-    let value = json::parse(input).map_err(|err| ConfigError::Json {
-        path: FieldPath::root(),
-        message: err.to_string(),
-    })?;
-    T::from_json(&value, &FieldPath::root())
+pub fn parse_json<T: DeserializeOwned>(input: &[u8]) -> Result<T, ConfigError> {
+    parse_json_at(input, &FieldPath::root())
+}
+
+/// [`parse_json`] for a value that sits at `at` in a larger document (a bundle's stage).
+pub fn parse_json_at<T: DeserializeOwned>(input: &[u8], at: &FieldPath) -> Result<T, ConfigError> {
+    let mut json = serde_json::Deserializer::from_slice(input);
+    let value = serde_path_to_error::deserialize(&mut json)
+        .map_err(|err| from_serde(at, Some(err.path()), err.inner()))?;
+    json.end().map_err(|err| from_serde(at, None, &err))?;
+    Ok(value)
+}
+
+/// A serde error at `path` below `at`. Data errors lose serde_json's `at line 1 column 9`
+/// (the path says where); syntax errors keep it.
+fn from_serde(
+    at: &FieldPath,
+    path: Option<&serde_path_to_error::Path>,
+    err: &serde_json::Error,
+) -> ConfigError {
+    use serde_path_to_error::Segment;
+    let mut full = at.clone();
+    let mut keyed = false;
+    for segment in path.into_iter().flat_map(serde_path_to_error::Path::iter) {
+        let (next, is_data_keyed) = match segment {
+            Segment::Seq { index } => (full.index(*index), false),
+            Segment::Map { key } if keyed => (full.key(key), false),
+            Segment::Map { key } => (full.field(key), DATA_KEYED.contains(&key.as_str())),
+            Segment::Enum { .. } => continue,
+            Segment::Unknown => break,
+        };
+        full = next;
+        keyed = is_data_keyed;
+    }
+    let mut message = err.to_string();
+    if err.is_data() {
+        let position = format!(" at line {} column {}", err.line(), err.column());
+        if let Some(stripped) = message.strip_suffix(&position) {
+            message.truncate(stripped.len());
+        }
+    }
+    ConfigError::Json {
+        path: full,
+        message,
+    }
 }
 
 /// The plugin JSON as written: a default policy and per-route policies.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, bound = "C: Deserialize<'de>")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Envelope<C> {
+    /// The policy of every route without one of its own; none: those routes pass untouched.
+    #[serde(default)]
     pub default: Option<C>,
-    /// In the order written.
-    pub routes: Vec<(String, C)>,
+    /// Policies by Envoy route name (under Istio the VirtualService http route name, plus
+    /// `.` and the match name when the match is named).
+    #[serde(default)]
+    pub routes: Entries<C>,
 }
 
 impl<C> Default for Envelope<C> {
     fn default() -> Self {
         Self {
             default: None,
-            routes: Vec::new(),
+            routes: Entries::default(),
         }
     }
 }
 
-impl<C: FromJson> FromJson for Envelope<C> {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let default = object.optional("default")?;
-        let routes = match object.raw("routes") {
-            Some((routes, at)) => read::map(routes, &at)?,
-            None => Vec::new(),
-        };
-        object.finish()?;
-        Ok(Self { default, routes })
-    }
-}
-
-impl<C: FromJson> Envelope<C> {
+impl<C: DeserializeOwned> Envelope<C> {
     /// Parses plugin JSON; empty input is an empty envelope (the filter does nothing).
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_json_at(json, &FieldPath::root())
+    }
+
+    /// [`Envelope::from_json`] for an envelope at `at` (a bundle's stage).
+    pub fn from_json_at(json: &[u8], at: &FieldPath) -> Result<Self, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        parse_json(json)
+        parse_json_at(json, at)
+    }
+}
+
+/// A JSON object whose keys are data (route names, header names): its entries in the order
+/// written. A key written twice is an error (serde's maps keep the last silently).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entries<V>(pub Vec<(String, V)>);
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<V>(PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+            type Value = Entries<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!(
+                            "key \"{}\" written twice",
+                            escape(&key)
+                        )));
+                    }
+                    let value = map.next_value()?;
+                    entries.push((key, value));
+                }
+                Ok(Entries(entries))
+            }
+        }
+
+        deserializer.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl<V: schemars::JsonSchema> schemars::JsonSchema for Entries<V> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Entries_of_{}", V::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "additionalProperties": generator.subschema_for::<V>(),
+        })
+    }
+
+    fn inline_schema() -> bool {
+        true
     }
 }
 
@@ -190,9 +292,9 @@ impl<C> Envelope<C> {
             Some(config) => Some(Rc::new(compile(config, &at.field("default"))?)),
             None => None,
         };
-        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut routes = Vec::with_capacity(self.routes.0.len());
         let routes_at = at.field("routes");
-        for (name, config) in self.routes {
+        for (name, config) in self.routes.0 {
             let policy = compile(config, &routes_at.key(&name))?;
             routes.push((name, Rc::new(policy)));
         }
@@ -204,8 +306,8 @@ impl<C> Envelope<C> {
 ///
 /// A list in the order written, not a map: it is searched once per route name and VM (the
 /// adapter caches what it finds), and std's `HashMap` would bring its random seeding and
-/// SipHash into every module (see ARCHITECTURE.md, module size). Names are unique: the JSON
-/// parser refuses a key written twice.
+/// SipHash into every module (see ARCHITECTURE.md, module size). Names are unique: [`Entries`]
+/// refuses a key written twice.
 #[derive(Debug)]
 pub struct Routes<P> {
     default: Option<Rc<P>>,
@@ -283,22 +385,15 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    #[derive(Debug)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Policy {
         size: u32,
+        #[serde(default)]
         names: Vec<String>,
-    }
-
-    impl FromJson for Policy {
-        fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-            let mut object = Object::new(value, at)?;
-            let policy = Policy {
-                size: object.required("size")?,
-                names: object.or("names", Vec::new())?,
-            };
-            object.finish()?;
-            Ok(policy)
-        }
+        #[serde(default)]
+        #[allow(dead_code)] // Read for its errors only.
+        headers: Entries<String>,
     }
 
     fn compile(json: &str) -> Result<Routes<u32>, ConfigError> {
@@ -311,6 +406,10 @@ mod tests {
             }
             Ok(p.size)
         })
+    }
+
+    fn error(json: &str) -> String {
+        compile(json).unwrap_err().to_string()
     }
 
     #[test]
@@ -328,6 +427,7 @@ mod tests {
         assert!(routes.policy_for("other").is_none());
         assert!(compile("{}").unwrap().is_empty());
         assert!(compile("  ").unwrap().is_empty());
+        assert!(compile(r#"{"default": null}"#).unwrap().is_empty());
     }
 
     #[test]
@@ -336,32 +436,33 @@ mod tests {
         assert!(matches!(err, ConfigError::Json { .. }));
         assert_eq!(
             err.to_string(),
-            r#"routes["checkout"].szie: unknown field, expected one of "size", "names""#
+            r#"routes["checkout"].szie: unknown field `szie`, expected one of `size`, `names`, `headers`"#
         );
     }
 
     #[test]
     fn unknown_top_level_key_is_rejected() {
-        let err = compile(r#"{"route": {}}"#).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            r#"route: unknown field, expected one of "default", "routes""#
+            error(r#"{"route": {}}"#),
+            "route: unknown field `route`, expected `default` or `routes`"
         );
     }
 
     #[test]
     fn wrong_type_names_the_field_and_what_was_found() {
-        let err = compile(r#"{"default": {"size": "big"}}"#).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            r#"default.size: expected a whole number (u32), found the string "big""#
+            error(r#"{"default": {"size": "big"}}"#),
+            r#"default.size: invalid type: string "big", expected u32"#
         );
-        let err = compile(r#"{"default": {"size": -1}}"#).unwrap_err();
-        assert_eq!(err.path().as_str(), "default.size");
-        let err = compile(r#"{"default": {"size": 1.5}}"#).unwrap_err();
-        assert_eq!(err.path().as_str(), "default.size");
-        let err = compile(r#"{"default": {}}"#).unwrap_err();
-        assert_eq!(err.to_string(), r#"default: missing field "size""#);
+        assert_eq!(
+            error(r#"{"default": {"size": -1}}"#),
+            "default.size: invalid value: integer `-1`, expected u32"
+        );
+        assert_eq!(
+            error(r#"{"default": {"size": 1.5}}"#),
+            "default.size: invalid type: floating point `1.5`, expected u32"
+        );
+        assert_eq!(error(r#"{"default": {}}"#), "default: missing field `size`");
     }
 
     #[test]
@@ -372,32 +473,59 @@ mod tests {
             err.to_string(),
             r#"routes["a.b"].names[1]: must not be empty"#
         );
-        let err = compile(r#"{"default": {"size": 0}}"#).unwrap_err();
-        assert_eq!(err.to_string(), "default.size: must be at least 1");
+        assert_eq!(
+            error(r#"{"default": {"size": 0}}"#),
+            "default.size: must be at least 1"
+        );
     }
 
     #[test]
     fn a_key_written_twice_is_rejected_anywhere() {
-        let err = compile(r#"{"routes": {"a": {"size": 1}, "a": {"size": 2}}}"#).unwrap_err();
-        assert!(
-            err.to_string().contains("key written twice at line 1"),
-            "{err}"
+        assert_eq!(
+            error(r#"{"routes": {"a": {"size": 1}, "a": {"size": 2}}}"#),
+            r#"routes["a"]: key written twice"#
         );
-        let err = compile(r#"{"default": {"size": 1, "size": 2}}"#).unwrap_err();
-        assert!(err.to_string().contains("key written twice"), "{err}");
+        assert_eq!(
+            error(r#"{"default": {"size": 1, "size": 2}}"#),
+            "default: duplicate field `size`"
+        );
+        assert_eq!(
+            error(r#"{"default": {"size": 1, "headers": {"x-a": "1", "x-a": "2"}}}"#),
+            r#"default.headers["x-a"]: key written twice"#
+        );
+        assert_eq!(
+            error(r#"{"routes": {}, "routes": {}}"#),
+            "duplicate field `routes`"
+        );
+    }
+
+    #[test]
+    fn paths_quote_data_keys_and_name_fields() {
+        assert_eq!(
+            error(r#"{"routes": {"shop": {"size": 1, "headers": {"x-a": 1}}}}"#),
+            r#"routes["shop"].headers["x-a"]: invalid type: integer `1`, expected a string"#
+        );
     }
 
     #[test]
     fn bad_json_and_wrong_shapes_are_rejected() {
-        assert!(compile(r#"{} x"#).is_err());
-        assert!(compile(r#"{"default": "#).is_err());
-        assert!(compile(r#"[]"#).is_err());
         assert_eq!(
-            compile(r#"{"default": [1]}"#).unwrap_err().to_string(),
-            "default: expected an object, found a list"
+            error(r#"{} x"#),
+            "(config): trailing characters at line 1 column 4"
         );
-        assert!(compile(r#"{"default": {"size": 1, "names": "x"}}"#).is_err());
-        assert!(compile(r#"{"default": null}"#).is_err());
+        assert!(error(r#"{"default": "#).contains("EOF while parsing"));
+        assert_eq!(
+            error(r#"[]"#),
+            "(config): invalid type: sequence, expected struct Envelope"
+        );
+        assert_eq!(
+            error(r#"{"default": [1]}"#),
+            "default: invalid type: sequence, expected struct Policy"
+        );
+        assert_eq!(
+            error(r#"{"default": {"size": 1, "names": "x"}}"#),
+            r#"default.names: invalid type: string "x", expected a sequence"#
+        );
     }
 
     #[test]
@@ -405,39 +533,18 @@ mod tests {
         let envelope =
             Envelope::<Policy>::from_json(br#"{"routes": {"z": {"size": 1}, "a": {"size": 2}}}"#)
                 .unwrap();
-        let names: Vec<&str> = envelope.routes.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = envelope.routes.0.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["z", "a"]);
     }
 
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Key {
-        Client,
-        Path,
-    }
-
     #[test]
-    fn one_of_names_the_choices() {
-        let choices = [("client", Key::Client), ("path", Key::Path)];
-        let at = FieldPath::root().field("key");
-        let read =
-            |json: &str| read::one_of(&json::parse(json.as_bytes()).unwrap(), &at, "key", &choices);
-        assert_eq!(read(r#""path""#).unwrap(), Key::Path);
+    fn a_value_inside_a_larger_document_carries_its_place() {
+        let at = FieldPath::root().field("canary");
+        let err = Envelope::<Policy>::from_json_at(br#"{"routes": {"x": {}}}"#, &at).unwrap_err();
         assert_eq!(
-            read(r#""server""#).unwrap_err().to_string(),
-            r#"key: unknown key "server", expected one of "client", "path""#
+            err.to_string(),
+            r#"canary.routes["x"]: missing field `size`"#
         );
-        assert!(read("1").is_err());
-    }
-
-    #[test]
-    fn numbers_keep_their_type() {
-        assert!(parse_json::<u32>(b"1.5").is_err());
-        assert!(parse_json::<u32>(b"-1").is_err());
-        assert!(parse_json::<u32>(b"4294967296").is_err());
-        assert!(parse_json::<u32>(br#""1""#).is_err());
-        assert_eq!(parse_json::<f64>(b"1").unwrap(), 1.0);
-        assert_eq!(parse_json::<f64>(b"-2.5e1").unwrap(), -25.0);
-        assert!(parse_json::<f64>(b"1e999").is_err());
     }
 
     #[test]

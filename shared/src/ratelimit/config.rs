@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::bucket::Rate;
 use super::key::{Key, Missing};
-use crate::config::json::Json;
-use crate::config::read::{FromJson, Object, one_of, type_error};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
 use crate::config::{ConfigError, FieldPath, HeaderName};
 use crate::grpc;
 use crate::host::NANOS_PER_SEC;
@@ -40,138 +41,152 @@ pub const DEFAULT_GRPC_MESSAGE: &str = "rate limited";
 pub const UNAVAILABLE_GRPC_MESSAGE: &str = "rate limit service unavailable";
 
 /// One route's rate-limit policy as written in plugin JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RateLimitConfig {
-    /// A request passes only if every limit admits it.
+    /// A request passes only if every limit admits it (1 to 8 limits).
     pub limits: Vec<LimitConfig>,
     /// Count and log would-be rejections, reject nothing.
+    #[serde(default)]
     pub dry_run: bool,
-    /// Status of the rejection reply.
+    /// Status of the rejection reply (400-599).
+    #[serde(default = "default_status")]
     pub status: u16,
     /// Body of the rejection reply.
+    #[serde(default = "default_body")]
     pub body: String,
+    /// `content-type` of the rejection reply.
+    #[serde(default = "default_content_type")]
     pub content_type: String,
-    /// For a gRPC call: the status the rejection ends with (default `RESOURCE_EXHAUSTED`).
+    /// For a gRPC call: the status the rejection ends with (not `OK`).
+    #[serde(default = "default_grpc_status")]
     pub grpc_status: grpc::Code,
-    /// For a gRPC call: the rejection's `grpc-message` (default `rate limited`).
+    /// For a gRPC call: the rejection's `grpc-message` (one line).
+    #[serde(default = "default_grpc_message")]
     pub grpc_message: String,
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` on allowed and rejected responses.
+    #[serde(default = "yes")]
     pub rate_limit_headers: bool,
     /// When shared data cannot be updated: reject (`true`) or let the request through; when
     /// the rate limit service of a global limit cannot decide: answer 503 or let it through.
+    #[serde(default)]
     pub failure_mode_deny: bool,
     /// Proxies in front of this filter trusted to append the address they saw to
     /// `x-forwarded-for`; `client_address` keys read that header only when this is above 0.
+    #[serde(default)]
     pub trusted_hops: u32,
     /// The Envoy cluster of the rate limit service (global limits only).
+    #[serde(default)]
     pub service_cluster: Option<String>,
     /// The RLS domain of the route's global limits.
+    #[serde(default)]
     pub domain: Option<String>,
-    /// Deadline of the call, in milliseconds (default [`DEFAULT_TIMEOUT_MS`]).
+    /// Deadline of the call to the rate limit service, in milliseconds (default 20).
+    #[serde(default)]
     pub timeout_ms: Option<u32>,
 }
 
-impl FromJson for RateLimitConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            limits: object.required("limits")?,
-            dry_run: object.or("dry_run", false)?,
-            status: object.or("status", DEFAULT_STATUS)?,
-            body: object.or("body", DEFAULT_BODY.to_owned())?,
-            content_type: object.or("content_type", DEFAULT_CONTENT_TYPE.to_owned())?,
-            grpc_status: object.or("grpc_status", DEFAULT_GRPC_STATUS)?,
-            grpc_message: object.or("grpc_message", DEFAULT_GRPC_MESSAGE.to_owned())?,
-            rate_limit_headers: object.or("rate_limit_headers", true)?,
-            failure_mode_deny: object.or("failure_mode_deny", false)?,
-            trusted_hops: object.or("trusted_hops", 0)?,
-            service_cluster: object.optional("service_cluster")?,
-            domain: object.optional("domain")?,
-            timeout_ms: object.optional("timeout_ms")?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
+fn default_status() -> u16 {
+    DEFAULT_STATUS
+}
+
+fn default_body() -> String {
+    DEFAULT_BODY.to_owned()
+}
+
+fn default_content_type() -> String {
+    DEFAULT_CONTENT_TYPE.to_owned()
+}
+
+fn default_grpc_status() -> grpc::Code {
+    DEFAULT_GRPC_STATUS
+}
+
+fn default_grpc_message() -> String {
+    DEFAULT_GRPC_MESSAGE.to_owned()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A local limit: one token bucket, `burst` tokens refilled at `rate_per_s`, per key, in
 /// shared data. A global limit: one descriptor of the call to the rate limit service, which
 /// holds the rate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LimitConfig {
+    /// Where the limit is counted.
+    #[serde(default)]
     pub scope: Scope,
     /// Tokens added per second; up to 3 decimals (`0.5` is one every 2 s). Local only.
+    #[serde(default)]
     pub rate_per_s: Option<RatePerSecond>,
     /// Bucket size: how many requests may pass at once after a quiet period. Local only.
+    #[serde(default)]
     pub burst: Option<u32>,
+    /// What the limit counts by.
+    #[serde(default)]
     pub key: KeyConfig,
-    /// Buckets of a keyed limit (default [`DEFAULT_SLOTS`]). Local only.
+    /// Buckets of a keyed limit (default 1024, at most 65536). Local only.
+    #[serde(default)]
     pub slots: Option<u32>,
     /// The descriptor entry's key (global only; default by key: `route`, `remote_address`,
     /// `path`, or the header's name).
+    #[serde(default)]
     pub descriptor_key: Option<String>,
 }
 
 /// Where a limit is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Scope {
     /// This Envoy's shared data.
+    #[default]
     Local,
     /// The rate limit service (Envoy's RLS API), for every replica.
     Global,
 }
 
-impl FromJson for Scope {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(
-            value,
-            at,
-            "scope",
-            &[("local", Self::Local), ("global", Self::Global)],
-        )
-    }
-}
-
-impl FromJson for LimitConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            scope: object.or("scope", Scope::Local)?,
-            rate_per_s: object.optional("rate_per_s")?,
-            burst: object.optional("burst")?,
-            key: object.or("key", KeyConfig::Route)?,
-            slots: object.optional("slots")?,
-            descriptor_key: object.optional("descriptor_key")?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
-}
-
 /// A rate as written: a plain decimal number with at most 3 decimals (`100`, `0.5`, `2.25`),
-/// kept in thousandths of a token per second. Read without floating point, whose parsing and
-/// formatting code would cost ~35 KB of the module budget.
+/// kept in thousandths of a token per second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RatePerSecond {
     pub millis: u64,
 }
 
-impl FromJson for RatePerSecond {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::Number(text) => {
-                parse_millis(text)
-                    .map(|millis| Self { millis })
-                    .ok_or_else(|| {
-                        type_error(
-                            value,
-                            at,
-                            "a plain decimal number with at most 3 decimals, like 100 or 0.5",
-                        )
-                    })
-            }
-            other => Err(type_error(other, at, "a number")),
-        }
+impl<'de> Deserialize<'de> for RatePerSecond {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = f64::deserialize(deserializer)?;
+        // The shortest text that reads back as the same double: what was written, for any
+        // number with at most 3 decimals.
+        parse_millis(&format!("{number}"))
+            .map(|millis| Self { millis })
+            .ok_or_else(|| {
+                de::Error::invalid_value(
+                    de::Unexpected::Float(number),
+                    &"a number with at most 3 decimals, like 100 or 0.5",
+                )
+            })
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RatePerSecond {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RatePerSecond".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "number",
+            "minimum": 0.001,
+            "maximum": 1_000_000,
+            "multipleOf": 0.001,
+        })
     }
 }
 
@@ -191,67 +206,80 @@ fn parse_millis(text: &str) -> Option<u64> {
 }
 
 /// `"route"`, `"client_address"`, `"path"`, or `{"header": "x-api-key", "when_missing": "share"}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum KeyConfig {
+    /// One bucket for the route.
+    #[default]
     Route,
+    /// One bucket per client address.
     ClientAddress,
+    /// One bucket per request path (a gRPC method).
     Path,
+    /// One bucket per value of a request header.
     Header { name: String, when_missing: Missing },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyName {
-    Route,
-    ClientAddress,
-    Path,
+/// The object form of a key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct HeaderKey {
+    /// The request header whose value is the key.
+    header: String,
+    /// A request without the header (or with it empty): share one bucket, or skip the limit.
+    #[serde(default)]
+    when_missing: Missing,
 }
 
-impl FromJson for KeyConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        match value {
-            Json::String(_) => {
-                let name = one_of(
-                    value,
-                    at,
-                    "key",
-                    &[
-                        ("route", KeyName::Route),
-                        ("client_address", KeyName::ClientAddress),
-                        ("path", KeyName::Path),
-                    ],
-                )?;
-                Ok(match name {
-                    KeyName::Route => Self::Route,
-                    KeyName::ClientAddress => Self::ClientAddress,
-                    KeyName::Path => Self::Path,
+const KEY_NAMES: [&str; 3] = ["route", "client_address", "path"];
+
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeyConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""route", "client_address", "path" or {"header": "<name>"}"#)
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<KeyConfig, E> {
+                match name {
+                    "route" => Ok(KeyConfig::Route),
+                    "client_address" => Ok(KeyConfig::ClientAddress),
+                    "path" => Ok(KeyConfig::Path),
+                    other => Err(E::unknown_variant(other, &KEY_NAMES)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KeyConfig, A::Error> {
+                let key = HeaderKey::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(KeyConfig::Header {
+                    name: key.header,
+                    when_missing: key.when_missing,
                 })
             }
-            Json::Object(_) => {
-                let mut object = Object::new(value, at)?;
-                let key = Self::Header {
-                    name: object.required("header")?,
-                    when_missing: object.or("when_missing", Missing::Share)?,
-                };
-                object.finish()?;
-                Ok(key)
-            }
-            other => Err(type_error(
-                other,
-                at,
-                r#""route", "client_address", "path" or {"header": "<name>"}"#,
-            )),
         }
+
+        deserializer.deserialize_any(KeyVisitor)
     }
 }
 
-impl FromJson for Missing {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(
-            value,
-            at,
-            "choice",
-            &[("share", Self::Share), ("skip", Self::Skip)],
-        )
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for KeyConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RateLimitKey".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "What the limit counts by: the route, the client address, the path (a gRPC method), or a request header's value.",
+            "oneOf": [
+                {"enum": KEY_NAMES},
+                generator.subschema_for::<HeaderKey>(),
+            ],
+        })
     }
 }
 

@@ -32,8 +32,11 @@ pub enum Key {
 }
 
 /// What a header-keyed limit does with a request without the header (or with it empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Missing {
+    #[default]
     /// All such requests share one anonymous bucket.
     Share,
     /// The limit does not apply to them.

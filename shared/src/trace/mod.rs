@@ -7,8 +7,8 @@
 pub mod b3;
 pub mod w3c;
 
-use crate::config::json::Json;
-use crate::config::read::{FromJson, Object, one_of};
+use serde::Deserialize;
+
 use crate::config::{ConfigError, FieldPath, HeaderName};
 use crate::hex;
 use crate::host::RequestHost;
@@ -19,50 +19,46 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const DEFAULT_RESPONSE_HEADER: &str = "x-trace-id";
 
 /// One route's trace policy as written in plugin JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TraceConfig {
-    /// `propagate` keeps a valid incoming traceparent; `child` continues it with a new
-    /// span id as parent.
+    /// `propagate` keeps a valid incoming traceparent; `child` continues it with a new span
+    /// id as parent.
+    #[serde(default)]
     pub mode: Mode,
-    /// Formats written to the upstream request. Default: `["w3c"]`.
+    /// Formats written to the upstream request, each at most once.
+    #[serde(default = "default_emit")]
     pub emit: Vec<Format>,
-    /// Response header carrying the trace id (default `x-trace-id`); `null` turns it off.
+    /// Response header carrying the trace id; `null` turns it off.
+    #[serde(default = "default_response_header")]
     pub response_header: Option<String>,
 }
 
-impl FromJson for TraceConfig {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        let mut object = Object::new(value, at)?;
-        let config = Self {
-            mode: object.or("mode", Mode::default())?,
-            emit: object.or("emit", vec![Format::W3c])?,
-            response_header: object
-                .nullable("response_header", Some(DEFAULT_RESPONSE_HEADER.to_owned()))?,
-        };
-        object.finish()?;
-        Ok(config)
-    }
+fn default_emit() -> Vec<Format> {
+    vec![Format::W3c]
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+fn default_response_header() -> Option<String> {
+    Some(DEFAULT_RESPONSE_HEADER.to_owned())
+}
+
+/// What the filter does with a valid incoming trace context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Mode {
+    /// Keep the incoming traceparent as it is.
     #[default]
     Propagate,
+    /// Continue the trace with a new span id, the incoming one as parent.
     Child,
 }
 
-impl FromJson for Mode {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(
-            value,
-            at,
-            "mode",
-            &[("propagate", Self::Propagate), ("child", Self::Child)],
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A trace header format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Format {
     /// `traceparent` (and `tracestate` when kept).
     W3c,
@@ -75,24 +71,13 @@ pub enum Format {
 }
 
 impl Format {
-    const NAMES: [(&'static str, Format); 4] = [
-        ("w3c", Self::W3c),
-        ("b3", Self::B3),
-        ("b3multi", Self::B3multi),
-        ("request_id", Self::RequestId),
-    ];
-
     pub fn as_str(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, format)| *format == self)
-            .map_or("", |(name, _)| name)
-    }
-}
-
-impl FromJson for Format {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        one_of(value, at, "format", &Self::NAMES)
+        match self {
+            Self::W3c => "w3c",
+            Self::B3 => "b3",
+            Self::B3multi => "b3multi",
+            Self::RequestId => "request_id",
+        }
     }
 }
 

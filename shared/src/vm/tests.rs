@@ -4,8 +4,6 @@
 
 use super::*;
 use crate::chain::Stage;
-use crate::config::json::Json;
-use crate::config::read::{FromJson, Object};
 use crate::config::{ConfigError, FieldPath};
 use crate::fake::{FakeHost, HostCalls};
 use crate::filter::{Filter, Plugin};
@@ -15,14 +13,9 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 struct Probe;
 
-struct Empty;
-
-impl FromJson for Empty {
-    fn from_json(value: &Json, at: &FieldPath) -> Result<Self, ConfigError> {
-        Object::new(value, at)?.finish()?;
-        Ok(Self)
-    }
-}
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
 
 struct ProbeRoute {
     requests: Metric,
