@@ -668,11 +668,11 @@ mod tests {
         );
         assert_eq!(
             error(r#"{"first": {}, "first": {}}"#),
-            r#"first: key written twice"#
+            r#"(config): key "first" written twice"#
         );
         assert_eq!(
             error(r#"{"second": {"routes": {"a": {"verdict": "call"}, "a": {}}}}"#),
-            r#"second.routes["a"]: key written twice"#
+            r#"second.routes: key "a" written twice"#
         );
         assert_eq!(
             error("[1]"),

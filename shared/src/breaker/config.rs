@@ -151,7 +151,7 @@ pub struct BreakerConfig {
     #[serde(default = "default_grpc_failure_status")]
     pub grpc_failure_status: Vec<Code>,
     /// The reply while it rejects.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::object")]
     pub fallback: FallbackConfig,
 }
 

@@ -52,17 +52,17 @@ pub struct CanaryConfig {
     #[serde(default)]
     pub trust_incoming: bool,
     /// Checked in order; the first that matches decides.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::objects")]
     pub rules: Vec<RuleConfig>,
     /// Share of keys (or of requests without a key) sent to the canary, 0-100, at most 6
     /// decimals.
     #[serde(default)]
     pub percent: Percent,
     /// Where the sticky key comes from.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::object")]
     pub sticky: StickyConfig,
     /// A cookie that keeps a browser without a sticky key in its cohort; off by default.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::optional_object")]
     pub sticky_cookie: Option<StickyCookieConfig>,
     /// The hash salt that picks the cohort; default: the route name.
     #[serde(default)]

@@ -81,12 +81,10 @@ fn parse_exponent(text: &str) -> Option<i64> {
 
 impl<'de> serde::Deserialize<'de> for Percent {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let number = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+        const EXPECTED: &str = "a number from 0 to 100 with at most 6 decimals";
+        let number = crate::config::number(deserializer, EXPECTED)?;
         Self::parse(&format!("{number}")).ok_or_else(|| {
-            serde::de::Error::invalid_value(
-                serde::de::Unexpected::Float(number),
-                &"a number from 0 to 100 with at most 6 decimals",
-            )
+            serde::de::Error::invalid_value(serde::de::Unexpected::Float(number), &EXPECTED)
         })
     }
 }

@@ -106,15 +106,15 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"percent": -0.5}"#,
-            r#"routes["checkout"].percent: expected a number from 0 to 100 with at most 6 decimals, found the number -0.5"#,
+            r#"routes["checkout"].percent: invalid value: floating point `-0.5`, expected a number from 0 to 100 with at most 6 decimals"#,
         ),
         (
             r#"{"percent": "20"}"#,
-            r#"routes["checkout"].percent: expected a number from 0 to 100 with at most 6 decimals, found the string "20""#,
+            r#"routes["checkout"].percent: invalid type: string "20", expected a number from 0 to 100 with at most 6 decimals"#,
         ),
         (
             r#"{"percnt": 20}"#,
-            r#"routes["checkout"].percnt: unknown field, expected one of "header", "value", "trust_incoming", "rules", "percent", "sticky", "sticky_cookie", "salt", "response_header""#,
+            r#"routes["checkout"].percnt: unknown field `percnt`, expected one of `header`, `value`, `trust_incoming`, `rules`, `percent`, `sticky`, `sticky_cookie`, `salt`, `response_header`"#,
         ),
         (
             r#"{"header": "x canary"}"#,
@@ -170,11 +170,11 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"rules": [{"header": "x-a", "present": "yes"}]}"#,
-            r#"routes["checkout"].rules[0].present: expected true or false, found the string "yes""#,
+            r#"routes["checkout"].rules[0].present: invalid type: string "yes", expected a boolean"#,
         ),
         (
             r#"{"rules": [{"path_prefix": "/a", "release": "v2"}]}"#,
-            r#"routes["checkout"].rules[0].release: unknown release "v2", expected one of "canary", "stable""#,
+            r#"routes["checkout"].rules[0].release: unknown variant `v2`, expected `canary` or `stable`"#,
         ),
         (
             r#"{"rules": [{"name": "a", "path_prefix": "/a"}, {"name": "a", "path_prefix": "/b"}]}"#,
@@ -186,15 +186,15 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"sticky": [{"header": "x-user-id"}]}"#,
-            r#"routes["checkout"].sticky: expected an object, found a list"#,
+            r#"routes["checkout"].sticky: invalid type: sequence, expected an object"#,
         ),
         (
             r#"{"sticky": {"query": "b"}}"#,
-            r#"routes["checkout"].sticky.query: unknown field, expected one of "header", "cookie", "client_address""#,
+            r#"routes["checkout"].sticky.query: unknown field `query`, expected one of `header`, `cookie`, `client_address`"#,
         ),
         (
             r#"{"sticky": {"client_address": "yes"}}"#,
-            r#"routes["checkout"].sticky.client_address: expected true or false"#,
+            r#"routes["checkout"].sticky.client_address: invalid type: string "yes", expected a boolean"#,
         ),
         (
             r#"{"sticky": {"header": "x-canary"}}"#,

@@ -189,11 +189,11 @@ fn from_serde(
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Envelope<C> {
     /// The policy of every route without one of its own; none: those routes pass untouched.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub default: Option<C>,
     /// Policies by Envoy route name (under Istio the VirtualService http route name, plus
     /// `.` and the match name when the match is named).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_entries")]
     pub routes: Entries<C>,
 }
 
@@ -217,7 +217,7 @@ impl<C: DeserializeOwned> Envelope<C> {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        parse_json_at(json, at)
+        parse_json_at(json, at).map(|envelope: Object<Self>| envelope.0)
     }
 }
 
@@ -234,33 +234,124 @@ impl<V> Default for Entries<V> {
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor<V>(PhantomData<V>);
+        deserializer.deserialize_map(EntriesVisitor(PhantomData::<V>))
+    }
+}
 
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
-            type Value = Entries<V>;
+/// [`Entries`] whose values are objects ([`object`]): a route's policy.
+pub fn object_entries<'de, D, V>(deserializer: D) -> Result<Entries<V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    deserializer
+        .deserialize_map(EntriesVisitor(PhantomData::<Object<V>>))
+        .map(|entries| Entries(entries.0.into_iter().map(|(k, v)| (k, v.0)).collect()))
+}
+
+struct EntriesVisitor<V>(PhantomData<V>);
+
+impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+    type Value = Entries<V>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries: Vec<(String, V)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if entries.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format_args!(
+                    "key \"{}\" written twice",
+                    escape(&key)
+                )));
+            }
+            let value = map.next_value()?;
+            entries.push((key, value));
+        }
+        Ok(Entries(entries))
+    }
+}
+
+/// A JSON number as a double; a type error says `expected <expected>`.
+pub fn number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    expected: &'static str,
+) -> Result<f64, D::Error> {
+    struct NumberVisitor(&'static str);
+
+    impl Visitor<'_> for NumberVisitor {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<f64, E> {
+            Ok(n)
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<f64, E> {
+            Ok(n as f64)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<f64, E> {
+            Ok(n as f64)
+        }
+    }
+
+    deserializer.deserialize_f64(NumberVisitor(expected))
+}
+
+/// A struct read only from a JSON object: serde's derive would also take a list, its
+/// elements as the fields in order (`"fallback": [503]`), which no one means.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(String, V)> = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if entries.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!(
-                            "key \"{}\" written twice",
-                            escape(&key)
-                        )));
-                    }
-                    let value = map.next_value()?;
-                    entries.push((key, value));
-                }
-                Ok(Entries(entries))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
             }
         }
 
-        deserializer.deserialize_map(EntriesVisitor(PhantomData))
+        deserializer.deserialize_map(ObjectVisitor(PhantomData))
     }
+}
+
+/// `#[serde(deserialize_with = "object")]` on a field whose type is a struct.
+pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    Object::deserialize(deserializer).map(|object| object.0)
+}
+
+/// [`object`] for an optional struct (`null` is none).
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<Object<T>>::deserialize(deserializer).map(|object| object.map(|o| o.0))
+}
+
+/// [`object`] for a list of structs.
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Vec::<Object<T>>::deserialize(deserializer)
+        .map(|objects| objects.into_iter().map(|o| o.0).collect())
 }
 
 #[cfg(feature = "schema")]
@@ -483,7 +574,7 @@ mod tests {
     fn a_key_written_twice_is_rejected_anywhere() {
         assert_eq!(
             error(r#"{"routes": {"a": {"size": 1}, "a": {"size": 2}}}"#),
-            r#"routes["a"]: key written twice"#
+            r#"routes: key "a" written twice"#
         );
         assert_eq!(
             error(r#"{"default": {"size": 1, "size": 2}}"#),
@@ -491,11 +582,11 @@ mod tests {
         );
         assert_eq!(
             error(r#"{"default": {"size": 1, "headers": {"x-a": "1", "x-a": "2"}}}"#),
-            r#"default.headers["x-a"]: key written twice"#
+            r#"default.headers: key "x-a" written twice"#
         );
         assert_eq!(
             error(r#"{"routes": {}, "routes": {}}"#),
-            "duplicate field `routes`"
+            "(config): duplicate field `routes`"
         );
     }
 
@@ -516,11 +607,11 @@ mod tests {
         assert!(error(r#"{"default": "#).contains("EOF while parsing"));
         assert_eq!(
             error(r#"[]"#),
-            "(config): invalid type: sequence, expected struct Envelope"
+            "(config): invalid type: sequence, expected an object"
         );
         assert_eq!(
             error(r#"{"default": [1]}"#),
-            "default: invalid type: sequence, expected struct Policy"
+            "default: invalid type: sequence, expected an object"
         );
         assert_eq!(
             error(r#"{"default": {"size": 1, "names": "x"}}"#),

@@ -46,6 +46,7 @@ pub const UNAVAILABLE_GRPC_MESSAGE: &str = "rate limit service unavailable";
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RateLimitConfig {
     /// A request passes only if every limit admits it (1 to 8 limits).
+    #[serde(deserialize_with = "crate::config::objects")]
     pub limits: Vec<LimitConfig>,
     /// Count and log would-be rejections, reject nothing.
     #[serde(default)]
@@ -160,17 +161,13 @@ pub struct RatePerSecond {
 
 impl<'de> Deserialize<'de> for RatePerSecond {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let number = f64::deserialize(deserializer)?;
+        const EXPECTED: &str = "a number with at most 3 decimals, like 100 or 0.5";
+        let number = crate::config::number(deserializer, EXPECTED)?;
         // The shortest text that reads back as the same double: what was written, for any
         // number with at most 3 decimals.
         parse_millis(&format!("{number}"))
             .map(|millis| Self { millis })
-            .ok_or_else(|| {
-                de::Error::invalid_value(
-                    de::Unexpected::Float(number),
-                    &"a number with at most 3 decimals, like 100 or 0.5",
-                )
-            })
+            .ok_or_else(|| de::Error::invalid_value(de::Unexpected::Float(number), &EXPECTED))
     }
 }
 

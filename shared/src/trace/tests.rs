@@ -58,7 +58,7 @@ fn defaults() {
 fn config_errors_name_route_and_field() {
     assert_eq!(
         compile_err(r#"{"routes": {"checkout": {"emit": ["w3c", "b4"]}}}"#),
-        r#"routes["checkout"].emit[1]: unknown format "b4", expected one of "w3c", "b3", "b3multi", "request_id""#
+        r#"routes["checkout"].emit[1]: unknown variant `b4`, expected one of `w3c`, `b3`, `b3multi`, `request_id`"#
     );
     assert_eq!(
         compile_err(r#"{"routes": {"checkout": {"emit": ["b3", "b3"]}}}"#),
@@ -74,7 +74,7 @@ fn config_errors_name_route_and_field() {
     );
     assert_eq!(
         compile_err(r#"{"default": {"mode": "clone"}}"#),
-        r#"default.mode: unknown mode "clone", expected one of "propagate", "child""#
+        "default.mode: unknown variant `clone`, expected `propagate` or `child`"
     );
     assert!(
         compile_err(r#"{"default": {"emitt": ["w3c"]}}"#)
