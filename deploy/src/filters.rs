@@ -176,7 +176,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"routes["checkout"].emit[0]: unknown format "b4", expected one of "w3c", "b3", "b3multi", "request_id""#
+            "routes[\"checkout\"].emit[0]: unknown variant `b4`, expected one of `w3c`, `b3`, `b3multi`, `request_id`"
         );
         let ok = Kind::RateLimit
             .configure(br#"{"routes": {"a": {"limits": [{"rate_per_s": 1, "burst": 1}]}}}"#)

@@ -575,7 +575,7 @@ fn config_with_a_bad_limit_is_refused_naming_route_and_field() {
         ),
         (
             r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 5, "burst": 1, "key": "ip"}]}}}"#,
-            r#"routes["checkout"].limits[0].key: unknown key "ip""#,
+            r#"routes["checkout"].limits[0].key: unknown variant `ip`"#,
         ),
         (
             r#"{"default": {"limits": [{"rate_per_s": 5, "burst": 1}], "dryrun": true}}"#,

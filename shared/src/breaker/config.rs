@@ -12,9 +12,9 @@ use super::classify::StatusSet;
 use super::{CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER};
 
 /// Which shared breaker a request belongs to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum KeyBy {
     /// One breaker per Envoy route name.
     #[default]
@@ -22,6 +22,8 @@ pub enum KeyBy {
     /// One breaker per upstream cluster (`xds.cluster_name`), shared by every route to it.
     Cluster,
 }
+
+crate::config_names!(KeyBy { Route = "route", Cluster = "cluster" });
 
 /// A status code (`503`) or a class of them (`"5xx"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

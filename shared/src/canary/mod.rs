@@ -81,15 +81,17 @@ fn default_value() -> String {
 }
 
 /// Which release a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Release {
     /// The new release (the tag header is set).
     Canary,
     /// The current release (the tag header is not set).
     Stable,
 }
+
+crate::config_names!(Release { Canary = "canary", Stable = "stable" });
 
 impl Release {
     pub const ALL: [Release; 2] = [Self::Canary, Self::Stable];

@@ -274,6 +274,54 @@ impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
     }
 }
 
+/// Deserialize for an enum of names (`"child"`): serde's derive reads a number given instead
+/// as the start of another shape ("expected value"); this says what was expected.
+#[macro_export]
+macro_rules! config_names {
+    ($type:ty { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                const NAMES: &[&str] = &[$($name),+];
+                let index = $crate::config::name(deserializer, NAMES)?;
+                const VARIANTS: &[$type] = &[$(<$type>::$variant),+];
+                VARIANTS.get(index).copied().ok_or_else(|| serde::de::Error::custom("no such name"))
+            }
+        }
+    };
+}
+
+/// The index of the name in `names` that the JSON string is.
+pub fn name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    names: &'static [&'static str],
+) -> Result<usize, D::Error> {
+    struct NameVisitor(&'static [&'static str]);
+
+    impl Visitor<'_> for NameVisitor {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("one of ")?;
+            for (i, name) in self.0.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{name}`")?;
+            }
+            Ok(())
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<usize, E> {
+            self.0
+                .iter()
+                .position(|name| *name == value)
+                .ok_or_else(|| E::unknown_variant(value, self.0))
+        }
+    }
+
+    deserializer.deserialize_str(NameVisitor(names))
+}
+
 /// A JSON number as a double; a type error says `expected <expected>`.
 pub fn number<'de, D: Deserializer<'de>>(
     deserializer: D,

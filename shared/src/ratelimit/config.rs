@@ -141,9 +141,9 @@ pub struct LimitConfig {
 }
 
 /// Where a limit is counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Scope {
     /// This Envoy's shared data.
     #[default]
@@ -151,6 +151,8 @@ pub enum Scope {
     /// The rate limit service (Envoy's RLS API), for every replica.
     Global,
 }
+
+crate::config_names!(Scope { Local = "local", Global = "global" });
 
 /// A rate as written: a plain decimal number with at most 3 decimals (`100`, `0.5`, `2.25`),
 /// kept in thousandths of a token per second.

@@ -32,9 +32,9 @@ pub enum Key {
 }
 
 /// What a header-keyed limit does with a request without the header (or with it empty).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Missing {
     #[default]
     /// All such requests share one anonymous bucket.
@@ -42,6 +42,8 @@ pub enum Missing {
     /// The limit does not apply to them.
     Skip,
 }
+
+crate::config_names!(Missing { Share = "share", Skip = "skip" });
 
 /// A request's key for one limit.
 #[derive(Debug, PartialEq, Eq)]

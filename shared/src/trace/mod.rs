@@ -44,9 +44,9 @@ fn default_response_header() -> Option<String> {
 }
 
 /// What the filter does with a valid incoming trace context.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Mode {
     /// Keep the incoming traceparent as it is.
     #[default]
@@ -55,10 +55,12 @@ pub enum Mode {
     Child,
 }
 
+crate::config_names!(Mode { Propagate = "propagate", Child = "child" });
+
 /// A trace header format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Format {
     /// `traceparent` (and `tracestate` when kept).
     W3c,
@@ -69,6 +71,8 @@ pub enum Format {
     /// `x-request-id`, set only when absent.
     RequestId,
 }
+
+crate::config_names!(Format { W3c = "w3c", B3 = "b3", B3multi = "b3multi", RequestId = "request_id" });
 
 impl Format {
     pub fn as_str(self) -> &'static str {
