@@ -563,3 +563,17 @@ proptest! {
         prop_assert_eq!(release(&draws), release(&[draws[1], draws[0]]));
     }
 }
+
+#[test]
+fn a_point_at_the_percent_is_stable_and_zero_percent_is_never_canary() {
+    // The split is `point < percent`: the lowest point (a draw of 0) with 0 % stays stable,
+    // and a point exactly at the percent is above the canary's share.
+    let p = split_policy(0.0);
+    let mut host = FakeHost::new();
+    host.script_random(&[0, 0, 0]);
+    assert_eq!(decide(&p, &mut host).release, Release::Stable);
+    assert_eq!(split_policy(0.0).release_at(0.0), Release::Stable);
+    assert_eq!(split_policy(20.0).release_at(0.2), Release::Stable);
+    assert_eq!(split_policy(20.0).release_at(0.199_999), Release::Canary);
+    assert_eq!(split_policy(100.0).release_at(0.999_999), Release::Canary);
+}

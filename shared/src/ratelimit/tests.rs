@@ -1168,3 +1168,26 @@ fn a_rejection_by_another_limit_spends_no_leased_token() {
     assert_eq!(route.check(&mut host).decision, Decision::Allowed);
     assert_eq!(route.leased_tokens(0), leased - 1);
 }
+
+#[test]
+fn several_rejecting_limits_ask_for_the_longest_wait() {
+    // The first limit refills in 1 s, the second in 10 s: a client told to come back after
+    // 1 s would be rejected again by the second.
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 1, "burst": 1}, {"rate_per_s": 0.1, "burst": 1}]}"#,
+        &mut host,
+    );
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!((check.retry_after_s, check.retry_after_ms), (10, 10_000));
+    // Listed the other way round, the answer is the same.
+    let mut host = FakeHost::new();
+    let route = bind(
+        r#"{"limits": [{"rate_per_s": 0.1, "burst": 1}, {"rate_per_s": 1, "burst": 1}]}"#,
+        &mut host,
+    );
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    assert_eq!(route.check(&mut host).retry_after_s, 10);
+}
