@@ -41,34 +41,42 @@ pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"percent": 10, "sticky": {"header": "x-user-id"}}])))]
 pub struct CanaryConfig {
     /// The request header that carries the decision.
     #[serde(default = "default_header")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: String,
     /// Its value for the canary; stable requests go without the header.
     #[serde(default = "default_value")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub value: String,
     /// Keep and obey a tag the request already carries (for internal hops that tagged).
     #[serde(default)]
     pub trust_incoming: bool,
     /// Checked in order; the first that matches decides.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     pub rules: Vec<RuleConfig>,
     /// Share of keys (or of requests without a key) sent to the canary, 0-100, at most 6
     /// decimals.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 0)))]
     pub percent: Percent,
     /// Where the sticky key comes from.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
     pub sticky: StickyConfig,
     /// A cookie that keeps a browser without a sticky key in its cohort; off by default.
     #[serde(default)]
     pub sticky_cookie: Option<StickyCookieConfig>,
     /// The hash salt that picks the cohort; default: the route name.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub salt: Option<String>,
     /// A response header that tells the decision (for debugging); off by default.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub response_header: Option<String>,
 }
 
@@ -107,21 +115,25 @@ impl Release {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"header": "x-canary-force", "exact": "true"}])))]
 pub struct RuleConfig {
     /// The stats label of the rule; default its index.
     #[serde(default)]
     pub name: Option<String>,
     /// Target: a request header.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: Option<String>,
     /// Target: a cookie.
     #[serde(default)]
     pub cookie: Option<String>,
     /// Target: a query parameter.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub query: Option<String>,
     /// Target and test: the path starts with this (a gRPC service or method too).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     pub path_prefix: Option<String>,
     /// Test: the target's value is this.
     #[serde(default)]
@@ -134,6 +146,7 @@ pub struct RuleConfig {
     pub present: Option<bool>,
     /// Where a matching request goes; default the canary.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "canary")))]
     pub release: Option<Release>,
 }
 
@@ -142,9 +155,11 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"header": "x-user-id"}])))]
 pub struct StickyConfig {
     /// A request header (a user id).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: Option<String>,
     /// A cookie.
     #[serde(default)]
@@ -158,6 +173,7 @@ pub struct StickyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{}])))]
 pub struct StickyCookieConfig {
     /// The cookie's name.
     #[serde(default = "default_cookie")]

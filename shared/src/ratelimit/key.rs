@@ -34,7 +34,7 @@ pub enum Key {
 /// What a header-keyed limit does with a request without the header (or with it empty).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 pub enum Missing {
     #[default]
     /// All such requests share one anonymous bucket.
