@@ -139,7 +139,8 @@ pub struct BreakerConfig {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     pub slow_call_rate_percent: Option<u64>,
-    /// The rolling window of the rate conditions (100 to 3600000 ms).
+    /// The rolling window of the rate conditions, 10 buckets of `window_ms / 10` (100 to
+    /// 3600000 ms).
     #[serde(default = "default_window_ms")]
     #[cfg_attr(feature = "schema", schemars(range(min = 100, max = 3_600_000)))]
     pub window_ms: u64,
@@ -151,7 +152,9 @@ pub struct BreakerConfig {
     #[serde(default = "default_open_ms")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 86_400_000)))]
     pub open_ms: u64,
-    /// Probes let through half-open; that many successes close it (1-1000).
+    /// Probes let through half-open, across all workers; that many successes close it
+    /// (1-1000). One, as Hystrix and Sentinel probe: a recovering upstream gets one call,
+    /// not a burst; raise it (e.g. 5) where one call is too small a sample.
     #[serde(default = "default_half_open_max_requests")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     pub half_open_max_requests: u64,
@@ -160,11 +163,13 @@ pub struct BreakerConfig {
     #[serde(default = "default_probe_timeout_ms")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 86_400_000)))]
     pub probe_timeout_ms: u64,
-    /// HTTP statuses that are failures: codes (`503`) or classes (`"5xx"`).
+    /// HTTP statuses that are failures: codes (`503`) or classes (`"5xx"`). `[]`: only
+    /// resets and timeouts.
     #[serde(default = "default_failure_status")]
     #[cfg_attr(feature = "schema", schemars(extend("default" = ["5xx"])))]
     pub failure_status: Vec<StatusMatch>,
-    /// gRPC statuses that are failures, by name, for gRPC calls the upstream answered.
+    /// gRPC statuses that are failures, by name, for gRPC calls the upstream answered (add
+    /// `"RESOURCE_EXHAUSTED"` where the upstream's quota means it is overloaded).
     #[serde(default = "default_grpc_failure_status")]
     #[cfg_attr(feature = "schema", schemars(extend("default" = DEFAULT_GRPC_FAILURE_STATUS.map(Code::name))))]
     pub grpc_failure_status: Vec<Code>,

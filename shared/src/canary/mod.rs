@@ -47,19 +47,20 @@ pub struct CanaryConfig {
     #[serde(default = "default_header")]
     #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: String,
-    /// Its value for the canary; stable requests go without the header.
+    /// Its value for the canary (printable ASCII); stable requests go without the header.
     #[serde(default = "default_value")]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub value: String,
     /// Keep and obey a tag the request already carries (for internal hops that tagged).
+    /// Otherwise a tag the client sent is removed and the request decided like any other.
     #[serde(default)]
     pub trust_incoming: bool,
     /// Checked in order; the first that matches decides.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     pub rules: Vec<RuleConfig>,
-    /// Share of keys (or of requests without a key) sent to the canary, 0-100, at most 6
-    /// decimals.
+    /// When no rule matches: the share of keys (or of requests without a key) sent to the
+    /// canary, 0-100, at most 6 decimals (`12.5`, `1e-06`).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = 0)))]
     pub percent: Percent,
@@ -67,14 +68,20 @@ pub struct CanaryConfig {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
     pub sticky: StickyConfig,
-    /// A cookie that keeps a browser without a sticky key in its cohort; off by default.
+    /// A cookie that keeps a browser without a sticky key in its cohort; off by default,
+    /// `{}` turns it on with the defaults. A request without a key gets a new random key,
+    /// which the response stores in this cookie (`Path=/; HttpOnly; SameSite=Lax`, plus
+    /// `Secure` unless `secure: false`); the cookie is the last key source. Not with
+    /// `sticky.client_address`, which gives every request a key.
     #[serde(default)]
     pub sticky_cookie: Option<StickyCookieConfig>,
-    /// The hash salt that picks the cohort; default: the route name.
+    /// The hash salt that picks the cohort; default: the route name. Routes with different
+    /// salts have independent cohorts: give a route and its tagged twin the same salt.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub salt: Option<String>,
-    /// A response header that tells the decision (for debugging); off by default.
+    /// A response header that tells the decision (for debugging): `canary; rule=force`,
+    /// `stable; sticky`, `canary; random`, `stable; trusted`. Off by default.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub response_header: Option<String>,
@@ -150,8 +157,8 @@ pub struct RuleConfig {
     pub release: Option<Release>,
 }
 
-/// Where the sticky key comes from: the first of these the request has (an empty value
-/// counts as absent).
+/// Where the sticky key comes from: the first of these the request has, in the order
+/// `header`, `cookie`, `client_address` (an empty value counts as absent).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

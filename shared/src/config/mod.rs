@@ -375,7 +375,7 @@ impl HeaderName {
 
 /// [`HeaderName`]'s rule as a JSON Schema `pattern` (case is folded after parsing).
 #[cfg(feature = "schema")]
-pub(crate) const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
 fn is_token_char(c: char) -> bool {
     // Bytes, not `str::contains`: its char search links core's str-slicing panic.

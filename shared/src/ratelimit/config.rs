@@ -65,7 +65,7 @@ pub struct RateLimitConfig {
     /// Body of the rejection reply.
     #[serde(default = "default_body")]
     pub body: String,
-    /// `content-type` of the rejection reply.
+    /// `content-type` of the rejection reply (set it when `body` is not JSON).
     #[serde(default = "default_content_type")]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub content_type: String,
@@ -149,11 +149,14 @@ pub struct LimitConfig {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BURST)))]
     pub burst: Option<u32>,
-    /// What the limit counts by.
+    /// What the limit counts by: `"route"` (one bucket for the route), `"client_address"`
+    /// (one per client address), `"path"` (one per normalised path, a gRPC method), or a
+    /// request header's value (`{"header": "x-api-key"}`).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = "route")))]
     pub key: KeyConfig,
-    /// Buckets of a keyed limit (default 1024, at most 65536). Local only.
+    /// Buckets of a keyed limit (default 1024, at most 65536; not with key `"route"`).
+    /// Local only.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_SLOTS)))]
     pub slots: Option<u32>,
