@@ -1,6 +1,7 @@
-//! The committed plugin schemas are current; they refuse what the filters refuse as a shape
-//! error and accept what the filters accept; their defaults are what leaving a field out
-//! gives; every map in them is data-keyed; the bundle's is the four filters' side by side.
+//! The committed plugin schemas and the configuration reference rendered from them are
+//! current; the schemas refuse what the filters refuse as a shape error and accept what the
+//! filters accept; their defaults are what leaving a field out gives; every map in them is
+//! data-keyed; the bundle's is the four filters' side by side.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use mesh_deploy::docs;
 use mesh_deploy::filters::Kind;
 use mesh_deploy::plugin_json;
+use mesh_deploy::reference;
 use mesh_deploy::schema::{bundle_schema, file_name, plugin_schema, render, render_bundle};
 use mesh_policy::config::{ConfigError, DATA_KEYED};
 use serde_json::{Value, json};
@@ -38,6 +40,48 @@ fn committed_schemas_are_current() {
         fs::read_to_string(&path).unwrap_or_default() == render_bundle(),
         "{} {STALE}",
         path.display()
+    );
+}
+
+#[test]
+fn committed_reference_pages_are_current() {
+    let dir = root().join("docs/config");
+    let pages = Kind::ALL
+        .into_iter()
+        .map(|kind| (reference::file_name(kind), reference::page(kind)))
+        .chain([(reference::INDEX.to_owned(), reference::index())]);
+    for (name, text) in pages {
+        let path = dir.join(name);
+        let committed = fs::read_to_string(&path).unwrap_or_default();
+        assert!(committed == text, "{} {STALE}", path.display());
+    }
+}
+
+/// The pages link each filter's README section, and the index's bundle example is one the
+/// bundle takes.
+#[test]
+fn the_reference_links_and_examples_hold() {
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    for kind in Kind::ALL {
+        let (heading, anchor) = reference::guide(kind);
+        assert!(
+            readme.lines().any(|line| line == format!("## {heading}")),
+            "README.md has no section \"{heading}\" (#{anchor})"
+        );
+        assert!(reference::page(kind).contains(&format!("README.md#{anchor}")));
+    }
+    for heading in [
+        "## Bundle or separate modules",
+        "### The lint before deploy: `mesh-lint`",
+    ] {
+        assert!(readme.lines().any(|line| line == heading), "{heading}");
+    }
+    let example: Value = serde_json::from_str(reference::BUNDLE_EXAMPLE).unwrap();
+    mesh_deploy::filters::configure_bundle(example.to_string().as_bytes()).unwrap();
+    assert!(
+        jsonschema::validator_for(&bundle_schema())
+            .unwrap()
+            .is_valid(&example)
     );
 }
 
