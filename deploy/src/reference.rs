@@ -264,7 +264,7 @@ impl<'a> Reference<'a> {
         }
     }
 
-    fn fields_of<'v>(node: &'v Value) -> impl Iterator<Item = (&'v String, &'v Value)> {
+    fn fields_of(node: &Value) -> impl Iterator<Item = (&String, &Value)> {
         node["properties"].as_object().into_iter().flatten()
     }
 
