@@ -5,7 +5,8 @@
 //!   CRD schemas ([`crd`]) and the built modules' digests.
 //! - [`oci`]: `mesh-oci`, Wasm OCI images (Istio's "compat" variant) in an OCI image layout,
 //!   and pinning the manifests' `sha256` to them.
-//! - [`schema`]: `mesh-schema`, a JSON Schema per filter's plugin config.
+//! - [`schema`]: `mesh-schema`, a JSON Schema per filter's plugin config, generated from the
+//!   config types; [`reference`]: the configuration reference pages rendered from them.
 //!
 //! Never built for wasm; nothing here is in a module.
 
@@ -20,5 +21,6 @@ pub mod lint;
 pub mod oci;
 pub mod pin;
 pub mod plugin_json;
+pub mod reference;
 pub mod routes;
 pub mod schema;

@@ -13,7 +13,7 @@ use super::{CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER};
 
 /// Which shared breaker a request belongs to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum KeyBy {
     /// One breaker per Envoy route name.
@@ -88,22 +88,27 @@ impl schemars::JsonSchema for StatusMatch {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"status": 503, "headers": {"content-type": "application/json"}, "body": "{\"error\":\"circuit open\"}"}])))]
 pub struct FallbackConfig {
     /// The reply's status (200-599; default 503).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 200, max = 599), extend("default" = DEFAULT_FALLBACK_STATUS)))]
     pub status: Option<u64>,
     /// The reply's headers, name to value (not `x-circuit-state` nor `retry-after`, which the
     /// breaker sets).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("propertyNames" = {"pattern": crate::config::HEADER_NAME_PATTERN})))]
     pub headers: Entries<String>,
     /// The reply's body.
     #[serde(default)]
     pub body: String,
     /// For a gRPC call: the status the reply ends with (default `UNAVAILABLE`; not `OK`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = DEFAULT_FALLBACK_GRPC_STATUS.name())))]
     pub grpc_status: Option<Code>,
     /// For a gRPC call: the reply's `grpc-message` (default `circuit open`; one line).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = DEFAULT_FALLBACK_GRPC_MESSAGE)))]
     pub grpc_message: Option<String>,
 }
 
@@ -111,49 +116,68 @@ pub struct FallbackConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"consecutive_failures": 3}])))]
+#[cfg_attr(feature = "schema", schemars(extend("anyOf" = [{"required": ["consecutive_failures"]}, {"required": ["failure_rate_percent"]}, {"required": ["slow_call_rate_percent"]}])))]
 pub struct BreakerConfig {
     /// One breaker per route, or per upstream cluster.
     #[serde(default)]
     pub key: KeyBy,
     /// Opens after this many failures in a row (1 to 1000000).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1_000_000)))]
     pub consecutive_failures: Option<u64>,
     /// Opens when failures reach this share of the window's calls (1-100), once it holds
     /// `min_requests`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     pub failure_rate_percent: Option<u64>,
     /// A call at least this slow (request headers to response headers) is slow (1 to
     /// 3600000 ms); needs `slow_call_rate_percent`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_600_000)))]
     pub slow_call_ms: Option<u64>,
     /// Opens when slow calls reach this share of the window's calls (1-100); needs
     /// `slow_call_ms`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     pub slow_call_rate_percent: Option<u64>,
-    /// The rolling window of the rate conditions (100 to 3600000 ms).
+    /// The rolling window of the rate conditions, 10 buckets of `window_ms / 10` (100 to
+    /// 3600000 ms).
     #[serde(default = "default_window_ms")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 100, max = 3_600_000)))]
     pub window_ms: u64,
     /// Calls the window must hold before a rate condition can open (1 to 1000000).
     #[serde(default = "default_min_requests")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1_000_000)))]
     pub min_requests: u64,
     /// How long it stays open before probing (1 to 86400000 ms).
     #[serde(default = "default_open_ms")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 86_400_000)))]
     pub open_ms: u64,
-    /// Probes let through half-open; that many successes close it (1-1000).
+    /// Probes let through half-open, across all workers; that many successes close it
+    /// (1-1000). One, as Hystrix and Sentinel probe: a recovering upstream gets one call,
+    /// not a burst; raise it (e.g. 5) where one call is too small a sample.
     #[serde(default = "default_half_open_max_requests")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
     pub half_open_max_requests: u64,
     /// A probe not finished this long after the last probe was admitted counts as failed (1
     /// to 86400000 ms).
     #[serde(default = "default_probe_timeout_ms")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 86_400_000)))]
     pub probe_timeout_ms: u64,
-    /// HTTP statuses that are failures: codes (`503`) or classes (`"5xx"`).
+    /// HTTP statuses that are failures: codes (`503`) or classes (`"5xx"`). `[]`: only
+    /// resets and timeouts.
     #[serde(default = "default_failure_status")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = ["5xx"])))]
     pub failure_status: Vec<StatusMatch>,
-    /// gRPC statuses that are failures, by name, for gRPC calls the upstream answered.
+    /// gRPC statuses that are failures, by name, for gRPC calls the upstream answered (add
+    /// `"RESOURCE_EXHAUSTED"` where the upstream's quota means it is overloaded).
     #[serde(default = "default_grpc_failure_status")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = DEFAULT_GRPC_FAILURE_STATUS.map(Code::name))))]
     pub grpc_failure_status: Vec<Code>,
     /// The reply while it rejects.
     #[serde(default, deserialize_with = "crate::config::object")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
     pub fallback: FallbackConfig,
 }
 

@@ -41,34 +41,49 @@ pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"percent": 10, "sticky": {"header": "x-user-id"}}])))]
 pub struct CanaryConfig {
     /// The request header that carries the decision.
     #[serde(default = "default_header")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: String,
-    /// Its value for the canary; stable requests go without the header.
+    /// Its value for the canary (printable ASCII); stable requests go without the header.
     #[serde(default = "default_value")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub value: String,
     /// Keep and obey a tag the request already carries (for internal hops that tagged).
+    /// Otherwise a tag the client sent is removed and the request decided like any other.
     #[serde(default)]
     pub trust_incoming: bool,
     /// Checked in order; the first that matches decides.
     #[serde(default, deserialize_with = "crate::config::objects")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     pub rules: Vec<RuleConfig>,
-    /// Share of keys (or of requests without a key) sent to the canary, 0-100, at most 6
-    /// decimals.
+    /// When no rule matches: the share of keys (or of requests without a key) sent to the
+    /// canary, 0-100, at most 6 decimals (`12.5`, `1e-06`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 0)))]
     pub percent: Percent,
     /// Where the sticky key comes from.
     #[serde(default, deserialize_with = "crate::config::object")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
     pub sticky: StickyConfig,
-    /// A cookie that keeps a browser without a sticky key in its cohort; off by default.
+    /// A cookie that keeps a browser without a sticky key in its cohort; off by default,
+    /// `{}` turns it on with the defaults. A request without a key gets a new random key,
+    /// which the response stores in this cookie (`Path=/; HttpOnly; SameSite=Lax`, plus
+    /// `Secure` unless `secure: false`); the cookie is the last key source. Not with
+    /// `sticky.client_address`, which gives every request a key.
     #[serde(default, deserialize_with = "crate::config::optional_object")]
     pub sticky_cookie: Option<StickyCookieConfig>,
-    /// The hash salt that picks the cohort; default: the route name.
+    /// The hash salt that picks the cohort; default: the route name. Routes with different
+    /// salts have independent cohorts: give a route and its tagged twin the same salt.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub salt: Option<String>,
-    /// A response header that tells the decision (for debugging); off by default.
+    /// A response header that tells the decision (for debugging): `canary; rule=force`,
+    /// `stable; sticky`, `canary; random`, `stable; trusted`. Off by default.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub response_header: Option<String>,
 }
 
@@ -109,21 +124,25 @@ impl Release {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"header": "x-canary-force", "exact": "true"}])))]
 pub struct RuleConfig {
     /// The stats label of the rule; default its index.
     #[serde(default)]
     pub name: Option<String>,
     /// Target: a request header.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: Option<String>,
     /// Target: a cookie.
     #[serde(default)]
     pub cookie: Option<String>,
     /// Target: a query parameter.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub query: Option<String>,
     /// Target and test: the path starts with this (a gRPC service or method too).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^/")))]
     pub path_prefix: Option<String>,
     /// Test: the target's value is this.
     #[serde(default)]
@@ -136,17 +155,20 @@ pub struct RuleConfig {
     pub present: Option<bool>,
     /// Where a matching request goes; default the canary.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "canary")))]
     pub release: Option<Release>,
 }
 
-/// Where the sticky key comes from: the first of these the request has (an empty value
-/// counts as absent).
+/// Where the sticky key comes from: the first of these the request has, in the order
+/// `header`, `cookie`, `client_address` (an empty value counts as absent).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"header": "x-user-id"}])))]
 pub struct StickyConfig {
     /// A request header (a user id).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub header: Option<String>,
     /// A cookie.
     #[serde(default)]
@@ -160,6 +182,7 @@ pub struct StickyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{}])))]
 pub struct StickyCookieConfig {
     /// The cookie's name.
     #[serde(default = "default_cookie")]

@@ -512,6 +512,10 @@ impl HeaderName {
     }
 }
 
+/// [`HeaderName`]'s rule as a JSON Schema `pattern` (case is folded after parsing).
+#[cfg(feature = "schema")]
+pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
 fn is_token_char(c: char) -> bool {
     // Bytes, not `str::contains`: its char search links core's str-slicing panic.
     c.is_ascii_alphanumeric() || (c.is_ascii() && b"!#$%&'*+-.^_`|~".contains(&(c as u8)))

@@ -44,24 +44,35 @@ pub const UNAVAILABLE_GRPC_MESSAGE: &str = "rate limit service unavailable";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"limits": [{"rate_per_s": 5, "burst": 10}]}])))]
+// With a global limit, its service; without one, none of the service's fields.
+#[cfg_attr(feature = "schema", schemars(extend(
+    "if" = {"properties": {"limits": {"contains": {"properties": {"scope": {"const": "global"}}, "required": ["scope"]}}}, "required": ["limits"]},
+    "then" = {"required": ["service_cluster", "domain"]},
+    "else" = {"properties": {"service_cluster": {"type": "null"}, "domain": {"type": "null"}, "timeout_ms": {"type": "null"}}},
+)))]
 pub struct RateLimitConfig {
     /// A request passes only if every limit admits it (1 to 8 limits).
     #[serde(deserialize_with = "crate::config::objects")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = MAX_LIMITS)))]
     pub limits: Vec<LimitConfig>,
     /// Count and log would-be rejections, reject nothing.
     #[serde(default)]
     pub dry_run: bool,
     /// Status of the rejection reply (400-599).
     #[serde(default = "default_status")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 400, max = 599)))]
     pub status: u16,
     /// Body of the rejection reply.
     #[serde(default = "default_body")]
     pub body: String,
-    /// `content-type` of the rejection reply.
+    /// `content-type` of the rejection reply (set it when `body` is not JSON).
     #[serde(default = "default_content_type")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub content_type: String,
     /// For a gRPC call: the status the rejection ends with (not `OK`).
     #[serde(default = "default_grpc_status")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = DEFAULT_GRPC_STATUS.name())))]
     pub grpc_status: grpc::Code,
     /// For a gRPC call: the rejection's `grpc-message` (one line).
     #[serde(default = "default_grpc_message")]
@@ -79,12 +90,15 @@ pub struct RateLimitConfig {
     pub trusted_hops: u32,
     /// The Envoy cluster of the rate limit service (global limits only).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub service_cluster: Option<String>,
     /// The RLS domain of the route's global limits.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub domain: Option<String>,
     /// Deadline of the call to the rate limit service, in milliseconds (default 20).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_TIMEOUT_MS)))]
     pub timeout_ms: Option<u32>,
 }
 
@@ -118,6 +132,13 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"rate_per_s": 5, "burst": 10}])))]
+// A local limit has a rate and a burst and no descriptor key; a global one no bucket fields.
+#[cfg_attr(feature = "schema", schemars(extend(
+    "if" = {"properties": {"scope": {"const": "global"}}, "required": ["scope"]},
+    "then" = {"properties": {"rate_per_s": {"type": "null"}, "burst": {"type": "null"}, "slots": {"type": "null"}}},
+    "else" = {"required": ["rate_per_s", "burst"], "properties": {"descriptor_key": {"type": "null"}}},
+)))]
 pub struct LimitConfig {
     /// Where the limit is counted.
     #[serde(default)]
@@ -127,22 +148,29 @@ pub struct LimitConfig {
     pub rate_per_s: Option<RatePerSecond>,
     /// Bucket size: how many requests may pass at once after a quiet period. Local only.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_BURST)))]
     pub burst: Option<u32>,
-    /// What the limit counts by.
+    /// What the limit counts by: `"route"` (one bucket for the route), `"client_address"`
+    /// (one per client address), `"path"` (one per normalised path, a gRPC method), or a
+    /// request header's value (`{"header": "x-api-key"}`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "route")))]
     pub key: KeyConfig,
-    /// Buckets of a keyed limit (default 1024, at most 65536). Local only.
+    /// Buckets of a keyed limit (default 1024, at most 65536; not with key `"route"`).
+    /// Local only.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_SLOTS)))]
     pub slots: Option<u32>,
     /// The descriptor entry's key (global only; default by key: `route`, `remote_address`,
     /// `path`, or the header's name).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub descriptor_key: Option<String>,
 }
 
 /// Where a limit is counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Scope {
     /// This Envoy's shared data.
@@ -222,8 +250,10 @@ pub enum KeyConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"header": "x-api-key"}])))]
 struct HeaderKey {
     /// The request header whose value is the key.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     header: String,
     /// A request without the header (or with it empty): share one bucket, or skip the limit.
     #[serde(default)]

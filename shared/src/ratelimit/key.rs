@@ -33,7 +33,7 @@ pub enum Key {
 
 /// What a header-keyed limit does with a request without the header (or with it empty).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Missing {
     #[default]

@@ -22,6 +22,7 @@ pub const DEFAULT_RESPONSE_HEADER: &str = "x-trace-id";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("examples" = [{"mode": "child", "emit": ["w3c", "b3"]}])))]
 pub struct TraceConfig {
     /// `propagate` keeps a valid incoming traceparent; `child` continues it with a new span
     /// id as parent.
@@ -29,9 +30,11 @@ pub struct TraceConfig {
     pub mode: Mode,
     /// Formats written to the upstream request, each at most once.
     #[serde(default = "default_emit")]
+    #[cfg_attr(feature = "schema", schemars(length(min = 1), extend("uniqueItems" = true)))]
     pub emit: Vec<Format>,
     /// Response header carrying the trace id; `null` turns it off.
     #[serde(default = "default_response_header")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub response_header: Option<String>,
 }
 
@@ -45,7 +48,7 @@ fn default_response_header() -> Option<String> {
 
 /// What the filter does with a valid incoming trace context.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Mode {
     /// Keep the incoming traceparent as it is.
@@ -59,7 +62,7 @@ crate::config_names!(Mode { Propagate = "propagate", Child = "child" });
 
 /// A trace header format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
 pub enum Format {
     /// `traceparent` (and `tracestate` when kept).
