@@ -16,6 +16,9 @@ ensure_rust
 ensure_binaryen
 
 mapfile -t filters < <(filter_names)
+# The modules built on the adapter: their exports are cut down to what it handles (below).
+mapfile -t adapter_modules < <(module_crates --adapter)
+[ "${#adapter_modules[@]}" -gt 0 ] || die "no module crates found (cargo metadata)"
 
 say "building ${filters[*]} for wasm32-wasip1"
 # One `cargo rustc --crate-type cdylib` per filter: Cargo skips the profile's LTO for a crate
@@ -75,7 +78,7 @@ over=0
 for f in "${filters[@]}"; do
   raw="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/mesh_$f.wasm"
   wasm-opt -Oz --strip-debug --strip-producers "$raw" -o "dist/$f.wasm"
-  if grep -q '^mesh-adapter' "filters/$f/Cargo.toml"; then
+  if [[ " ${adapter_modules[*]} " == *" $f "* ]]; then
     drop_exports "dist/$f.wasm" "dist/$f.wasm.tmp" && mv "dist/$f.wasm.tmp" "dist/$f.wasm"
     per_request="$(wasm-dis "dist/$f.wasm" | grep -o '^ (export "[^"]*"' | cut -d'"' -f2 \
       | grep -xF -f <(tr -s ' \n' '\n' <<<"$STREAM_CALLBACKS") | sort | tr '\n' ' ')"

@@ -94,13 +94,26 @@ ensure_envoy() {
   export MESH_ENVOY="$path"
 }
 
-# Filter crates: every directory under filters/ whose Cargo.toml builds a cdylib.
-filter_names() {
-  local dir
-  for dir in "$ROOT"/filters/*/; do
-    grep -q 'cdylib' "$dir/Cargo.toml" 2>/dev/null && basename "$dir"
-  done
+# module_crates [--adapter]: the directory names of the module crates, the workspace packages
+# under filters/ with a cdylib target (each builds dist/<name>.wasm); with --adapter only those
+# built on the adapter (a normal dependency on mesh-adapter). Read from `cargo metadata`, the
+# manifests as cargo reads them, not their text: a comment cannot add or drop a module.
+module_crates() {
+  local adapter=false
+  [ "${1:-}" = --adapter ] && adapter=true
+  ensure_apt jq jq
+  cargo metadata --locked --no-deps --format-version 1 --manifest-path "$ROOT/Cargo.toml" \
+    | jq -r --arg dir "$ROOT/filters/" --argjson adapter "$adapter" '
+        .packages[]
+        | select(.manifest_path | startswith($dir))
+        | select(any(.targets[]; .crate_types | index("cdylib")))
+        | select(($adapter | not) or any(.dependencies[]; .name == "mesh-adapter" and .kind == null))
+        | .manifest_path | ltrimstr($dir) | split("/")[0]' \
+    | sort
 }
+
+# Filter crates: the module crates (a filter, the bundle, the passthrough floor).
+filter_names() { module_crates; }
 
 # render_envoy_config <out>: envoy/envoy.yaml with its ${...} placeholders filled from
 # ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT, GRPC_PORT and DIST.

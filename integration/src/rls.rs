@@ -3,10 +3,12 @@
 //! process. Everything binds 127.0.0.1 and stops by PID (Redis) or by dropping its runtime
 //! (the service: its sockets close at once, as when the process is killed).
 //!
-//! The messages are the policy crate's own ([`mesh_policy::ratelimit::rls`]), so the service
-//! decodes exactly what the filter encodes. The service is written out by hand over tonic's
-//! server types (no protoc, no build script). Limits are limitador's: one counter per value
-//! of the first descriptor's `descriptor_key`, `max` hits per `seconds` window, per domain.
+//! The messages and the service are Envoy's own, generated from its protos (the `envoy-types`
+//! crate: `RateLimitServiceServer`), not the filter's hand-declared messages
+//! ([`mesh_policy::ratelimit::rls`]): a field number wrong on the filter's side fails the
+//! global-limit tests instead of being read back the same wrong way. Limits are limitador's:
+//! one counter per value of the first descriptor's `descriptor_key`, `max` hits per `seconds`
+//! window, per domain.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,13 +20,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer, SERVICE_NAME,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use limitador::AsyncRateLimiter;
 use limitador::limit::{Context, Expression, Limit};
 use limitador::storage::redis::AsyncRedisStorage;
-use mesh_policy::ratelimit::rls::{
-    Code, DescriptorStatus, Duration as PbDuration, HeaderValue, RateLimit, RateLimitRequest,
-    RateLimitResponse,
-};
 use tonic::codegen::{BoxFuture, Context as TaskContext, Poll, Service, http};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
@@ -210,11 +218,15 @@ impl Rls {
                 [variable],
             ));
         }
-        let service = RlsService(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             limiter,
             requests: Arc::clone(&self.requests),
             mode: Arc::clone(&self.mode),
-        }));
+        });
+        let service = RlsService {
+            server: RateLimitServiceServer::from_arc(Arc::clone(&inner)),
+            inner,
+        };
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
@@ -239,10 +251,7 @@ struct Inner {
 }
 
 impl Inner {
-    async fn should_rate_limit(
-        &self,
-        request: RateLimitRequest,
-    ) -> Result<RateLimitResponse, Status> {
+    async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         match self.mode.load(Ordering::SeqCst) {
             m if m == Mode::Unknown as u8 => return Ok(RateLimitResponse::default()),
@@ -294,13 +303,15 @@ impl Inner {
             code: code as i32,
             current_limit: tightest.map(|(_, c)| RateLimit {
                 requests_per_unit: u32::try_from(c.max_value()).unwrap_or(u32::MAX),
-                unit: unit(c.window()),
+                unit: unit(c.window()) as i32,
+                ..RateLimit::default()
             }),
             limit_remaining: tightest.map_or(0, |(r, _)| u32::try_from(r).unwrap_or(u32::MAX)),
             duration_until_reset: Some(PbDuration {
                 seconds: i64::try_from(reset.as_secs()).unwrap_or(0),
                 nanos: i32::try_from(reset.subsec_nanos()).unwrap_or(0),
             }),
+            ..DescriptorStatus::default()
         };
         let header = |key: &str| HeaderValue {
             key: key.to_owned(),
@@ -312,28 +323,41 @@ impl Inner {
             statuses: vec![status; request.descriptors.len()],
             response_headers_to_add: vec![header(RESPONSE_HEADER)],
             request_headers_to_add: vec![header(REQUEST_HEADER)],
+            ..RateLimitResponse::default()
         })
     }
 }
 
-/// `RateLimit.Unit` for a window: the unit it is one of, else UNKNOWN (0).
-fn unit(window: Duration) -> i32 {
-    match window.as_secs() {
-        1 => 1,
-        60 => 2,
-        3600 => 3,
-        86400 => 4,
-        _ => 0,
+#[tonic::async_trait]
+impl RateLimitService for Inner {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        self.decide(request.into_inner()).await.map(Response::new)
     }
 }
 
-const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+/// `RateLimit.Unit` for a window: the unit it is one of, else UNKNOWN.
+fn unit(window: Duration) -> Unit {
+    match window.as_secs() {
+        1 => Unit::Second,
+        60 => Unit::Minute,
+        3600 => Unit::Hour,
+        86400 => Unit::Day,
+        _ => Unit::Unknown,
+    }
+}
 
+/// The generated service, and in [`Mode::Garbage`] an answer no generated code would send.
 #[derive(Clone)]
-struct RlsService(Arc<Inner>);
+struct RlsService {
+    server: RateLimitServiceServer<Inner>,
+    inner: Arc<Inner>,
+}
 
 impl NamedService for RlsService {
-    const NAME: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
+    const NAME: &'static str = SERVICE_NAME;
 }
 
 impl Service<http::Request<tonic::body::Body>> for RlsService {
@@ -346,38 +370,23 @@ impl Service<http::Request<tonic::body::Body>> for RlsService {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let inner = Arc::clone(&self.0);
+        if self.inner.mode.load(Ordering::SeqCst) != Mode::Garbage as u8 {
+            return self.server.call(request);
+        }
+        let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            if request.uri().path() != PATH {
+            if request.uri().path() != GARBAGE_PATH {
                 return Ok(Status::unimplemented("only ShouldRateLimit").into_http());
             }
-            if inner.mode.load(Ordering::SeqCst) == Mode::Garbage as u8 {
-                inner.requests.fetch_add(1, Ordering::SeqCst);
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                return Ok(grpc.unary(NotARateLimitResponse, request).await);
-            }
+            inner.requests.fetch_add(1, Ordering::SeqCst);
             let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(ShouldRateLimit(inner), request).await)
+            Ok(grpc.unary(NotARateLimitResponse, request).await)
         })
     }
 }
 
-struct ShouldRateLimit(Arc<Inner>);
-
-impl UnaryService<RateLimitRequest> for ShouldRateLimit {
-    type Response = RateLimitResponse;
-    type Future = BoxFuture<Response<RateLimitResponse>, Status>;
-
-    fn call(&mut self, request: Request<RateLimitRequest>) -> Self::Future {
-        let inner = Arc::clone(&self.0);
-        Box::pin(async move {
-            inner
-                .should_rate_limit(request.into_inner())
-                .await
-                .map(Response::new)
-        })
-    }
-}
+/// The method [`Mode::Garbage`] answers (the generated server answers every other mode).
+const GARBAGE_PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
 /// Field 1 as a string, where `RateLimitResponse` has the varint `overall_code`: well-formed
 /// protobuf and gRPC that no `RateLimitResponse` decoder accepts.

@@ -125,10 +125,7 @@ pub struct Stage<F: Filter> {
 }
 
 impl<F: Filter> Stage<F> {
-    pub fn filter(&self) -> &F {
-        &self.filter
-    }
-
+    #[cfg(test)]
     pub fn routes(&self) -> &Routes<F::Policy> {
         &self.routes
     }

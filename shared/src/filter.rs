@@ -2,7 +2,7 @@
 //!
 //! A filter implements [`Filter`] against the [`host`](crate::host) traits only; the adapter
 //! (`filters/adapter`) turns proxy-wasm callbacks into these calls and a [`Verdict`] into
-//! proxy-wasm actions. Tests drive a filter with [`FakeHost`](crate::fake::FakeHost).
+//! proxy-wasm actions. Tests drive a filter with `FakeHost` (`fake`, feature `test-util`).
 //!
 //! Lifecycle:
 //! 1. `on_configure`: the envelope's policies are compiled once with [`Filter::compile`].

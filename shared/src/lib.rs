@@ -1,7 +1,9 @@
 //! Pure policy logic shared by the mesh filters.
 //!
 //! Nothing here knows about proxy-wasm or Envoy: the filters reach the proxy through
-//! the [`host`] traits, which [`fake::FakeHost`] implements in memory for tests.
+//! the [`host`] traits, which `fake::FakeHost` implements in memory for tests (the module
+//! exists in this crate's own tests and, for other crates' tests, with the `test-util`
+//! feature, which they enable in `[dev-dependencies]` only).
 //!
 //! - [`config`]: the per-route envelope, field paths and typed config errors.
 //! - [`host`]: what a filter may ask of the proxy, split by request phase.
@@ -26,6 +28,7 @@ pub mod breaker;
 pub mod canary;
 pub mod chain;
 pub mod config;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod filter;
 pub mod grpc;

@@ -1,7 +1,7 @@
 //! What one VM of a module keeps between requests and does for each, over host calls alone:
-//! the adapter (`filters/adapter`) drives it with proxy-wasm's, tests with
-//! [`FakeHost`](crate::fake::FakeHost), so a test counts exactly the host calls a module makes
-//! per request.
+//! the adapter (`filters/adapter`) drives it with proxy-wasm's, tests with `FakeHost`
+//! (`fake`, feature `test-util`), so a test counts exactly the host calls a module makes per
+//! request.
 //!
 //! A request (a [`Stream`]) goes through three phases:
 //! 1. request headers: the route name (`xds.route_name`, one property read), the route's
@@ -35,7 +35,7 @@ use crate::host::{
 /// request headers, response headers and deletion (the done phase runs there). A module built
 /// on the adapter exports no other per-stream callback (`scripts/build.sh` checks), so a
 /// request enters the VM this many times, plus once per host call answer it allocates
-/// ([`crate::fake::HostCalls::allocations`]). The one more it exports, the response
+/// (`fake::HostCalls::allocations`). The one more it exports, the response
 /// trailers, Envoy calls only for a response that has trailers (gRPC).
 pub const CALLBACKS_PER_REQUEST: [&str; 4] = [
     "proxy_on_context_create",

@@ -17,6 +17,7 @@ impl Percent {
     pub const ZERO: Percent = Percent(0);
     pub const HUNDRED: Percent = Percent(100 * SCALE);
 
+    #[cfg(test)]
     pub fn from_millionths(millionths: u64) -> Self {
         Self(millionths)
     }

@@ -57,11 +57,8 @@ pub const LIMIT_HEADER: &str = "x-ratelimit-limit";
 pub const REMAINING_HEADER: &str = "x-ratelimit-remaining";
 pub const RESET_HEADER: &str = "x-ratelimit-reset";
 
-/// The shared-data key of one slot: `<plugin prefix>/ratelimit/<route>/<limit>/<slot>`.
-pub fn slot_key(key_prefix: &str, route_name: &str, limit_index: usize, slot: u32) -> String {
-    format!("{}{slot}", key_base(key_prefix, route_name, limit_index))
-}
-
+/// The shared-data keys of one limit's slots: this, then the slot's number
+/// (`<plugin prefix>/ratelimit/<route>/<limit>/<slot>`).
 fn key_base(key_prefix: &str, route_name: &str, limit_index: usize) -> String {
     format!("{key_prefix}/ratelimit/{route_name}/{limit_index}/")
 }

@@ -4,8 +4,9 @@
 //! prost skips the others when decoding), so no `protoc` runs at build time. Field numbers
 //! are those of `envoy/service/ratelimit/v3/rls.proto`,
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto` and
-//! `envoy/config/core/v3/base.proto`. The integration crate's test service encodes its
-//! answers with the same types.
+//! `envoy/config/core/v3/base.proto`. The integration crate's test service does not share
+//! them: it speaks Envoy's messages as generated from those protos (the `envoy-types` crate),
+//! so a wrong field number here fails the global-limit tests.
 //!
 //! [`request`] builds the one call of a request; [`interpret`] reads the answer into what the
 //! filter does: continue (with the service's headers) or reject (with `Retry-After`). An

@@ -6,6 +6,11 @@ use crate::host::{NANOS_PER_MS, NANOS_PER_SEC};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+/// The shared-data key of one slot, as `RouteLimits` writes it.
+fn slot_key(key_prefix: &str, route_name: &str, limit_index: usize, slot: u32) -> String {
+    format!("{}{slot}", key_base(key_prefix, route_name, limit_index))
+}
+
 const PREFIX: &str = "mesh.ratelimit/mesh.ratelimit";
 
 fn policy(json: &str) -> Rc<RateLimitPolicy> {
