@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use mesh_policy::config::{ConfigError, FieldPath};
+use mesh_policy::decimal::{MAX_DIGITS, decimal};
 use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
 use mesh_policy::host::{
     Host, Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
@@ -326,7 +327,7 @@ impl Filter for RateLimit {
             .budget
             .filter(|_| !sends_ratelimit_headers(&state.response_headers))
         {
-            let mut digits = [0u8; 20];
+            let mut digits = [0u8; MAX_DIGITS];
             for (name, value) in budget_headers(&budget) {
                 host.set_response_header(name, decimal(value, &mut digits));
             }
@@ -419,20 +420,6 @@ impl Throttle {
         self.pending.set(0);
         Some(pending)
     }
-}
-
-/// `n` in decimal, written into `buf` (no allocation per response).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    for slot in buf.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
-        start -= 1;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.get(start..).unwrap_or_default()
 }
 
 // The module entry point; without the `module` feature (the bundle) the filter is a library.

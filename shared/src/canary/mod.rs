@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, FieldPath, HeaderName, escape};
+use crate::decimal::decimal_string;
 use crate::hash::{stable_hash, unit_interval};
 use crate::hex;
 use crate::host::RequestHost;
@@ -332,7 +333,9 @@ impl Rule {
         tag: &HeaderName,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        let name = config.name.unwrap_or_else(|| decimal(index));
+        let name = config
+            .name
+            .unwrap_or_else(|| decimal_string(u64::try_from(index).unwrap_or(u64::MAX)));
         if !is_label_value(&name) {
             return Err(bad(
                 &at.field("name"),
@@ -410,19 +413,6 @@ impl Rule {
             release: config.release.unwrap_or(Release::Canary),
         })
     }
-}
-
-/// `index` in decimal, without the formatting machinery (module size).
-fn decimal(mut index: usize) -> String {
-    let mut digits = Vec::new();
-    loop {
-        digits.push(b'0' + (index % 10) as u8);
-        index /= 10;
-        if index == 0 {
-            break;
-        }
-    }
-    digits.iter().rev().map(|d| char::from(*d)).collect()
 }
 
 /// The second of the fields that are set, if more than one is.
