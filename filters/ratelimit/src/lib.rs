@@ -6,10 +6,12 @@
 //! allowed responses.
 //!
 //! Global limits: a request the local limits admit is held for one call to the rate limit
-//! service ([`RouteLimits::global_call`](mesh_policy::ratelimit::RouteLimits::global_call));
-//! its answer ([`rls::interpret`]) rejects it like a local limit or lets it go on with the
-//! service's headers. A failed call (unreachable, deadline, bad answer) lets it through, or
-//! answers 503 with `failure_mode_deny`; it is counted and logged once per [`LOG_EVERY`].
+//! service ([`RouteLimits::global_call`](mesh_policy::ratelimit::RouteLimits::global_call)).
+//! When it ends, [`RateLimitPolicy::call_done`] decides: the service's answer rejects the
+//! request like a local limit or lets it go on with the service's headers; a failed call
+//! (unreachable, deadline, bad answer) lets it through, or answers 503 with
+//! `failure_mode_deny`. This crate applies that, counts it and logs a failed call once per
+//! [`LOG_EVERY`].
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -18,12 +20,13 @@ use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::decimal::{MAX_DIGITS, decimal};
 use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
 use mesh_policy::host::{
-    Host, Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
+    Host, Metric, MetricKind, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
 };
-use mesh_policy::ratelimit::rls::{self, BadAnswer};
+use mesh_policy::ratelimit::global::{CallResult, Held};
+use mesh_policy::ratelimit::rls;
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
-    sends_ratelimit_headers, tightest,
+    sends_ratelimit_headers,
 };
 use mesh_policy::stats;
 use mesh_policy::store::UpdateError;
@@ -71,10 +74,8 @@ pub struct RateLimitRoute {
 pub struct RequestState {
     /// The `X-RateLimit-*` values for the response, when they are on.
     pub budget: Option<Budget>,
-    /// The local decision, while the rate limit service decides.
-    local: Option<Decision>,
-    /// When the call to the rate limit service started.
-    call_started: Nanos,
+    /// What the call to the rate limit service is decided with, while it is out.
+    held: Option<Held>,
     /// The service's `response_headers_to_add`.
     pub response_headers: Vec<rls::Header>,
 }
@@ -88,6 +89,15 @@ impl RateLimitRoute {
             Decision::Rejected => Some(rejected),
             Decision::DryRunRejected => Some(dry_run_rejected),
             Decision::Unavailable => Some(unavailable),
+        }
+    }
+
+    fn call_counter(&self, call: CallResult) -> Metric {
+        let [ok, over_limit, error] = self.global_calls;
+        match call {
+            CallResult::Ok => ok,
+            CallResult::OverLimit => over_limit,
+            CallResult::Error => error,
         }
     }
 
@@ -184,24 +194,25 @@ impl Filter for RateLimit {
     ) -> (Verdict, RequestState) {
         let check = route.limits.check(host);
         let policy = route.limits.policy();
-        let mut state = RequestState::default();
         // Before the call: a request held for the service has had its store error too.
         if let Some(error) = check.store_error {
             route.note_store_error(host, error, check.decision);
         }
-        // A request the local limits reject never costs a call; one they admit is counted
-        // once the service has answered.
-        if check.decision != Decision::Rejected
-            && let Some(call) = route.limits.global_call(host)
-        {
-            if check.decision == Decision::DryRunRejected {
-                route.note_dry_run(host.now());
-            }
-            state.local = Some(check.decision);
-            state.call_started = host.now();
-            if check.decision == Decision::Allowed && policy.rate_limit_headers && !policy.dry_run {
-                state.budget = check.budget;
-            }
+        if check.decision == Decision::DryRunRejected {
+            route.note_dry_run(host.now());
+        }
+        let budget = policy.response_budget(&check);
+        // A request the local limits admit is counted once the service has answered.
+        if let Some(call) = route.limits.global_call(check.decision, host) {
+            let held = Held {
+                local: check.decision,
+                budget,
+                started: host.now(),
+            };
+            let state = RequestState {
+                held: Some(held),
+                ..RequestState::default()
+            };
             return (Verdict::Call(call), state);
         }
         if let Some(counter) = route.decision_counter(check.decision) {
@@ -213,21 +224,14 @@ impl Filter for RateLimit {
             check.decision.label().unwrap_or("unlimited"),
             check.retry_after_s
         );
-        match check.decision {
-            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check, host)), state),
-            Decision::DryRunRejected => {
-                route.note_dry_run(host.now());
-                (Verdict::Continue, state)
-            }
-            Decision::Allowed if policy.rate_limit_headers && !policy.dry_run => {
-                state.budget = check.budget;
-                (Verdict::Continue, state)
-            }
-            // Unavailable is the rate limit service's outcome: never a local check's.
-            Decision::Allowed | Decision::Unlimited | Decision::Unavailable => {
-                (Verdict::Continue, state)
-            }
+        let state = RequestState {
+            budget,
+            ..RequestState::default()
+        };
+        if check.decision == Decision::Rejected {
+            return (Verdict::Reply(policy.reject_reply(&check, host)), state);
         }
+        (Verdict::Continue, state)
     }
 
     fn on_call_done(
@@ -239,82 +243,43 @@ impl Filter for RateLimit {
     ) -> Verdict {
         let policy = route.limits.policy();
         let now = host.now();
-        host.record_metric(
-            route.global_duration,
-            now.saturating_sub(state.call_started) / NANOS_PER_MS,
-        );
-        let [ok, over_limit, error] = route.global_calls;
-        let local = state.local.take().unwrap_or(Decision::Allowed);
-        // A limit applied: the request is decided, not unlimited.
-        let admitted = if local == Decision::Unlimited {
-            Decision::Allowed
-        } else {
-            local
-        };
-        // Envoy 1.40 ends a call past its deadline with status 14 (unavailable), like a
-        // refused connection; the time taken tells them apart (for the log line only). Envoy's
-        // timer and the wall clock differ by a little: 7/8 of the deadline counts as reached.
-        let timed_out = policy.global.as_ref().is_some_and(|g| {
-            now.saturating_sub(state.call_started) >= u64::from(g.timeout_ms) * NANOS_PER_MS / 8 * 7
+        // Only a request held for its call gets here.
+        let held = state.held.take().unwrap_or(Held {
+            local: Decision::Allowed,
+            budget: None,
+            started: now,
         });
-        // Dry run lets everything through, a request the service could not decide included.
-        let deny_on_error = policy.failure_mode_deny && !policy.dry_run;
-        let (decision, verdict) = match answer(outcome, timed_out) {
-            Ok(answer) if answer.over_limit.is_none() => {
-                host.increment_metric(ok, 1);
-                for (name, value) in &answer.request_headers {
-                    host.set_request_header(name, value);
-                }
-                // The tighter of the local limits and the service's.
-                if policy.rate_limit_headers && !policy.dry_run {
-                    state.budget = tightest(state.budget.into_iter().chain(answer.budget));
-                }
-                state.response_headers = answer.response_headers;
-                (admitted, Verdict::Continue)
-            }
-            Ok(answer) => {
-                host.increment_metric(over_limit, 1);
-                state.budget = None;
-                if policy.dry_run {
-                    route.note_dry_run(now);
-                    (Decision::DryRunRejected, Verdict::Continue)
+        let done = policy.call_done(held, outcome, now);
+        host.record_metric(route.global_duration, done.duration_ms);
+        host.increment_metric(route.call_counter(done.call), 1);
+        if let Some(why) = done.error
+            && let Some(count) = route.global_error_log.note(now)
+        {
+            log::warn!(
+                "ratelimit route={} global_error={why} requests={count} action={}",
+                route.name,
+                if done.decision == Decision::Unavailable {
+                    "unavailable"
                 } else {
-                    let reply = policy.global_reject_reply(answer, host);
-                    (Decision::Rejected, Verdict::Reply(reply))
+                    "let_through"
                 }
-            }
-            Err(why) => {
-                host.increment_metric(error, 1);
-                if let Some(count) = route.global_error_log.note(now) {
-                    log::warn!(
-                        "ratelimit route={} global_error={why} requests={count} action={}",
-                        route.name,
-                        if deny_on_error {
-                            "unavailable"
-                        } else {
-                            "let_through"
-                        }
-                    );
-                }
-                if deny_on_error {
-                    state.budget = None;
-                    (
-                        Decision::Unavailable,
-                        Verdict::Reply(policy.unavailable_reply(host)),
-                    )
-                } else if policy.failure_mode_deny {
-                    // Dry run: the 503 it would have been, counted like a would-be rejection.
-                    route.note_dry_run(now);
-                    (Decision::DryRunRejected, Verdict::Continue)
-                } else {
-                    (admitted, Verdict::Continue)
-                }
-            }
-        };
-        if let Some(counter) = route.decision_counter(decision) {
+            );
+        }
+        if done.decision == Decision::DryRunRejected {
+            route.note_dry_run(now);
+        }
+        for (name, value) in &done.request_headers {
+            host.set_request_header(name, value);
+        }
+        state.budget = done.budget;
+        state.response_headers = done.response_headers;
+        if let Some(counter) = route.decision_counter(done.decision) {
             host.increment_metric(counter, 1);
         }
-        verdict
+        match done.reply {
+            Some(reply) => Verdict::Reply(policy.global_reply(reply, host)),
+            None => Verdict::Continue,
+        }
     }
 
     fn on_response(
@@ -364,39 +329,6 @@ impl RateLimitRoute {
                 self.name
             );
         }
-    }
-}
-
-/// Why a call did not decide, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallError {
-    NotSent,
-    /// The call's deadline passed.
-    Deadline,
-    /// gRPC status: 14 unavailable (no connection, no healthy endpoint), 4 deadline, ...
-    Status(u32),
-    Answer(BadAnswer),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotSent => f.write_str("not_sent"),
-            Self::Deadline | Self::Status(4) => f.write_str("deadline_exceeded"),
-            Self::Status(14) => f.write_str("unavailable"),
-            Self::Status(status) => write!(f, "grpc_status_{status}"),
-            Self::Answer(BadAnswer::Undecodable) => f.write_str("bad_answer"),
-            Self::Answer(BadAnswer::Code(code)) => write!(f, "bad_code_{code}"),
-        }
-    }
-}
-
-fn answer(outcome: CallOutcome, timed_out: bool) -> Result<rls::Answer, CallError> {
-    match outcome {
-        CallOutcome::Ok(message) => rls::interpret(&message).map_err(CallError::Answer),
-        CallOutcome::Failed { .. } if timed_out => Err(CallError::Deadline),
-        CallOutcome::Failed { grpc_status } => Err(CallError::Status(grpc_status)),
-        CallOutcome::NotSent => Err(CallError::NotSent),
     }
 }
 
