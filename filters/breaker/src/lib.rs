@@ -18,7 +18,7 @@ use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict as FilterVerdict};
 use mesh_policy::grpc::{self, Protocol};
 use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, TrailersHost};
-use mesh_policy::stats;
+use mesh_policy::stats::{self, Counters};
 use mesh_policy::store::UpdateError;
 
 /// `mesh_breaker_requests_total{route, decision}`: every tracked request, once, at its
@@ -42,7 +42,8 @@ pub const STATE: &str = "mesh_breaker_state";
 /// header, and shared-data keys are never deleted.
 pub const MAX_CLUSTERS_PER_ROUTE: usize = 32;
 
-/// What the breaker counts: a request's decision, then its call's outcome.
+/// What the breaker counts: a request's decision, then its call's outcome; the breaker's
+/// transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     /// Decision: closed, passed to the upstream.
@@ -63,10 +64,12 @@ pub enum Counted {
     Contended,
     /// Shared data: the host refused the write.
     StoreFailed,
+    /// The breaker went to this state (counted by the one winning write).
+    Transition(State),
 }
 
 impl Counted {
-    pub const ALL: [Counted; 12] = [
+    pub const ALL: [Counted; 15] = [
         Self::Allowed,
         Self::Probe,
         Self::Rejected,
@@ -79,6 +82,9 @@ impl Counted {
         Self::Slow,
         Self::Contended,
         Self::StoreFailed,
+        Self::Transition(State::Closed),
+        Self::Transition(State::Open),
+        Self::Transition(State::HalfOpen),
     ];
 
     /// The metric and its labels besides `route`.
@@ -102,6 +108,7 @@ impl Counted {
                 STORE_ERRORS_TOTAL,
                 vec![("error", UpdateError::Failed.as_str())],
             ),
+            Self::Transition(state) => (TRANSITIONS_TOTAL, vec![("to", state.as_str())]),
         }
     }
 
@@ -121,8 +128,6 @@ impl Counted {
         }
     }
 }
-
-const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
 #[derive(Debug)]
 pub struct Breaker {
@@ -185,8 +190,7 @@ impl BoundBreaker {
 pub struct BreakerRoute {
     policy: Rc<BreakerPolicy>,
     name: String,
-    requests: [Metric; Counted::ALL.len()],
-    transitions: [Metric; STATES.len()],
+    counters: Counters<Counted>,
     /// Keyed by route: the one breaker. Keyed by cluster: one per cluster seen, added as
     /// they come (at most [`MAX_CLUSTERS_PER_ROUTE`]).
     breakers: RefCell<Vec<Rc<BoundBreaker>>>,
@@ -217,10 +221,7 @@ impl Pending {
 
 impl BreakerRoute {
     fn count(&self, host: &mut impl Host, counted: Counted) {
-        let at = Counted::ALL.iter().position(|c| *c == counted);
-        if let Some(metric) = at.and_then(|i| self.requests.get(i)) {
-            host.increment_metric(*metric, 1);
-        }
+        self.counters.count(host, counted);
     }
 
     /// The breaker this request belongs to; `None` leaves the request alone.
@@ -267,10 +268,7 @@ impl BreakerRoute {
         let Some(t) = transition else {
             return;
         };
-        let at = STATES.iter().position(|s| *s == t.to);
-        if let Some(metric) = at.and_then(|i| self.transitions.get(i)) {
-            host.increment_metric(*metric, 1);
-        }
+        self.count(host, Counted::Transition(t.to));
         log::info!(
             "breaker route={} key={} from={} to={} reason={} window_calls={} window_failures={} \
              window_slow={} consecutive_failures={} probes_succeeded={}",
@@ -314,15 +312,7 @@ impl Filter for Breaker {
         host: &mut impl Host,
     ) -> BreakerRoute {
         let name = stats::route_label(route_name).to_owned();
-        let requests = Counted::ALL.map(|counted| {
-            let (base, labels) = counted.metric();
-            let mut all = vec![("route", name.as_str())];
-            all.extend(labels);
-            host.define_metric(MetricKind::Counter, &stats::metric_name(base, &all))
-        });
-        let transitions = STATES.map(|state| {
-            stats::route_counter(host, TRANSITIONS_TOTAL, route_name, ("to", state.as_str()))
-        });
+        let counters = Counters::define(host, route_name, Counted::ALL, Counted::metric);
         let mut breakers = Vec::new();
         if policy.key == KeyBy::Route {
             let state = host.define_metric(
@@ -342,8 +332,7 @@ impl Filter for Breaker {
         BreakerRoute {
             policy,
             name,
-            requests,
-            transitions,
+            counters,
             breakers: RefCell::new(breakers),
         }
     }
