@@ -26,9 +26,8 @@ use mesh_policy::ratelimit::global::{CallResult, Held};
 use mesh_policy::ratelimit::rls;
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
-    sends_ratelimit_headers,
 };
-use mesh_policy::stats;
+use mesh_policy::stats::{self, Counters};
 use mesh_policy::store::UpdateError;
 
 /// `mesh_ratelimit_requests_total{route, decision}`.
@@ -42,7 +41,6 @@ pub const GLOBAL_CALLS_TOTAL: &str = "mesh_ratelimit_global_calls_total";
 /// `mesh_ratelimit_global_call_duration_ms{route}`: a histogram of call latency, answered or
 /// failed.
 pub const GLOBAL_CALL_DURATION: &str = "mesh_ratelimit_global_call_duration_ms";
-pub const GLOBAL_OUTCOMES: [&str; 3] = ["ok", "over_limit", "error"];
 
 /// How often a VM logs a summary of would-be rejections or store errors per route.
 const LOG_EVERY: Nanos = 10 * NANOS_PER_SEC;
@@ -52,19 +50,60 @@ pub struct RateLimit {
     key_prefix: String,
 }
 
+/// What the rate limiter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A request, once, by its decision (`Unlimited` is not counted).
+    Request(Decision),
+    /// Shared data could not be updated.
+    StoreError(UpdateError),
+    /// A call to the rate limit service, by how it ended (routes with global limits only).
+    Call(CallResult),
+}
+
+impl Counted {
+    pub const ALL: [Counted; 9] = [
+        Self::Request(Decision::Allowed),
+        Self::Request(Decision::Rejected),
+        Self::Request(Decision::DryRunRejected),
+        Self::Request(Decision::Unavailable),
+        Self::StoreError(UpdateError::Contended),
+        Self::StoreError(UpdateError::Failed),
+        Self::Call(CallResult::Ok),
+        Self::Call(CallResult::OverLimit),
+        Self::Call(CallResult::Error),
+    ];
+
+    /// Everything counted on a route with `policy`: calls only when it makes them.
+    pub fn all(policy: &RateLimitPolicy) -> impl Iterator<Item = Counted> + '_ {
+        let calls = policy.makes_calls();
+        Self::ALL
+            .into_iter()
+            .filter(move |c| calls || !matches!(c, Self::Call(_)))
+    }
+
+    /// The metric and its labels besides `route`.
+    pub fn metric(self) -> (&'static str, Vec<(&'static str, &'static str)>) {
+        match self {
+            Self::Request(decision) => (
+                REQUESTS_TOTAL,
+                vec![("decision", decision.label().unwrap_or_default())],
+            ),
+            Self::StoreError(error) => (STORE_ERRORS_TOTAL, vec![("error", error.as_str())]),
+            Self::Call(call) => (GLOBAL_CALLS_TOTAL, vec![("outcome", call.label())]),
+        }
+    }
+}
+
 /// A policy bound to one route: its slot keys, counters and log throttles.
 #[derive(Debug)]
 pub struct RateLimitRoute {
     limits: RouteLimits,
     name: String,
-    /// allowed, rejected, dry_run_rejected, unavailable.
-    decisions: [Metric; 4],
-    /// contended, failed.
-    store_errors: [Metric; 2],
+    counters: Counters<Counted>,
     dry_run_log: Throttle,
     store_error_log: Throttle,
-    /// ok, over_limit, error.
-    global_calls: [Metric; 3],
+    /// The histogram of call latency; `Metric(None)` on a route that makes no calls.
     global_duration: Metric,
     global_error_log: Throttle,
 }
@@ -79,43 +118,6 @@ pub struct RequestState {
     /// The service's `response_headers_to_add`.
     pub response_headers: Vec<rls::Header>,
 }
-
-impl RateLimitRoute {
-    fn decision_counter(&self, decision: Decision) -> Option<Metric> {
-        let [allowed, rejected, dry_run_rejected, unavailable] = self.decisions;
-        match decision {
-            Decision::Unlimited => None,
-            Decision::Allowed => Some(allowed),
-            Decision::Rejected => Some(rejected),
-            Decision::DryRunRejected => Some(dry_run_rejected),
-            Decision::Unavailable => Some(unavailable),
-        }
-    }
-
-    fn call_counter(&self, call: CallResult) -> Metric {
-        let [ok, over_limit, error] = self.global_calls;
-        match call {
-            CallResult::Ok => ok,
-            CallResult::OverLimit => over_limit,
-            CallResult::Error => error,
-        }
-    }
-
-    fn store_error_counter(&self, error: UpdateError) -> Metric {
-        let [contended, failed] = self.store_errors;
-        match error {
-            UpdateError::Contended => contended,
-            UpdateError::Failed => failed,
-        }
-    }
-}
-
-const DECISIONS: [Decision; 4] = [
-    Decision::Allowed,
-    Decision::Rejected,
-    Decision::DryRunRejected,
-    Decision::Unavailable,
-];
 
 impl Filter for RateLimit {
     const NAME: &'static str = "ratelimit";
@@ -145,27 +147,8 @@ impl Filter for RateLimit {
         route_name: &str,
         host: &mut impl Host,
     ) -> RateLimitRoute {
-        let decisions = DECISIONS.map(|decision| {
-            let label = decision.label().unwrap_or_default();
-            stats::route_counter(host, REQUESTS_TOTAL, route_name, ("decision", label))
-        });
-        let store_errors = UpdateError::ALL.map(|error| {
-            stats::route_counter(
-                host,
-                STORE_ERRORS_TOTAL,
-                route_name,
-                ("error", error.as_str()),
-            )
-        });
-        let global = policy.global.is_some();
-        let global_calls = GLOBAL_OUTCOMES.map(|outcome| {
-            if global {
-                stats::route_counter(host, GLOBAL_CALLS_TOTAL, route_name, ("outcome", outcome))
-            } else {
-                Metric(None)
-            }
-        });
-        let global_duration = if global {
+        let counters = Counters::define(host, route_name, Counted::all(&policy), Counted::metric);
+        let global_duration = if policy.makes_calls() {
             let name = stats::metric_name(
                 GLOBAL_CALL_DURATION,
                 &[("route", stats::route_label(route_name))],
@@ -177,11 +160,9 @@ impl Filter for RateLimit {
         RateLimitRoute {
             limits: policy.bind(&self.key_prefix, route_name, host),
             name: stats::route_label(route_name).to_owned(),
-            decisions,
-            store_errors,
+            counters,
             dry_run_log: Throttle::default(),
             store_error_log: Throttle::default(),
-            global_calls,
             global_duration,
             global_error_log: Throttle::default(),
         }
@@ -215,9 +196,7 @@ impl Filter for RateLimit {
             };
             return (Verdict::Call(call), state);
         }
-        if let Some(counter) = route.decision_counter(check.decision) {
-            host.increment_metric(counter, 1);
-        }
+        route.count(host, Counted::Request(check.decision));
         log::debug!(
             "ratelimit route={} decision={} retry_after={}",
             route.name,
@@ -251,7 +230,7 @@ impl Filter for RateLimit {
         });
         let done = policy.call_done(held, outcome, now);
         host.record_metric(route.global_duration, done.duration_ms);
-        host.increment_metric(route.call_counter(done.call), 1);
+        route.count(host, Counted::Call(done.call));
         if let Some(why) = done.error
             && let Some(count) = route.global_error_log.note(now)
         {
@@ -273,9 +252,7 @@ impl Filter for RateLimit {
         }
         state.budget = done.budget;
         state.response_headers = done.response_headers;
-        if let Some(counter) = route.decision_counter(done.decision) {
-            host.increment_metric(counter, 1);
-        }
+        route.count(host, Counted::Request(done.decision));
         match done.reply {
             Some(reply) => Verdict::Reply(policy.global_reply(reply, host)),
             None => Verdict::Continue,
@@ -288,10 +265,7 @@ impl Filter for RateLimit {
         state: &mut RequestState,
         host: &mut impl ResponseHost,
     ) {
-        if let Some(budget) = state
-            .budget
-            .filter(|_| !sends_ratelimit_headers(&state.response_headers))
-        {
+        if let Some(budget) = state.budget {
             let mut digits = [0u8; MAX_DIGITS];
             for (name, value) in budget_headers(&budget) {
                 host.set_response_header(name, decimal(value, &mut digits));
@@ -304,10 +278,14 @@ impl Filter for RateLimit {
 }
 
 impl RateLimitRoute {
+    fn count(&self, host: &mut impl Host, counted: Counted) {
+        self.counters.count(host, counted);
+    }
+
     /// Counts a shared-data error and logs it once per [`LOG_EVERY`]; `decision` is what the
     /// request got for it.
     fn note_store_error(&self, host: &mut impl Host, error: UpdateError, decision: Decision) {
-        host.increment_metric(self.store_error_counter(error), 1);
+        self.count(host, Counted::StoreError(error));
         if let Some(count) = self.store_error_log.note(host.now()) {
             log::warn!(
                 "ratelimit route={} store_error={} requests={count} action={}",

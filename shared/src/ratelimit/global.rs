@@ -20,7 +20,7 @@
 use std::fmt;
 
 use super::rls::{self, BadAnswer, Header};
-use super::{Budget, Decision, RateLimitPolicy, tightest};
+use super::{Budget, Decision, RateLimitPolicy, sends_ratelimit_headers, tightest};
 use crate::filter::{CallOutcome, LocalReply};
 use crate::host::{NANOS_PER_MS, Nanos, RequestHost};
 
@@ -108,7 +108,7 @@ pub struct CallDone {
     /// To set on the upstream request (an OK answer's `request_headers_to_add`).
     pub request_headers: Vec<Header>,
     /// The `X-RateLimit-*` values for the response: the tighter of the local limits' and the
-    /// service's, when the response tells them.
+    /// service's, when the response tells them and the service sends none of its own.
     pub budget: Option<Budget>,
     /// To add to the response (an OK answer's `response_headers_to_add`).
     pub response_headers: Vec<Header>,
@@ -135,6 +135,12 @@ fn answer(outcome: CallOutcome, timed_out: bool) -> Result<rls::Answer, CallErro
 }
 
 impl RateLimitPolicy {
+    /// Whether requests on the route may call the rate limit service: it has a global limit.
+    /// Only such a route has the calls' metrics.
+    pub fn makes_calls(&self) -> bool {
+        self.global.is_some()
+    }
+
     /// Decides a request held for its call (see the module docs for the table): `held` is what
     /// the filter knew then, `outcome` how the call ended, `now` when.
     pub fn call_done(&self, held: Held, outcome: CallOutcome, now: Nanos) -> CallDone {
@@ -162,6 +168,10 @@ impl RateLimitPolicy {
             Ok(answer) if answer.over_limit.is_none() => {
                 if self.tells_budget() {
                     done.budget = tightest(held.budget.into_iter().chain(answer.budget));
+                }
+                // One `x-ratelimit-*` of the service's replaces all three of the filter's.
+                if sends_ratelimit_headers(&answer.response_headers) {
+                    done.budget = None;
                 }
                 done.request_headers = answer.request_headers;
                 done.response_headers = answer.response_headers;
@@ -365,6 +375,32 @@ mod tests {
             let done = policy("").call_done(held(Decision::Allowed, local), answered(1), T0);
             assert_eq!(done.budget, Some(expected), "{local:?}");
         }
+    }
+
+    #[test]
+    fn a_ratelimit_header_of_the_services_replaces_the_budget() {
+        let CallOutcome::Ok(message) = answered(1) else {
+            panic!("an answer")
+        };
+        let mut response =
+            <RateLimitResponse as prost::Message>::decode(message.as_slice()).unwrap();
+        response.response_headers_to_add[0].key = "X-RateLimit-Limit".into();
+        let outcome = CallOutcome::Ok(prost::Message::encode_to_vec(&response));
+        let done = policy("").call_done(held(Decision::Allowed, Some(LOCAL)), outcome, T0);
+        assert_eq!(done.budget, None);
+        assert_eq!(
+            done.response_headers,
+            [("x-ratelimit-limit".to_owned(), b"yes".to_vec())]
+        );
+    }
+
+    #[test]
+    fn only_a_route_with_a_global_limit_makes_calls() {
+        assert!(policy("").makes_calls());
+        let local: RateLimitConfig =
+            parse_json(br#"{"limits": [{"rate_per_s": 1, "burst": 1}]}"#).unwrap();
+        let local = RateLimitPolicy::compile(local, &FieldPath::root()).unwrap();
+        assert!(!local.makes_calls());
     }
 
     #[test]
