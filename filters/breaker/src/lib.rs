@@ -1,7 +1,7 @@
 //! Circuit breaking: while a route's (or cluster's) upstream keeps failing or is slow, answer
 //! with the route's fallback instead of calling it, then let probes decide when it is back.
 //!
-//! Glue only: [`machine::admit`] decides at the request, [`classify::classify`] and
+//! Glue only: [`machine::admit`] decides at the request, [`BreakerPolicy::classify`] and
 //! [`machine::complete`] count the call when the stream is over (Envoy's log phase, the one
 //! phase every finished stream reaches once: after a response, or after a reset or timeout
 //! that produced none). The response phase only notes when the response headers came, for
@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use mesh_policy::breaker::classify::{self, Finished, Verdict};
+use mesh_policy::breaker::classify::{Finished, Verdict};
 use mesh_policy::breaker::machine::{self, Admission, Local, Outcome, Ticket, Transition};
 use mesh_policy::breaker::record::State;
 use mesh_policy::breaker::{BreakerConfig, BreakerPolicy, KeyBy, shared_key};
@@ -191,8 +191,10 @@ pub struct BreakerRoute {
     policy: Rc<BreakerPolicy>,
     name: String,
     counters: Counters<Counted>,
-    /// Keyed by route: the one breaker. Keyed by cluster: one per cluster seen, added as
-    /// they come (at most [`MAX_CLUSTERS_PER_ROUTE`]).
+    /// Keyed by route: the one breaker.
+    route_breaker: Option<Rc<BoundBreaker>>,
+    /// Keyed by cluster: one per cluster seen, added as they come (at most
+    /// [`MAX_CLUSTERS_PER_ROUTE`]).
     breakers: RefCell<Vec<Rc<BoundBreaker>>>,
 }
 
@@ -226,14 +228,15 @@ impl BreakerRoute {
 
     /// The breaker this request belongs to; `None` leaves the request alone.
     fn breaker(&self, filter: &Breaker, host: &mut impl Host) -> Option<Rc<BoundBreaker>> {
-        if self.policy.key == KeyBy::Route {
-            return self.breakers.borrow().first().cloned();
+        if let Some(breaker) = &self.route_breaker {
+            return Some(Rc::clone(breaker));
         }
         let cluster = host.property(&["xds", "cluster_name"])?;
-        if let Some(bound) = self.breakers.borrow().iter().find(|b| b.cluster == cluster) {
+        let clusters = &self.breakers;
+        if let Some(bound) = clusters.borrow().iter().find(|b| b.cluster == cluster) {
             return Some(Rc::clone(bound));
         }
-        let mut breakers = self.breakers.borrow_mut();
+        let mut breakers = clusters.borrow_mut();
         if breakers.len() >= MAX_CLUSTERS_PER_ROUTE {
             log::debug!(
                 "breaker route={}: over {MAX_CLUSTERS_PER_ROUTE} clusters, cluster {} passes untracked",
@@ -313,27 +316,19 @@ impl Filter for Breaker {
     ) -> BreakerRoute {
         let name = stats::route_label(route_name).to_owned();
         let counters = Counters::define(host, route_name, Counted::ALL, Counted::metric);
-        let mut breakers = Vec::new();
-        if policy.key == KeyBy::Route {
+        let route_breaker = policy.route_key(&self.prefix, route_name).map(|key| {
             let state = host.define_metric(
                 MetricKind::Gauge,
                 &stats::metric_name(STATE, &[("route", &name)]),
             );
-            let key = shared_key(&self.prefix, KeyBy::Route, route_name);
-            breakers.push(Rc::new(BoundBreaker::new(
-                self,
-                host,
-                &name,
-                key,
-                Vec::new(),
-                state,
-            )));
-        }
+            Rc::new(BoundBreaker::new(self, host, &name, key, Vec::new(), state))
+        });
         BreakerRoute {
             policy,
             name,
             counters,
-            breakers: RefCell::new(breakers),
+            route_breaker,
+            breakers: RefCell::new(Vec::new()),
         }
     }
 
@@ -434,12 +429,7 @@ impl Filter for Breaker {
             pending.grpc_status,
         );
         let policy = &route.policy;
-        let call = classify::classify(
-            &finished,
-            &policy.failure_status,
-            policy.grpc_failure_status,
-            policy.slow_calls.map(|slow| slow.threshold),
-        );
+        let call = policy.classify(&finished);
         route.count(host, Counted::call(call.verdict, pending.protocol));
         if call.slow {
             route.count(host, Counted::Slow);
@@ -454,8 +444,8 @@ impl Filter for Breaker {
     /// Successes batched since the last write go into the record.
     fn on_tick(&self, route: &BreakerRoute, host: &mut impl Host) {
         let now = host.now();
-        let breakers = route.breakers.borrow().clone();
-        for breaker in breakers {
+        let clusters = route.breakers.borrow().clone();
+        for breaker in route.route_breaker.iter().cloned().chain(clusters) {
             let flushed = breaker.local.flush(&route.policy, host, &breaker.key, now);
             route.written(host, &breaker, flushed);
         }
