@@ -14,6 +14,7 @@
 //! - [`stats`]: metric naming shared by all filters.
 //! - [`store`]: shared-data records updated with compare-and-swap.
 //! - [`grpc`]: which requests are gRPC calls; gRPC status codes.
+//! - [`decimal`]: integers in decimal without `core::fmt` or allocation.
 //! - [`hash`]: the stable hash behind slots and cohorts.
 //! - [`headers`]: a header map as the host serializes it, read in place.
 //! - [`request`]: request facts several filters key on (client IP, the connection's peer,
@@ -28,6 +29,7 @@ pub mod breaker;
 pub mod canary;
 pub mod chain;
 pub mod config;
+pub mod decimal;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod filter;

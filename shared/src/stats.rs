@@ -55,6 +55,46 @@ pub fn route_counter(
     host.define_metric(MetricKind::Counter, &name)
 }
 
+/// One route's counters for what a filter counts: one counter per value of the filter's
+/// `Counted` enum (each a metric and its labels), defined when the route is bound and found by
+/// value when a request is counted.
+#[derive(Debug)]
+pub struct Counters<C> {
+    counters: Vec<(C, Metric)>,
+}
+
+impl<C: Copy + PartialEq> Counters<C> {
+    /// Defines a counter on `route_name` for each of `counted`, in order; `metric` gives its
+    /// base name and its labels after `route`.
+    pub fn define<'a>(
+        host: &mut impl Host,
+        route_name: &str,
+        counted: impl IntoIterator<Item = C>,
+        metric: impl Fn(C) -> (&'static str, Vec<(&'static str, &'a str)>),
+    ) -> Self {
+        let route = route_label(route_name);
+        let counters = counted
+            .into_iter()
+            .map(|c| {
+                let (base, labels) = metric(c);
+                let mut all = Vec::with_capacity(labels.len() + 1);
+                all.push(("route", route));
+                all.extend(labels);
+                let name = metric_name(base, &all);
+                (c, host.define_metric(MetricKind::Counter, &name))
+            })
+            .collect();
+        Self { counters }
+    }
+
+    /// Counts `counted` once; a value without a counter on the route counts nothing.
+    pub fn count(&self, host: &mut impl Host, counted: C) {
+        if let Some((_, metric)) = self.counters.iter().find(|(c, _)| *c == counted) {
+            host.increment_metric(*metric, 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +125,34 @@ mod tests {
         let m = route_counter(&mut host, "m", "", ("outcome", "ok"));
         host.increment_metric(m, 1);
         assert_eq!(host.metric("m;route=unnamed;outcome=ok"), Some(1));
+    }
+
+    #[test]
+    fn counters_are_defined_in_order_and_counted_by_value() {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Counted {
+            Seen(bool),
+            Other,
+            Never,
+        }
+        let mut host = FakeHost::new();
+        let counters = Counters::define(
+            &mut host,
+            "",
+            [Counted::Seen(true), Counted::Seen(false), Counted::Other],
+            |c| match c {
+                Counted::Seen(yes) => ("m", vec![("seen", if yes { "yes" } else { "no" })]),
+                Counted::Other | Counted::Never => ("other", Vec::new()),
+            },
+        );
+        counters.count(&mut host, Counted::Seen(false));
+        counters.count(&mut host, Counted::Seen(false));
+        counters.count(&mut host, Counted::Other);
+        // Not defined on the route: nothing to count.
+        counters.count(&mut host, Counted::Never);
+        assert_eq!(host.metric("m;route=unnamed;seen=yes"), Some(0));
+        assert_eq!(host.metric("m;route=unnamed;seen=no"), Some(2));
+        assert_eq!(host.metric("other;route=unnamed"), Some(1));
+        assert_eq!(host.metrics().len(), 3);
     }
 }

@@ -1,7 +1,7 @@
 //! Circuit breaking: while a route's (or cluster's) upstream keeps failing or is slow, answer
 //! with the route's fallback instead of calling it, then let probes decide when it is back.
 //!
-//! Glue only: [`machine::admit`] decides at the request, [`classify::classify`] and
+//! Glue only: [`machine::admit`] decides at the request, [`BreakerPolicy::classify`] and
 //! [`machine::complete`] count the call when the stream is over (Envoy's log phase, the one
 //! phase every finished stream reaches once: after a response, or after a reset or timeout
 //! that produced none). The response phase only notes when the response headers came, for
@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use mesh_policy::breaker::classify::{self, Finished, Verdict};
+use mesh_policy::breaker::classify::{Finished, Verdict};
 use mesh_policy::breaker::machine::{self, Admission, Local, Outcome, Ticket, Transition};
 use mesh_policy::breaker::record::State;
 use mesh_policy::breaker::{BreakerConfig, BreakerPolicy, KeyBy, shared_key};
@@ -18,7 +18,7 @@ use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict as FilterVerdict};
 use mesh_policy::grpc::{self, Protocol};
 use mesh_policy::host::{Host, Metric, MetricKind, Nanos, RequestHost, ResponseHost, TrailersHost};
-use mesh_policy::stats;
+use mesh_policy::stats::{self, Counters};
 use mesh_policy::store::UpdateError;
 
 /// `mesh_breaker_requests_total{route, decision}`: every tracked request, once, at its
@@ -42,7 +42,8 @@ pub const STATE: &str = "mesh_breaker_state";
 /// header, and shared-data keys are never deleted.
 pub const MAX_CLUSTERS_PER_ROUTE: usize = 32;
 
-/// What the breaker counts: a request's decision, then its call's outcome.
+/// What the breaker counts: a request's decision, then its call's outcome; the breaker's
+/// transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     /// Decision: closed, passed to the upstream.
@@ -63,10 +64,12 @@ pub enum Counted {
     Contended,
     /// Shared data: the host refused the write.
     StoreFailed,
+    /// The breaker went to this state (counted by the one winning write).
+    Transition(State),
 }
 
 impl Counted {
-    pub const ALL: [Counted; 12] = [
+    pub const ALL: [Counted; 15] = [
         Self::Allowed,
         Self::Probe,
         Self::Rejected,
@@ -79,6 +82,9 @@ impl Counted {
         Self::Slow,
         Self::Contended,
         Self::StoreFailed,
+        Self::Transition(State::Closed),
+        Self::Transition(State::Open),
+        Self::Transition(State::HalfOpen),
     ];
 
     /// The metric and its labels besides `route`.
@@ -102,6 +108,7 @@ impl Counted {
                 STORE_ERRORS_TOTAL,
                 vec![("error", UpdateError::Failed.as_str())],
             ),
+            Self::Transition(state) => (TRANSITIONS_TOTAL, vec![("to", state.as_str())]),
         }
     }
 
@@ -121,8 +128,6 @@ impl Counted {
         }
     }
 }
-
-const STATES: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
 #[derive(Debug)]
 pub struct Breaker {
@@ -185,10 +190,11 @@ impl BoundBreaker {
 pub struct BreakerRoute {
     policy: Rc<BreakerPolicy>,
     name: String,
-    requests: [Metric; Counted::ALL.len()],
-    transitions: [Metric; STATES.len()],
-    /// Keyed by route: the one breaker. Keyed by cluster: one per cluster seen, added as
-    /// they come (at most [`MAX_CLUSTERS_PER_ROUTE`]).
+    counters: Counters<Counted>,
+    /// Keyed by route: the one breaker.
+    route_breaker: Option<Rc<BoundBreaker>>,
+    /// Keyed by cluster: one per cluster seen, added as they come (at most
+    /// [`MAX_CLUSTERS_PER_ROUTE`]).
     breakers: RefCell<Vec<Rc<BoundBreaker>>>,
 }
 
@@ -217,22 +223,20 @@ impl Pending {
 
 impl BreakerRoute {
     fn count(&self, host: &mut impl Host, counted: Counted) {
-        let at = Counted::ALL.iter().position(|c| *c == counted);
-        if let Some(metric) = at.and_then(|i| self.requests.get(i)) {
-            host.increment_metric(*metric, 1);
-        }
+        self.counters.count(host, counted);
     }
 
     /// The breaker this request belongs to; `None` leaves the request alone.
     fn breaker(&self, filter: &Breaker, host: &mut impl Host) -> Option<Rc<BoundBreaker>> {
-        if self.policy.key == KeyBy::Route {
-            return self.breakers.borrow().first().cloned();
+        if let Some(breaker) = &self.route_breaker {
+            return Some(Rc::clone(breaker));
         }
         let cluster = host.property(&["xds", "cluster_name"])?;
-        if let Some(bound) = self.breakers.borrow().iter().find(|b| b.cluster == cluster) {
+        let clusters = &self.breakers;
+        if let Some(bound) = clusters.borrow().iter().find(|b| b.cluster == cluster) {
             return Some(Rc::clone(bound));
         }
-        let mut breakers = self.breakers.borrow_mut();
+        let mut breakers = clusters.borrow_mut();
         if breakers.len() >= MAX_CLUSTERS_PER_ROUTE {
             log::debug!(
                 "breaker route={}: over {MAX_CLUSTERS_PER_ROUTE} clusters, cluster {} passes untracked",
@@ -267,10 +271,7 @@ impl BreakerRoute {
         let Some(t) = transition else {
             return;
         };
-        let at = STATES.iter().position(|s| *s == t.to);
-        if let Some(metric) = at.and_then(|i| self.transitions.get(i)) {
-            host.increment_metric(*metric, 1);
-        }
+        self.count(host, Counted::Transition(t.to));
         log::info!(
             "breaker route={} key={} from={} to={} reason={} window_calls={} window_failures={} \
              window_slow={} consecutive_failures={} probes_succeeded={}",
@@ -314,37 +315,20 @@ impl Filter for Breaker {
         host: &mut impl Host,
     ) -> BreakerRoute {
         let name = stats::route_label(route_name).to_owned();
-        let requests = Counted::ALL.map(|counted| {
-            let (base, labels) = counted.metric();
-            let mut all = vec![("route", name.as_str())];
-            all.extend(labels);
-            host.define_metric(MetricKind::Counter, &stats::metric_name(base, &all))
-        });
-        let transitions = STATES.map(|state| {
-            stats::route_counter(host, TRANSITIONS_TOTAL, route_name, ("to", state.as_str()))
-        });
-        let mut breakers = Vec::new();
-        if policy.key == KeyBy::Route {
+        let counters = Counters::define(host, route_name, Counted::ALL, Counted::metric);
+        let route_breaker = policy.route_key(&self.prefix, route_name).map(|key| {
             let state = host.define_metric(
                 MetricKind::Gauge,
                 &stats::metric_name(STATE, &[("route", &name)]),
             );
-            let key = shared_key(&self.prefix, KeyBy::Route, route_name);
-            breakers.push(Rc::new(BoundBreaker::new(
-                self,
-                host,
-                &name,
-                key,
-                Vec::new(),
-                state,
-            )));
-        }
+            Rc::new(BoundBreaker::new(self, host, &name, key, Vec::new(), state))
+        });
         BreakerRoute {
             policy,
             name,
-            requests,
-            transitions,
-            breakers: RefCell::new(breakers),
+            counters,
+            route_breaker,
+            breakers: RefCell::new(Vec::new()),
         }
     }
 
@@ -445,12 +429,7 @@ impl Filter for Breaker {
             pending.grpc_status,
         );
         let policy = &route.policy;
-        let call = classify::classify(
-            &finished,
-            &policy.failure_status,
-            policy.grpc_failure_status,
-            policy.slow_calls.map(|slow| slow.threshold),
-        );
+        let call = policy.classify(&finished);
         route.count(host, Counted::call(call.verdict, pending.protocol));
         if call.slow {
             route.count(host, Counted::Slow);
@@ -465,8 +444,8 @@ impl Filter for Breaker {
     /// Successes batched since the last write go into the record.
     fn on_tick(&self, route: &BreakerRoute, host: &mut impl Host) {
         let now = host.now();
-        let breakers = route.breakers.borrow().clone();
-        for breaker in breakers {
+        let clusters = route.breakers.borrow().clone();
+        for breaker in route.route_breaker.iter().cloned().chain(clusters) {
             let flushed = breaker.local.flush(&route.policy, host, &breaker.key, now);
             route.written(host, &breaker, flushed);
         }

@@ -7,11 +7,11 @@
 
 use std::rc::Rc;
 
-use mesh_policy::canary::{CanaryConfig, CanaryPolicy, Decision, Reason, Release, TagEdit};
+use mesh_policy::canary::{CanaryConfig, CanaryPolicy, Reason, Release, Response, TagEdit};
 use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict};
-use mesh_policy::host::{Host, Metric, MetricKind, RequestHost, ResponseHost};
-use mesh_policy::stats;
+use mesh_policy::host::{Host, RequestHost, ResponseHost};
+use mesh_policy::stats::{self, Counters};
 
 /// `mesh_canary_requests_total{route, release, reason[, rule]}`.
 pub const REQUESTS_TOTAL: &str = "mesh_canary_requests_total";
@@ -23,55 +23,44 @@ pub const UNTRUSTED_TAGS_TOTAL: &str = "mesh_canary_untrusted_tags_total";
 #[derive(Debug)]
 pub struct Canary;
 
+/// What the filter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A request, once, by its release and why (each rule by its name).
+    Request(Release, Reason),
+    /// A request that came with the tag header, which the policy does not trust.
+    UntrustedTag,
+}
+
+impl Counted {
+    /// Everything counted on a route with `policy`.
+    pub fn all(policy: &CanaryPolicy) -> impl Iterator<Item = Counted> + '_ {
+        let requests = policy.counted();
+        let requests = requests.map(|(release, reason)| Self::Request(release, reason));
+        requests.chain([Self::UntrustedTag])
+    }
+
+    /// The metric and its labels besides `route`.
+    pub fn metric(self, policy: &CanaryPolicy) -> (&'static str, Vec<(&'static str, &str)>) {
+        match self {
+            Self::Request(release, reason) => {
+                let mut labels = vec![("release", release.as_str()), ("reason", reason.as_str())];
+                labels.extend(policy.rule_name(reason).map(|rule| ("rule", rule)));
+                (REQUESTS_TOTAL, labels)
+            }
+            Self::UntrustedTag => (UNTRUSTED_TAGS_TOTAL, Vec::new()),
+        }
+    }
+}
+
 /// A canary policy bound to one route: its salt and its counters.
 #[derive(Debug)]
 pub struct CanaryRoute {
     policy: Rc<CanaryPolicy>,
     name: String,
-    /// The configured salt, else the route name: each route has its own cohorts.
+    /// The salt of the route's cohorts ([`CanaryPolicy::cohort_salt`]).
     salt: Vec<u8>,
-    /// One counter per release and reason the policy can produce.
-    counters: Vec<(Release, Reason, Metric)>,
-    untrusted_tags: Metric,
-}
-
-impl CanaryRoute {
-    fn counter(&self, decision: &Decision) -> Metric {
-        self.counters
-            .iter()
-            .find(|(release, reason, _)| *release == decision.release && *reason == decision.reason)
-            .map_or(Metric(None), |(_, _, metric)| *metric)
-    }
-}
-
-/// What the response phase adds.
-#[derive(Debug, Default)]
-pub struct CanaryResponse {
-    /// The debugging header's value, when the policy has one.
-    decision: Option<String>,
-    /// A `set-cookie` value storing a new sticky key.
-    set_cookie: Option<String>,
-}
-
-fn define_counter(
-    host: &mut impl Host,
-    route_name: &str,
-    release: Release,
-    reason: Reason,
-    rule: Option<&str>,
-) -> Metric {
-    let mut labels = vec![
-        ("route", stats::route_label(route_name)),
-        ("release", release.as_str()),
-        ("reason", reason.as_str()),
-    ];
-    if let Some(rule) = rule {
-        labels.push(("rule", rule));
-    }
-    host.define_metric(
-        MetricKind::Counter,
-        &stats::metric_name(REQUESTS_TOTAL, &labels),
-    )
+    counters: Counters<Counted>,
 }
 
 impl Filter for Canary {
@@ -79,7 +68,7 @@ impl Filter for Canary {
     type Config = CanaryConfig;
     type Policy = CanaryPolicy;
     type Route = CanaryRoute;
-    type Request = CanaryResponse;
+    type Request = Response;
 
     fn new(_plugin: &Plugin) -> Self {
         Self
@@ -95,45 +84,17 @@ impl Filter for Canary {
         route_name: &str,
         host: &mut impl Host,
     ) -> CanaryRoute {
-        let mut counters = Vec::with_capacity(2 * Reason::SPLITS.len() + policy.rules.len());
-        for release in Release::ALL {
-            for reason in Reason::SPLITS {
-                let metric = define_counter(host, route_name, release, reason, None);
-                counters.push((release, reason, metric));
-            }
-        }
-        for (i, rule) in policy.rules.iter().enumerate() {
-            let reason = Reason::Rule(i);
-            let metric = define_counter(host, route_name, rule.release, reason, Some(&rule.name));
-            counters.push((rule.release, reason, metric));
-        }
-        let salt = policy
-            .salt
-            .as_deref()
-            .unwrap_or(route_name)
-            .as_bytes()
-            .to_vec();
-        let untrusted_tags = host.define_metric(
-            MetricKind::Counter,
-            &stats::metric_name(
-                UNTRUSTED_TAGS_TOTAL,
-                &[("route", stats::route_label(route_name))],
-            ),
-        );
+        let counted = Counted::all(&policy);
+        let counters = Counters::define(host, route_name, counted, |c| c.metric(&policy));
         CanaryRoute {
+            salt: policy.cohort_salt(route_name).to_vec(),
             policy,
             name: stats::route_label(route_name).to_owned(),
-            salt,
             counters,
-            untrusted_tags,
         }
     }
 
-    fn on_request(
-        &self,
-        route: &CanaryRoute,
-        host: &mut impl RequestHost,
-    ) -> (Verdict, CanaryResponse) {
+    fn on_request(&self, route: &CanaryRoute, host: &mut impl RequestHost) -> (Verdict, Response) {
         let policy = &route.policy;
         let decision = policy.decide(&route.salt, host);
         match decision.tag {
@@ -149,29 +110,19 @@ impl Filter for Canary {
             // need this call, so make it rather than depend on the SDK's ABI.
             host.clear_route_cache();
         }
-        host.increment_metric(route.counter(&decision), 1);
+        let counted = Counted::Request(decision.release, decision.reason);
+        route.counters.count(host, counted);
         if decision.untrusted_tag {
-            host.increment_metric(route.untrusted_tags, 1);
+            route.counters.count(host, Counted::UntrustedTag);
         }
         log::debug!("canary route={} {}", route.name, policy.describe(&decision));
-        let response = CanaryResponse {
-            decision: policy
-                .response_header
-                .is_some()
-                .then(|| policy.describe(&decision)),
-            set_cookie: policy
-                .sticky_cookie
-                .as_ref()
-                .zip(decision.new_sticky_key.as_deref())
-                .map(|(cookie, key)| cookie.set_cookie(key)),
-        };
-        (Verdict::Continue, response)
+        (Verdict::Continue, policy.response(&decision))
     }
 
     fn on_response(
         &self,
         route: &CanaryRoute,
-        response: &mut CanaryResponse,
+        response: &mut Response,
         host: &mut impl ResponseHost,
     ) {
         if let (Some(name), Some(decision)) = (&route.policy.response_header, &response.decision) {

@@ -6,25 +6,28 @@
 //! allowed responses.
 //!
 //! Global limits: a request the local limits admit is held for one call to the rate limit
-//! service ([`RouteLimits::global_call`](mesh_policy::ratelimit::RouteLimits::global_call));
-//! its answer ([`rls::interpret`]) rejects it like a local limit or lets it go on with the
-//! service's headers. A failed call (unreachable, deadline, bad answer) lets it through, or
-//! answers 503 with `failure_mode_deny`; it is counted and logged once per [`LOG_EVERY`].
+//! service ([`RouteLimits::global_call`](mesh_policy::ratelimit::RouteLimits::global_call)).
+//! When it ends, [`RateLimitPolicy::call_done`] decides: the service's answer rejects the
+//! request like a local limit or lets it go on with the service's headers; a failed call
+//! (unreachable, deadline, bad answer) lets it through, or answers 503 with
+//! `failure_mode_deny`. This crate applies that, counts it and logs a failed call once per
+//! [`LOG_EVERY`].
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use mesh_policy::config::{ConfigError, FieldPath};
+use mesh_policy::decimal::{MAX_DIGITS, decimal};
 use mesh_policy::filter::{CallOutcome, Filter, Plugin, Verdict};
 use mesh_policy::host::{
-    Host, Metric, MetricKind, NANOS_PER_MS, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
+    Host, Metric, MetricKind, NANOS_PER_SEC, Nanos, RequestHost, ResponseHost,
 };
-use mesh_policy::ratelimit::rls::{self, BadAnswer};
+use mesh_policy::ratelimit::global::{CallResult, Held};
+use mesh_policy::ratelimit::rls;
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
-    sends_ratelimit_headers, tightest,
 };
-use mesh_policy::stats;
+use mesh_policy::stats::{self, Counters};
 use mesh_policy::store::UpdateError;
 
 /// `mesh_ratelimit_requests_total{route, decision}`.
@@ -38,7 +41,6 @@ pub const GLOBAL_CALLS_TOTAL: &str = "mesh_ratelimit_global_calls_total";
 /// `mesh_ratelimit_global_call_duration_ms{route}`: a histogram of call latency, answered or
 /// failed.
 pub const GLOBAL_CALL_DURATION: &str = "mesh_ratelimit_global_call_duration_ms";
-pub const GLOBAL_OUTCOMES: [&str; 3] = ["ok", "over_limit", "error"];
 
 /// How often a VM logs a summary of would-be rejections or store errors per route.
 const LOG_EVERY: Nanos = 10 * NANOS_PER_SEC;
@@ -48,19 +50,60 @@ pub struct RateLimit {
     key_prefix: String,
 }
 
+/// What the rate limiter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A request, once, by its decision (`Unlimited` is not counted).
+    Request(Decision),
+    /// Shared data could not be updated.
+    StoreError(UpdateError),
+    /// A call to the rate limit service, by how it ended (routes with global limits only).
+    Call(CallResult),
+}
+
+impl Counted {
+    pub const ALL: [Counted; 9] = [
+        Self::Request(Decision::Allowed),
+        Self::Request(Decision::Rejected),
+        Self::Request(Decision::DryRunRejected),
+        Self::Request(Decision::Unavailable),
+        Self::StoreError(UpdateError::Contended),
+        Self::StoreError(UpdateError::Failed),
+        Self::Call(CallResult::Ok),
+        Self::Call(CallResult::OverLimit),
+        Self::Call(CallResult::Error),
+    ];
+
+    /// Everything counted on a route with `policy`: calls only when it makes them.
+    pub fn all(policy: &RateLimitPolicy) -> impl Iterator<Item = Counted> + '_ {
+        let calls = policy.makes_calls();
+        Self::ALL
+            .into_iter()
+            .filter(move |c| calls || !matches!(c, Self::Call(_)))
+    }
+
+    /// The metric and its labels besides `route`.
+    pub fn metric(self) -> (&'static str, Vec<(&'static str, &'static str)>) {
+        match self {
+            Self::Request(decision) => (
+                REQUESTS_TOTAL,
+                vec![("decision", decision.label().unwrap_or_default())],
+            ),
+            Self::StoreError(error) => (STORE_ERRORS_TOTAL, vec![("error", error.as_str())]),
+            Self::Call(call) => (GLOBAL_CALLS_TOTAL, vec![("outcome", call.label())]),
+        }
+    }
+}
+
 /// A policy bound to one route: its slot keys, counters and log throttles.
 #[derive(Debug)]
 pub struct RateLimitRoute {
     limits: RouteLimits,
     name: String,
-    /// allowed, rejected, dry_run_rejected, unavailable.
-    decisions: [Metric; 4],
-    /// contended, failed.
-    store_errors: [Metric; 2],
+    counters: Counters<Counted>,
     dry_run_log: Throttle,
     store_error_log: Throttle,
-    /// ok, over_limit, error.
-    global_calls: [Metric; 3],
+    /// The histogram of call latency; `Metric(None)` on a route that makes no calls.
     global_duration: Metric,
     global_error_log: Throttle,
 }
@@ -70,41 +113,11 @@ pub struct RateLimitRoute {
 pub struct RequestState {
     /// The `X-RateLimit-*` values for the response, when they are on.
     pub budget: Option<Budget>,
-    /// The local decision, while the rate limit service decides.
-    local: Option<Decision>,
-    /// When the call to the rate limit service started.
-    call_started: Nanos,
+    /// What the call to the rate limit service is decided with, while it is out.
+    held: Option<Held>,
     /// The service's `response_headers_to_add`.
     pub response_headers: Vec<rls::Header>,
 }
-
-impl RateLimitRoute {
-    fn decision_counter(&self, decision: Decision) -> Option<Metric> {
-        let [allowed, rejected, dry_run_rejected, unavailable] = self.decisions;
-        match decision {
-            Decision::Unlimited => None,
-            Decision::Allowed => Some(allowed),
-            Decision::Rejected => Some(rejected),
-            Decision::DryRunRejected => Some(dry_run_rejected),
-            Decision::Unavailable => Some(unavailable),
-        }
-    }
-
-    fn store_error_counter(&self, error: UpdateError) -> Metric {
-        let [contended, failed] = self.store_errors;
-        match error {
-            UpdateError::Contended => contended,
-            UpdateError::Failed => failed,
-        }
-    }
-}
-
-const DECISIONS: [Decision; 4] = [
-    Decision::Allowed,
-    Decision::Rejected,
-    Decision::DryRunRejected,
-    Decision::Unavailable,
-];
 
 impl Filter for RateLimit {
     const NAME: &'static str = "ratelimit";
@@ -134,27 +147,8 @@ impl Filter for RateLimit {
         route_name: &str,
         host: &mut impl Host,
     ) -> RateLimitRoute {
-        let decisions = DECISIONS.map(|decision| {
-            let label = decision.label().unwrap_or_default();
-            stats::route_counter(host, REQUESTS_TOTAL, route_name, ("decision", label))
-        });
-        let store_errors = UpdateError::ALL.map(|error| {
-            stats::route_counter(
-                host,
-                STORE_ERRORS_TOTAL,
-                route_name,
-                ("error", error.as_str()),
-            )
-        });
-        let global = policy.global.is_some();
-        let global_calls = GLOBAL_OUTCOMES.map(|outcome| {
-            if global {
-                stats::route_counter(host, GLOBAL_CALLS_TOTAL, route_name, ("outcome", outcome))
-            } else {
-                Metric(None)
-            }
-        });
-        let global_duration = if global {
+        let counters = Counters::define(host, route_name, Counted::all(&policy), Counted::metric);
+        let global_duration = if policy.makes_calls() {
             let name = stats::metric_name(
                 GLOBAL_CALL_DURATION,
                 &[("route", stats::route_label(route_name))],
@@ -166,11 +160,9 @@ impl Filter for RateLimit {
         RateLimitRoute {
             limits: policy.bind(&self.key_prefix, route_name, host),
             name: stats::route_label(route_name).to_owned(),
-            decisions,
-            store_errors,
+            counters,
             dry_run_log: Throttle::default(),
             store_error_log: Throttle::default(),
-            global_calls,
             global_duration,
             global_error_log: Throttle::default(),
         }
@@ -183,50 +175,42 @@ impl Filter for RateLimit {
     ) -> (Verdict, RequestState) {
         let check = route.limits.check(host);
         let policy = route.limits.policy();
-        let mut state = RequestState::default();
         // Before the call: a request held for the service has had its store error too.
         if let Some(error) = check.store_error {
             route.note_store_error(host, error, check.decision);
         }
-        // A request the local limits reject never costs a call; one they admit is counted
-        // once the service has answered.
-        if check.decision != Decision::Rejected
-            && let Some(call) = route.limits.global_call(host)
-        {
-            if check.decision == Decision::DryRunRejected {
-                route.note_dry_run(host.now());
-            }
-            state.local = Some(check.decision);
-            state.call_started = host.now();
-            if check.decision == Decision::Allowed && policy.rate_limit_headers && !policy.dry_run {
-                state.budget = check.budget;
-            }
+        if check.decision == Decision::DryRunRejected {
+            route.note_dry_run(host.now());
+        }
+        let budget = policy.response_budget(&check);
+        // A request the local limits admit is counted once the service has answered.
+        if let Some(call) = route.limits.global_call(check.decision, host) {
+            let held = Held {
+                local: check.decision,
+                budget,
+                started: host.now(),
+            };
+            let state = RequestState {
+                held: Some(held),
+                ..RequestState::default()
+            };
             return (Verdict::Call(call), state);
         }
-        if let Some(counter) = route.decision_counter(check.decision) {
-            host.increment_metric(counter, 1);
-        }
+        route.count(host, Counted::Request(check.decision));
         log::debug!(
             "ratelimit route={} decision={} retry_after={}",
             route.name,
             check.decision.label().unwrap_or("unlimited"),
             check.retry_after_s
         );
-        match check.decision {
-            Decision::Rejected => (Verdict::Reply(policy.reject_reply(&check, host)), state),
-            Decision::DryRunRejected => {
-                route.note_dry_run(host.now());
-                (Verdict::Continue, state)
-            }
-            Decision::Allowed if policy.rate_limit_headers && !policy.dry_run => {
-                state.budget = check.budget;
-                (Verdict::Continue, state)
-            }
-            // Unavailable is the rate limit service's outcome: never a local check's.
-            Decision::Allowed | Decision::Unlimited | Decision::Unavailable => {
-                (Verdict::Continue, state)
-            }
+        let state = RequestState {
+            budget,
+            ..RequestState::default()
+        };
+        if check.decision == Decision::Rejected {
+            return (Verdict::Reply(policy.reject_reply(&check, host)), state);
         }
+        (Verdict::Continue, state)
     }
 
     fn on_call_done(
@@ -238,82 +222,41 @@ impl Filter for RateLimit {
     ) -> Verdict {
         let policy = route.limits.policy();
         let now = host.now();
-        host.record_metric(
-            route.global_duration,
-            now.saturating_sub(state.call_started) / NANOS_PER_MS,
-        );
-        let [ok, over_limit, error] = route.global_calls;
-        let local = state.local.take().unwrap_or(Decision::Allowed);
-        // A limit applied: the request is decided, not unlimited.
-        let admitted = if local == Decision::Unlimited {
-            Decision::Allowed
-        } else {
-            local
-        };
-        // Envoy 1.40 ends a call past its deadline with status 14 (unavailable), like a
-        // refused connection; the time taken tells them apart (for the log line only). Envoy's
-        // timer and the wall clock differ by a little: 7/8 of the deadline counts as reached.
-        let timed_out = policy.global.as_ref().is_some_and(|g| {
-            now.saturating_sub(state.call_started) >= u64::from(g.timeout_ms) * NANOS_PER_MS / 8 * 7
+        // Only a request held for its call gets here.
+        let held = state.held.take().unwrap_or(Held {
+            local: Decision::Allowed,
+            budget: None,
+            started: now,
         });
-        // Dry run lets everything through, a request the service could not decide included.
-        let deny_on_error = policy.failure_mode_deny && !policy.dry_run;
-        let (decision, verdict) = match answer(outcome, timed_out) {
-            Ok(answer) if answer.over_limit.is_none() => {
-                host.increment_metric(ok, 1);
-                for (name, value) in &answer.request_headers {
-                    host.set_request_header(name, value);
-                }
-                // The tighter of the local limits and the service's.
-                if policy.rate_limit_headers && !policy.dry_run {
-                    state.budget = tightest(state.budget.into_iter().chain(answer.budget));
-                }
-                state.response_headers = answer.response_headers;
-                (admitted, Verdict::Continue)
-            }
-            Ok(answer) => {
-                host.increment_metric(over_limit, 1);
-                state.budget = None;
-                if policy.dry_run {
-                    route.note_dry_run(now);
-                    (Decision::DryRunRejected, Verdict::Continue)
+        let done = policy.call_done(held, outcome, now);
+        host.record_metric(route.global_duration, done.duration_ms);
+        route.count(host, Counted::Call(done.call));
+        if let Some(why) = done.error
+            && let Some(count) = route.global_error_log.note(now)
+        {
+            log::warn!(
+                "ratelimit route={} global_error={why} requests={count} action={}",
+                route.name,
+                if done.decision == Decision::Unavailable {
+                    "unavailable"
                 } else {
-                    let reply = policy.global_reject_reply(answer, host);
-                    (Decision::Rejected, Verdict::Reply(reply))
+                    "let_through"
                 }
-            }
-            Err(why) => {
-                host.increment_metric(error, 1);
-                if let Some(count) = route.global_error_log.note(now) {
-                    log::warn!(
-                        "ratelimit route={} global_error={why} requests={count} action={}",
-                        route.name,
-                        if deny_on_error {
-                            "unavailable"
-                        } else {
-                            "let_through"
-                        }
-                    );
-                }
-                if deny_on_error {
-                    state.budget = None;
-                    (
-                        Decision::Unavailable,
-                        Verdict::Reply(policy.unavailable_reply(host)),
-                    )
-                } else if policy.failure_mode_deny {
-                    // Dry run: the 503 it would have been, counted like a would-be rejection.
-                    route.note_dry_run(now);
-                    (Decision::DryRunRejected, Verdict::Continue)
-                } else {
-                    (admitted, Verdict::Continue)
-                }
-            }
-        };
-        if let Some(counter) = route.decision_counter(decision) {
-            host.increment_metric(counter, 1);
+            );
         }
-        verdict
+        if done.decision == Decision::DryRunRejected {
+            route.note_dry_run(now);
+        }
+        for (name, value) in &done.request_headers {
+            host.set_request_header(name, value);
+        }
+        state.budget = done.budget;
+        state.response_headers = done.response_headers;
+        route.count(host, Counted::Request(done.decision));
+        match done.reply {
+            Some(reply) => Verdict::Reply(policy.global_reply(reply, host)),
+            None => Verdict::Continue,
+        }
     }
 
     fn on_response(
@@ -322,11 +265,8 @@ impl Filter for RateLimit {
         state: &mut RequestState,
         host: &mut impl ResponseHost,
     ) {
-        if let Some(budget) = state
-            .budget
-            .filter(|_| !sends_ratelimit_headers(&state.response_headers))
-        {
-            let mut digits = [0u8; 20];
+        if let Some(budget) = state.budget {
+            let mut digits = [0u8; MAX_DIGITS];
             for (name, value) in budget_headers(&budget) {
                 host.set_response_header(name, decimal(value, &mut digits));
             }
@@ -338,10 +278,14 @@ impl Filter for RateLimit {
 }
 
 impl RateLimitRoute {
+    fn count(&self, host: &mut impl Host, counted: Counted) {
+        self.counters.count(host, counted);
+    }
+
     /// Counts a shared-data error and logs it once per [`LOG_EVERY`]; `decision` is what the
     /// request got for it.
     fn note_store_error(&self, host: &mut impl Host, error: UpdateError, decision: Decision) {
-        host.increment_metric(self.store_error_counter(error), 1);
+        self.count(host, Counted::StoreError(error));
         if let Some(count) = self.store_error_log.note(host.now()) {
             log::warn!(
                 "ratelimit route={} store_error={} requests={count} action={}",
@@ -366,39 +310,6 @@ impl RateLimitRoute {
     }
 }
 
-/// Why a call did not decide, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallError {
-    NotSent,
-    /// The call's deadline passed.
-    Deadline,
-    /// gRPC status: 14 unavailable (no connection, no healthy endpoint), 4 deadline, ...
-    Status(u32),
-    Answer(BadAnswer),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotSent => f.write_str("not_sent"),
-            Self::Deadline | Self::Status(4) => f.write_str("deadline_exceeded"),
-            Self::Status(14) => f.write_str("unavailable"),
-            Self::Status(status) => write!(f, "grpc_status_{status}"),
-            Self::Answer(BadAnswer::Undecodable) => f.write_str("bad_answer"),
-            Self::Answer(BadAnswer::Code(code)) => write!(f, "bad_code_{code}"),
-        }
-    }
-}
-
-fn answer(outcome: CallOutcome, timed_out: bool) -> Result<rls::Answer, CallError> {
-    match outcome {
-        CallOutcome::Ok(message) => rls::interpret(&message).map_err(CallError::Answer),
-        CallOutcome::Failed { .. } if timed_out => Err(CallError::Deadline),
-        CallOutcome::Failed { grpc_status } => Err(CallError::Status(grpc_status)),
-        CallOutcome::NotSent => Err(CallError::NotSent),
-    }
-}
-
 /// Logs at most once per [`LOG_EVERY`] per route and VM, with the count since the last line
 /// (the first event is logged at once): never a line per request.
 #[derive(Debug, Default)]
@@ -419,20 +330,6 @@ impl Throttle {
         self.pending.set(0);
         Some(pending)
     }
-}
-
-/// `n` in decimal, written into `buf` (no allocation per response).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    for slot in buf.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
-        start -= 1;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.get(start..).unwrap_or_default()
 }
 
 // The module entry point; without the `module` feature (the bundle) the filter is a library.

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict};
-use mesh_policy::host::{Host, Metric, RequestHost, ResponseHost};
-use mesh_policy::stats;
+use mesh_policy::host::{Host, RequestHost, ResponseHost};
+use mesh_policy::stats::{self, Counters};
 use mesh_policy::trace::{Edit, Outcome, TraceConfig, TracePolicy};
 
 /// `mesh_trace_requests_total{route, outcome}`.
@@ -18,23 +18,34 @@ pub const REQUESTS_TOTAL: &str = "mesh_trace_requests_total";
 #[derive(Debug)]
 pub struct TraceId;
 
-/// A trace policy bound to one route: its counters by outcome.
+/// What the filter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A request, once, by what happened to its trace.
+    Request(Outcome),
+}
+
+impl Counted {
+    pub const ALL: [Counted; 3] = [
+        Self::Request(Outcome::Started),
+        Self::Request(Outcome::Continued),
+        Self::Request(Outcome::Replaced),
+    ];
+
+    /// The metric and its labels besides `route`.
+    pub fn metric(self) -> (&'static str, Vec<(&'static str, &'static str)>) {
+        match self {
+            Self::Request(outcome) => (REQUESTS_TOTAL, vec![("outcome", outcome.as_str())]),
+        }
+    }
+}
+
+/// A trace policy bound to one route: its counters.
 #[derive(Debug)]
 pub struct TraceRoute {
     policy: Rc<TracePolicy>,
     name: String,
-    outcomes: [Metric; Outcome::ALL.len()],
-}
-
-impl TraceRoute {
-    fn counter(&self, outcome: Outcome) -> Metric {
-        let [started, continued, replaced] = self.outcomes;
-        match outcome {
-            Outcome::Started => started,
-            Outcome::Continued => continued,
-            Outcome::Replaced => replaced,
-        }
-    }
+    counters: Counters<Counted>,
 }
 
 impl Filter for TraceId {
@@ -54,18 +65,10 @@ impl Filter for TraceId {
     }
 
     fn bind(&self, policy: Rc<TracePolicy>, route_name: &str, host: &mut impl Host) -> TraceRoute {
-        let outcomes = Outcome::ALL.map(|outcome| {
-            stats::route_counter(
-                host,
-                REQUESTS_TOTAL,
-                route_name,
-                ("outcome", outcome.as_str()),
-            )
-        });
         TraceRoute {
             policy,
             name: stats::route_label(route_name).to_owned(),
-            outcomes,
+            counters: Counters::define(host, route_name, Counted::ALL, Counted::metric),
         }
     }
 
@@ -81,7 +84,9 @@ impl Filter for TraceId {
                 Edit::Remove(name) => host.remove_request_header(name),
             }
         }
-        host.increment_metric(route.counter(decision.outcome), 1);
+        route
+            .counters
+            .count(host, Counted::Request(decision.outcome));
         // The log macro formats its arguments only when Envoy logs wasm at debug.
         log::debug!(
             "traceid route={} trace={} outcome={} source={}",
@@ -90,12 +95,7 @@ impl Filter for TraceId {
             decision.outcome.as_str(),
             decision.source.as_str()
         );
-        let keep = route
-            .policy
-            .response_header
-            .is_some()
-            .then(|| decision.trace_id_hex());
-        (Verdict::Continue, keep)
+        (Verdict::Continue, route.policy.kept_for_response(&decision))
     }
 
     fn on_response(

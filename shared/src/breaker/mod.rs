@@ -35,5 +35,27 @@ pub fn shared_key(prefix: &str, by: KeyBy, name: &str) -> String {
     format!("{prefix}/breaker/{kind}/{name}")
 }
 
+impl BreakerPolicy {
+    /// The shared-data key of the route's one breaker when the policy keys by route; `None`
+    /// when it keys by cluster: a breaker per upstream cluster, found per request.
+    pub fn route_key(&self, prefix: &str, route_name: &str) -> Option<String> {
+        match self.key {
+            KeyBy::Route => Some(shared_key(prefix, KeyBy::Route, route_name)),
+            KeyBy::Cluster => None,
+        }
+    }
+
+    /// How the breaker counts a finished call under this policy (its failure statuses and
+    /// slow-call threshold): [`classify::classify`].
+    pub fn classify(&self, finished: &classify::Finished) -> classify::Call {
+        classify::classify(
+            finished,
+            &self.failure_status,
+            self.grpc_failure_status,
+            self.slow_calls.map(|slow| slow.threshold),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -225,7 +225,43 @@ fn fallback_headers_are_checked() {
     }
 }
 
+#[test]
+fn a_route_keyed_breaker_has_one_key_a_cluster_keyed_one_none() {
+    let by_route = policy(r#"{"consecutive_failures": 3}"#);
+    assert_eq!(
+        by_route.route_key("p", "checkout").as_deref(),
+        Some("p/breaker/route/checkout")
+    );
+    let by_cluster = policy(r#"{"consecutive_failures": 3, "key": "cluster"}"#);
+    assert_eq!(by_cluster.route_key("p", "checkout"), None);
+}
+
 // ---- classification ----
+
+#[test]
+fn the_policy_classifies_by_its_own_statuses_and_slow_threshold() {
+    let p = policy(
+        r#"{"consecutive_failures": 3, "failure_status": [429], "slow_call_ms": 100, "slow_call_rate_percent": 50}"#,
+    );
+    let call = |status, latency_ms| p.classify(&finished(Some(status), 0, true, latency_ms));
+    assert_eq!(
+        call(429, 100),
+        Call {
+            verdict: Verdict::Failure(Failure::Status),
+            slow: true
+        }
+    );
+    assert_eq!(
+        call(503, 99),
+        Call {
+            verdict: Verdict::Success,
+            slow: false
+        }
+    );
+    let quick = policy(r#"{"consecutive_failures": 3}"#);
+    let call = quick.classify(&finished(Some(503), 0, true, 60_000));
+    assert_eq!((call.failed(), call.slow), (true, false));
+}
 
 fn finished(status: Option<u16>, flags: u64, via_upstream: bool, latency_ms: u64) -> Finished {
     Finished {

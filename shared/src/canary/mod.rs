@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, FieldPath, HeaderName, escape};
+use crate::decimal::decimal_string;
 use crate::hash::{stable_hash, unit_interval};
 use crate::hex;
 use crate::host::RequestHost;
@@ -355,7 +356,9 @@ impl Rule {
         tag: &HeaderName,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        let name = config.name.unwrap_or_else(|| decimal(index));
+        let name = config
+            .name
+            .unwrap_or_else(|| decimal_string(u64::try_from(index).unwrap_or(u64::MAX)));
         if !is_label_value(&name) {
             return Err(bad(
                 &at.field("name"),
@@ -433,19 +436,6 @@ impl Rule {
             release: config.release.unwrap_or(Release::Canary),
         })
     }
-}
-
-/// `index` in decimal, without the formatting machinery (module size).
-fn decimal(mut index: usize) -> String {
-    let mut digits = Vec::new();
-    loop {
-        digits.push(b'0' + (index % 10) as u8);
-        index /= 10;
-        if index == 0 {
-            break;
-        }
-    }
-    digits.iter().rev().map(|d| char::from(*d)).collect()
 }
 
 /// The second of the fields that are set, if more than one is.
@@ -680,14 +670,64 @@ impl CanaryPolicy {
         let mut text = String::from(decision.release.as_str());
         text.push_str("; ");
         match decision.reason {
-            Reason::Rule(i) => {
+            Reason::Rule(_) => {
                 text.push_str("rule=");
-                text.push_str(self.rules.get(i).map_or("", |rule| rule.name.as_str()));
+                text.push_str(self.rule_name(decision.reason).unwrap_or_default());
             }
             reason => text.push_str(reason.as_str()),
         }
         text
     }
+
+    /// The name of the rule `reason` names; `None` for a reason that is not a rule.
+    pub fn rule_name(&self, reason: Reason) -> Option<&str> {
+        match reason {
+            Reason::Rule(i) => self.rules.get(i).map(|rule| rule.name.as_str()),
+            Reason::Trusted | Reason::Sticky | Reason::Random => None,
+        }
+    }
+
+    /// Every release and reason a decision is counted by: each release for each reason that
+    /// is not a rule, then each rule with its release.
+    pub fn counted(&self) -> impl Iterator<Item = (Release, Reason)> + '_ {
+        let splits = Release::ALL
+            .into_iter()
+            .flat_map(|release| Reason::SPLITS.map(|reason| (release, reason)));
+        let rules =
+            (self.rules.iter().enumerate()).map(|(i, rule)| (rule.release, Reason::Rule(i)));
+        splits.chain(rules)
+    }
+
+    /// The salt of the cohorts on route `route_name`: the configured salt, else the route
+    /// name (each route has its own cohorts).
+    pub fn cohort_salt<'a>(&'a self, route_name: &'a str) -> &'a [u8] {
+        self.salt.as_deref().unwrap_or(route_name).as_bytes()
+    }
+
+    /// What the response to a request decided `decision` gets.
+    pub fn response(&self, decision: &Decision) -> Response {
+        Response {
+            decision: self
+                .response_header
+                .is_some()
+                .then(|| self.describe(decision)),
+            set_cookie: self
+                .sticky_cookie
+                .as_ref()
+                .zip(decision.new_sticky_key.as_deref())
+                .map(|(cookie, key)| cookie.set_cookie(key)),
+        }
+    }
+}
+
+/// What the response phase adds to a decided request's response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    /// The debugging header's value ([`CanaryPolicy::describe`]), when the policy names a
+    /// `response_header`.
+    pub decision: Option<String>,
+    /// A `set-cookie` value storing a new sticky key.
+    pub set_cookie: Option<String>,
 }
 
 fn non_empty(key: &[u8]) -> Option<&[u8]> {

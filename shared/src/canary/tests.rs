@@ -45,8 +45,6 @@ fn defaults() {
     assert_eq!(p.salt, None);
     assert_eq!(p.response_header, None);
     let p = policy(r#"{"sticky_cookie": {}, "rules": [{"path_prefix": "/x"}]}"#);
-    assert_eq!(decimal(0), "0");
-    assert_eq!(decimal(1907), "1907");
     assert_eq!(
         p.sticky_cookie,
         Some(StickyCookie {
@@ -576,4 +574,72 @@ fn a_point_at_the_percent_is_stable_and_zero_percent_is_never_canary() {
     assert_eq!(split_policy(20.0).release_at(0.2), Release::Stable);
     assert_eq!(split_policy(20.0).release_at(0.199_999), Release::Canary);
     assert_eq!(split_policy(100.0).release_at(0.999_999), Release::Canary);
+}
+
+#[test]
+fn every_release_and_reason_is_counted_with_each_rules_own() {
+    let p = policy(
+        r#"{"rules": [{"name": "force", "header": "x-force", "present": true}, {"path_prefix": "/old", "release": "stable"}]}"#,
+    );
+    let counted: Vec<_> = p.counted().collect();
+    assert_eq!(
+        counted,
+        [
+            (Release::Canary, Reason::Trusted),
+            (Release::Canary, Reason::Sticky),
+            (Release::Canary, Reason::Random),
+            (Release::Stable, Reason::Trusted),
+            (Release::Stable, Reason::Sticky),
+            (Release::Stable, Reason::Random),
+            (Release::Canary, Reason::Rule(0)),
+            (Release::Stable, Reason::Rule(1)),
+        ]
+    );
+    let names = [
+        Reason::Rule(0),
+        Reason::Rule(1),
+        Reason::Rule(2),
+        Reason::Sticky,
+    ];
+    assert_eq!(
+        names.map(|r| p.rule_name(r)),
+        [Some("force"), Some("1"), None, None]
+    );
+}
+
+#[test]
+fn the_cohorts_are_salted_by_the_salt_else_the_route() {
+    assert_eq!(policy("{}").cohort_salt("checkout"), b"checkout");
+    let salted = policy(r#"{"salt": "shared"}"#);
+    assert_eq!(salted.cohort_salt("checkout"), b"shared");
+}
+
+#[test]
+fn the_response_gets_the_header_and_cookie_the_policy_names() {
+    let decision = |new_sticky_key: Option<&str>| Decision {
+        release: Release::Canary,
+        reason: Reason::Random,
+        tag: TagEdit::Set,
+        untrusted_tag: false,
+        new_sticky_key: new_sticky_key.map(str::to_owned),
+    };
+    assert_eq!(policy("{}").response(&decision(None)), Response::default());
+    let debug = policy(r#"{"response_header": "x-canary-decision"}"#);
+    assert_eq!(
+        debug.response(&decision(Some("k"))),
+        Response {
+            decision: Some("canary; random".into()),
+            set_cookie: None,
+        }
+    );
+    let sticky = policy(r#"{"sticky_cookie": {"name": "c", "max_age_s": 60}}"#);
+    let cookie = sticky.sticky_cookie.as_ref().unwrap();
+    assert_eq!(sticky.response(&decision(None)), Response::default());
+    assert_eq!(
+        sticky.response(&decision(Some("k"))),
+        Response {
+            decision: None,
+            set_cookie: Some(cookie.set_cookie("k")),
+        }
+    );
 }

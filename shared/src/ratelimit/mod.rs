@@ -32,6 +32,7 @@
 
 pub mod bucket;
 pub mod config;
+pub mod global;
 pub mod key;
 pub mod rls;
 
@@ -319,10 +320,15 @@ impl RouteLimits {
         &self.policy
     }
 
-    /// The call to the rate limit service for this request: one descriptor per global limit
-    /// that applies (a header-keyed limit with `when_missing: skip` and no header does not).
-    /// `None` when the route has no global limit or none applies.
-    pub fn global_call(&self, host: &impl RequestHost) -> Option<GrpcCall> {
+    /// The call to the rate limit service for this request, whose local limits decided
+    /// `local`: one descriptor per global limit that applies (a header-keyed limit with
+    /// `when_missing: skip` and no header does not). `None` when the route has no global
+    /// limit or none applies, and for a request the local limits reject: that never costs a
+    /// call.
+    pub fn global_call(&self, local: Decision, host: &impl RequestHost) -> Option<GrpcCall> {
+        if local == Decision::Rejected {
+            return None;
+        }
         let global = self.policy.global.as_ref()?;
         let descriptors: Vec<rls::RateLimitDescriptor> = global
             .limits
@@ -559,6 +565,20 @@ impl RouteLimits {
 }
 
 impl RateLimitPolicy {
+    /// Whether responses tell the `X-RateLimit-*` budget: with `rate_limit_headers`, never
+    /// in dry run (the client was not limited).
+    fn tells_budget(&self) -> bool {
+        self.rate_limit_headers && !self.dry_run
+    }
+
+    /// The `X-RateLimit-*` budget the response to a request the local limits decided tells:
+    /// an admitted request's, when responses tell it.
+    pub fn response_budget(&self, check: &Check) -> Option<Budget> {
+        check
+            .budget
+            .filter(|_| check.decision == Decision::Allowed && self.tells_budget())
+    }
+
     /// The local reply for a rejected request; for a gRPC call, in gRPC form with the wait
     /// as pushback ([`LocalReply::for_request`]).
     pub fn reject_reply(&self, check: &Check, host: &impl RequestHost) -> LocalReply {

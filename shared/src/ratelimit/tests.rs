@@ -741,7 +741,7 @@ fn one_call_carries_every_global_descriptor_that_applies() {
         .with_property(&["source", "address"], "10.1.2.3:5000")
         .with_request_header(":path", "/A/./b?q=1");
     let route = bind(GLOBAL, &mut host);
-    let call = route.global_call(&host).unwrap();
+    let call = route.global_call(Decision::Allowed, &host).unwrap();
     assert_eq!(
         call.cluster,
         "outbound|8081||ratelimit.infra.svc.cluster.local"
@@ -770,7 +770,7 @@ fn one_call_carries_every_global_descriptor_that_applies() {
         ]
     );
     with_key(&mut host, "k1");
-    let call = route.global_call(&host).unwrap();
+    let call = route.global_call(Decision::Allowed, &host).unwrap();
     let request =
         <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
     assert_eq!(request.descriptors.len(), 4);
@@ -781,14 +781,20 @@ fn one_call_carries_every_global_descriptor_that_applies() {
 fn no_call_when_no_global_limit_applies() {
     let mut host = FakeHost::new();
     let route = bind(PER_KEY, &mut host);
-    assert_eq!(route.global_call(&host), None);
+    assert_eq!(route.global_call(Decision::Allowed, &host), None);
     let route = bind(
         r#"{"limits": [{"scope": "global", "key": {"header": "x-api-key", "when_missing": "skip"}}], "service_cluster": "rls", "domain": "d", "timeout_ms": 50}"#,
         &mut host,
     );
-    assert_eq!(route.global_call(&host), None);
+    assert_eq!(route.global_call(Decision::Allowed, &host), None);
     with_key(&mut host, "k");
-    assert_eq!(route.global_call(&host).unwrap().timeout_ms, 50);
+    assert_eq!(
+        route
+            .global_call(Decision::Allowed, &host)
+            .unwrap()
+            .timeout_ms,
+        50
+    );
     // Only global limits: nothing local to decide.
     assert_eq!(route.check(&mut host).decision, Decision::Unlimited);
 }
@@ -1195,4 +1201,51 @@ fn several_rejecting_limits_ask_for_the_longest_wait() {
     );
     assert_eq!(route.check(&mut host).decision, Decision::Allowed);
     assert_eq!(route.check(&mut host).retry_after_s, 10);
+}
+
+#[test]
+fn a_local_rejection_costs_no_call() {
+    let mut host = FakeHost::new().with_property(&["source", "address"], "10.1.2.3:5000");
+    let route = bind(GLOBAL, &mut host);
+    for (local, calls) in [
+        (Decision::Allowed, true),
+        (Decision::Unlimited, true),
+        (Decision::DryRunRejected, true),
+        (Decision::Rejected, false),
+    ] {
+        assert_eq!(
+            route.global_call(local, &host).is_some(),
+            calls,
+            "{local:?}"
+        );
+    }
+}
+
+#[test]
+fn the_response_tells_an_admitted_requests_budget_unless_dry_run_or_off() {
+    let budget = Budget {
+        limit: 10,
+        remaining: 3,
+        reset_s: 2,
+    };
+    let check = |decision| Check {
+        decision,
+        budget: Some(budget),
+        retry_after_s: 0,
+        retry_after_ms: 0,
+        store_error: None,
+    };
+    let json =
+        |options: &str| format!(r#"{{"limits": [{{"rate_per_s": 1, "burst": 10}}]{options}}}"#);
+    for (options, decision, told) in [
+        ("", Decision::Allowed, true),
+        ("", Decision::Rejected, false),
+        ("", Decision::Unlimited, false),
+        (r#", "rate_limit_headers": false"#, Decision::Allowed, false),
+        (r#", "dry_run": true"#, Decision::Allowed, false),
+        (r#", "dry_run": true"#, Decision::DryRunRejected, false),
+    ] {
+        let shown = policy(&json(options)).response_budget(&check(decision));
+        assert_eq!(shown, told.then_some(budget), "{options} {decision:?}");
+    }
 }

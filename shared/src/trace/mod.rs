@@ -200,6 +200,16 @@ impl Decision {
     }
 }
 
+impl TracePolicy {
+    /// What the response phase keeps of `decision`: its trace id (hex), when the policy puts
+    /// it on the response.
+    pub fn kept_for_response(&self, decision: &Decision) -> Option<String> {
+        self.response_header
+            .as_ref()
+            .map(|_| decision.trace_id_hex())
+    }
+}
+
 /// The context sent upstream.
 struct Outgoing {
     trace_id: [u8; 16],

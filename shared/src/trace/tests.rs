@@ -365,3 +365,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_response_keeps_the_trace_id_only_with_a_response_header() {
+    let mut host = FakeHost::new().with_request_header("traceparent", TP);
+    let p = policy("{}");
+    let decision = p.decide(&mut host);
+    assert_eq!(p.kept_for_response(&decision).as_deref(), Some(TRACE));
+    let quiet = policy(r#"{"response_header": null}"#);
+    assert_eq!(quiet.kept_for_response(&decision), None);
+}

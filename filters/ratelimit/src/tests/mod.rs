@@ -423,11 +423,3 @@ fn throttle_reports_the_first_event_then_a_count_per_interval() {
     assert_eq!(throttle.note(t0 + 2), None);
     assert_eq!(throttle.note(t0 + LOG_EVERY), Some(3));
 }
-
-#[test]
-fn decimal_writes_every_digit() {
-    let mut buf = [0u8; 20];
-    assert_eq!(decimal(0, &mut buf), b"0");
-    assert_eq!(decimal(1204, &mut buf), b"1204");
-    assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
-}
