@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-use crate::config::{Envelope, parse_json};
+use crate::config::{Envelope, FieldPath, HeaderName, parse_json};
 use crate::fake::FakeHost;
 
 fn policy(json: &str) -> CanaryPolicy {
