@@ -21,6 +21,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod backend;
 pub mod chain;
 pub mod container;
 pub mod echo;

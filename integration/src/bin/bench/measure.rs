@@ -183,33 +183,6 @@ fn envoy_config(
     Ok(config.to_string())
 }
 
-/// The address Envoy bound the listener `name` to.
-pub fn listener_address(
-    agent: &ureq::Agent,
-    admin: SocketAddr,
-    name: &str,
-) -> Result<SocketAddr, Error> {
-    let text = admin_text(agent, admin, "/listeners?format=json")?;
-    let listeners: Value = serde_json::from_str(&text)?;
-    let socket = listeners
-        .pointer("/listener_statuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|l| l.get("name").and_then(Value::as_str) == Some(name))
-        .and_then(|l| l.pointer("/local_address/socket_address"))
-        .ok_or_else(|| format!("no listener {name}"))?;
-    let address = socket
-        .get("address")
-        .and_then(Value::as_str)
-        .ok_or("no listener address")?;
-    let port = socket
-        .get("port_value")
-        .and_then(Value::as_u64)
-        .ok_or("no listener port")?;
-    Ok(format!("{address}:{port}").parse()?)
-}
-
 /// One request through Envoy; checks what the variant promises to do to it.
 pub fn smoke(agent: &ureq::Agent, listener: SocketAddr, variant: &Variant) -> Result<(), Error> {
     let response = agent
@@ -378,7 +351,10 @@ pub fn measure(
     let agent = envoy::agent(Duration::from_secs(10));
     let listeners = [
         (Side::Variant, envoy.listener),
-        (Side::Bare, listener_address(&agent, admin, "bare")?),
+        (
+            Side::Bare,
+            envoy::listener_address(&agent, admin, Some("bare"))?,
+        ),
     ];
     smoke(&agent, envoy.listener, variant)?;
     // Warm-up: V8 compiles at load (and tiers up hot code), first requests bind routes and
