@@ -34,5 +34,5 @@ pub mod rls;
 
 pub use mesh::{
     BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes,
-    wait_for_stats_flush,
+    demo_routes_with, wait_for_stats_flush,
 };
