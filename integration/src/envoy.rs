@@ -152,11 +152,16 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from("envoy")
 }
 
+/// The repository's root (this crate's parent directory): `dist/`, `istio/`, `envoy/`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The built modules: `MESH_DIST`, else `dist/` at the workspace root.
 pub fn dist_dir() -> PathBuf {
     match std::env::var_os("MESH_DIST") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist"),
+        None => repo_root().join("dist"),
     }
 }
 
@@ -167,7 +172,7 @@ pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = repo_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
     target.join("wasm32-wasip1/release/mesh_fixture.wasm")

@@ -28,6 +28,7 @@ pub mod echo;
 pub mod envoy;
 pub mod grpc;
 mod mesh;
+pub mod observability;
 pub mod prometheus;
 pub mod raw;
 pub mod rls;
