@@ -32,6 +32,7 @@ pub mod observability;
 pub mod prometheus;
 pub mod raw;
 pub mod rls;
+mod served;
 
 pub use mesh::{
     BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes,
