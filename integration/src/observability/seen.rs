@@ -136,11 +136,7 @@ pub fn send(mesh: &Mesh, seen: &mut Seen, route: &str, headers: &[(&str, &str)])
             seen.sample("mesh_ratelimit_global_call_duration_ms;route=global-down");
         }
         "fragile" | "catalog" => {
-            let breaker = if route == "fragile" {
-                "route=fragile".to_owned()
-            } else {
-                "route=catalog".to_owned()
-            };
+            let breaker = format!("route={route}");
             if reply.header("x-circuit-state").is_some() {
                 seen.add(format!(
                     "mesh_breaker_requests_total;{breaker};decision=rejected"
