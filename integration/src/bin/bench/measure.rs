@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::load::run_wrk;
 use crate::profile::{Profiler, Recording};
+use crate::side::Side;
 use crate::variants::{Check, Variant};
 use crate::{Error, Options, median};
 
@@ -102,23 +103,6 @@ pub fn stat_sum(agent: &ureq::Agent, admin: SocketAddr, needle: &str) -> Result<
         })
         .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
         .sum())
-}
-
-/// The two listeners of a run: the variant's chain and the bare one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Bare,
-    Variant,
-}
-
-impl Side {
-    /// The connection manager's stat prefix (`http.<prefix>.downstream_rq_total`).
-    pub fn stat_prefix(self) -> &'static str {
-        match self {
-            Self::Bare => "bare",
-            Self::Variant => "ingress",
-        }
-    }
 }
 
 /// Envoy's config for a run: the variant's filters on the first listener, none on a second one
