@@ -96,7 +96,8 @@ cargo test --locked -p mesh-integration --quiet
 say "the filters' integration tests again, against the bundle (MESH_MODULES=bundle: dist/bundle.wasm)"
 MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
   --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order --test grpc \
-  --test observability --test hostile --test failure
+  --test observability_metrics --test observability_alerts --test observability_sidecar \
+  --test observability_dashboard --test hostile --test failure
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
 SOAK_SKIP_BUILD=1 scripts/soak.sh 30

@@ -24,3 +24,11 @@ pub mod plugin_json;
 pub mod reference;
 pub mod routes;
 pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+/// The repository's root (this crate's parent directory), where `istio/`, `envoy/` and
+/// `dist/` are; for tests and tools run from the source tree.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -12,19 +12,15 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use mesh_deploy::docs::{self, Doc};
 use mesh_deploy::filters::Kind;
+use mesh_deploy::repo_root;
 use mesh_deploy::routes::{self, HeaderTest, Route};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn parse(rel: &str) -> Vec<Doc> {
-    docs::parse(rel, &fs::read_to_string(root().join(rel)).unwrap()).unwrap()
+    docs::parse(rel, &fs::read_to_string(repo_root().join(rel)).unwrap()).unwrap()
 }
 
 /// The one document of `kind` in `rel`.

@@ -9,21 +9,16 @@
 )]
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use mesh_deploy::filters;
 use mesh_deploy::lint::{Options, lint_paths};
-use mesh_deploy::oci;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use mesh_deploy::{oci, repo_root};
 
 #[test]
 #[ignore = "needs dist/ from scripts/package.sh"]
 fn each_image_holds_the_built_module() {
     for name in filters::module_names() {
-        let dist = root().join("dist");
+        let dist = repo_root().join("dist");
         let module = fs::read(dist.join(format!("{name}.wasm"))).unwrap();
         let pulled = oci::read_layout(
             &dist.join("oci").join(name),
@@ -46,9 +41,9 @@ fn each_image_holds_the_built_module() {
 #[ignore = "needs dist/ from scripts/package.sh"]
 fn istio_manifests_are_pinned_to_the_built_images() {
     let found = lint_paths(
-        &[root().join("istio")],
+        &[repo_root().join("istio")],
         &Options {
-            dist: Some(root().join("dist")),
+            dist: Some(repo_root().join("dist")),
         },
     )
     .unwrap();

@@ -8,19 +8,15 @@
 )]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use mesh_deploy::docs::{self, Doc};
 use mesh_deploy::lint::{Finding, Options, Severity, lint};
-use mesh_deploy::oci;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use mesh_deploy::{oci, repo_root};
 
 fn read(rel: &str) -> String {
-    fs::read_to_string(root().join(rel)).unwrap()
+    fs::read_to_string(repo_root().join(rel)).unwrap()
 }
 
 const ISTIO: [&str; 6] = [
@@ -405,7 +401,7 @@ fn the_cli_names_file_and_field_and_exits_non_zero() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("breaker.yaml: WasmPlugin mesh-breaker: spec.pluginConfig.routes[\"fragil\"]: no VirtualService defines"), "{stdout}");
     let clean = Command::new(env!("CARGO_BIN_EXE_mesh-lint"))
-        .arg(root().join("istio"))
+        .arg(repo_root().join("istio"))
         .output()
         .unwrap();
     assert!(

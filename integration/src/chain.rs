@@ -2,7 +2,7 @@
 //! then the router), with policies that exercise every parser; shared by the hostile-input
 //! tests and the soak driver (`src/bin/soak.rs`).
 
-use crate::mesh::{MeshBuilder, RouteSpec};
+use crate::mesh::{MeshBuilder, RouteSpec, demo_routes_with};
 use crate::raw;
 
 /// Every format: `traceparent`/`tracestate`, `b3`, `x-b3-*`, `x-request-id`.
@@ -64,18 +64,10 @@ pub const FRAGILE_OPEN_MS: u64 = 1000;
 /// The route timeout of `slow` (Envoy answers 504 after it).
 pub const SLOW_TIMEOUT_MS: u64 = 250;
 
-/// The demo's routes plus `slow` (v1 with a short timeout).
+/// The demo's named routes and its catch-all pair, with `slow` (v1 with a short timeout)
+/// between them.
 pub fn routes() -> Vec<RouteSpec> {
-    vec![
-        RouteSpec::new("checkout-canary", "/checkout", "v2").when_header("x-canary", "true"),
-        RouteSpec::new("checkout", "/checkout", "v1"),
-        RouteSpec::new("catalog", "/catalog", "v1"),
-        RouteSpec::new("limited", "/limited", "v1"),
-        RouteSpec::new("fragile", "/fragile", "v1"),
-        RouteSpec::new("slow", "/slow", "v1").timeout_ms(SLOW_TIMEOUT_MS),
-        RouteSpec::new("default-canary", "/", "v2").when_header("x-canary", "true"),
-        RouteSpec::new("default", "/", "v1"),
-    ]
+    demo_routes_with([RouteSpec::new("slow", "/slow", "v1").timeout_ms(SLOW_TIMEOUT_MS)])
 }
 
 /// The four filters chained on two workers. Header limits are raised so that 60 KB values

@@ -20,7 +20,7 @@ use testcontainers::core::{AccessMode, Mount};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
-use crate::envoy::{self, Harness, StartError, Starting};
+use crate::backend::{self, StartError, Starting};
 
 /// The local image `scripts/envoy-image.sh` builds (FROM scratch, the wheel's Envoy); the tag
 /// follows `ENVOY_VERSION` in `scripts/lib.sh` (`scripts/test.sh` passes it as `ENVOY_IMAGE`).
@@ -36,6 +36,11 @@ const ENVOY_IN_IMAGE: &str = "/usr/local/bin/envoy";
 /// The label on every Envoy container of the scripts and the harness: after an interrupted
 /// run, `docker rm -f $(docker ps -aq --filter label=org.mesh-filters.envoy)` removes them.
 pub const LABEL: &str = "org.mesh-filters.envoy";
+
+/// Where a module the test has at `wasm` is mounted inside the container.
+pub fn module_path(wasm: &Path) -> PathBuf {
+    Path::new(MODULES).join(wasm.file_name().unwrap_or_default())
+}
 
 /// The image to run: `ENVOY_IMAGE`, else [`DEFAULT_IMAGE`].
 pub fn image() -> String {
@@ -56,7 +61,7 @@ pub struct EnvoyContainer {
 
 impl EnvoyContainer {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready;
-    /// `modules` and `extra_args` as in [`envoy::Envoy::start`].
+    /// `modules` and `extra_args` as in `Envoy::start` (`envoy.rs`).
     pub fn start(
         config: &str,
         extension: &str,
@@ -65,7 +70,7 @@ impl EnvoyContainer {
         extra_args: &[String],
     ) -> Result<Self, StartError> {
         let fail = StartError::before_start;
-        let dir = envoy::scratch_dir()?;
+        let dir = backend::scratch_dir()?;
         let config_dir = dir.path().join("config");
         let run_dir = dir.path().join("run");
         for sub in [&config_dir, &run_dir] {
@@ -79,13 +84,13 @@ impl EnvoyContainer {
             let host = module
                 .canonicalize()
                 .map_err(|e| fail(format!("{}: {e}", module.display())))?;
-            let inside = Harness::Docker.module_path(module);
+            let inside = module_path(module);
             mounts.push(read_only(&host, &inside.display().to_string()));
         }
 
         let image = image();
         let (name, tag) = split_image(&image);
-        let args = envoy::envoy_args(
+        let args = backend::envoy_args(
             &Path::new(CONFIG_DIR).join(&config_file),
             &Path::new(RUN_DIR).join("admin-address"),
             concurrency,
@@ -116,7 +121,7 @@ impl EnvoyContainer {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        match envoy::wait_ready(&mut envoy, &run_dir.join("admin-address")) {
+        match backend::wait_ready(&mut envoy, &run_dir.join("admin-address")) {
             Ok((admin, listener)) => {
                 envoy.admin = admin;
                 envoy.listener = listener;

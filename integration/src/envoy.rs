@@ -5,24 +5,19 @@
 //! Both start Envoy with `--disable-hot-restart` on 127.0.0.1 with port 0 for the admin and
 //! the listener; they learn the real ports from `--admin-address-path` and the admin
 //! `/listeners` endpoint, so tests never race for ports. Both are ready when the log says
-//! [`READY_LINE`] and admin `/ready` answers 200.
+//! [`READY_LINE`] and admin `/ready` answers 200. What both share is in [`crate::backend`]
+//! (re-exported here where tests use it: [`agent`], [`StartError`], ...).
 
-use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub use crate::backend::{READY_LINE, StartError, agent, listener_address, unpooled_agent};
+use crate::backend::{Starting, envoy_args, scratch_dir, wait_ready};
 use crate::container::{self, EnvoyContainer};
-
-/// How long Envoy may take to become ready (V8 compiles every module at load).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Envoy's log line once its listeners and workers are up.
-pub const READY_LINE: &str = "starting main dispatch loop";
 
 /// Which backend runs Envoy: `MESH_HARNESS=process` (the default) or `docker`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +42,7 @@ impl Harness {
     pub fn module_path(self, wasm: &Path) -> PathBuf {
         match self {
             Self::Process => wasm.to_path_buf(),
-            Self::Docker => {
-                Path::new(container::MODULES).join(wasm.file_name().unwrap_or_default())
-            }
+            Self::Docker => container::module_path(wasm),
         }
     }
 }
@@ -159,11 +152,16 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from("envoy")
 }
 
+/// The repository's root (this crate's parent directory): `dist/`, `istio/`, `envoy/`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The built modules: `MESH_DIST`, else `dist/` at the workspace root.
 pub fn dist_dir() -> PathBuf {
     match std::env::var_os("MESH_DIST") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist"),
+        None => repo_root().join("dist"),
     }
 }
 
@@ -174,43 +172,10 @@ pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = repo_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
     target.join("wasm32-wasip1/release/mesh_fixture.wasm")
-}
-
-/// Envoy did not become ready.
-#[derive(Debug)]
-pub struct StartError {
-    pub reason: String,
-    pub log: String,
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\n--- envoy log ---\n{}", self.reason, self.log)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-impl StartError {
-    /// A failure before Envoy wrote any log.
-    pub(crate) fn before_start(reason: String) -> Self {
-        Self {
-            reason,
-            log: String::new(),
-        }
-    }
-}
-
-/// A fresh directory for one Envoy's config, log and admin address (removed on drop).
-pub(crate) fn scratch_dir() -> Result<tempfile::TempDir, StartError> {
-    tempfile::Builder::new()
-        .prefix("mesh-envoy-")
-        .tempdir()
-        .map_err(|e| StartError::before_start(format!("tempdir: {e}")))
 }
 
 /// A wasm HTTP filter entry for one module and its plugin JSON.
@@ -335,71 +300,6 @@ pub fn bootstrap(http_filters: Vec<Value>, routes: Vec<Value>, clusters: Vec<Val
     })
 }
 
-/// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`. The
-/// modules log at debug (per-request lines) unless `extra_args` sets `--component-log-level`
-/// itself (Envoy takes the option once), as the benchmark does.
-pub fn envoy_args(
-    config: &Path,
-    admin_address_path: &Path,
-    concurrency: u32,
-    extra_args: &[String],
-) -> Vec<String> {
-    const COMPONENT_LOG_LEVEL: &str = "--component-log-level";
-    let mut args: Vec<String> = vec!["-c".into(), config.display().to_string()];
-    args.extend(
-        [
-            "--disable-hot-restart",
-            "--concurrency",
-            &concurrency.to_string(),
-            "--log-level",
-            "info",
-            "--admin-address-path",
-        ]
-        .map(str::to_owned),
-    );
-    args.push(admin_address_path.display().to_string());
-    if !extra_args.iter().any(|arg| arg == COMPONENT_LOG_LEVEL) {
-        args.extend([COMPONENT_LOG_LEVEL.to_owned(), "wasm:debug".to_owned()]);
-    }
-    args.extend_from_slice(extra_args);
-    args
-}
-
-/// What the readiness wait asks of a starting Envoy, whichever backend runs it.
-pub(crate) trait Starting {
-    /// `Err` with the reason once Envoy has exited.
-    fn check_alive(&mut self) -> Result<(), String>;
-    fn log(&self) -> String;
-}
-
-/// Waits until the log has [`READY_LINE`] and admin `/ready` answers 200; returns the admin
-/// and listener addresses. `admin_path` is the `--admin-address-path` file as the test sees it.
-pub(crate) fn wait_ready(
-    envoy: &mut impl Starting,
-    admin_path: &Path,
-) -> Result<(SocketAddr, SocketAddr), String> {
-    let agent = agent(Duration::from_secs(2));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while Instant::now() < deadline {
-        envoy.check_alive()?;
-        let admin = fs::read_to_string(admin_path)
-            .ok()
-            .and_then(|text| text.trim().parse::<SocketAddr>().ok());
-        if let Some(admin) = admin {
-            let ready = envoy.log().contains(READY_LINE)
-                && agent
-                    .get(format!("http://{admin}/ready"))
-                    .call()
-                    .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return Ok((admin, listener_address(&agent, admin)?));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("envoy not ready after {READY_TIMEOUT:?}"))
-}
-
 /// Envoy as a child process of the test; killed (by its PID) on drop.
 pub struct EnvoyProcess {
     child: Child,
@@ -489,44 +389,4 @@ impl Drop for EnvoyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The first listener's bound address, from the admin API.
-fn listener_address(agent: &ureq::Agent, admin: SocketAddr) -> Result<SocketAddr, String> {
-    let body = agent
-        .get(format!("http://{admin}/listeners?format=json"))
-        .call()
-        .map_err(|e| format!("admin /listeners: {e}"))?
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("admin /listeners: {e}"))?;
-    let listeners: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
-    let address = socket["address"].as_str().ok_or("no listener address")?;
-    let port = socket["port_value"].as_u64().ok_or("no listener port")?;
-    format!("{address}:{port}")
-        .parse()
-        .map_err(|e| format!("listener address: {e}"))
-}
-
-/// Like [`agent`], but every request opens a connection of its own.
-pub fn unpooled_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .build(),
-    )
-}
-
-/// An HTTP client that returns every status as a response (tests look at 4xx/5xx).
-pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .build(),
-    )
 }

@@ -28,14 +28,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::envoy::StartError;
+use crate::served::{Handler, Served};
 use crate::{Mesh, MeshBuilder, RouteSpec};
 
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::{BoxFuture, Context as TaskContext, Poll, Service, http};
+use tonic::codegen::{BoxFuture, http};
 use tonic::metadata::MetadataMap;
-use tonic::server::{NamedService, ServerStreamingService, UnaryService};
+use tonic::server::{ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Extensions, Request, Response, Status};
 use tonic_prost::ProstCodec;
@@ -234,7 +235,7 @@ async fn serve_counted(
 ) -> io::Result<()> {
     let service = EchoService(Arc::new(Inner { name, calls }));
     tonic::transport::Server::builder()
-        .add_service(service)
+        .add_service(Served(service))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY each reply waits ~40 ms for a delayed ACK (Nagle).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -272,20 +273,13 @@ fn pairs(metadata: &MetadataMap) -> Vec<(String, String)> {
 #[derive(Clone)]
 struct EchoService(Arc<Inner>);
 
-impl NamedService for EchoService {
+impl Handler for EchoService {
     const NAME: &'static str = SERVICE;
-}
 
-impl Service<http::Request<tonic::body::Body>> for EchoService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn handle(
+        &mut self,
+        request: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         let inner = Arc::clone(&self.0);
         inner.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {

@@ -21,17 +21,20 @@
     clippy::indexing_slicing
 )]
 
+pub mod backend;
 pub mod chain;
 pub mod container;
 pub mod echo;
 pub mod envoy;
 pub mod grpc;
 mod mesh;
+pub mod observability;
 pub mod prometheus;
 pub mod raw;
 pub mod rls;
+mod served;
 
 pub use mesh::{
     BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes,
-    wait_for_stats_flush,
+    demo_routes_with, wait_for_stats_flush,
 };

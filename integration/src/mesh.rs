@@ -65,17 +65,28 @@ impl RouteSpec {
 /// demo has `shop-canary`/`shop` (`default` is the name Istio gives the route of a service
 /// without a VirtualService).
 pub fn demo_routes() -> Vec<RouteSpec> {
-    vec![
+    demo_routes_with([
+        RouteSpec::new("plain", "/plain", "v1"),
+        RouteSpec::new("", "/unnamed", "v1"),
+    ])
+}
+
+/// The demo's five named routes, then `extra`, then the catch-all pair
+/// `default-canary`/`default` (see [`demo_routes`]).
+pub fn demo_routes_with(extra: impl IntoIterator<Item = RouteSpec>) -> Vec<RouteSpec> {
+    let mut routes = vec![
         RouteSpec::new("checkout-canary", "/checkout", "v2").when_header("x-canary", "true"),
         RouteSpec::new("checkout", "/checkout", "v1"),
         RouteSpec::new("catalog", "/catalog", "v1"),
         RouteSpec::new("limited", "/limited", "v1"),
         RouteSpec::new("fragile", "/fragile", "v1"),
-        RouteSpec::new("plain", "/plain", "v1"),
-        RouteSpec::new("", "/unnamed", "v1"),
+    ];
+    routes.extend(extra);
+    routes.extend([
         RouteSpec::new("default-canary", "/", "v2").when_header("x-canary", "true"),
         RouteSpec::new("default", "/", "v1"),
-    ]
+    ]);
+    routes
 }
 
 /// How the four filters are loaded: each from its own module (`MESH_MODULES` unset or

@@ -33,9 +33,11 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use limitador::AsyncRateLimiter;
 use limitador::limit::{Context, Expression, Limit};
 use limitador::storage::redis::AsyncRedisStorage;
-use tonic::codegen::{BoxFuture, Context as TaskContext, Poll, Service, http};
-use tonic::server::{NamedService, UnaryService};
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::UnaryService;
 use tonic::{Request, Response, Status};
+
+use crate::served::{Handler, Served};
 
 /// Debian's `redis-server` on a free 127.0.0.1 port, without persistence. Killed on drop.
 pub struct Redis {
@@ -229,7 +231,7 @@ impl Rls {
         };
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(Served(service))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await;
         });
@@ -356,20 +358,13 @@ struct RlsService {
     inner: Arc<Inner>,
 }
 
-impl NamedService for RlsService {
+impl Handler for RlsService {
     const NAME: &'static str = SERVICE_NAME;
-}
 
-impl Service<http::Request<tonic::body::Body>> for RlsService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn handle(
+        &mut self,
+        request: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>, Infallible> {
         if self.inner.mode.load(Ordering::SeqCst) != Mode::Garbage as u8 {
             return self.server.call(request);
         }

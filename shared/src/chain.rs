@@ -298,6 +298,19 @@ impl<F: Filter> Stages for Stage<F> {
     }
 }
 
+/// A later phase of a pair `(A, B)` in reverse: `B`'s stages, then `A`'s, each only when it
+/// saw the request (it has a request state).
+macro_rules! in_reverse {
+    ($pair:ident, $route:ident, $request:ident, $phase:ident($host:ident)) => {
+        if let (Some(b), Some(state)) = (&$route.1, &mut $request.1) {
+            $pair.1.$phase(b, state, $host);
+        }
+        if let (Some(a), Some(state)) = (&$route.0, &mut $request.0) {
+            $pair.0.$phase(a, state, $host);
+        }
+    };
+}
+
 /// `A`'s stages, then `B`'s. A stage without a policy for the route is skipped.
 impl<A: Stages, B: Stages> Stages for (A, B) {
     const NAME: &'static str = "bundle";
@@ -374,12 +387,7 @@ impl<A: Stages, B: Stages> Stages for (A, B) {
         request: &mut Self::Request,
         host: &mut impl ResponseHost,
     ) {
-        if let (Some(b), Some(state)) = (&route.1, &mut request.1) {
-            self.1.on_response(b, state, host);
-        }
-        if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
-            self.0.on_response(a, state, host);
-        }
+        in_reverse!(self, route, request, on_response(host));
     }
 
     fn on_response_trailers(
@@ -388,21 +396,11 @@ impl<A: Stages, B: Stages> Stages for (A, B) {
         request: &mut Self::Request,
         host: &mut impl TrailersHost,
     ) {
-        if let (Some(b), Some(state)) = (&route.1, &mut request.1) {
-            self.1.on_response_trailers(b, state, host);
-        }
-        if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
-            self.0.on_response_trailers(a, state, host);
-        }
+        in_reverse!(self, route, request, on_response_trailers(host));
     }
 
     fn on_done(&self, route: &Self::Route, request: &mut Self::Request, host: &mut impl Host) {
-        if let (Some(b), Some(state)) = (&route.1, &mut request.1) {
-            self.1.on_done(b, state, host);
-        }
-        if let (Some(a), Some(state)) = (&route.0, &mut request.0) {
-            self.0.on_done(a, state, host);
-        }
+        in_reverse!(self, route, request, on_done(host));
     }
 
     fn on_tick(&self, route: &Self::Route, host: &mut impl Host) {

@@ -79,12 +79,28 @@ pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
     bytes.get(start..end).unwrap_or_default()
 }
 
+/// A byte HTTP allows in a token (RFC 9110 §5.6.2 `tchar`): a header name, a cookie name.
+pub(crate) fn is_token_byte(c: u8) -> bool {
+    // Bytes, not `str::contains`: its char search links core's str-slicing panic.
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn token_bytes_are_rfc_9110_tchar() {
+        let tokens: Vec<u8> = (0..=u8::MAX).filter(|c| is_token_byte(*c)).collect();
+        let mut expected: Vec<u8> = b"!#$%&'*+-.^_`|~0123456789".to_vec();
+        expected.extend(b'A'..=b'Z');
+        expected.extend(b'a'..=b'z');
+        expected.sort_unstable();
+        assert_eq!(tokens, expected);
+    }
 
     #[test]
     fn strips_the_port() {

@@ -13,7 +13,7 @@
 //!   `response.grpc_status` is no help once the stream's context is deleted (Envoy no longer
 //!   holds the headers and infers `UNKNOWN` from the 200).
 
-use super::config::StatusMatch;
+use super::status::StatusSet;
 use crate::grpc::{CodeSet, Protocol};
 use crate::host::{Host, Nanos};
 
@@ -44,45 +44,6 @@ pub mod flags {
 
 /// `response.code_details` of a response whose status the upstream sent.
 pub const VIA_UPSTREAM: &[u8] = b"via_upstream";
-
-/// The status codes that count as failures: one bit per code 100..=599.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatusSet([u64; 8]);
-
-impl StatusSet {
-    pub fn from_matches(matches: &[StatusMatch]) -> Self {
-        let mut set = Self::default();
-        for m in matches {
-            let (low, high) = match *m {
-                StatusMatch::Code(code) => (code, code),
-                StatusMatch::Class(class) => (class * 100, class * 100 + 99),
-            };
-            for code in low..=high {
-                set.insert(code);
-            }
-        }
-        set
-    }
-
-    fn slot(code: u16) -> Option<(usize, u64)> {
-        let offset = usize::from(code.checked_sub(100)?);
-        (offset < 500).then(|| (offset / 64, 1u64 << (offset % 64)))
-    }
-
-    fn insert(&mut self, code: u16) {
-        if let Some((word, bit)) = Self::slot(code)
-            && let Some(w) = self.0.get_mut(word)
-        {
-            *w |= bit;
-        }
-    }
-
-    pub fn contains(&self, code: u16) -> bool {
-        Self::slot(code)
-            .and_then(|(word, bit)| self.0.get(word).map(|w| w & bit != 0))
-            .unwrap_or(false)
-    }
-}
 
 /// What Envoy says about a finished stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,13 +2,12 @@
 //! [`BreakerPolicy`].
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
 
 use crate::config::{ConfigError, Entries, FieldPath, HeaderName};
 use crate::grpc::{self, Code, CodeSet};
 use crate::host::{NANOS_PER_MS, Nanos};
 
-use super::classify::StatusSet;
+use super::status::{StatusMatch, StatusSet};
 use super::{CIRCUIT_STATE_HEADER, RETRY_AFTER_HEADER};
 
 /// Which shared breaker a request belongs to.
@@ -24,65 +23,6 @@ pub enum KeyBy {
 }
 
 crate::config_names!(KeyBy { Route = "route", Cluster = "cluster" });
-
-/// A status code (`503`) or a class of them (`"5xx"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusMatch {
-    Code(u16),
-    Class(u16),
-}
-
-impl<'de> Deserialize<'de> for StatusMatch {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StatusVisitor;
-
-        impl Visitor<'_> for StatusVisitor {
-            type Value = StatusMatch;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(r#"a status code or a class like "5xx""#)
-            }
-
-            fn visit_u64<E: de::Error>(self, code: u64) -> Result<StatusMatch, E> {
-                match code {
-                    100..=599 => Ok(StatusMatch::Code(code as u16)),
-                    _ => Err(E::custom("must be a status code between 100 and 599")),
-                }
-            }
-
-            fn visit_str<E: de::Error>(self, class: &str) -> Result<StatusMatch, E> {
-                match class.as_bytes() {
-                    [digit @ b'1'..=b'5', b'x', b'x'] => {
-                        Ok(StatusMatch::Class(u16::from(digit - b'0')))
-                    }
-                    _ => Err(E::custom(format_args!(
-                        "unknown status class \"{}\", expected \"1xx\" to \"5xx\" or a status code",
-                        crate::config::escape(class)
-                    ))),
-                }
-            }
-        }
-
-        deserializer.deserialize_any(StatusVisitor)
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for StatusMatch {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "StatusMatch".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A status code (503) or a class of them (\"5xx\").",
-            "oneOf": [
-                {"type": "integer", "minimum": 100, "maximum": 599},
-                {"enum": ["1xx", "2xx", "3xx", "4xx", "5xx"]},
-            ],
-        })
-    }
-}
 
 /// The local reply while the breaker is open, as written.
 #[derive(Debug, Clone, Default, Deserialize)]

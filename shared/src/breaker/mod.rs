@@ -9,6 +9,8 @@
 //!   [`machine::complete`], which run it against shared data with compare-and-swap, and
 //!   [`machine::create`], which creates the record before either does.
 //! - [`reply`]: the fallback reply, in HTTP or gRPC form.
+//! - [`status`]: the failure statuses as written (`503`, `"5xx"`) and as the set
+//!   [`classify`] tests.
 //!
 //! Nothing here reads a clock or shared data except through [`Host`](crate::host::Host).
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod machine;
 pub mod record;
 pub mod reply;
+pub mod status;
 
 pub use config::{BreakerConfig, BreakerPolicy, KeyBy};
 

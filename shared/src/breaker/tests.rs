@@ -1,8 +1,9 @@
 // On wasm32 the same tests run under wasm-bindgen-test (in Node, scripts/test.sh).
-use super::classify::{self, Call, Failure, Finished, StatusSet, Verdict, flags};
-use super::config::{BreakerConfig, BreakerPolicy, KeyBy, StatusMatch};
+use super::classify::{self, Call, Failure, Finished, Verdict, flags};
+use super::config::{BreakerConfig, BreakerPolicy, KeyBy};
 use super::machine::{self, Admission, Local, Outcome, Reason, Ticket, Transition};
 use super::record::{BUCKETS, RECORD_BYTES, Record, State};
+use super::status::{StatusMatch, StatusSet};
 use crate::config::{ConfigError, Envelope, FieldPath, Routes};
 use crate::fake::FakeHost;
 use crate::grpc::{Code, CodeSet, Protocol};

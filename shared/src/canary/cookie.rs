@@ -3,7 +3,7 @@
 //! Clients write the header: parsing works on bytes, accepts anything and never panics.
 //! What does not look like `name=value` is skipped, as browsers and servers do.
 
-use crate::request::trim_ows;
+use crate::request::{is_token_byte, trim_ows};
 
 /// The value of the first cookie named `name` in a `cookie` header, without surrounding
 /// double quotes. `Some(b"")` for a cookie that is present with an empty value.
@@ -29,10 +29,7 @@ fn unquote(value: &[u8]) -> &[u8] {
 
 /// A cookie name must be an RFC 9110 token.
 pub fn is_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !name.is_empty() && name.bytes().all(is_token_byte)
 }
 
 /// The `set-cookie` value that stores `value` (cookie-safe: the caller mints it as hex) for

@@ -15,6 +15,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 
+use crate::request::is_token_byte;
+
 /// Where a config value sits, rendered like `routes["checkout"].emit[1]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldPath(String);
@@ -496,7 +498,10 @@ impl HeaderName {
         if name.is_empty() {
             return Err(at.invalid("header name is empty"));
         }
-        if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !u8::try_from(*c).is_ok_and(is_token_byte))
+        {
             // Quoted by hand: `{:?}` of a str or char brings core's Unicode escaping tables.
             return Err(at.invalid(format!(
                 "header name \"{}\" has character '{}', which HTTP does not allow in a name",
@@ -515,11 +520,6 @@ impl HeaderName {
 /// [`HeaderName`]'s rule as a JSON Schema `pattern` (case is folded after parsing).
 #[cfg(feature = "schema")]
 pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
-
-fn is_token_char(c: char) -> bool {
-    // Bytes, not `str::contains`: its char search links core's str-slicing panic.
-    c.is_ascii_alphanumeric() || (c.is_ascii() && b"!#$%&'*+-.^_`|~".contains(&(c as u8)))
-}
 
 #[cfg(test)]
 mod tests {

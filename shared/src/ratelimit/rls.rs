@@ -16,6 +16,7 @@
 use prost::Message;
 
 use super::{Budget, tightest};
+use crate::request::is_token_byte;
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -237,10 +238,6 @@ fn headers(list: Vec<HeaderValue>) -> Vec<Header> {
         })
         .take(MAX_HEADERS)
         .collect()
-}
-
-fn is_token_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod machine;
 mod measure;
 mod profile;
 mod report;
+mod side;
 mod upstream;
 mod variants;
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::load::run_wrk;
 use crate::profile::{Profiler, Recording};
+use crate::side::Side;
 use crate::variants::{Check, Variant};
 use crate::{Error, Options, median};
 
@@ -104,23 +105,6 @@ pub fn stat_sum(agent: &ureq::Agent, admin: SocketAddr, needle: &str) -> Result<
         .sum())
 }
 
-/// The two listeners of a run: the variant's chain and the bare one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Bare,
-    Variant,
-}
-
-impl Side {
-    /// The connection manager's stat prefix (`http.<prefix>.downstream_rq_total`).
-    pub fn stat_prefix(self) -> &'static str {
-        match self {
-            Self::Bare => "bare",
-            Self::Variant => "ingress",
-        }
-    }
-}
-
 /// Envoy's config for a run: the variant's filters on the first listener, none on a second one
 /// named `bare`; both take the one route named [`ROUTE`] to the upstream. Each module appears
 /// `copies` times, as plugins of their own (own name and root id: own root context, stats and
@@ -181,33 +165,6 @@ fn envoy_config(
         .ok_or("bootstrap listeners are not a list")?
         .push(bare);
     Ok(config.to_string())
-}
-
-/// The address Envoy bound the listener `name` to.
-pub fn listener_address(
-    agent: &ureq::Agent,
-    admin: SocketAddr,
-    name: &str,
-) -> Result<SocketAddr, Error> {
-    let text = admin_text(agent, admin, "/listeners?format=json")?;
-    let listeners: Value = serde_json::from_str(&text)?;
-    let socket = listeners
-        .pointer("/listener_statuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|l| l.get("name").and_then(Value::as_str) == Some(name))
-        .and_then(|l| l.pointer("/local_address/socket_address"))
-        .ok_or_else(|| format!("no listener {name}"))?;
-    let address = socket
-        .get("address")
-        .and_then(Value::as_str)
-        .ok_or("no listener address")?;
-    let port = socket
-        .get("port_value")
-        .and_then(Value::as_u64)
-        .ok_or("no listener port")?;
-    Ok(format!("{address}:{port}").parse()?)
 }
 
 /// One request through Envoy; checks what the variant promises to do to it.
@@ -378,7 +335,10 @@ pub fn measure(
     let agent = envoy::agent(Duration::from_secs(10));
     let listeners = [
         (Side::Variant, envoy.listener),
-        (Side::Bare, listener_address(&agent, admin, "bare")?),
+        (
+            Side::Bare,
+            envoy::listener_address(&agent, admin, Some("bare"))?,
+        ),
     ];
     smoke(&agent, envoy.listener, variant)?;
     // Warm-up: V8 compiles at load (and tiers up hot code), first requests bind routes and

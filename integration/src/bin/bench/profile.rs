@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::Error;
-use crate::measure::Side;
+use crate::side::Side;
 
 pub struct Profiler {
     dir: tempfile::TempDir,
