@@ -54,6 +54,9 @@ args=(--package mesh-policy --jobs "$jobs" --timeout-multiplier 3 --build-timeou
       --output "$work" --no-shuffle --colors never --cap-lints true)
 for f in "${files[@]}"; do args+=(--file "$f"); done
 
+# The tree as the mutants' copies take it, named before the run.
+revision="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- shared || revision+=" with uncommitted changes under shared/"
 say "cargo mutants ${args[*]} -- ${extra[*]}"
 start=$(date +%s)
 status=0
@@ -86,10 +89,10 @@ viable=$((caught + missed + timeout))
 {
   echo "# Mutation testing of mesh-policy"
   echo
-  echo "Written by \`scripts/mutants.sh\` (cargo-mutants $MUTANTS_VERSION, $(rustc --version | cut -d' ' -f1-2), -j $jobs) on $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- shared || echo ' with uncommitted changes under shared/')."
+  echo "Written by \`scripts/mutants.sh\` (cargo-mutants $MUTANTS_VERSION, $(rustc --version | cut -d' ' -f1-2), -j $jobs) on $revision."
   echo "Run time: $((seconds / 60)) min $((seconds % 60)) s."
   if [ ${#files[@]} -gt 0 ]; then
-    echo "Files covered: $(printf '`%s` ' "${files[@]}")."
+    echo "Files covered: $(printf '`%s`, ' "${files[@]}" | sed 's/, $//')."
   else
     echo "Files covered: every file of the crate."
   fi
