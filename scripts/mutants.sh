@@ -4,9 +4,9 @@
 # mutant the tests pass on is "missed", a hole in the tests or an equivalent change. Not part
 # of scripts/test.sh: a full run takes long. Installs the pinned cargo-mutants (once), runs it
 # and writes bench/mutants.md: counts caught / missed / timeout / unviable, per file and in
-# all, the missed mutants and how long the run took. The mutants listed as equivalent in
-# bench/mutants-equivalent.md (a missed mutant that changes nothing observable, with why) are
-# copied into the summary.
+# all, the missed mutants and how long the run took. bench/mutants-notes.md, written by hand
+# (the missed mutants since killed by a test or equivalent, that is changing nothing
+# observable, with why; the files not covered yet), is appended to it.
 #
 #   scripts/mutants.sh                                  # every file of the crate
 #   scripts/mutants.sh --file 'shared/src/breaker/*.rs' --file shared/src/trace/b3.rs
@@ -125,9 +125,9 @@ viable=$((caught + missed + timeout))
   else
     awk -F'\t' '$3 == "MissedMutant" { printf "- `%s:%s`: %s\n", $1, $2, $4 }' <<<"$rows" | sort -t: -k1,1 -k2,2n
   fi
-  if [ -f "$ROOT/bench/mutants-equivalent.md" ]; then
+  if [ -f "$ROOT/bench/mutants-notes.md" ]; then
     echo
-    cat "$ROOT/bench/mutants-equivalent.md"
+    sed '/^<!--/d' "$ROOT/bench/mutants-notes.md"
   fi
 } > "$out"
 say "wrote $out: caught $caught, missed $missed, timeout $timeout, unviable $unviable in ${seconds} s"
