@@ -248,4 +248,11 @@ mod tests {
         let text = format_single(&c.trace_id, &c.span_id, true, c.parent_span_id.as_ref());
         assert_eq!(text, format!("{T32}-{SPAN}-1-{PARENT}"));
     }
+
+    #[test]
+    fn only_deny_is_unsampled() {
+        assert!(Sampling::Accept.sampled());
+        assert!(!Sampling::Deny.sampled());
+        assert!(Sampling::Debug.sampled(), "debug implies accept");
+    }
 }

@@ -375,3 +375,28 @@ fn the_response_keeps_the_trace_id_only_with_a_response_header() {
     let quiet = policy(r#"{"response_header": null}"#);
     assert_eq!(quiet.kept_for_response(&decision), None);
 }
+
+#[test]
+fn stats_labels() {
+    let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(labels, ["started", "continued", "replaced"]);
+    assert_eq!(Source::W3c.as_str(), "w3c");
+    assert_eq!(Source::B3.as_str(), "b3");
+    assert_eq!(Source::New.as_str(), "new");
+    assert_eq!(Format::W3c.as_str(), "w3c");
+    assert_eq!(Format::B3.as_str(), "b3");
+    assert_eq!(Format::B3multi.as_str(), "b3multi");
+    assert_eq!(Format::RequestId.as_str(), "request_id");
+}
+
+#[test]
+fn an_empty_request_id_is_replaced() {
+    let p = policy(r#"{"emit": ["request_id"]}"#);
+    let mut host = FakeHost::new()
+        .with_request_header("traceparent", TP)
+        .with_request_header("x-request-id", "");
+    assert_eq!(
+        set(&p.decide(&mut host), "x-request-id").unwrap(),
+        "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"
+    );
+}

@@ -388,4 +388,93 @@ mod tests {
             TraceStateAction::Truncate(members(32).join(","))
         );
     }
+
+    #[test]
+    fn each_invalid_traceparent_names_its_fault() {
+        use TraceParentError as E;
+        let zeros32 = "0".repeat(32);
+        for (v, want) in [
+            (
+                format!("00-{TRACE}-{PARENT}-01,00-{TRACE}-{PARENT}-01"),
+                E::Repeated,
+            ),
+            (format!("00-{TRACE}-{PARENT}-1"), E::Length),
+            (format!("00-{TRACE}-{PARENT}-01-"), E::Length),
+            (format!("ff-{TRACE}-{PARENT}-01"), E::Version),
+            (format!("0A-{TRACE}-{PARENT}-01"), E::Version),
+            (format!("cc-{TRACE}-{PARENT}-01.x"), E::Delimiter),
+            (format!("00_{TRACE}-{PARENT}-01"), E::Delimiter),
+            (format!("00-{TRACE}_{PARENT}-01"), E::Delimiter),
+            (format!("00-{TRACE}-{PARENT}_01"), E::Delimiter),
+            (format!("00-{zeros32}-{PARENT}-01"), E::TraceId),
+            (
+                format!("00-{}-{PARENT}-01", TRACE.to_uppercase().replace('1', "A")),
+                E::TraceId,
+            ),
+            (format!("00-{TRACE}-0000000000000000-01"), E::ParentId),
+            (format!("00-{TRACE}-ABCDEF1234567890-01"), E::ParentId),
+            (format!("00-{TRACE}-{PARENT}-AB"), E::Flags),
+        ] {
+            assert_eq!(parse(&v), Err(want), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn version_00_keeps_every_flag_and_samples_on_bit_0_only() {
+        let tp = parse(&format!("00-{TRACE}-{PARENT}-ff")).unwrap();
+        assert_eq!(tp.version, 0);
+        assert_eq!(tp.flags, 0xff);
+        assert!(tp.sampled());
+        let tp = parse(&format!("00-{TRACE}-{PARENT}-02")).unwrap();
+        assert_eq!(tp.flags, 0x02);
+        assert!(!tp.sampled(), "0x02 is not the sampled bit");
+        // A higher version: exactly 55 characters, only the sampled bit kept.
+        let tp = parse(&format!("01-{TRACE}-{PARENT}-fe")).unwrap();
+        assert_eq!((tp.version, tp.flags), (1, 0));
+        assert_eq!(tp.format(), format!("00-{TRACE}-{PARENT}-00"));
+    }
+
+    #[test]
+    fn tracestate_length_limits_are_inclusive() {
+        let keep = |v: String| {
+            assert_eq!(
+                check_tracestate(v.as_bytes()),
+                TraceStateAction::Keep,
+                "{v}"
+            )
+        };
+        let drop = |v: String| {
+            assert_eq!(
+                check_tracestate(v.as_bytes()),
+                TraceStateAction::Drop,
+                "{v}"
+            )
+        };
+        // simple key: 1 to 256 characters
+        keep(format!("{}=1", "k".repeat(256)));
+        drop(format!("{}=1", "k".repeat(257)));
+        // tenant: 1 to 241 characters, system: 1 to 14
+        keep(format!("{}@s=1", "t".repeat(241)));
+        drop(format!("{}@s=1", "t".repeat(242)));
+        keep(format!("t@{}=1", "s".repeat(14)));
+        drop(format!("t@{}=1", "s".repeat(15)));
+        drop("t@=1".to_owned());
+        // value: 1 to 256 printable characters
+        keep(format!("k={}", "v".repeat(256)));
+        drop(format!("k={}", "v".repeat(257)));
+        keep("k= ~!".to_owned());
+        drop("k=\u{1f}".to_owned());
+    }
+
+    #[test]
+    fn the_invalid_vectors_are_the_suites_29() {
+        let vectors = invalid_test_vectors(TRACE, PARENT);
+        // 8 version, 6 trace-id, 6 parent-id, 5 flags, 3 shape, 1 repeated header.
+        assert_eq!(vectors.len(), 29);
+        assert_eq!(vectors[0], format!("ff-{TRACE}-{PARENT}-01"));
+        assert_eq!(
+            vectors[28],
+            format!("00-{TRACE}-{PARENT}-01,00-{TRACE}-{PARENT}-01")
+        );
+    }
 }
