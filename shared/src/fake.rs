@@ -341,6 +341,13 @@ impl RequestHost for FakeHost {
             .count()
     }
 
+    fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
+        self.request_headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
     fn request_has_body(&self) -> bool {
         self.request_has_body
     }
@@ -478,6 +485,9 @@ impl RequestHost for WriteRace<'_> {
     }
     fn request_header_count(&self, name: &str) -> usize {
         self.host.request_header_count(name)
+    }
+    fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
+        self.host.request_header_values(name)
     }
     fn request_has_body(&self) -> bool {
         self.host.request_has_body()

@@ -83,6 +83,15 @@ impl HeaderPairs {
         self.bytes.get(span.value.0..span.value.1)
     }
 
+    /// Every value of `name`, in order.
+    pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
+        self.matching(name).map(|span| {
+            self.bytes
+                .get(span.value.0..span.value.1)
+                .unwrap_or_default()
+        })
+    }
+
     /// How many times `name` is present.
     pub fn count(&self, name: &str) -> usize {
         self.matching(name).count()
@@ -178,6 +187,7 @@ mod tests {
         assert_eq!(pairs.len(), 4);
         assert_eq!(map.get("X-A"), Some(&b"1"[..]));
         assert_eq!(map.count("x-a"), 2);
+        assert_eq!(map.get_all("X-a").collect::<Vec<_>>(), [b"1", b"2"]);
         assert_eq!(map.get("x-empty"), Some(&b""[..]));
         assert_eq!(map.get("x-none"), None);
     }

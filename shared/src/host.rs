@@ -71,6 +71,8 @@ pub trait RequestHost: Host {
     /// How many times the header is repeated (Envoy's single-value read shows only the
     /// first): for where a second value changes the decision.
     fn request_header_count(&self, name: &str) -> usize;
+    /// Every line's value of the header, in the order Envoy forwards them.
+    fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]>;
     /// Whether a body follows the headers (Envoy says so with the headers: no host call).
     fn request_has_body(&self) -> bool;
     /// Replaces every value of the header with this one.

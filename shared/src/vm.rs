@@ -366,6 +366,17 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
         }
     }
 
+    fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
+        let written = self.written(name);
+        let read = written
+            .is_none()
+            .then(|| self.request_headers().get_all(name));
+        written
+            .flatten()
+            .into_iter()
+            .chain(read.into_iter().flatten())
+    }
+
     fn request_has_body(&self) -> bool {
         self.has_body
     }

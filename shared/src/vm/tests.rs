@@ -57,6 +57,14 @@ impl Filter for Probe {
         // A read after the phase's own write sees it, without fetching the map again.
         assert_eq!(host.request_header("x-tag"), Some(&b"v2"[..]));
         assert_eq!(host.request_header_count("x-tag"), 1);
+        assert_eq!(
+            host.request_header_values("x-tag").collect::<Vec<_>>(),
+            [b"v2"]
+        );
+        assert_eq!(
+            host.request_header_values("x-user").collect::<Vec<_>>(),
+            [b"u1"]
+        );
         host.increment_metric(route.requests, 1);
         host.record_metric(route.state, 0);
         (Verdict::Continue, (host.now(), host.now()))
