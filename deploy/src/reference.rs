@@ -420,12 +420,7 @@ impl<'a> Reference<'a> {
 
     /// The table of an object's fields.
     fn fields(&self, out: &mut String, node: &Value) {
-        let required: Vec<&str> = node["required"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let required = required(node);
         out.push_str("| field | type | default | allowed | meaning |\n");
         out.push_str("| --- | --- | --- | --- | --- |\n");
         for (field, prop) in Self::fields_of(node) {
@@ -593,16 +588,21 @@ fn condition(node: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| and_list(&parts))
 }
 
-/// `` `a` and `b` are required ``, `` `c` is not allowed ``.
-fn effect(node: &Value) -> Option<String> {
-    let mut parts = Vec::new();
-    let names = |fields: Vec<&str>| and_list(&fields.iter().map(|f| code(f)).collect::<Vec<_>>());
-    let required: Vec<&str> = node["required"]
+/// The names an object schema lists as `required`.
+fn required(node: &Value) -> Vec<&str> {
+    node["required"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .collect();
+        .collect()
+}
+
+/// `` `a` and `b` are required ``, `` `c` is not allowed ``.
+fn effect(node: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    let names = |fields: Vec<&str>| and_list(&fields.iter().map(|f| code(f)).collect::<Vec<_>>());
+    let required = required(node);
     if !required.is_empty() {
         let verb = if required.len() == 1 { "is" } else { "are" };
         parts.push(format!("{} {verb} required", names(required)));

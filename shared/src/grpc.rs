@@ -133,19 +133,10 @@ impl<'de> serde::Deserialize<'de> for Code {
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Code {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "GrpcCode".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A gRPC status code by its canonical name.",
-            "enum": Self::NAMES,
-        })
-    }
-}
+crate::json_schema!(Code, "GrpcCode", {
+    "description": "A gRPC status code by its canonical name.",
+    "enum": Self::NAMES,
+});
 
 /// The gRPC form of a local reply: a trailers-only response with this status and message
 /// (Envoy writes `grpc-status` and `grpc-message`; the reply's headers go with them).

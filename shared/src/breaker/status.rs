@@ -47,22 +47,13 @@ impl<'de> Deserialize<'de> for StatusMatch {
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for StatusMatch {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "StatusMatch".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A status code (503) or a class of them (\"5xx\").",
-            "oneOf": [
-                {"type": "integer", "minimum": 100, "maximum": 599},
-                {"enum": ["1xx", "2xx", "3xx", "4xx", "5xx"]},
-            ],
-        })
-    }
-}
+crate::json_schema!(StatusMatch, "StatusMatch", {
+    "description": "A status code (503) or a class of them (\"5xx\").",
+    "oneOf": [
+        {"type": "integer", "minimum": 100, "maximum": 599},
+        {"enum": ["1xx", "2xx", "3xx", "4xx", "5xx"]},
+    ],
+});
 
 /// The status codes that count as failures: one bit per code 100..=599.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

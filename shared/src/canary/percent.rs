@@ -83,27 +83,15 @@ fn parse_exponent(text: &str) -> Option<i64> {
 impl<'de> serde::Deserialize<'de> for Percent {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         const EXPECTED: &str = "a number from 0 to 100 with at most 6 decimals";
-        let number = crate::config::number(deserializer, EXPECTED)?;
-        Self::parse(&format!("{number}")).ok_or_else(|| {
-            serde::de::Error::invalid_value(serde::de::Unexpected::Float(number), &EXPECTED)
-        })
+        crate::config::decimal(deserializer, EXPECTED, Self::parse)
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Percent {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Percent".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "number",
-            "minimum": 0,
-            "maximum": 100,
-        })
-    }
-}
+crate::json_schema!(Percent, "Percent", {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 100,
+});
 
 #[cfg(test)]
 mod tests {
@@ -130,6 +118,8 @@ mod tests {
         assert_eq!(parse("1.5E-3"), Some(1_500));
         assert_eq!(parse("0.25e2"), Some(25_000_000));
         assert_eq!(parse("250e-1"), Some(25_000_000));
+        assert_eq!(parse("1e+1"), Some(10_000_000));
+        assert_eq!(parse("2.5E+0"), Some(2_500_000));
     }
 
     #[test]

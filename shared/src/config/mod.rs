@@ -354,6 +354,37 @@ pub fn number<'de, D: Deserializer<'de>>(
     deserializer.deserialize_f64(NumberVisitor(expected))
 }
 
+/// A decimal type read from a JSON number: `parse` gets the shortest text that reads back as
+/// the same double, which is what was written for any number with up to 15 significant
+/// digits. A type error, or text `parse` refuses, says `expected <expected>`.
+pub fn decimal<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, D::Error> {
+    let number = number(deserializer, expected)?;
+    parse(&format!("{number}"))
+        .ok_or_else(|| de::Error::invalid_value(de::Unexpected::Float(number), &expected))
+}
+
+/// A JSON Schema written by hand, for a type whose serde shape the derive cannot see (its own
+/// `Deserialize`): `json_schema!(Type, "SchemaName", { ...schema... })`.
+#[macro_export]
+macro_rules! json_schema {
+    ($type:ty, $name:literal, $schema:tt) => {
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $type {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
 /// A struct read only from a JSON object: serde's derive would also take a list, its
 /// elements as the fields in order (`"fallback": [503]`), which no one means.
 struct Object<T>(T);
@@ -562,6 +593,64 @@ mod tests {
         assert_eq!(routes.policy_for("checkout").map(|p| **p), Some(2));
         assert_eq!(routes.policy_for("other").map(|p| **p), Some(1));
         assert_eq!(routes.policy_for("").map(|p| **p), Some(1));
+    }
+
+    #[test]
+    fn routes_say_what_they_hold() {
+        let both =
+            compile(r#"{"default": {"size": 1}, "routes": {"a": {"size": 2}, "b": {"size": 3}}}"#)
+                .unwrap();
+        assert!(!both.is_empty() && both.has_default());
+        assert_eq!(both.route_names().collect::<Vec<_>>(), ["a", "b"]);
+        let routes_only = compile(r#"{"routes": {"a": {"size": 2}}}"#).unwrap();
+        assert!(!routes_only.is_empty() && !routes_only.has_default());
+        assert_eq!(routes_only.route_names().collect::<Vec<_>>(), ["a"]);
+        let default_only = compile(r#"{"default": {"size": 1}}"#).unwrap();
+        assert!(!default_only.is_empty() && default_only.has_default());
+        assert_eq!(default_only.route_names().count(), 0);
+    }
+
+    #[test]
+    fn an_error_knows_its_field() {
+        let err = compile(r#"{"routes": {"checkout": {"size": 0}}}"#).unwrap_err();
+        assert_eq!(err.path().to_string(), r#"routes["checkout"].size"#);
+        let err = compile(r#"{"default": {"size": "big"}}"#).unwrap_err();
+        assert_eq!(err.path().to_string(), "default.size");
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Shade {
+        Light,
+        Dark,
+    }
+
+    crate::config_names!(Shade { Light = "light", Dark = "dark" });
+
+    #[test]
+    fn a_name_of_the_wrong_type_says_every_name() {
+        assert_eq!(
+            serde_json::from_str::<Shade>(r#""dark""#).unwrap(),
+            Shade::Dark
+        );
+        let err = serde_json::from_str::<Shade>("1").unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid type: integer `1`, expected one of `light`, `dark`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_number_reads_negative_integers_too() {
+        let read = |json: &str| number(&mut serde_json::Deserializer::from_str(json), "n");
+        assert_eq!(read("-5").unwrap(), -5.0);
+        assert_eq!(read("7").unwrap(), 7.0);
+        assert_eq!(read("2.5").unwrap(), 2.5);
+        assert!(
+            read(r#""7""#)
+                .unwrap_err()
+                .to_string()
+                .contains("expected n")
+        );
     }
 
     #[test]
