@@ -6,7 +6,8 @@
     clippy::indexing_slicing
 )]
 
-use mesh_integration::{Mesh, Reply};
+use mesh_integration::{Mesh, Reply, RouteSpec};
+use mesh_policy::trace::sampling::{self, Threshold};
 use mesh_policy::trace::w3c::{TraceParent, invalid_test_vectors};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -245,7 +246,15 @@ fn routes_without_policy_are_untouched() {
             Some("garbage")
         );
     }
-    assert!(mesh.stats().values().all(|v| *v == 0), "{:?}", mesh.stats());
+    // The control: the module is loaded, and counted only what its own route saw.
+    mesh.get("/checkout").send();
+    assert_eq!(
+        mesh.nonzero_stats().into_keys().collect::<Vec<_>>(),
+        [
+            "mesh_trace_requests_total;route=checkout;outcome=started",
+            "mesh_trace_sampling_total;route=checkout;decision=sampled"
+        ]
+    );
 }
 
 #[test]
@@ -304,4 +313,288 @@ fn config_with_a_bad_value_is_refused_naming_the_field() {
             .filter("traceid", config)
             .assert_refused(expected);
     }
+}
+
+/// W3C Trace Context Level 2's `tracestate`, through the filter in both modes (`checkout`
+/// propagates, `catalog` continues as a child): its lines are one list, checked as one and
+/// forwarded as one line; over 32 members or one invalid member drops it whole.
+#[test]
+fn tracestate_lines_are_one_list_checked_as_one() {
+    let mesh = mesh();
+    let members = |from: usize, to: usize| -> Vec<String> {
+        (from..=to).map(|i| format!("bar{i:02}={i:02}")).collect()
+    };
+    let thirty_two = members(1, 32);
+    let in_lines =
+        |all: &[String]| -> Vec<String> { all.chunks(10).map(|c| c.join(",")).collect() };
+    let key_256 = format!("{}=1", "z".repeat(256));
+    let key_257 = format!("{}=1", "z".repeat(257));
+    // (the lines sent, what the upstream gets: `None` when dropped)
+    let cases: Vec<(Vec<String>, Option<String>)> = vec![
+        (vec!["a=1".into(), "a=2".into()], Some("a=1".into())),
+        (
+            vec![
+                "foo=1,bar=2".into(),
+                "rojo=1,congo=2".into(),
+                "baz=3".into(),
+            ],
+            Some("foo=1,bar=2,rojo=1,congo=2,baz=3".into()),
+        ),
+        (in_lines(&thirty_two), Some(thirty_two.join(","))),
+        (in_lines(&members(1, 33)), None),
+        (members(1, 40), None),
+        (vec!["foo=1,, \t ,bar=2".into()], Some("foo=1,bar=2".into())),
+        (vec![",,".into()], None),
+        (
+            vec!["1tenant@sys=x,foo@@bar=1,t@vvvvvvvvvvvvvvv=2".into()],
+            Some("1tenant@sys=x,foo@@bar=1,t@vvvvvvvvvvvvvvv=2".into()),
+        ),
+        (
+            vec!["foo=1".into(), key_256.clone()],
+            Some(format!("foo=1,{key_256}")),
+        ),
+        (vec!["foo=1".into(), key_257], None),
+        (vec!["foo=1".into(), "@bar=2".into()], None),
+        (vec!["foo=1".into(), "bar=2=3".into()], None),
+    ];
+    for path in ["/checkout", "/catalog"] {
+        for (lines, expected) in &cases {
+            let mut call = mesh.get(path).header("traceparent", VALID);
+            for line in lines {
+                call = call.header("tracestate", line);
+            }
+            let reply = call.send();
+            let label = format!("{path} {lines:?}");
+            assert_eq!(
+                hex(&upstream_traceparent(&reply).trace_id),
+                TRACE,
+                "{label}"
+            );
+            assert_eq!(reply.upstream_header("tracestate"), *expected, "{label}");
+            let want_lines = u64::from(expected.is_some());
+            assert_eq!(
+                reply.upstream_header_lines("tracestate"),
+                want_lines,
+                "{label}"
+            );
+        }
+    }
+    for route in ["checkout", "catalog"] {
+        assert_eq!(
+            mesh.stat(&format!(
+                "mesh_trace_requests_total;route={route};outcome=continued"
+            )),
+            cases.len() as u64
+        );
+    }
+}
+
+/// Level 2's random flag: set on a trace the filter starts (its id is all random bits),
+/// kept as received on one it continues, never set on one carried from B3.
+#[test]
+fn the_random_flag_is_set_on_new_traces_and_kept_on_continued_ones() {
+    let mesh = mesh();
+    for path in ["/checkout", "/catalog"] {
+        let tp = upstream_traceparent(&mesh.get(path).send());
+        assert_eq!(tp.flags, 0x03, "{path}: a new trace, sampled and random");
+        let tp = upstream_traceparent(&mesh.get(path).header("b3", "0").send());
+        assert_eq!(tp.flags, 0x02, "{path}: a new trace, b3 said not sampled");
+        for flags in ["00", "01", "02", "03"] {
+            let sent = format!("00-{TRACE}-00f067aa0ba902b7-{flags}");
+            let reply = mesh.get(path).header("traceparent", &sent).send();
+            let forwarded = reply.upstream_header("traceparent").unwrap();
+            assert!(
+                forwarded.ends_with(&format!("-{flags}")),
+                "{path}: {sent} became {forwarded}"
+            );
+        }
+        let reply = mesh
+            .get(path)
+            .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
+            .send();
+        assert_eq!(upstream_traceparent(&reply).flags, 0x01, "{path}: from B3");
+    }
+}
+
+/// Level 2's forward compatibility: a higher version is read by its first four fields (its
+/// sampled and random flags kept, the rest dropped) and forwarded as `00` with its
+/// tracestate; `ff` is invalid.
+#[test]
+fn higher_versions_keep_level_2s_flags_and_ff_is_invalid() {
+    let mesh = mesh();
+    for path in ["/checkout", "/catalog"] {
+        let reply = mesh
+            .get(path)
+            .header(
+                "traceparent",
+                format!("cc-{TRACE}-00f067aa0ba902b7-ff-future"),
+            )
+            .header("tracestate", "foo=1")
+            .send();
+        let tp = upstream_traceparent(&reply);
+        assert_eq!(
+            (hex(&tp.trace_id).as_str(), tp.flags),
+            (TRACE, 0x03),
+            "{path}"
+        );
+        assert_eq!(
+            reply.upstream_header("tracestate").as_deref(),
+            Some("foo=1")
+        );
+        let reply = mesh
+            .get(path)
+            .header("traceparent", format!("ff-{TRACE}-00f067aa0ba902b7-01"))
+            .header("tracestate", "foo=1")
+            .send();
+        assert_ne!(hex(&upstream_traceparent(&reply).trace_id), TRACE, "{path}");
+        assert_eq!(reply.upstream_header("tracestate"), None, "{path}");
+    }
+}
+
+/// `edge` starts traces at 10 % (propagating what comes in), `inner` continues them as a
+/// child at the same rate (the second hop); `zero` samples no trace it starts.
+const SAMPLING: &str = r#"{
+    "routes": {
+        "edge": {"emit": ["w3c", "b3"], "sample_percent": 10},
+        "inner": {"mode": "child", "emit": ["w3c", "b3multi"], "sample_percent": 10},
+        "zero": {"sample_percent": 0}
+    }
+}"#;
+
+fn sampling_mesh() -> Mesh {
+    Mesh::builder()
+        .routes(vec![
+            RouteSpec::new("edge", "/edge", "v1"),
+            RouteSpec::new("inner", "/inner", "v1"),
+            RouteSpec::new("zero", "/zero", "v1"),
+        ])
+        .filter("traceid", SAMPLING)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the edge's threshold says about a trace id, by the policy crate's rule.
+fn sampled_at_10_percent(trace_id: &[u8; 16]) -> bool {
+    Threshold::from_percent(10.0).samples(sampling::randomness(trace_id))
+}
+
+/// 10,000 new traces at 10 %: the sampled share within 2 points of it, each decision the
+/// trace id's (the consistent rule), the flag, `b3` and the threshold in `tracestate` in
+/// agreement, the response header the trace's id either way, and the stat by decision.
+#[test]
+fn ten_thousand_new_traces_are_sampled_at_the_routes_share() {
+    let mesh = sampling_mesh();
+    let total = 10_000u32;
+    let mut sampled = 0u32;
+    for _ in 0..total {
+        let reply = mesh.get("/edge").send();
+        assert_eq!(reply.status, 200);
+        let tp = upstream_traceparent(&reply);
+        let id = hex(&tp.trace_id);
+        assert!(tp.random(), "{id}");
+        assert_eq!(tp.sampled(), sampled_at_10_percent(&tp.trace_id), "{id}");
+        let b3 = reply.upstream_header("b3").unwrap();
+        assert_eq!(
+            b3.split('-').nth(2),
+            Some(if tp.sampled() { "1" } else { "0" }),
+            "{b3}"
+        );
+        let state = reply.upstream_header("tracestate");
+        if tp.sampled() {
+            assert_eq!(state.as_deref(), Some("ot=th:e6666666666666"), "{id}");
+        } else {
+            assert_eq!(state, None, "{id}");
+        }
+        assert_eq!(reply.header("x-trace-id"), Some(id));
+        sampled += u32::from(tp.sampled());
+    }
+    let share = f64::from(sampled) * 100.0 / f64::from(total);
+    assert!((8.0..=12.0).contains(&share), "{share} % sampled");
+    assert_eq!(
+        mesh.stat("mesh_trace_sampling_total;route=edge;decision=sampled"),
+        u64::from(sampled)
+    );
+    assert_eq!(
+        mesh.stat("mesh_trace_sampling_total;route=edge;decision=not_sampled"),
+        u64::from(total - sampled)
+    );
+}
+
+/// Two hops at the same rate: the second (a child of the first's trace) keeps the first's
+/// decision and threshold, and its own rule agrees with it on every trace.
+#[test]
+fn two_hops_at_the_same_rate_agree_on_every_trace() {
+    let mesh = sampling_mesh();
+    let traces = 300;
+    let mut sampled = 0;
+    for _ in 0..traces {
+        let first = mesh.get("/edge").send();
+        let traceparent = first.upstream_header("traceparent").unwrap();
+        let mut call = mesh.get("/inner").header("traceparent", &traceparent);
+        let state = first.upstream_header("tracestate");
+        if let Some(state) = &state {
+            call = call.header("tracestate", state);
+        }
+        let second = call.send();
+        let (one, two) = (upstream_traceparent(&first), upstream_traceparent(&second));
+        assert_eq!(two.trace_id, one.trace_id);
+        assert_ne!(two.parent_id, one.parent_id, "the second hop is a child");
+        assert_eq!(two.flags, one.flags, "{traceparent}");
+        assert_eq!(
+            sampled_at_10_percent(&two.trace_id),
+            one.sampled(),
+            "{traceparent}"
+        );
+        assert_eq!(
+            second.upstream_header("x-b3-sampled").as_deref(),
+            Some(if one.sampled() { "1" } else { "0" })
+        );
+        assert_eq!(second.upstream_header("tracestate"), state, "{traceparent}");
+        sampled += u64::from(one.sampled());
+    }
+    assert!(
+        sampled > 0 && sampled < traces,
+        "{sampled} of {traces}: both decisions seen"
+    );
+    assert_eq!(
+        mesh.stat("mesh_trace_requests_total;route=inner;outcome=continued"),
+        traces
+    );
+    let new_inner = mesh.stat("mesh_trace_sampling_total;route=inner;decision=sampled")
+        + mesh.stat("mesh_trace_sampling_total;route=inner;decision=not_sampled");
+    assert_eq!(new_inner, 0, "a continued trace is not a new one");
+}
+
+/// An upstream tracer's decision and threshold (`th`, with its `rv`) are kept, whatever the
+/// route's rate, in both modes; a route at 0 % samples none of the traces it starts.
+#[test]
+fn an_upstream_tracers_threshold_and_decision_are_kept() {
+    let mesh = sampling_mesh();
+    let state = "ot=th:c;rv:1a2b3c4d5e6f70,congo=t61rcWkgMzE";
+    for path in ["/edge", "/inner", "/zero"] {
+        for flags in ["01", "03"] {
+            let sent = format!("00-{TRACE}-00f067aa0ba902b7-{flags}");
+            let reply = mesh
+                .get(path)
+                .header("traceparent", &sent)
+                .header("tracestate", state)
+                .send();
+            let tp = upstream_traceparent(&reply);
+            assert_eq!(hex(&tp.trace_id), TRACE);
+            assert_eq!(format!("{:02x}", tp.flags), flags, "{path}");
+            assert_eq!(
+                reply.upstream_header("tracestate").as_deref(),
+                Some(state),
+                "{path}"
+            );
+        }
+    }
+    for _ in 0..20 {
+        let tp = upstream_traceparent(&mesh.get("/zero").send());
+        assert!(!tp.sampled());
+    }
+    assert_eq!(
+        mesh.stat("mesh_trace_sampling_total;route=zero;decision=not_sampled"),
+        20
+    );
 }

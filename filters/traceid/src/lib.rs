@@ -10,10 +10,13 @@ use mesh_policy::config::{ConfigError, FieldPath};
 use mesh_policy::filter::{Filter, Plugin, Verdict};
 use mesh_policy::host::{Host, RequestHost, ResponseHost};
 use mesh_policy::stats::{self, Counters};
+use mesh_policy::trace::sampling::Sampling;
 use mesh_policy::trace::{Edit, Outcome, TraceConfig, TracePolicy};
 
 /// `mesh_trace_requests_total{route, outcome}`.
 pub const REQUESTS_TOTAL: &str = "mesh_trace_requests_total";
+/// `mesh_trace_sampling_total{route, decision}`.
+pub const SAMPLING_TOTAL: &str = "mesh_trace_sampling_total";
 
 #[derive(Debug)]
 pub struct TraceId;
@@ -23,19 +26,24 @@ pub struct TraceId;
 pub enum Counted {
     /// A request, once, by what happened to its trace.
     Request(Outcome),
+    /// A trace the filter started (a new trace id), by its sampling decision.
+    New(Sampling),
 }
 
 impl Counted {
-    pub const ALL: [Counted; 3] = [
+    pub const ALL: [Counted; 5] = [
         Self::Request(Outcome::Started),
         Self::Request(Outcome::Continued),
         Self::Request(Outcome::Replaced),
+        Self::New(Sampling::Sampled),
+        Self::New(Sampling::NotSampled),
     ];
 
     /// The metric and its labels besides `route`.
     pub fn metric(self) -> (&'static str, Vec<(&'static str, &'static str)>) {
         match self {
             Self::Request(outcome) => (REQUESTS_TOTAL, vec![("outcome", outcome.as_str())]),
+            Self::New(sampling) => (SAMPLING_TOTAL, vec![("decision", sampling.as_str())]),
         }
     }
 }
@@ -87,13 +95,17 @@ impl Filter for TraceId {
         route
             .counters
             .count(host, Counted::Request(decision.outcome));
+        if let Some(sampling) = decision.started {
+            route.counters.count(host, Counted::New(sampling));
+        }
         // The log macro formats its arguments only when Envoy logs wasm at debug.
         log::debug!(
-            "traceid route={} trace={} outcome={} source={}",
+            "traceid route={} trace={} outcome={} source={} sampled={}",
             route.name,
             decision.trace_id_hex(),
             decision.outcome.as_str(),
-            decision.source.as_str()
+            decision.source.as_str(),
+            decision.sampled
         );
         (Verdict::Continue, route.policy.kept_for_response(&decision))
     }

@@ -5,6 +5,7 @@
 //! traceparent is never forwarded: it is replaced, and its `tracestate` dropped.
 
 pub mod b3;
+pub mod sampling;
 pub mod w3c;
 
 use serde::Deserialize;
@@ -12,7 +13,8 @@ use serde::Deserialize;
 use crate::config::{ConfigError, FieldPath, HeaderName};
 use crate::hex;
 use crate::host::RequestHost;
-use b3::{B3, Sampling};
+use b3::B3;
+use sampling::{Sampling, Threshold};
 use w3c::{TraceParent, TraceStateAction};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -36,6 +38,19 @@ pub struct TraceConfig {
     #[serde(default = "default_response_header")]
     #[cfg_attr(feature = "schema", schemars(regex(pattern = crate::config::HEADER_NAME_PATTERN)))]
     pub response_header: Option<String>,
+    /// The share of the traces the filter starts that are sampled, decided from the trace
+    /// id as OpenTelemetry's consistent probability sampling does, and written as
+    /// `ot=th:<threshold>` in `tracestate` on those sampled. Absent: every trace the filter
+    /// starts is sampled and no threshold is written. A continued trace keeps its parent's
+    /// decision.
+    #[serde(default, deserialize_with = "sample_percent")]
+    #[cfg_attr(feature = "schema", schemars(with = "f64", range(min = 0, max = 100), extend("examples" = [10])))]
+    pub sample_percent: Option<f64>,
+}
+
+/// A number, as `number` reads one (no float formatting: the module stays without it).
+fn sample_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    crate::config::number(d, "a number from 0 to 100").map(Some)
 }
 
 fn default_emit() -> Vec<Format> {
@@ -94,6 +109,9 @@ pub struct TracePolicy {
     pub mode: Mode,
     pub emit: Emit,
     pub response_header: Option<HeaderName>,
+    /// The head-sampling threshold of the traces the filter starts; `None`: all sampled,
+    /// none written.
+    pub sampler: Option<Threshold>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,10 +147,17 @@ impl TracePolicy {
             Some(name) => Some(HeaderName::parse(&name, &at.field("response_header"))?),
             None => None,
         };
+        let sampler = match config.sample_percent {
+            Some(percent) if !(0.0..=100.0).contains(&percent) => {
+                return Err(at.field("sample_percent").invalid("must be from 0 to 100"));
+            }
+            percent => percent.map(Threshold::from_percent),
+        };
         Ok(Self {
             mode: config.mode,
             emit,
             response_header,
+            sampler,
         })
     }
 }
@@ -192,6 +217,10 @@ pub struct Decision {
     pub source: Source,
     /// Changes to the request headers, in order.
     pub edits: Vec<Edit>,
+    /// Whether the trace sent upstream is sampled (its sampled flag).
+    pub sampled: bool,
+    /// The sampling decision of a trace the filter started (`source` is `New`).
+    pub started: Option<Sampling>,
 }
 
 impl Decision {
@@ -235,7 +264,8 @@ impl TracePolicy {
                 other => other,
             });
         let invalid_traceparent = matches!(incoming, Some(Err(_)));
-        let (mut out, source, traceparent) = match incoming {
+        // `threshold`: what a trace the filter started and sampled was sampled with.
+        let (mut out, source, traceparent, threshold) = match incoming {
             Some(Ok(tp)) => (
                 Outgoing {
                     trace_id: tp.trace_id,
@@ -245,24 +275,34 @@ impl TracePolicy {
                 },
                 Source::W3c,
                 Some(tp),
+                None,
             ),
             _ => match read_b3(host) {
                 Some(B3::Context(ctx)) => (
                     Outgoing {
                         trace_id: ctx.trace_id,
                         span_id: ctx.span_id,
+                        // Never the random flag: nothing in B3 says how its id was made
+                        // (a 64-bit id is widened with zeros; 128-bit ids of some tracers
+                        // begin with a timestamp).
                         flags: sampled_flag(ctx.sampling),
                         b3_parent: ctx.parent_span_id,
                     },
                     Source::B3,
                     None,
+                    None,
                 ),
+                // The client decided: the sampler does not overrule it.
                 Some(B3::SamplingOnly(sampling)) => (
                     new_trace(host, sampled_flag(Some(sampling))),
                     Source::New,
                     None,
+                    None,
                 ),
-                None => (new_trace(host, sampled_flag(None)), Source::New, None),
+                None => {
+                    let (out, threshold) = self.start_sampled(host);
+                    (out, Source::New, None, threshold)
+                }
             },
         };
         if self.mode == Mode::Child && source != Source::New {
@@ -290,15 +330,20 @@ impl TracePolicy {
                 edits.push(Edit::Set(w3c::TRACEPARENT, tp.format()));
             }
             if source == Source::W3c {
-                if let Some(state) = host.request_header(w3c::TRACESTATE) {
-                    match w3c::check_tracestate(state) {
+                // Its lines are one list (read from the header map already fetched).
+                let lines: Vec<&[u8]> = host.request_header_values(w3c::TRACESTATE).collect();
+                if !lines.is_empty() {
+                    match w3c::check_tracestate(&lines) {
                         TraceStateAction::Keep => {}
-                        TraceStateAction::Truncate(kept) => {
+                        TraceStateAction::Rewrite(kept) => {
                             edits.push(Edit::Set(w3c::TRACESTATE, kept));
                         }
                         TraceStateAction::Drop => edits.push(Edit::Remove(w3c::TRACESTATE)),
                     }
                 }
+            } else if let Some(threshold) = threshold {
+                // A new trace's own tracestate: the threshold it was sampled with.
+                edits.push(Edit::Set(w3c::TRACESTATE, threshold.tracestate_member()));
             } else {
                 // tracestate belongs to the traceparent it came with.
                 remove_if_present(host, w3c::TRACESTATE, &mut edits);
@@ -334,6 +379,25 @@ impl TracePolicy {
             outcome,
             source,
             edits,
+            sampled,
+            started: (source == Source::New).then_some(Sampling::of(sampled)),
+        }
+    }
+}
+
+impl TracePolicy {
+    /// A new trace with no decision given: sampled as the route's sampler says (every one
+    /// without a sampler), and the threshold when it is sampled by one.
+    fn start_sampled(&self, host: &mut impl RequestHost) -> (Outgoing, Option<Threshold>) {
+        let mut out = new_trace(host, w3c::FLAG_SAMPLED);
+        let Some(threshold) = self.sampler else {
+            return (out, None);
+        };
+        if threshold.samples(sampling::randomness(&out.trace_id)) {
+            (out, Some(threshold))
+        } else {
+            out.flags &= !w3c::FLAG_SAMPLED;
+            (out, None)
         }
     }
 }
@@ -360,13 +424,14 @@ fn read_b3(host: &mut impl RequestHost) -> Option<B3> {
 }
 
 /// A deferred B3 decision (no sampling state) starts sampled, like a new trace.
-fn sampled_flag(sampling: Option<Sampling>) -> u8 {
+fn sampled_flag(sampling: Option<b3::Sampling>) -> u8 {
     match sampling {
-        Some(Sampling::Deny) => 0,
+        Some(b3::Sampling::Deny) => 0,
         _ => w3c::FLAG_SAMPLED,
     }
 }
 
+/// A trace id of the host's randomness, all 128 bits: Level 2's random flag says so.
 fn new_trace(host: &mut impl RequestHost, flags: u8) -> Outgoing {
     let mut trace_id = [0u8; 16];
     let (high, low) = trace_id.split_at_mut(8);
@@ -376,7 +441,7 @@ fn new_trace(host: &mut impl RequestHost, flags: u8) -> Outgoing {
     Outgoing {
         trace_id,
         span_id: random_span_id(host),
-        flags,
+        flags: flags | w3c::FLAG_RANDOM,
         b3_parent: None,
     }
 }

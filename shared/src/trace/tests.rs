@@ -91,7 +91,7 @@ fn absent_traceparent_starts_a_new_trace() {
     assert_eq!(d.source, Source::New);
     assert_eq!(
         set(&d, "traceparent").unwrap(),
-        "00-00000000000011110000000000002222-0000000000003333-01"
+        "00-00000000000011110000000000002222-0000000000003333-03"
     );
     // Nothing else: no tracestate came in, so there is none to remove.
     assert_eq!(d.edits.len(), 1, "{:?}", d.edits);
@@ -207,7 +207,7 @@ fn two_traceparent_headers_are_invalid_even_when_the_first_is_valid() {
 }
 
 #[test]
-fn tracestate_over_the_limit_is_truncated() {
+fn tracestate_over_the_limit_is_dropped_whole() {
     let state = (1..=33)
         .map(|i| format!("k{i}=v"))
         .collect::<Vec<_>>()
@@ -216,9 +216,75 @@ fn tracestate_over_the_limit_is_truncated() {
         .with_request_header("traceparent", TP)
         .with_request_header("tracestate", &state);
     let d = policy("{}").decide(&mut host);
-    let kept = set(&d, "tracestate").unwrap();
-    assert_eq!(kept.split(',').count(), 32);
-    assert!(!kept.contains("k33"));
+    assert!(removes(&d, "tracestate"));
+    assert_eq!(d.outcome, Outcome::Continued);
+}
+
+#[test]
+fn tracestate_lines_are_checked_and_forwarded_as_one() {
+    for mode in ["propagate", "child"] {
+        let p = policy(&format!(r#"{{"mode": "{mode}"}}"#));
+        let mut host = FakeHost::new()
+            .with_request_header("traceparent", TP)
+            .with_request_header("tracestate", "a=1")
+            .with_request_header("tracestate", "a=2, b=3");
+        host.script_random(&[7]);
+        let d = p.decide(&mut host);
+        assert_eq!(set(&d, "tracestate").as_deref(), Some("a=1,b=3"), "{mode}");
+        // One line of 40: each valid, too many together.
+        let mut host = FakeHost::new().with_request_header("traceparent", TP);
+        for i in 0..40 {
+            host = host.with_request_header("tracestate", format!("k{i}=v"));
+        }
+        host.script_random(&[7]);
+        let d = p.decide(&mut host);
+        assert!(removes(&d, "tracestate"), "{mode}");
+        assert_eq!(set(&d, "tracestate"), None, "{mode}");
+        // An invalid later line drops the first.
+        let mut host = FakeHost::new()
+            .with_request_header("traceparent", TP)
+            .with_request_header("tracestate", "a=1")
+            .with_request_header("tracestate", "B=2");
+        host.script_random(&[7]);
+        assert!(removes(&p.decide(&mut host), "tracestate"), "{mode}");
+        // A valid single line is left alone.
+        let mut host = FakeHost::new()
+            .with_request_header("traceparent", TP)
+            .with_request_header("tracestate", "a=1 , b@c=2");
+        host.script_random(&[7]);
+        let d = p.decide(&mut host);
+        assert_eq!(set(&d, "tracestate"), None, "{mode}");
+        assert!(!removes(&d, "tracestate"), "{mode}");
+    }
+}
+
+#[test]
+fn new_traces_have_the_random_flag_continued_ones_keep_theirs() {
+    // Started: every bit of the trace id is the host's randomness.
+    let mut host = FakeHost::new();
+    let d = policy("{}").decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-03"));
+    let mut host = FakeHost::new().with_request_header("b3", "0");
+    let d = policy("{}").decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-02"));
+    // Continued in child mode: the flags as received, random set or not.
+    for flags in ["00", "01", "02", "03"] {
+        let mut host = FakeHost::new().with_request_header(
+            "traceparent",
+            format!("00-{TRACE}-00f067aa0ba902b7-{flags}"),
+        );
+        host.script_random(&[0xabc]);
+        let d = policy(r#"{"mode": "child"}"#).decide(&mut host);
+        assert_eq!(
+            set(&d, "traceparent").unwrap(),
+            format!("00-{TRACE}-0000000000000abc-{flags}")
+        );
+    }
+    // Carried from B3: never random (nothing says how a B3 id was made).
+    let mut host = FakeHost::new()
+        .with_request_header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1");
+    let d = policy("{}").decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-01"));
 }
 
 #[test]
@@ -283,7 +349,7 @@ fn b3_deny_starts_an_unsampled_trace() {
     let mut host = FakeHost::new().with_request_header("b3", "0");
     let d = policy("{}").decide(&mut host);
     assert_eq!(d.outcome, Outcome::Started);
-    assert!(set(&d, "traceparent").unwrap().ends_with("-00"));
+    assert!(set(&d, "traceparent").unwrap().ends_with("-02"));
 }
 
 #[test]
@@ -399,4 +465,190 @@ fn an_empty_request_id_is_replaced() {
         set(&p.decide(&mut host), "x-request-id").unwrap(),
         "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"
     );
+}
+
+#[test]
+fn sample_percent_is_checked_and_named_in_errors() {
+    assert_eq!(policy("{}").sampler, None);
+    assert_eq!(
+        policy(r#"{"sample_percent": 50}"#).sampler,
+        Some(Threshold::from_percent(50.0))
+    );
+    for bad in ["100.5", "-1", "-0.000001", "1e3"] {
+        assert_eq!(
+            compile_err(&format!(
+                r#"{{"routes": {{"checkout": {{"sample_percent": {bad}}}}}}}"#
+            )),
+            r#"routes["checkout"].sample_percent: must be from 0 to 100"#,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        compile_err(r#"{"default": {"sample_percent": "10"}}"#),
+        r#"default.sample_percent: invalid type: string "10", expected a number from 0 to 100"#
+    );
+}
+
+/// A new trace at 50 %: sampled when its id's right-most 56 bits reach 2^55.
+#[test]
+fn a_new_trace_is_sampled_by_its_trace_ids_last_56_bits() {
+    let p = policy(r#"{"emit": ["w3c", "b3", "b3multi"], "sample_percent": 50}"#);
+    // (the trace id's low 64 bits, sampled)
+    for (low, sampled) in [
+        (1 << 55, true),
+        (0xff00_0000_0000_0000 | ((1 << 55) - 1), false),
+        (u64::MAX, true),
+        (1, false),
+    ] {
+        let mut host = FakeHost::new().with_request_header("tracestate", "stale=1");
+        host.script_random(&[0x1111, low, 0x3333]);
+        let d = p.decide(&mut host);
+        let tp = TraceParent::parse(set(&d, "traceparent").unwrap().as_bytes()).unwrap();
+        assert_eq!(tp.sampled(), sampled, "{low:x}");
+        assert!(tp.random(), "{low:x}");
+        assert_eq!(d.started, Some(Sampling::of(sampled)));
+        assert_eq!(
+            set(&d, "b3").unwrap().split('-').nth(2),
+            Some(if sampled { "1" } else { "0" })
+        );
+        assert_eq!(
+            set(&d, "x-b3-sampled").as_deref(),
+            Some(if sampled { "1" } else { "0" })
+        );
+        if sampled {
+            assert_eq!(set(&d, "tracestate").as_deref(), Some("ot=th:8"));
+        } else {
+            assert_eq!(set(&d, "tracestate"), None);
+            assert!(removes(&d, "tracestate"), "the stale one goes");
+        }
+    }
+}
+
+#[test]
+fn without_sample_percent_every_new_trace_is_sampled_and_nothing_is_written() {
+    let p = policy("{}");
+    for _ in 0..100 {
+        let mut host = FakeHost::new();
+        let d = p.decide(&mut host);
+        assert_eq!(d.started, Some(Sampling::Sampled));
+        assert_eq!(set(&d, "tracestate"), None);
+        assert_eq!(d.edits.len(), 1);
+    }
+    // 100 % written: every trace sampled, with `th:0`.
+    let mut host = FakeHost::new();
+    let d = policy(r#"{"sample_percent": 100}"#).decide(&mut host);
+    assert_eq!(set(&d, "tracestate").as_deref(), Some("ot=th:0"));
+}
+
+/// Over 10,000 new traces at each rate, the sampled share is within 2 points of it.
+#[test]
+fn ten_thousand_new_traces_are_sampled_at_the_configured_share() {
+    for percent in [0u32, 1, 10, 50, 90, 100] {
+        let p = policy(&format!(r#"{{"sample_percent": {percent}}}"#));
+        let mut host = FakeHost::new();
+        let mut sampled = 0u32;
+        for _ in 0..10_000 {
+            let d = p.decide(&mut host);
+            host.request_headers.clear();
+            if d.started == Some(Sampling::Sampled) {
+                sampled += 1;
+            }
+        }
+        let share = f64::from(sampled) / 100.0;
+        assert!(
+            (share - f64::from(percent)).abs() <= 2.0,
+            "{percent} %: {share} % sampled"
+        );
+        if percent == 0 || percent == 100 {
+            assert_eq!(share, f64::from(percent));
+        }
+    }
+}
+
+/// Two hops at the same rate: the second continues the first's trace with its decision,
+/// and its own sampler, asked about the same trace id, says the same on every trace.
+#[test]
+fn two_hops_at_the_same_rate_agree_on_every_trace() {
+    let edge = policy(r#"{"emit": ["w3c", "b3"], "sample_percent": 10}"#);
+    let inner = policy(r#"{"mode": "child", "emit": ["w3c", "b3"], "sample_percent": 10}"#);
+    let inner_sampler = inner.sampler.unwrap();
+    let mut host = FakeHost::new();
+    let mut sampled = 0;
+    for _ in 0..2_000 {
+        let first = edge.decide(&mut host);
+        host.request_headers.clear();
+        let traceparent = set(&first, "traceparent").unwrap();
+        let mut next = FakeHost::new().with_request_header("traceparent", &traceparent);
+        if let Some(state) = set(&first, "tracestate") {
+            next = next.with_request_header("tracestate", state);
+        }
+        let second = inner.decide(&mut next);
+        let first_tp = TraceParent::parse(traceparent.as_bytes()).unwrap();
+        let second_tp =
+            TraceParent::parse(set(&second, "traceparent").unwrap().as_bytes()).unwrap();
+        assert_eq!(second.outcome, Outcome::Continued);
+        assert_eq!(second.started, None);
+        assert_eq!(second_tp.trace_id, first_tp.trace_id);
+        assert_eq!(second_tp.flags, first_tp.flags, "{traceparent}");
+        assert_eq!(
+            inner_sampler.samples(sampling::randomness(&first_tp.trace_id)),
+            first_tp.sampled(),
+            "{traceparent}"
+        );
+        assert_eq!(
+            set(&second, "tracestate"),
+            None,
+            "the threshold is forwarded as is"
+        );
+        sampled += u32::from(first_tp.sampled());
+    }
+    assert!((100..=300).contains(&sampled), "{sampled} of 2000 at 10 %");
+}
+
+/// A continued trace keeps its parent's decision and its `ot` (an upstream tracer's `th`
+/// and `rv`), whatever the route's rate.
+#[test]
+fn a_continued_trace_keeps_its_decision_and_threshold() {
+    for (flags, mode) in [("01", "propagate"), ("00", "child"), ("03", "child")] {
+        let p = policy(&format!(r#"{{"mode": "{mode}", "sample_percent": 0}}"#));
+        let mut host = FakeHost::new()
+            .with_request_header(
+                "traceparent",
+                format!("00-{TRACE}-00f067aa0ba902b7-{flags}"),
+            )
+            .with_request_header("tracestate", "ot=th:c;rv:1a2b3c4d5e6f70,congo=t61rcWkgMzE");
+        let d = p.decide(&mut host);
+        assert_eq!(d.started, None);
+        assert_eq!(set(&d, "tracestate"), None, "{mode}");
+        assert!(!removes(&d, "tracestate"), "{mode}");
+        if let Some(tp) = set(&d, "traceparent") {
+            assert!(tp.ends_with(&format!("-{flags}")), "{tp}");
+        }
+    }
+    // B3 continuations too.
+    let mut host = FakeHost::new()
+        .with_request_header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1");
+    let d = policy(r#"{"sample_percent": 0}"#).decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-01"));
+    assert_eq!(d.started, None);
+}
+
+/// A client's own B3 decision without ids (`b3: 1`, `b3: 0`) is not overruled; an invalid
+/// traceparent replaced by a new trace is sampled like any new one.
+#[test]
+fn a_clients_decision_stands_and_replaced_traces_are_sampled() {
+    let mut host = FakeHost::new().with_request_header("b3", "1");
+    let d = policy(r#"{"sample_percent": 0}"#).decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-03"));
+    assert_eq!(d.started, Some(Sampling::Sampled));
+    assert_eq!(set(&d, "tracestate"), None, "not sampled by a threshold");
+    let mut host = FakeHost::new().with_request_header("b3", "0");
+    let d = policy(r#"{"sample_percent": 100}"#).decide(&mut host);
+    assert!(set(&d, "traceparent").unwrap().ends_with("-02"));
+    assert_eq!(d.started, Some(Sampling::NotSampled));
+    let mut host = FakeHost::new().with_request_header("traceparent", "garbage");
+    let d = policy(r#"{"sample_percent": 0}"#).decide(&mut host);
+    assert_eq!(d.outcome, Outcome::Replaced);
+    assert_eq!(d.started, Some(Sampling::NotSampled));
+    assert!(set(&d, "traceparent").unwrap().ends_with("-02"));
 }

@@ -25,14 +25,19 @@ fn new_trace_is_written_counted_and_returned_on_the_response() {
     );
     TraceId.on_response(&route, &mut request, &mut host);
     assert_eq!(host.response_values("x-trace-id"), [trace_id]);
-    // One request header write (traceparent), one counter: no removal of a tracestate that
-    // never came (each write is a host call and a route re-match in Envoy).
+    // One request header write (traceparent), two counters (the outcome, the new trace's
+    // sampling; in a module the VM adds them up until its tick): no removal of a tracestate
+    // that never came (each write is a host call and a route re-match in Envoy).
     assert_eq!(
         (
             host.calls().request_header_writes,
             host.calls().metric_updates
         ),
-        (1, 1)
+        (1, 2)
+    );
+    assert_eq!(
+        host.metric("mesh_trace_sampling_total;route=checkout;decision=sampled"),
+        Some(1)
     );
 }
 
@@ -91,4 +96,38 @@ fn emits_every_configured_format() {
     assert_eq!(host.request_values("x-request-id").len(), 1);
     TraceId.on_response(&route, &mut request, &mut host);
     assert_eq!(host.response_values("x-trace"), [trace_id]);
+}
+
+#[test]
+fn new_traces_are_counted_by_sampling_decision_continued_ones_not() {
+    let mut host = FakeHost::new();
+    let route = bound(
+        r#"{"routes": {"r": {"sample_percent": 50}}}"#,
+        "r",
+        &mut host,
+    );
+    // Trace ids whose last 56 bits are over and under 2^55.
+    for low in [1u64 << 55, 1, u64::MAX] {
+        host.request_headers.clear();
+        host.script_random(&[7, low, 9]);
+        TraceId.on_request(&route, &mut host);
+    }
+    host.request_headers.clear();
+    host.request_headers.push((
+        "traceparent".to_owned(),
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".to_vec(),
+    ));
+    TraceId.on_request(&route, &mut host);
+    assert_eq!(
+        host.metric("mesh_trace_sampling_total;route=r;decision=sampled"),
+        Some(2)
+    );
+    assert_eq!(
+        host.metric("mesh_trace_sampling_total;route=r;decision=not_sampled"),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric("mesh_trace_requests_total;route=r;outcome=continued"),
+        Some(1)
+    );
 }
