@@ -3,7 +3,8 @@
 # mix of canary keys, rate-limited keys, failing and slow upstream calls and malformed
 # headers, for a fixed time; then checks that no VM failed, no unexpected 5xx came back,
 # Envoy's memory stayed flat after warm-up (within 10 %), the rate limiter never admitted
-# more than rate x time + burst, the breaker's transitions match the injected failures (stats
+# more than rate x time + burst (and, after a flood of 20,000 distinct keys before the clock
+# starts, fresh keys still got their burst), the breaker's transitions match the injected failures (stats
 # and log lines), and the filters log nothing per request above debug.
 #
 #   scripts/soak.sh [SECONDS]      default 300 (or SOAK_SECONDS); at most SOAK_MAX_REQUESTS

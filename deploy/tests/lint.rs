@@ -192,14 +192,17 @@ fn a_canary_value_no_route_matches_is_an_error() {
 }
 
 #[test]
-fn a_tagged_twin_without_the_policy_is_a_warning() {
+fn a_tagged_twin_without_the_policy_is_an_error_with_the_fix() {
     let found = findings(&istio_with("istio/canary.yaml", |t| {
         t.replace("      checkout-canary: *checkout\n", "")
     }));
-    let f = only(&found, Severity::Warning);
+    let f = only(&found, Severity::Error);
     assert!(
         f.message.contains(r#"its tagged twin "checkout-canary""#)
-            && f.message.contains("the client's tag decides"),
+            && f.message.contains("any client can reach the canary release")
+            && f.message.contains(
+                r#"fix: give routes["checkout-canary"] the same canary policy and salt as routes["checkout"]"#
+            ),
         "{f}"
     );
 

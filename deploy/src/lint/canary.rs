@@ -57,22 +57,27 @@ pub(super) fn check_tags(lint: &mut Lint<'_>, u: &PluginUse, configured: &filter
         for table in &tables {
             for twin in table.twins(route, &tag.header, &tag.value) {
                 let twin_tag = tags.iter().find(|t| t.route.as_deref() == Some(&twin.name));
+                // Without a policy on the twin any client reaches the canary release by
+                // sending the tag: an error; a twin decided otherwise is a warning.
                 let problem = match twin_tag {
                     None if configured.has_default => None,
-                    None => Some("has no canary policy: a request that arrives tagged is matched to it first and the client's tag decides".to_owned()),
+                    None => Some((Severity::Error, format!(
+                        "has no canary policy: a request that arrives tagged is matched to it first and the client's tag decides, so any client can reach the canary release; fix: give routes[\"{}\"] the same canary policy and salt as routes[\"{route}\"] (or set a `default` policy)",
+                        twin.name
+                    ))),
                     Some(t) if t.policy != tag.policy || t.header != tag.header => {
-                        Some("has a different canary policy: a request that arrives tagged is decided by that one".to_owned())
+                        Some((Severity::Warning, "has a different canary policy: a request that arrives tagged is decided by that one".to_owned()))
                     }
-                    Some(t) if t.salt != tag.salt => Some(format!(
+                    Some(t) if t.salt != tag.salt => Some((Severity::Warning, format!(
                         "has another salt ({}): users get a different cohort when they arrive tagged; give both the same `salt`",
                         t.salt.as_deref().unwrap_or("its route name")
-                    )),
+                    ))),
                     Some(_) => None,
                 };
-                if let Some(problem) = problem {
+                if let Some((severity, problem)) = problem {
                     lint.on_use(
                         u,
-                        Severity::Warning,
+                        severity,
                         &field,
                         format!(
                             "its tagged twin \"{}\" ({}, {}) {problem}",

@@ -126,9 +126,11 @@ fn budget(module: &str) -> Counts {
         //            props map  rqw  rsw  rc  met  get  cas  clk calls entries
         "traceid" => c([100, 100, 100, 100, 0, 1, 0, 0, 0, 401, 601]),
         "canary" => c([100, 100, 10, 0, 10, 1, 0, 0, 0, 219, 601]),
-        "ratelimit" => c([100, 100, 0, 300, 0, 1, 27, 27, 100, 654, 627]),
+        // Shared data: the 16 API keys in 16 slots (two shared one under the unkeyed
+        // placement before issue 29), so one more slot's lease to renew.
+        "ratelimit" => c([100, 100, 0, 300, 0, 1, 29, 29, 100, 657, 629]),
         "breaker" => c([300, 0, 0, 0, 0, 1, 8, 4, 301, 612, 708]),
-        "bundle" => c([300, 100, 110, 400, 10, 1, 35, 31, 301, 1284, 835]),
+        "bundle" => c([300, 100, 110, 400, 10, 1, 36, 33, 301, 1287, 836]),
         _ => panic!("no budget for {module}"),
     }
 }

@@ -24,6 +24,7 @@ use mesh_policy::host::{
 };
 use mesh_policy::ratelimit::global::{CallResult, Held};
 use mesh_policy::ratelimit::rls;
+use mesh_policy::ratelimit::secret::EnvoySecret;
 use mesh_policy::ratelimit::{
     Budget, Decision, RateLimitConfig, RateLimitPolicy, RouteLimits, budget_headers,
 };
@@ -48,6 +49,8 @@ const LOG_EVERY: Nanos = 10 * NANOS_PER_SEC;
 #[derive(Debug)]
 pub struct RateLimit {
     key_prefix: String,
+    /// This VM's copy of the Envoy's slot secret, read once (and again on the tick).
+    secret: EnvoySecret,
 }
 
 /// What the rate limiter counts.
@@ -128,8 +131,10 @@ impl Filter for RateLimit {
     type Request = RequestState;
 
     fn new(plugin: &Plugin) -> Self {
+        let key_prefix = plugin.key_prefix();
         Self {
-            key_prefix: plugin.key_prefix(),
+            secret: EnvoySecret::new(&key_prefix),
+            key_prefix,
         }
     }
 
@@ -158,7 +163,7 @@ impl Filter for RateLimit {
             Metric(None)
         };
         RateLimitRoute {
-            limits: policy.bind(&self.key_prefix, route_name, host),
+            limits: policy.bind(&self.key_prefix, route_name, &self.secret, host),
             name: stats::route_label(route_name).to_owned(),
             counters,
             dry_run_log: Throttle::default(),
@@ -257,6 +262,10 @@ impl Filter for RateLimit {
             Some(reply) => Verdict::Reply(policy.global_reply(reply, host)),
             None => Verdict::Continue,
         }
+    }
+
+    fn on_tick(&self, _route: &RateLimitRoute, host: &mut impl Host) {
+        self.secret.recheck(host);
     }
 
     fn on_response(

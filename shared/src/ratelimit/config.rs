@@ -4,7 +4,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::bucket::Rate;
-use super::key::{Key, Missing};
+use super::key::{Key, Missing, Repeated};
+use super::secret::{MIN_CONFIGURED_LEN, SlotSecret};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
@@ -17,9 +18,10 @@ use crate::host::NANOS_PER_SEC;
 
 /// Limits per route: each costs a shared-data read (and a write when it admits) per request.
 pub const MAX_LIMITS: usize = 8;
-/// Slots of a keyed limit when `slots` is not given.
-pub const DEFAULT_SLOTS: u32 = 1024;
-/// Every VM creates a limit's slots when it first sees the route.
+/// Slots of a keyed limit when `slots` is not given: enough that a flood of 20,000 distinct
+/// keys leaves a fresh key 9 of its 10 tokens 19 times in 20 (issue 29; README). A slot's
+/// record is created by the first key that lands in it.
+pub const DEFAULT_SLOTS: u32 = 65_536;
 pub const MAX_SLOTS: u32 = 65_536;
 /// `rate_per_s` bounds, in thousandths per second: 0.001/s to 1000000/s.
 pub const MIN_RATE_MILLIS: u64 = 1;
@@ -88,6 +90,13 @@ pub struct RateLimitConfig {
     /// `x-forwarded-for`; `client_address` keys read that header only when this is above 0.
     #[serde(default)]
     pub trusted_hops: u32,
+    /// The secret keyed limits place their keys in slots with (at least 16 characters), for
+    /// the same placement across restarts and replicas. Without it each Envoy draws its own
+    /// at random. Clients must not know it: with it they can pick a key that shares another
+    /// client's bucket.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(min = MIN_CONFIGURED_LEN)))]
+    pub slot_secret: Option<String>,
     /// The Envoy cluster of the rate limit service (global limits only).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
@@ -156,7 +165,8 @@ pub struct LimitConfig {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = "route")))]
     pub key: KeyConfig,
-    /// Buckets of a keyed limit (default 1024, at most 65536; not with key `"route"`).
+    /// Buckets of a keyed limit (default and at most 65536; not with key `"route"`), each
+    /// created when a key first lands in it.
     /// Local only.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = MAX_SLOTS)))]
@@ -192,30 +202,18 @@ pub struct RatePerSecond {
 impl<'de> Deserialize<'de> for RatePerSecond {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         const EXPECTED: &str = "a number with at most 3 decimals, like 100 or 0.5";
-        let number = crate::config::number(deserializer, EXPECTED)?;
-        // The shortest text that reads back as the same double: what was written, for any
-        // number with at most 3 decimals.
-        parse_millis(&format!("{number}"))
-            .map(|millis| Self { millis })
-            .ok_or_else(|| de::Error::invalid_value(de::Unexpected::Float(number), &EXPECTED))
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for RatePerSecond {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "RatePerSecond".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "number",
-            "minimum": 0.001,
-            "maximum": 1_000_000,
-            "multipleOf": 0.001,
+        crate::config::decimal(deserializer, EXPECTED, |text| {
+            parse_millis(text).map(|millis| Self { millis })
         })
     }
 }
+
+crate::json_schema!(RatePerSecond, "RatePerSecond", {
+    "type": "number",
+    "minimum": 0.001,
+    "maximum": 1_000_000,
+    "multipleOf": 0.001,
+});
 
 /// `"12.5"` is 12500 thousandths; signs, exponents and a 4th decimal are refused.
 fn parse_millis(text: &str) -> Option<u64> {
@@ -243,7 +241,11 @@ pub enum KeyConfig {
     /// One bucket per request path (a gRPC method).
     Path,
     /// One bucket per value of a request header.
-    Header { name: String, when_missing: Missing },
+    Header {
+        name: String,
+        when_missing: Missing,
+        when_repeated: Repeated,
+    },
 }
 
 /// The object form of a key.
@@ -258,6 +260,10 @@ struct HeaderKey {
     /// A request without the header (or with it empty): share one bucket, or skip the limit.
     #[serde(default)]
     when_missing: Missing,
+    /// A request with the header on more than one line: reject it, or key on the lines
+    /// joined with `,` (only for an upstream that reads them so).
+    #[serde(default)]
+    when_repeated: Repeated,
 }
 
 const KEY_NAMES: [&str; 3] = ["route", "client_address", "path"];
@@ -287,6 +293,7 @@ impl<'de> Deserialize<'de> for KeyConfig {
                 Ok(KeyConfig::Header {
                     name: key.header,
                     when_missing: key.when_missing,
+                    when_repeated: key.when_repeated,
                 })
             }
         }
@@ -326,6 +333,8 @@ pub struct RateLimitPolicy {
     pub grpc: grpc::Status,
     pub rate_limit_headers: bool,
     pub failure_mode_deny: bool,
+    /// `slot_secret`: `None` places keys with the Envoy's own secret.
+    pub slot_secret: Option<SlotSecret>,
 }
 
 /// A route's global limits: one call per request carries a descriptor of each that applies.
@@ -395,6 +404,16 @@ impl RateLimitPolicy {
                 .invalid("must be a non-empty header value of printable ASCII"));
         }
         let grpc = grpc::Status::compile(config.grpc_status, config.grpc_message, at)?;
+        let slot_secret = match config.slot_secret {
+            // The message never shows the secret.
+            Some(text) if text.chars().count() < MIN_CONFIGURED_LEN => {
+                return Err(at
+                    .field("slot_secret")
+                    .invalid("must be at least 16 characters long"));
+            }
+            Some(text) => Some(SlotSecret::from_text(&text)),
+            None => None,
+        };
         Ok(Self {
             limits,
             global,
@@ -405,6 +424,7 @@ impl RateLimitPolicy {
             grpc,
             rate_limit_headers: config.rate_limit_headers,
             failure_mode_deny: config.failure_mode_deny,
+            slot_secret,
         })
     }
 }
@@ -499,9 +519,14 @@ fn compile_key(config: KeyConfig, trusted_hops: u32, at: &FieldPath) -> Result<K
         KeyConfig::Route => Key::Route,
         KeyConfig::ClientAddress => Key::ClientAddress { trusted_hops },
         KeyConfig::Path => Key::Path,
-        KeyConfig::Header { name, when_missing } => Key::Header {
+        KeyConfig::Header {
+            name,
+            when_missing,
+            when_repeated,
+        } => Key::Header {
             name: HeaderName::parse(&name, &at.field("key").field("header"))?,
             missing: when_missing,
+            repeated: when_repeated,
         },
     })
 }

@@ -1,7 +1,7 @@
 //! What a limit counts by, and which slot a request's key lands in.
 //!
 //! Memory is bounded by slots, not by clients: a limit has a fixed number of slots and a key
-//! goes to `stable_hash(salt, key) % slots`. Keys that collide share one bucket; a key can
+//! goes to `siphash(secret; salt, key) % slots` (see [`super::secret`]). Keys that collide share one bucket; a key can
 //! never gain tokens by colliding (sharing only takes tokens away) and there is no eviction
 //! (a slot is never reset to full), so a flood of new keys cannot refresh anyone's bucket.
 
@@ -12,6 +12,8 @@ use crate::hash::stable_hash;
 use crate::hex;
 use crate::host::RequestHost;
 use crate::request::client_address;
+
+use super::secret::SlotSecret;
 
 /// The request header trusted proxies append client addresses to.
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
@@ -28,7 +30,11 @@ pub enum Key {
     /// The normalised path, see [`normalize_path`].
     Path,
     /// A request header's value, e.g. `x-api-key`.
-    Header { name: HeaderName, missing: Missing },
+    Header {
+        name: HeaderName,
+        missing: Missing,
+        repeated: Repeated,
+    },
 }
 
 /// What a header-keyed limit does with a request without the header (or with it empty).
@@ -45,6 +51,23 @@ pub enum Missing {
 
 crate::config_names!(Missing { Share = "share", Skip = "skip" });
 
+/// What a header-keyed limit does with a request that has the header on more than one line.
+/// Envoy forwards every line; an upstream may read the first, the last, or all of them
+/// joined, so no single line is surely the key the upstream acts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", serde(rename_all = "snake_case"))]
+pub enum Repeated {
+    #[default]
+    /// The request is rejected (the policy's rejection reply).
+    Reject,
+    /// The key is every line's value joined with `,`, in the order Envoy forwards them
+    /// (what an upstream that combines the lines reads). Only for upstreams that do.
+    Join,
+}
+
+crate::config_names!(Repeated { Reject = "reject", Join = "join" });
+
 /// A request's key for one limit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyValue<'a> {
@@ -54,6 +77,8 @@ pub enum KeyValue<'a> {
     Anonymous,
     /// The limit does not apply.
     Skip,
+    /// The request is refused whatever the buckets hold (a key header on several lines).
+    Refused,
 }
 
 impl Key {
@@ -77,15 +102,49 @@ impl Key {
                 normalize_path(&mut path);
                 KeyValue::Value(Cow::Owned(path))
             }
-            Self::Header { name, missing } => match host.request_header(name.as_str()) {
-                Some(value) if !value.is_empty() => KeyValue::Value(Cow::Borrowed(value)),
-                _ => match missing {
-                    Missing::Share => KeyValue::Anonymous,
-                    Missing::Skip => KeyValue::Skip,
-                },
-            },
+            Self::Header {
+                name,
+                missing,
+                repeated,
+            } => {
+                let name = name.as_str();
+                let value = match host.request_header_count(name) {
+                    0 | 1 => host.request_header(name).map(Cow::Borrowed),
+                    _ if *repeated == Repeated::Reject => return KeyValue::Refused,
+                    _ => Some(Cow::Owned(joined(host.request_header_values(name)))),
+                };
+                match value {
+                    Some(value) if !value.is_empty() => KeyValue::Value(value),
+                    _ => match missing {
+                        Missing::Share => KeyValue::Anonymous,
+                        Missing::Skip => KeyValue::Skip,
+                    },
+                }
+            }
         }
     }
+}
+
+impl Key {
+    /// Whether the request is refused by this key alone (a header on several lines, under
+    /// `when_repeated: reject`), without reading anything else.
+    pub fn refuses(&self, host: &impl RequestHost) -> bool {
+        matches!(self, Self::Header { name, repeated: Repeated::Reject, .. }
+            if host.request_header_count(name.as_str()) > 1)
+    }
+}
+
+/// The values of a header's lines joined with `,`, as a recipient combines them (RFC 9110
+/// 5.3).
+fn joined<'v>(values: impl Iterator<Item = &'v [u8]>) -> Vec<u8> {
+    let mut key = Vec::new();
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            key.push(b',');
+        }
+        key.extend_from_slice(value);
+    }
+    key
 }
 
 /// The salt of one limit of one route: collisions differ between limits and routes.
@@ -94,13 +153,14 @@ pub fn salt(route_name: &str, limit_index: usize) -> u64 {
     stable_hash(&[route_name.as_bytes(), &index])
 }
 
-/// The slot a key value lands in, in `0..slots`. Never changes between releases (it decides
-/// which clients share a bucket); the anonymous bucket is a slot like any other.
-pub fn slot(salt: u64, value: &KeyValue, slots: u32) -> u32 {
+/// The slot a key value lands in, in `0..slots`: a keyed hash, so only who knows `secret`
+/// can tell which keys share a slot. With the same secret it never changes between releases
+/// (it decides which clients share a bucket); the anonymous bucket is a slot like any other.
+pub fn slot(secret: SlotSecret, salt: u64, value: &KeyValue, slots: u32) -> u32 {
     let salt = salt.to_le_bytes();
     let hash = match value {
-        KeyValue::Value(bytes) => stable_hash(&[&salt, bytes]),
-        KeyValue::Anonymous | KeyValue::Skip => stable_hash(&[&salt]),
+        KeyValue::Value(bytes) => secret.hash(&[&salt, bytes]),
+        KeyValue::Anonymous | KeyValue::Skip | KeyValue::Refused => secret.hash(&[&salt]),
     };
     // `hash % slots` is below `slots`, a u32.
     u32::try_from(hash % u64::from(slots.max(1))).unwrap_or(0)
@@ -384,10 +444,12 @@ mod tests {
         let share = Key::Header {
             name: name.clone(),
             missing: Missing::Share,
+            repeated: Repeated::Reject,
         };
         let skip = Key::Header {
             name,
             missing: Missing::Skip,
+            repeated: Repeated::Reject,
         };
         let without = FakeHost::new();
         let empty = FakeHost::new().with_request_header("x-api-key", "");
@@ -397,6 +459,42 @@ mod tests {
             assert_eq!(skip.read(host), KeyValue::Skip);
         }
         assert_eq!(share.read(&with), KeyValue::Value(Cow::Borrowed(b"k\xff")));
+    }
+
+    #[test]
+    fn a_header_on_several_lines_is_refused_or_keyed_on_every_line_joined() {
+        let key = |repeated| Key::Header {
+            name: HeaderName::parse("x-api-key", &FieldPath::root()).unwrap(),
+            missing: Missing::Skip,
+            repeated,
+        };
+        let (reject, join) = (key(Repeated::Reject), key(Repeated::Join));
+        for (first, second) in [("fresh", "exhausted"), ("exhausted", "fresh")] {
+            let host = FakeHost::new()
+                .with_request_header("x-api-key", first)
+                .with_request_header("x-other", "x")
+                .with_request_header("x-api-key", second);
+            assert_eq!(reject.read(&host), KeyValue::Refused);
+            assert!(reject.refuses(&host));
+            let joined = format!("{first},{second}");
+            assert_eq!(
+                join.read(&host),
+                KeyValue::Value(joined.into_bytes().into())
+            );
+            assert!(!join.refuses(&host));
+        }
+        // One line, even with a comma in it, is read as it is: what an upstream reads of it.
+        let host = FakeHost::new().with_request_header("x-api-key", "fresh,exhausted");
+        assert_eq!(
+            reject.read(&host),
+            KeyValue::Value(Cow::Borrowed(b"fresh,exhausted"))
+        );
+        assert!(!reject.refuses(&host));
+        // Empty lines still join: `,` is not the missing header.
+        let host = FakeHost::new()
+            .with_request_header("x-api-key", "")
+            .with_request_header("x-api-key", "");
+        assert_eq!(join.read(&host), KeyValue::Value(Cow::Borrowed(b",")));
     }
 
     #[test]
@@ -411,17 +509,65 @@ mod tests {
     #[test]
     fn slots_are_stable_and_in_range() {
         let salt = salt("checkout", 0);
-        // Changing these moves every client to another bucket on upgrade.
+        let secret = SlotSecret::from_text("a configured slot secret");
+        // With a configured secret, changing these moves every client to another bucket on
+        // upgrade.
         assert_eq!(
-            slot(salt, &KeyValue::Value(Cow::Borrowed(b"key-a")), 1024),
-            224
+            slot(
+                secret,
+                salt,
+                &KeyValue::Value(Cow::Borrowed(b"key-a")),
+                1024
+            ),
+            SLOT_OF_KEY_A
         );
-        assert_eq!(slot(salt, &KeyValue::Anonymous, 1024), 199);
+        assert_eq!(
+            slot(secret, salt, &KeyValue::Anonymous, 1024),
+            SLOT_OF_ANONYMOUS
+        );
         assert_ne!(salt, super::salt("checkout", 1));
         for i in 0..1000 {
             let value = KeyValue::Value(Cow::Owned(format!("k{i}").into_bytes()));
-            assert!(slot(salt, &value, 7) < 7);
-            assert_eq!(slot(salt, &value, 1), 0);
+            assert!(slot(secret, salt, &value, 7) < 7);
+            assert_eq!(slot(secret, salt, &value, 1), 0);
         }
+    }
+    const SLOT_OF_KEY_A: u32 = 699;
+    const SLOT_OF_ANONYMOUS: u32 = 121;
+
+    /// Issue 29: keys an attacker finds offline in a victim's slot (computed without the
+    /// secret) are placed apart with it, and the secret decides: another secret, another
+    /// placement.
+    #[test]
+    fn keys_colliding_without_the_secret_are_placed_apart_with_it() {
+        const SLOTS: u32 = 1024;
+        let salt = salt("limited", 0);
+        let value = |key: &str| KeyValue::Value(Cow::Owned(key.as_bytes().to_vec()));
+        let victim = value("victim");
+        let offline = slot(SlotSecret::PUBLIC, salt, &victim, SLOTS);
+        let colliding: Vec<KeyValue> = (0..)
+            .map(|i| value(&format!("attacker-{i}")))
+            .filter(|k| slot(SlotSecret::PUBLIC, salt, k, SLOTS) == offline)
+            .take(20)
+            .collect();
+        for text in ["one Envoy's secret, 1", "one Envoy's secret, 2"] {
+            let secret = SlotSecret::from_text(text);
+            let victims = slot(secret, salt, &victim, SLOTS);
+            let together = colliding
+                .iter()
+                .filter(|k| slot(secret, salt, k, SLOTS) == victims)
+                .count();
+            // 20 keys, each in the victim's slot with probability 1/1024.
+            assert!(together <= 1, "{text}: {together} of 20 still collide");
+        }
+        let (a, b) = (
+            SlotSecret::from_text("secret a"),
+            SlotSecret::from_text("secret b"),
+        );
+        let moved = (0..1000)
+            .map(|i| value(&format!("k{i}")))
+            .filter(|k| slot(a, salt, k, SLOTS) != slot(b, salt, k, SLOTS))
+            .count();
+        assert!(moved > 990, "{moved}");
     }
 }

@@ -26,15 +26,18 @@
 //! limit. When the retries run out or the host refuses a write, the request is let through
 //! (`failure_mode_deny: false`, the default) or rejected, and the error is reported.
 //!
-//! Slot records are created when a VM first binds a route, before it decides anything
-//! ([`RateLimitPolicy::bind`]): Envoy has no "create if absent", and two VMs creating the
-//! same record while deciding could each take the same token.
+//! A slot record is created (full) by the first request whose key lands in it, then read
+//! again for its CAS token, so every decision is a compare-and-swap on a record that exists:
+//! memory grows with the slots in use, up to the limit's `slots`. Envoy has no "create if
+//! absent": a VM that stalls between finding no record and creating it overwrites what
+//! another VM decided on that slot in between, at most once per slot per Envoy start.
 
 pub mod bucket;
 pub mod config;
 pub mod global;
 pub mod key;
 pub mod rls;
+pub mod secret;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -48,10 +51,11 @@ pub use config::{
 
 use crate::filter::{GrpcCall, LocalReply};
 use crate::grpc;
-use crate::host::{Host, NANOS_PER_MS, Nanos, RequestHost, SharedError};
+use crate::host::{Host, NANOS_PER_MS, Nanos, RequestHost, Shared, SharedError};
 use crate::store::{self, Step, UpdateError};
 use bucket::Outcome;
 use key::KeyValue;
+use secret::{EnvoySecret, Placement};
 
 pub const RETRY_AFTER: &str = "retry-after";
 pub const LIMIT_HEADER: &str = "x-ratelimit-limit";
@@ -124,6 +128,8 @@ pub struct RouteLimits {
     /// The value of a global limit keyed by route.
     route_name: String,
     limits: Vec<BoundLimit>,
+    /// The secret keys are placed in slots with.
+    placement: Placement,
     /// Reused to build slot keys, so a request allocates no key.
     scratch: RefCell<String>,
 }
@@ -274,14 +280,16 @@ enum Pending {
 }
 
 impl RateLimitPolicy {
-    /// Binds the policy to `route_name` and creates the slot records that do not exist yet
-    /// (every slot of every limit: the memory a limit will ever use).
+    /// Binds the policy to `route_name`: slot keys, and the secret keys are placed with.
+    /// Slot records are created on first use.
     pub fn bind(
         self: &Rc<Self>,
         key_prefix: &str,
         route_name: &str,
+        secret: &EnvoySecret,
         host: &mut impl Host,
     ) -> RouteLimits {
+        let placement = secret.placement(self.slot_secret, host);
         let limits: Vec<BoundLimit> = (0..self.limits.len())
             .map(|i| BoundLimit {
                 salt: key::salt(route_name, i),
@@ -289,28 +297,14 @@ impl RateLimitPolicy {
                 leases: RefCell::new(Vec::new()),
             })
             .collect();
-        let mut failed = 0u32;
-        let mut key = String::new();
-        for (limit, bound) in self.limits.iter().zip(&limits) {
-            for slot in 0..limit.slots {
-                key.clear();
-                key.push_str(&bound.key_base);
-                let _ = write!(key, "{slot}");
-                if !store::create_if_absent(host, &key, &bucket::FULL) {
-                    failed += 1;
-                }
-            }
-        }
-        if failed > 0 {
-            log::warn!(
-                "ratelimit route={route_name}: {failed} slot records could not be created; they are created on first use"
-            );
-        }
+        // Room for the longest slot key: a request builds its keys in it without allocating.
+        let longest = limits.iter().map(|b| b.key_base.len()).max().unwrap_or(0);
         RouteLimits {
             policy: Rc::clone(self),
             route_name: route_name.to_owned(),
             limits,
-            scratch: RefCell::new(String::with_capacity(key.capacity())),
+            placement,
+            scratch: RefCell::new(String::with_capacity(longest + 5)),
         }
     }
 }
@@ -335,7 +329,7 @@ impl RouteLimits {
             .iter()
             .filter_map(|limit| {
                 let value: Cow<'_, [u8]> = match limit.key.read(host) {
-                    KeyValue::Skip => return None,
+                    KeyValue::Skip | KeyValue::Refused => return None,
                     KeyValue::Anonymous => Cow::Borrowed(&[]),
                     KeyValue::Value(_) if limit.key == key::Key::Route => {
                         Cow::Borrowed(self.route_name.as_bytes())
@@ -366,12 +360,19 @@ impl RouteLimits {
         // (wait, budget) of the rejecting limit that asks for the longest wait.
         let mut rejected: Option<(u64, Budget)> = None;
 
+        let secret = self.placement.secret();
+        let global_keys = policy.global.iter().flat_map(|g| &g.limits);
+        if global_keys.map(|l| &l.key).any(|k| k.refuses(host)) {
+            return self.reject(0, None, None);
+        }
         for (i, (limit, bound)) in policy.limits.iter().zip(&self.limits).enumerate() {
             let value = limit.key.read(host);
-            if value == KeyValue::Skip {
-                continue;
+            match value {
+                KeyValue::Skip => continue,
+                KeyValue::Refused => return self.reject(0, None, None),
+                KeyValue::Value(_) | KeyValue::Anonymous => {}
             }
-            let slot = key::slot(bound.salt, &value, limit.slots);
+            let slot = key::slot(secret, bound.salt, &value, limit.slots);
             if let Some(lease) = bound.usable_lease(slot, now) {
                 let remaining = lease.remaining.saturating_add(lease.left - 1);
                 let full_in = lease.full_at.saturating_sub(now);
@@ -380,7 +381,7 @@ impl RouteLimits {
                 continue;
             }
             let (extra, unused) = bound.next_lease(slot, now);
-            let read = self.with_key(i, slot, |key| host.shared_get(key));
+            let read = self.with_key(i, slot, |key| read_or_create(host, key));
             let record = read.as_ref().map(|r| r.value.as_slice());
             match bucket::decide_lease(&limit.rate, record, now, extra, LEASE_HOLD, unused) {
                 (
@@ -689,6 +690,18 @@ pub fn tightest(budgets: impl IntoIterator<Item = Budget>) -> Option<Budget> {
     budgets
         .into_iter()
         .min_by_key(|b| (b.remaining, std::cmp::Reverse(b.reset_s)))
+}
+
+/// Reads a slot record, creating it (full) on its first use: a slot costs memory only once a
+/// key lands in it, and every decision is a compare-and-swap on a record that exists.
+/// `None` when the host refused to create it (the decision then writes without a token).
+fn read_or_create(host: &mut impl Host, key: &str) -> Option<Shared> {
+    if let Some(read) = host.shared_get(key) {
+        return Some(read);
+    }
+    // Envoy has no "create if absent": see the module docs for the race.
+    let _ = host.shared_set(key, &bucket::FULL, None);
+    host.shared_get(key)
 }
 
 fn set<T>(slots: &mut [Option<T>], index: usize, value: impl Into<Option<T>>) {

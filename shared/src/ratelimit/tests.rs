@@ -19,7 +19,7 @@ fn policy(json: &str) -> Rc<RateLimitPolicy> {
 }
 
 fn bind(json: &str, host: &mut impl Host) -> RouteLimits {
-    policy(json).bind(PREFIX, "limited", host)
+    policy(json).bind(PREFIX, "limited", &EnvoySecret::new(PREFIX), host)
 }
 
 fn compile_err(json: &str) -> String {
@@ -73,7 +73,8 @@ fn defaults() {
     assert_eq!(p.limits[0].slots, DEFAULT_SLOTS);
     assert!(matches!(
         &p.limits[0].key,
-        key::Key::Header { name, missing: key::Missing::Share } if name.as_str() == "x-api-key"
+        key::Key::Header { name, missing: key::Missing::Share, repeated: key::Repeated::Reject }
+            if name.as_str() == "x-api-key"
     ));
     let p = policy(r#"{"limits": [{"rate_per_s": 0.5, "burst": 1, "key": "path", "slots": 7}]}"#);
     assert_eq!(p.limits[0].rate.period(), std::time::Duration::from_secs(2));
@@ -97,6 +98,10 @@ fn defaults() {
 #[test]
 fn config_errors_name_route_and_field() {
     let cases = [
+        (
+            r#"{"routes": {"checkout": {"slot_secret": "short-secret", "limits": [{"rate_per_s": 1, "burst": 1}]}}}"#,
+            r#"routes["checkout"].slot_secret: must be at least 16 characters long"#,
+        ),
         (
             r#"{"routes": {"checkout": {"limits": [{"rate_per_s": 1, "burst": 0}]}}}"#,
             r#"routes["checkout"].limits[0].burst: must be at least 1"#,
@@ -140,7 +145,7 @@ fn config_errors_name_route_and_field() {
         ),
         (
             r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": {"heder": "x"}}]}}"#,
-            "default.limits[0].key.heder: unknown field `heder`, expected `header` or `when_missing`",
+            "default.limits[0].key.heder: unknown field `heder`, expected one of `header`, `when_missing`, `when_repeated`",
         ),
         (
             r#"{"default": {"limits": [{"rate_per_s": 1, "burst": 1, "key": 3}]}}"#,
@@ -272,14 +277,73 @@ fn keys_are_independent() {
         KeyValue::Value(std::borrow::Cow::Borrowed(b"bob")),
     );
     let salt = key::salt("limited", 0);
+    let secret = route.placement.secret();
     assert_ne!(
-        key::slot(salt, &alice, DEFAULT_SLOTS),
-        key::slot(salt, &bob, DEFAULT_SLOTS)
+        key::slot(secret, salt, &alice, DEFAULT_SLOTS),
+        key::slot(secret, salt, &bob, DEFAULT_SLOTS)
     );
     with_key(&mut host, "alice");
     assert_eq!(send(&route, &mut host, 30), (10, 20));
     with_key(&mut host, "bob");
     assert_eq!(send(&route, &mut host, 30), (10, 20));
+}
+
+#[test]
+fn a_key_header_on_several_lines_is_rejected_or_keyed_on_the_lines_joined() {
+    let key_lines = |first: &str, second: &str| {
+        FakeHost::new()
+            .with_request_header("x-api-key", first)
+            .with_request_header("x-api-key", second)
+    };
+    // The default: rejected, in either order, and no token taken from any bucket.
+    for (first, second) in [("fresh", "exhausted"), ("exhausted", "fresh")] {
+        let mut host = key_lines(first, second);
+        let route = bind(PER_KEY, &mut host);
+        let before = host.calls();
+        let check = route.check(&mut host);
+        assert_eq!(check.decision, Decision::Rejected);
+        assert_eq!((check.budget, check.retry_after_s), (None, 1));
+        let after = host.calls();
+        assert_eq!(
+            after.shared_gets + after.shared_sets,
+            before.shared_gets + before.shared_sets
+        );
+        // A global limit keyed on the header refuses it too.
+        let route = bind(
+            r#"{"limits": [{"scope": "global", "key": {"header": "x-api-key"}}], "service_cluster": "rls", "domain": "d"}"#,
+            &mut host,
+        );
+        assert_eq!(route.check(&mut host).decision, Decision::Rejected);
+        assert_eq!(route.global_call(Decision::Rejected, &host), None);
+    }
+    // `join`: the key is what an upstream combining the lines reads, in the order sent.
+    const JOIN: &str = r#"{"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key", "when_repeated": "join"}}]}"#;
+    let mut host = FakeHost::new();
+    let route = bind(JOIN, &mut host);
+    with_key(&mut host, "exhausted,fresh");
+    assert_eq!(send(&route, &mut host, 10), (10, 0));
+    let lines = |first: &str, second: &str| {
+        let mut vm = host.another_vm();
+        vm.request_headers = key_lines(first, second).request_headers;
+        vm
+    };
+    assert_eq!(send(&route, &mut lines("exhausted", "fresh"), 1), (0, 1));
+    assert_eq!(send(&route, &mut lines("fresh", "exhausted"), 10), (10, 0));
+}
+
+#[test]
+fn a_configured_slot_secret_places_keys_the_same_in_every_envoy() {
+    const CONFIGURED: &str = r#"{"slot_secret": "the same in every replica", "limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}}]}"#;
+    let mut one = FakeHost::new();
+    one.script_random(&[1, 2]);
+    let mut other = FakeHost::new();
+    other.script_random(&[3, 4]);
+    let (a, b) = (bind(CONFIGURED, &mut one), bind(CONFIGURED, &mut other));
+    assert_eq!(a.placement.secret(), b.placement.secret());
+    // Nothing drawn or stored for it.
+    assert_eq!(one.shared_keys(), 0);
+    let (a, b) = (bind(PER_KEY, &mut one), bind(PER_KEY, &mut other));
+    assert_ne!(a.placement.secret(), b.placement.secret());
 }
 
 #[test]
@@ -311,14 +375,15 @@ fn memory_is_bounded_by_slots_however_many_keys_arrive() {
         ]}"#,
         &mut host,
     );
-    // Every record a limit will ever use exists once the route is bound.
-    assert_eq!(host.shared_keys(), 64 + 16 + 1);
+    // Binding writes the Envoy's slot secret; slot records come with their first key.
+    assert_eq!(host.shared_keys(), 1);
     for i in 0..10_000 {
         with_key(&mut host, &format!("client-{i}"));
         host.set_request_header(":path", format!("/limited/{i}").as_bytes());
         route.check(&mut host);
+        assert!(host.shared_keys() <= 1 + 64 + 16 + 1);
     }
-    assert_eq!(host.shared_keys(), 64 + 16 + 1);
+    assert_eq!(host.shared_keys(), 1 + 64 + 16 + 1);
     assert!(
         host.shared_get(&slot_key(PREFIX, "limited", 2, 0))
             .is_some()
@@ -379,11 +444,13 @@ fn an_admitted_request_costs_one_read_and_one_write_per_limit() {
     let mut host = FakeHost::new().with_request_header(":path", "/a");
     with_key(&mut host, "k");
     let route = bind(THREE_LIMITS, &mut host);
-    for _ in 0..2 {
+    // The first request on a slot creates its record: a read finds none, a write creates it
+    // full, a read takes its CAS token.
+    for expected in [(6, 6), (3, 3)] {
         let calls = shared_calls(&mut host, |host| {
             assert_eq!(route.check(host).decision, Decision::Allowed);
         });
-        assert_eq!(calls, (3, 3));
+        assert_eq!(calls, expected);
     }
 }
 
@@ -515,6 +582,7 @@ fn losing_the_last_token_to_another_vm_rejects() {
     host.set_request_header(":path", b"/a");
     // The route-wide bucket has one token; another VM takes it after our read.
     let key = slot_key(PREFIX, "limited", 0, 0);
+    host.shared_put(&key, &bucket::FULL);
     let empty = (host.now() + NANOS_PER_SEC).to_le_bytes().to_vec();
     let mut racing = WriteRace::new(&mut host, |other| other.shared_put(&key, &empty));
     let check = route.check(&mut racing);
