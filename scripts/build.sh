@@ -93,3 +93,23 @@ for f in "${filters[@]}"; do
   printf '  dist/%-14s %7d bytes (%3d KB)  %s\n' "$f.wasm" "$size" $((size / 1024)) "$verdict"
 done
 [ "$over" = 0 ] || die "a module is over its budget"
+
+# The native dynamic module (filters/native): the bundle for Envoy's dynamic_modules filter,
+# dist/libmesh_bundle.so (Envoy loads `lib<name>.so` for `dynamic_module_config: {name:
+# mesh_bundle}` from ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Built for the host with the `native`
+# profile (unwinding, opt-level 3). It is no cdylib in its manifest (so `module_crates` above
+# does not take it for a Wasm module): `cargo rustc --crate-type cdylib`, as for the modules.
+say "building the native module (Envoy 1.40 dynamic module)"
+cargo rustc --quiet --profile native -p mesh-native --crate-type cdylib
+so="${CARGO_TARGET_DIR:-target}/native/libmesh_native.so"
+cp "$so" dist/libmesh_bundle.so.tmp && mv dist/libmesh_bundle.so.tmp dist/libmesh_bundle.so
+# Every callback the module imports must be one the pinned Envoy exports: a missing one
+# would only fail when Envoy loads the module.
+if [ -n "${MESH_ENVOY:-}" ] && [ -x "$MESH_ENVOY" ]; then
+  missing="$(comm -23 \
+    <(nm -D --undefined-only dist/libmesh_bundle.so | awk '/envoy_dynamic_module_callback_/ {print $2}' | sort -u) \
+    <(nm -D --defined-only "$MESH_ENVOY" | awk '/envoy_dynamic_module_callback_/ {print $3}' | sort -u))"
+  [ -z "$missing" ] || die "dist/libmesh_bundle.so imports callbacks $MESH_ENVOY lacks: $missing"
+fi
+printf '  dist/%-14s %7d bytes (%3d KB)\n' "libmesh_bundle.so" "$(stat -c %s dist/libmesh_bundle.so)" \
+  $(($(stat -c %s dist/libmesh_bundle.so) / 1024))

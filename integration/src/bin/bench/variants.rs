@@ -172,6 +172,26 @@ pub fn variants() -> Vec<Variant> {
             rls: false,
         },
         Variant {
+            name: "native_bundle",
+            what: "the four as the native dynamic module dist/libmesh_bundle.so",
+            modules: vec![],
+            native: vec![mesh_integration::envoy::native_filter(
+                "bundle",
+                &mesh_integration::envoy::native_module(),
+                bundle_json(),
+            )],
+            // Its stats carry their labels as Envoy tags: `mesh_x.route.bench...` in /stats.
+            checks: vec![
+                Check::UpstreamSaw("traceparent"),
+                Check::ResponseHeader("x-trace-id"),
+                Check::ResponseHeader("x-ratelimit-limit"),
+                Check::StatGrew("mesh_trace_requests_total.route.bench"),
+                Check::StatGrew("mesh_ratelimit_requests_total.route.bench.decision.allowed"),
+                Check::StatGrew("mesh_breaker_calls_total.route.bench.outcome.success"),
+            ],
+            rls: false,
+        },
+        Variant {
             name: "local_ratelimit",
             what: "Envoy's native token bucket, all admitted",
             modules: vec![],

@@ -1,0 +1,39 @@
+//! The `log` crate's records to Envoy's log (`dynamic_modules` component), at the level Envoy
+//! has for it (`--component-log-level dynamic_modules:debug` shows the per-request lines).
+
+use crate::abi::{self, LogLevel};
+
+struct EnvoyLog;
+
+static LOGGER: EnvoyLog = EnvoyLog;
+
+fn level(level: log::Level) -> LogLevel {
+    match level {
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warn,
+        log::Level::Info => LogLevel::Info,
+        log::Level::Debug => LogLevel::Debug,
+        log::Level::Trace => LogLevel::Trace,
+    }
+}
+
+impl log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        abi::log_enabled(level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            abi::log(level(record.level()), &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger (once per process; later calls do nothing).
+pub fn install() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
