@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_integration::oracle::canary_service as expected_service;
 use mesh_integration::{Mesh, Reply};
-use mesh_policy::canary::point;
 
 /// A policy for `checkout` and for its tagged twin `checkout-canary` (where Envoy puts a
 /// request that arrives with the tag), with one salt so both give a user the same answer.
@@ -47,15 +47,6 @@ fn service(reply: &Reply) -> String {
     reply
         .service()
         .unwrap_or_else(|| panic!("not from an upstream: {} {}", reply.status, reply.text()))
-}
-
-/// Where the policy sends `key` on route salt `salt` at `percent`.
-fn expected_service(salt: &str, key: &str, percent: f64) -> &'static str {
-    if point(salt.as_bytes(), key.as_bytes()) < percent / 100.0 {
-        "v2"
-    } else {
-        "v1"
-    }
 }
 
 /// Fails a load loop that runs far longer than it should (a hung Envoy), instead of hanging.
@@ -296,28 +287,37 @@ fn a_route_without_policy_is_untouched() {
         );
         assert_eq!(reply.header("set-cookie"), None);
     }
-    assert!(
-        mesh.stats()
-            .keys()
-            .all(|name| name.contains("route=checkout")),
-        "{:?}",
-        mesh.stats()
-    );
-    assert!(mesh.stats().values().all(|v| *v == 0), "{:?}", mesh.stats());
-    // The policy's own route is tagged.
+    // The control: the policy's own route is tagged, and it is all the module counted.
     assert_eq!(service(&mesh.get("/checkout").send()), "v2");
+    let counted = mesh.nonzero_stats();
+    assert!(
+        !counted.is_empty() && counted.keys().all(|name| name.contains(";route=checkout;")),
+        "{counted:?}"
+    );
 }
 
 #[test]
 fn the_client_address_is_a_sticky_key() {
-    let mesh = mesh(r#"{"salt": "checkout", "percent": 50, "sticky": {"client_address": true}}"#);
-    // Every request comes from 127.0.0.1 (new connections, new ports): one key.
-    let expected = expected_service("checkout", "127.0.0.1", 50.0);
-    for round in 0..20 {
+    // 127.0.0.1's point on salt `checkout` is 0.635: in the canary at 70 %, not at 60 %.
+    for (percent, expected) in [(70, "v2"), (60, "v1")] {
         assert_eq!(
-            service(&mesh.get("/checkout").send()),
-            expected,
-            "request {round}"
+            expected_service("checkout", "127.0.0.1", percent.into()),
+            expected
+        );
+        let mesh = mesh(&format!(
+            r#"{{"salt": "checkout", "percent": {percent}, "sticky": {{"client_address": true}}}}"#
+        ));
+        // Every request comes from 127.0.0.1, each on a new connection (a new port): one key.
+        for round in 0..10 {
+            let reply = mesh.get("/checkout").new_connection().send();
+            assert_eq!(service(&reply), expected, "{percent} %, request {round}");
+        }
+        assert_eq!(
+            mesh.stat(&format!(
+                "mesh_canary_requests_total;route=checkout;release={};reason=sticky",
+                if expected == "v2" { "canary" } else { "stable" }
+            )),
+            10
         );
     }
 }

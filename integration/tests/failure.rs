@@ -139,7 +139,7 @@ fn fail_open_keeps_traffic_flowing_when_a_vm_dies() {
     // comes after the fixture. The bundle's rate limiter runs before it and saw that one too.
     let reached_ratelimit = match Modules::current() {
         Modules::Separate => 22,
-        Modules::Bundle => 23,
+        Modules::Bundle | Modules::Native => 23,
     };
     assert_eq!(
         total(&mesh, "mesh_ratelimit_requests_total;"),

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 
 use mesh_integration::rls::{Mode, REQUEST_HEADER, RESPONSE_HEADER, Redis, Rls, RlsLimit};
-use mesh_integration::{Mesh, Reply};
+use mesh_integration::{Mesh, Modules, Reply};
 
 const ALLOWANCE: u64 = 10;
 
@@ -25,6 +25,22 @@ fn config(extra: &str) -> String {
         r#"{{"routes": {{"limited": {{"limits": [{{"scope": "global", "key": "route", "descriptor_key": "generic_key"}}],
             "service_cluster": "rls", "domain": "mesh", "timeout_ms": 2000{extra}}}}}}}"#
     )
+}
+
+/// The native module has no gRPC callout (Envoy 1.40's dynamic modules call out over HTTP
+/// only): with `MESH_MODULES=native` every test here checks instead that Envoy refuses a
+/// config with a global limit, naming where it is, and ends; true then.
+fn refused_by_the_native_module() -> bool {
+    if Modules::current() != Modules::Native {
+        return false;
+    }
+    Mesh::builder()
+        .filter("ratelimit", &config(""))
+        .empty_grpc_cluster("rls")
+        .assert_refused(
+            r#"routes["limited"].limits[0]: global limits are not available in the native module"#,
+        );
+    true
 }
 
 fn service(max: u64) -> (Redis, Rls) {
@@ -75,6 +91,9 @@ fn limited(mesh: &Mesh) -> Reply {
 
 #[test]
 fn two_envoys_share_one_global_allowance() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, rls) = service(ALLOWANCE);
     let a = envoy(&config(""), rls.addr());
     let b = envoy(&config(""), rls.addr());
@@ -132,6 +151,9 @@ fn two_envoys_share_one_global_allowance() {
 
 #[test]
 fn a_local_limit_in_front_saves_the_call() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, rls) = service(1000);
     // Two tokens, refilled once in 1000 s: the third request is rejected locally.
     let json = r#"{"routes": {"limited": {"limits": [
@@ -150,6 +172,9 @@ fn a_local_limit_in_front_saves_the_call() {
 
 #[test]
 fn a_killed_service_fails_open_and_traffic_recovers_when_it_returns() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, mut rls) = service(1000);
     let mesh = envoy(&config(""), rls.addr());
     assert_eq!(
@@ -179,6 +204,9 @@ fn a_killed_service_fails_open_and_traffic_recovers_when_it_returns() {
 
 #[test]
 fn a_killed_service_answers_503_with_failure_mode_deny() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, mut rls) = service(1000);
     let mesh = envoy(&config(r#", "failure_mode_deny": true"#), rls.addr());
     assert_eq!(limited(&mesh).status, 200);
@@ -203,6 +231,9 @@ fn a_killed_service_answers_503_with_failure_mode_deny() {
 /// (the client's own timeout is 20 s; the call's is 200 ms).
 #[test]
 fn a_service_without_endpoints_fails_open() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let json = r#"{"routes": {"limited": {"limits": [{"scope": "global", "key": "route"}],
         "service_cluster": "rls", "domain": "mesh", "timeout_ms": 200}}}"#;
     let mesh = Mesh::builder()
@@ -245,19 +276,24 @@ fn a_service_without_endpoints_fails_open() {
 /// would not fire (Kuadrant wasm-shim#425).
 #[test]
 fn a_slow_service_and_a_meaningless_answer_fail_open() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, rls) = service(1000);
     let json = r#"{"routes": {"limited": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
         "service_cluster": "rls", "domain": "mesh", "timeout_ms": 300}}}"#;
     let mesh = envoy(json, rls.addr());
     rls.set_mode(Mode::Hang);
-    let started = std::time::Instant::now();
+    let answered = rls.answered();
     let reply = limited(&mesh);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.upstream_header(REQUEST_HEADER), None);
-    // Not a timing assertion on speed: the service holds the call for HANG (5 s), far beyond
-    // the 300 ms deadline; a request that waited for the answer would take at least that.
-    assert!(
-        started.elapsed() < mesh_integration::rls::HANG,
+    // The service holds the call (for HANG, 5 s, far beyond the 300 ms deadline): a request
+    // that waited for the answer would come back after the service answered.
+    assert_eq!(rls.requests(), 1);
+    assert_eq!(
+        rls.answered(),
+        answered,
         "the request waited for the service"
     );
     // The filter's own deadline ended the call (Envoy's timer, set 1 s later as a backstop,
@@ -278,6 +314,9 @@ fn a_slow_service_and_a_meaningless_answer_fail_open() {
 /// fail open, counted as an error, logged as a bad answer.
 #[test]
 fn an_undecodable_answer_fails_open() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, rls) = service(1000);
     let mesh = envoy(&config(""), rls.addr());
     rls.set_mode(Mode::Garbage);
@@ -296,6 +335,9 @@ fn an_undecodable_answer_fails_open() {
 /// `failure_mode_deny` holds at the filter's own deadline too: a slow service is a 503.
 #[test]
 fn a_slow_service_answers_503_with_failure_mode_deny() {
+    if refused_by_the_native_module() {
+        return;
+    }
     let (_redis, rls) = service(1000);
     let json = r#"{"routes": {"limited": {"limits": [{"scope": "global", "key": "route", "descriptor_key": "generic_key"}],
         "service_cluster": "rls", "domain": "mesh", "timeout_ms": 300, "failure_mode_deny": true}}}"#;
@@ -311,6 +353,9 @@ fn a_slow_service_answers_503_with_failure_mode_deny() {
 /// forgotten, and the next requests are decided as usual (no VM failure, nothing stuck).
 #[test]
 fn a_client_leaving_during_the_call_leaves_nothing_behind() {
+    if refused_by_the_native_module() {
+        return;
+    }
     use std::io::Write;
     let (_redis, rls) = service(1000);
     let mesh = envoy(&config(""), rls.addr());

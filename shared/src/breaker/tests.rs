@@ -535,6 +535,25 @@ fn integer_properties_are_little_endian_u64() {
 
 // ---- record ----
 
+/// A record as the previous release (layout `brk1`, 9 header fields, no `failing_since`)
+/// wrote it for an open breaker, in a shared-data slot a new build reads after an upgrade:
+/// read as a fresh closed breaker, never as an open one with its fields shifted.
+#[test]
+fn a_record_of_the_previous_layout_reads_as_closed() {
+    const BRK1: u64 = 0x6272_6b31_0000_0000 | BUCKETS as u64;
+    let mut fields = vec![BRK1, 1, 3, 1_000, 61_000, 0, 0, 0, 0];
+    for epoch in 0..BUCKETS as u64 {
+        fields.extend([epoch, 5, 5, 0]);
+    }
+    let old: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+    assert_eq!(old.len(), 392);
+    assert_eq!(Record::decode(Some(&old)), Record::default());
+    // Padded to today's size it is still foreign: the layout tag decides, not the length.
+    let mut padded = old;
+    padded.resize(RECORD_BYTES, 0);
+    assert_eq!(Record::decode(Some(&padded)), Record::default());
+}
+
 #[test]
 fn records_round_trip_and_foreign_ones_read_as_closed() {
     let mut record = Record::default();

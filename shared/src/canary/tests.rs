@@ -643,3 +643,20 @@ fn the_response_gets_the_header_and_cookie_the_policy_names() {
         }
     );
 }
+
+/// A request that already carries the canary's tag once, and is decided canary, needs no
+/// write (a host call and a route chosen again); a tag sent twice is rewritten to one value.
+#[test]
+fn an_incoming_tag_the_decision_agrees_with_is_left_alone() {
+    let p = policy(r#"{"percent": 100}"#);
+    let mut once = FakeHost::new().with_request_header("x-canary", "true");
+    let d = decide(&p, &mut once);
+    assert_eq!((d.release, d.tag), (Release::Canary, TagEdit::Keep));
+    let mut twice = FakeHost::new()
+        .with_request_header("x-canary", "true")
+        .with_request_header("x-canary", "true");
+    let d = decide(&p, &mut twice);
+    assert_eq!((d.release, d.tag), (Release::Canary, TagEdit::Set));
+    let mut other = FakeHost::new().with_request_header("x-canary", "yes");
+    assert_eq!(decide(&p, &mut other).tag, TagEdit::Set);
+}
