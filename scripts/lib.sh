@@ -115,14 +115,15 @@ module_crates() {
 # Filter crates: the module crates (a filter, the bundle, the passthrough floor).
 filter_names() { module_crates; }
 
-# render_envoy_config <out>: envoy/envoy.yaml with its ${...} placeholders filled from
-# ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT, GRPC_PORT and DIST.
+# render_envoy_config <out> [<config>]: envoy/envoy.yaml (or <config>, e.g. envoy/native.yaml)
+# with its ${...} placeholders filled from ENVOY_PORT, ADMIN_PORT, V1_PORT, V2_PORT, GRPC_PORT
+# and DIST.
 render_envoy_config() {
-  local out="$1"
+  local out="$1" config="${2:-$ROOT/envoy/envoy.yaml}"
   sed -e "s|\${ENVOY_PORT}|$ENVOY_PORT|g" -e "s|\${ADMIN_PORT}|$ADMIN_PORT|g" \
       -e "s|\${V1_PORT}|$V1_PORT|g" -e "s|\${V2_PORT}|$V2_PORT|g" \
       -e "s|\${GRPC_PORT}|$GRPC_PORT|g" -e "s|\${DIST}|$DIST|g" \
-      "$ROOT/envoy/envoy.yaml" > "$out"
+      "$config" > "$out"
   if grep -qE '\$\{[A-Z_]+\}' "$out"; then die "unfilled placeholder in $out: $(grep -oE '\$\{[A-Z_]+\}' "$out" | head -1)"; fi
 }
 

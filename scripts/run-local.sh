@@ -8,6 +8,16 @@
 #   scripts/run-local.sh --docker   Envoy in a container: ENVOY_IMAGE (default: the local image
 #                                   scripts/envoy-image.sh builds), host network, config and
 #                                   dist/ mounted read-only; the upstreams stay processes
+#   scripts/run-local.sh --live     the filters' configs through ECDS, from files in .run/ecds
+#                                   that Envoy watches, as istiod pushes them; then, from
+#                                   another shell while it runs:
+#   scripts/run-local.sh --push-config FILTER FILE
+#                                   push FILE's plugin JSON as FILTER's (traceid, canary,
+#                                   ratelimit, breaker) next config; says whether Envoy applied
+#                                   or refused it (a refused push leaves the old one serving)
+#   scripts/run-local.sh --native   the four filters as the native dynamic module
+#                                   (dist/libmesh_bundle.so, envoy/native.yaml) instead of the
+#                                   Wasm modules; combines with --smoke (not with --live)
 #
 # Ports: ENVOY_PORT (10000), ADMIN_PORT (9901), V1_PORT (18081), V2_PORT (18082),
 # GRPC_PORT (18083).
@@ -15,22 +25,55 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-smoke="" docker=""
-for arg in "$@"; do
-  case "$arg" in
+export ENVOY_PORT="${ENVOY_PORT:-10000}" ADMIN_PORT="${ADMIN_PORT:-9901}"
+run="$ROOT/.run"
+
+# push_config <filter> <file>: the next version of a running --live demo's config.
+push_config() {
+  local filter="$1" file="$2" name stats before after
+  [ -f "$run/ecds/mesh.$filter.json" ] || die "no live demo config for $filter in $run/ecds (start scripts/run-local.sh --live)"
+  name="mesh.$filter"
+  stats() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats?filter=extension_config_discovery.*$name\." ; }
+  count() { awk -F': ' -v s="$1" '$1 ~ s"$" {n += $2} END {print n + 0}' <<<"$2"; }
+  before="$(stats)"
+  cargo run --quiet --locked -p mesh-deploy --bin mesh-push -- config --dir "$run/ecds" --filter "$filter" "$file"
+  for _ in $(seq 100); do
+    after="$(stats)"
+    if [ "$(count config_fail "$after")" -gt "$(count config_fail "$before")" ]; then
+      grep "config=rejected" "$run/envoy.log" | tail -n 1 >&2 || true
+      die "Envoy refused the new $name config; the previous one keeps serving"
+    fi
+    if [ "$(count config_reload "$after")" -gt "$(count config_reload "$before")" ]; then
+      say "Envoy applied the new $name config"; return 0
+    fi
+    sleep 0.1
+  done
+  die "Envoy neither applied nor refused the push within 10 s (log: $run/envoy.log)"
+}
+
+smoke="" docker="" live="" template="$ROOT/envoy/envoy.yaml"
+while [ $# -gt 0 ]; do
+  case "$1" in
     --smoke) smoke=1 ;;
     --docker) docker=1 ;;
-    *) die "unknown argument $arg (expected --smoke, --docker)" ;;
+    --live) live=1 ;;
+    --native) template="$ROOT/envoy/native.yaml" ;;
+    --push-config)
+      [ $# -eq 3 ] || die "usage: scripts/run-local.sh --push-config FILTER FILE"
+      push_config "$2" "$3"
+      exit 0 ;;
+    *) die "unknown argument $1 (expected --smoke, --docker, --live, --native, --push-config FILTER FILE)" ;;
   esac
+  shift
 done
 
-export ENVOY_PORT="${ENVOY_PORT:-10000}" ADMIN_PORT="${ADMIN_PORT:-9901}"
 export V1_PORT="${V1_PORT:-18081}" V2_PORT="${V2_PORT:-18082}" GRPC_PORT="${GRPC_PORT:-18083}"
 export DIST="$ROOT/dist"
 
 ensure_rust
 ensure_binaryen
 ensure_apt curl curl
+ensure_apt jq jq
 [ -n "$docker" ] || ensure_envoy
 
 scripts/build.sh
@@ -38,7 +81,6 @@ say "building the echo upstream and the gRPC client"
 cargo build --quiet --locked -p mesh-integration --bin echo --bin grpc-call
 bin="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)"
 
-run="$ROOT/.run"
 mkdir -p "$run"
 pids=()
 cidfile="$run/envoy.cid"
@@ -71,18 +113,31 @@ pids+=($!)
 for _ in $(seq 50); do grep -q '^listening' "$run/grpc-echo.log" && break; sleep 0.2; done
 grep -q '^listening' "$run/grpc-echo.log" || { cat "$run/grpc-echo.log"; die "echo --grpc did not start"; }
 
-render_envoy_config "$run/envoy.yaml"
-envoy_args=(--disable-hot-restart --concurrency 2 --component-log-level wasm:debug)
+render_envoy_config "$run/envoy.yaml" "$template"
+config="$run/envoy.yaml"
+if [ -n "$live" ]; then
+  [ "$template" = "$ROOT/envoy/envoy.yaml" ] || die "--live serves the Wasm filters' configs; it does not combine with --native"
+  say "the filters' configs through ECDS: files in $run/ecds"
+  rm -rf "$run/ecds"
+  mkdir -p "$run/ecds"
+  cargo run --quiet --locked -p mesh-deploy --bin mesh-push -- \
+    split --config "$run/envoy.yaml" --dir "$run/ecds" --out "$run/envoy-live.json"
+  config="$run/envoy-live.json"
+fi
+envoy_args=(--disable-hot-restart --concurrency 2 --component-log-level wasm:debug,dynamic_modules:debug)
 if [ -n "$docker" ]; then
   say "starting envoy in a container from $image"
   rm -f "$cidfile"
   # Host network: Envoy binds 127.0.0.1 as in envoy.yaml and reaches the upstreams there.
+  # --live: the ECDS directory at its own path, where the config names its files.
+  live_mount=()
+  [ -z "$live" ] || live_mount=(-v "$run/ecds:$run/ecds:ro")
   docker run --rm --cidfile "$cidfile" --network host --user 0 --label org.mesh-filters.envoy=run-local \
-    -v "$run/envoy.yaml:/mesh/config/envoy.yaml:ro" -v "$ROOT/dist:/mesh/dist:ro" \
-    --entrypoint /usr/local/bin/envoy "$image" -c /mesh/config/envoy.yaml "${envoy_args[@]}" \
+    -v "$config:/mesh/config/$(basename "$config"):ro" -v "$ROOT/dist:/mesh/dist:ro" "${live_mount[@]}" \
+    --entrypoint /usr/local/bin/envoy "$image" -c "/mesh/config/$(basename "$config")" "${envoy_args[@]}" \
     >"$run/envoy.log" 2>&1 &
 else
-  "$MESH_ENVOY" -c "$run/envoy.yaml" "${envoy_args[@]}" >"$run/envoy.log" 2>&1 &
+  "$MESH_ENVOY" -c "$config" "${envoy_args[@]}" >"$run/envoy.log" 2>&1 &
 fi
 envoy_pid=$!
 pids+=("$envoy_pid")
@@ -163,6 +218,7 @@ if [ -n "$smoke" ]; then
   sleep 1.5
   metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
   for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
+                'mesh_trace_sampling_total{route="checkout",decision="sampled"} 1' \
                 'mesh_ratelimit_requests_total{route="limited",decision="allowed"} 1' \
                 'mesh_breaker_transitions_total{route="fragile",to="open"} 1' \
                 'mesh_breaker_transitions_total{route="fragile",to="closed"} 1' \
@@ -171,6 +227,22 @@ if [ -n "$smoke" ]; then
     grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
   done
   say "ok: route, outcome, decision and to are Prometheus labels"
+  if [ -n "$live" ]; then
+    say "smoke check of a live update: /limited's burst 10 -> 20 pushed through ECDS"
+    jq -r '.resources[0].typed_config.config.configuration.value' "$run/ecds/mesh.ratelimit.json" \
+      | sed 's/"limited": {"limits": \[{"rate_per_s": 5, "burst": 10,/"limited": {"limits": [{"rate_per_s": 5, "burst": 20,/' \
+      >"$run/ratelimit-20.json"
+    grep -q '"burst": 20' "$run/ratelimit-20.json" || die "the demo's ratelimit JSON changed: update this check"
+    "$0" --push-config ratelimit "$run/ratelimit-20.json"
+    limit="$(curl -fsS -D - -o /dev/null -H 'x-api-key: live' "$base/limited" | grep -i '^x-ratelimit-limit:' | tr -d '\r' | awk '{print $2}')"
+    [ "$limit" = 20 ] || die "after the push /limited carried x-ratelimit-limit '$limit', expected 20"
+    say "ok: the next request saw the new burst (x-ratelimit-limit 20)"
+    echo '{"routes": {"limited": {"limits": [{"rate_per_s": -1, "burst": 3}]}}}' >"$run/ratelimit-bad.json"
+    if "$0" --push-config ratelimit "$run/ratelimit-bad.json"; then die "Envoy applied a config the filter refuses"; fi
+    limit="$(curl -fsS -D - -o /dev/null -H 'x-api-key: live-2' "$base/limited" | grep -i '^x-ratelimit-limit:' | tr -d '\r' | awk '{print $2}')"
+    [ "$limit" = 20 ] || die "after a refused push /limited carried x-ratelimit-limit '$limit', expected 20"
+    say "ok: a bad push was refused and the previous config kept serving"
+  fi
   exit 0
 fi
 
@@ -185,8 +257,9 @@ what they receive, grpc-echo serves mesh.test.Echo. Logs: .run/*.log. Try:
   curl -s $base/checkout -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
   # an invalid one is replaced; B3 is carried into traceparent
   curl -s $base/catalog -H 'traceparent: 00-zzz' ; curl -s $base/catalog -H 'b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1'
-  # the canary route (header match) answers from v2
-  curl -s $base/checkout -H 'x-canary: true'
+  # a client cannot pick the canary route itself: its x-canary is removed, and user-1 (not
+  # in checkout's 10 %) is answered by v1; only the filter's own tag reaches checkout-canary
+  curl -s $base/checkout -H 'x-canary: true' -H 'x-user-id: user-1'
   # canary on /: 20 % of users by x-user-id go to v2 (user-3 does, user-1 does not); the
   # x-canary-force rule always does; x-canary-decision tells why
   curl -si $base/ -H 'x-user-id: user-3' ; curl -si $base/ -H 'x-user-id: user-1'
@@ -216,6 +289,9 @@ what they receive, grpc-echo serves mesh.test.Echo. Logs: .run/*.log. Try:
   $bin/grpc-call 127.0.0.1:$ENVOY_PORT say
   # what the filters counted, as Prometheus scrapes it (README: Observability)
   curl -s 'http://127.0.0.1:$ADMIN_PORT/stats/prometheus' | grep '^mesh_'
+  # started with --live: change a filter's config while traffic flows (from another shell)
+  jq -r '.resources[0].typed_config.config.configuration.value' .run/ecds/mesh.ratelimit.json > my.json
+  scripts/run-local.sh --push-config ratelimit my.json
 
 Ctrl-C stops everything this script started.
 MSG

@@ -16,6 +16,7 @@
 
 pub mod crd;
 pub mod docs;
+pub mod ecds;
 pub mod filters;
 pub mod lint;
 pub mod oci;

@@ -52,7 +52,7 @@ pub(crate) fn scratch_dir() -> Result<tempfile::TempDir, StartError> {
 }
 
 /// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`. The
-/// modules log at debug (per-request lines) unless `extra_args` sets `--component-log-level`
+/// modules (Wasm and native) log at debug (per-request lines) unless `extra_args` sets `--component-log-level`
 /// itself (Envoy takes the option once), as the benchmark does.
 pub fn envoy_args(
     config: &Path,
@@ -75,7 +75,10 @@ pub fn envoy_args(
     );
     args.push(admin_address_path.display().to_string());
     if !extra_args.iter().any(|arg| arg == COMPONENT_LOG_LEVEL) {
-        args.extend([COMPONENT_LOG_LEVEL.to_owned(), "wasm:debug".to_owned()]);
+        args.extend([
+            COMPONENT_LOG_LEVEL.to_owned(),
+            "wasm:debug,dynamic_modules:debug".to_owned(),
+        ]);
     }
     args.extend_from_slice(extra_args);
     args

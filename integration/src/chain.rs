@@ -31,9 +31,10 @@ pub const CANARY: &str = r#"{
 pub const CANARY_SALT: &str = "shop";
 pub const CANARY_PERCENT: f64 = 20.0;
 
-/// `limited`: 5/s, burst 10 per `x-api-key`. Every other route: generous limits keyed by each
-/// kind of key (client address with one trusted hop, path, header), so every request's keys
-/// are read and normalised.
+/// `limited`: 5/s, burst 10 per `x-api-key` (a request with the header on several lines is
+/// rejected). Every other route: generous limits keyed by each kind of key (client address
+/// with one trusted hop, path, header: repeats joined), so every request's keys are read and
+/// normalised.
 pub const RATELIMIT: &str = r#"{
     "routes": {"limited": {"limits": [{"rate_per_s": 5, "burst": 10, "key": {"header": "x-api-key"}}]}},
     "default": {
@@ -41,7 +42,7 @@ pub const RATELIMIT: &str = r#"{
         "limits": [
             {"rate_per_s": 1000000, "burst": 1000000, "key": "client_address", "slots": 64},
             {"rate_per_s": 1000000, "burst": 1000000, "key": "path", "slots": 64},
-            {"rate_per_s": 1000000, "burst": 1000000, "key": {"header": "x-api-key"}, "slots": 64}
+            {"rate_per_s": 1000000, "burst": 1000000, "key": {"header": "x-api-key", "when_repeated": "join"}, "slots": 64}
         ]
     }
 }"#;

@@ -84,7 +84,12 @@ impl EnvoyContainer {
             let host = module
                 .canonicalize()
                 .map_err(|e| fail(format!("{}: {e}", module.display())))?;
-            let inside = module_path(module);
+            // A directory (pushed configs and the modules they name) keeps its path.
+            let inside = if host.is_dir() {
+                host.clone()
+            } else {
+                module_path(module)
+            };
             mounts.push(read_only(&host, &inside.display().to_string()));
         }
 

@@ -1,9 +1,12 @@
 //! The demo upstream: answers every request with what it received.
 //!
-//! `200 {"service": "v1", "method": ..., "path": ..., "headers": {lower-case name: value}}`;
+//! `200 {"service": "v1", "method": ..., "path": ..., "headers": {lower-case name: value},
+//! "header_lines": {lower-case name: how many lines}}` (a repeated header's values joined
+//! with `,`);
 //! a request header `x-echo-status: N` sets the status, `x-echo-delay-ms: N` delays the
-//! answer. `/__count` returns how many requests were served (it is not counted itself), so
-//! tests can prove the upstream was not contacted.
+//! answer, `x-echo-hold: 1` holds it until a request to `/__release` lets one held answer go.
+//! `/__count` returns how many requests were served (it is not counted itself), so tests can
+//! prove the upstream was not contacted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +21,15 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-/// Longest delay honoured, so a test cannot hang an upstream.
+/// Longest delay or hold honoured, so a test cannot hang an upstream.
 const MAX_DELAY_MS: u64 = 30_000;
 
 struct Echo {
     service: String,
     served: AtomicU64,
+    /// One permit per `/__release`: a held answer waits for one (a release that comes first
+    /// is not lost).
+    released: tokio::sync::Semaphore,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -35,9 +41,11 @@ pub async fn serve(
     let state = Arc::new(Echo {
         service: service.to_owned(),
         served: AtomicU64::new(0),
+        released: tokio::sync::Semaphore::new(0),
     });
     let app = Router::new()
         .route("/__count", get(count))
+        .route("/__release", get(release))
         .fallback(echo)
         .with_state(state);
     axum::serve(listener, app)
@@ -47,6 +55,11 @@ pub async fn serve(
 
 async fn count(State(echo): State<Arc<Echo>>) -> String {
     echo.served.load(Ordering::SeqCst).to_string()
+}
+
+async fn release(State(echo): State<Arc<Echo>>) -> &'static str {
+    echo.released.add_permits(1);
+    "released"
 }
 
 async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
@@ -61,13 +74,22 @@ async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
     if let Some(delay) = number("x-echo-delay-ms") {
         tokio::time::sleep(Duration::from_millis(delay.min(MAX_DELAY_MS))).await;
     }
+    if number("x-echo-hold") == Some(1) {
+        let held =
+            tokio::time::timeout(Duration::from_millis(MAX_DELAY_MS), echo.released.acquire());
+        if let Ok(Ok(permit)) = held.await {
+            permit.forget();
+        }
+    }
     let mut seen = Map::new();
+    let mut lines = Map::new();
     for name in headers.keys() {
         let values: Vec<String> = headers
             .get_all(name)
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
+        lines.insert(name.as_str().to_owned(), Value::from(values.len()));
         seen.insert(name.as_str().to_owned(), Value::String(values.join(",")));
     }
     let body = json!({
@@ -75,6 +97,7 @@ async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
         "method": request.method().as_str(),
         "path": request.uri().path_and_query().map_or("/", |p| p.as_str()),
         "headers": seen,
+        "header_lines": lines,
     });
     (status, axum::Json(body)).into_response()
 }

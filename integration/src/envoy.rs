@@ -66,7 +66,8 @@ impl Drop for Envoy {
 impl Envoy {
     /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
     /// `modules` are the wasm files the config names (through [`Harness::module_path`]): a
-    /// container gets each mounted read-only. `extra_args` follow [`envoy_args`] on either
+    /// container gets each mounted read-only; a directory there is mounted at its own path
+    /// (configs pushed through ECDS name files in it by their host path). `extra_args` follow [`envoy_args`] on either
     /// backend (e.g. `--config-yaml`); they must name no host path.
     pub fn start(
         harness: Harness,
@@ -202,6 +203,32 @@ pub fn wasm_filter(module: &str, wasm: &Path, plugin_json: &str) -> Value {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_json
                 }
+            }
+        }
+    })
+}
+
+/// The native dynamic module (`scripts/build.sh`): the bundle for Envoy's `dynamic_modules`
+/// HTTP filter.
+pub fn native_module() -> PathBuf {
+    dist_dir().join("libmesh_bundle.so")
+}
+
+/// A `dynamic_modules` HTTP filter entry for the native module at `path` and its plugin JSON
+/// (the bundle's): the module loaded from its file, not searched for by name.
+pub fn native_filter(module: &str, path: &Path, plugin_json: &str) -> Value {
+    let name = format!("mesh.{module}");
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": { "local": { "filename": path.display().to_string() } }
+            },
+            "filter_name": name,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": plugin_json
             }
         }
     })

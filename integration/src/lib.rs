@@ -24,11 +24,14 @@
 pub mod backend;
 pub mod chain;
 pub mod container;
+pub mod ecds;
 pub mod echo;
 pub mod envoy;
 pub mod grpc;
 mod mesh;
+mod noop_list;
 pub mod observability;
+pub mod oracle;
 pub mod prometheus;
 pub mod raw;
 pub mod rls;

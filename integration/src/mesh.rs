@@ -1,11 +1,12 @@
 //! The harness: echo upstreams plus an Envoy with the real `.wasm` modules, from one builder.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::ecds::{Applied, Discovery};
 use crate::echo::EchoServer;
 use crate::envoy::{self, Envoy, Harness, StartError};
 
@@ -90,12 +91,14 @@ pub fn demo_routes_with(extra: impl IntoIterator<Item = RouteSpec>) -> Vec<Route
 }
 
 /// How the four filters are loaded: each from its own module (`MESH_MODULES` unset or
-/// `separate`), or all from `dist/bundle.wasm` (`MESH_MODULES=bundle`). Read here only, so
-/// every filter test runs against either without knowing it.
+/// `separate`), all from `dist/bundle.wasm` (`MESH_MODULES=bundle`), or all from the native
+/// dynamic module `dist/libmesh_bundle.so` (`MESH_MODULES=native`, same plugin JSON as the
+/// bundle). Read here only, so every filter test runs against each without knowing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Modules {
     Separate,
     Bundle,
+    Native,
 }
 
 impl Modules {
@@ -103,8 +106,9 @@ impl Modules {
         match std::env::var("MESH_MODULES").as_deref() {
             Err(_) | Ok("" | "separate") => Ok(Self::Separate),
             Ok("bundle") => Ok(Self::Bundle),
+            Ok("native") => Ok(Self::Native),
             Ok(other) => Err(format!(
-                "MESH_MODULES={other:?}: expected \"separate\" or \"bundle\""
+                "MESH_MODULES={other:?}: expected \"separate\", \"bundle\" or \"native\""
             )),
         }
     }
@@ -136,10 +140,70 @@ impl Modules {
     /// keys, which the breaker's transition log line shows.
     pub fn plugin(self, filter: &str) -> String {
         match self {
-            Self::Bundle if BUNDLE_STAGES.contains(&filter) => "mesh.bundle".to_owned(),
+            Self::Bundle | Self::Native if BUNDLE_STAGES.contains(&filter) => {
+                "mesh.bundle".to_owned()
+            }
             _ => format!("mesh.{filter}"),
         }
     }
+}
+
+/// The native module's metrics from Envoy's Prometheus page, by the names the Wasm modules
+/// give them (`base;label=value;...`). The native module defines each metric family with its
+/// labels through the ABI (Envoy keeps them as tags: `/stats` shows
+/// `dynamicmodulescustom.base.label.value...`, which a route name with dots makes ambiguous);
+/// Prometheus shows them as labels, in the order defined: `envoy_dynamicmodulescustom_base{label="value",...} 3`.
+/// Histogram series (`_bucket`, `_sum`, `_count`) are left out, as `/stats` shows no count
+/// for a Wasm histogram either.
+fn native_stats(prometheus: &str) -> BTreeMap<String, u64> {
+    let mut histograms = Vec::new();
+    let mut stats = BTreeMap::new();
+    for line in prometheus.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE envoy_dynamicmodulescustom_") {
+            if let Some(base) = rest.strip_suffix(" histogram") {
+                histograms.push(base.to_owned());
+            }
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("envoy_dynamicmodulescustom_") else {
+            continue;
+        };
+        let Some((series, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let (base, labels) = series.split_once('{').unwrap_or((series, "}"));
+        if histograms.iter().any(|h| base.starts_with(h.as_str())) {
+            continue;
+        }
+        let mut name = base.to_owned();
+        let mut labels = labels.strip_suffix('}').unwrap_or(labels);
+        while let Some((label, after)) = labels.split_once("=\"") {
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, other)) => value.push(other),
+                        None => {}
+                    },
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            name.push_str(&format!(";{label}={value}"));
+            labels = after[end..].trim_start_matches(',');
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            // Counters and gauges are integers here; Prometheus prints them as numbers.
+            stats.insert(name, value as u64);
+        }
+    }
+    stats
 }
 
 /// The bundle's stages, in its fixed order: their plugin JSON goes under these keys.
@@ -205,7 +269,7 @@ fn load_as(modules: Modules, filters: Vec<FilterSpec>) -> Vec<FilterSpec> {
 }
 
 /// One wasm filter of the chain.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FilterSpec {
     /// The stats and plugin name: `mesh.<module>`.
     module: String,
@@ -215,6 +279,45 @@ struct FilterSpec {
     /// Envoy's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`); unset: Envoy's
     /// default.
     failure_policy: Option<String>,
+}
+
+impl FilterSpec {
+    /// The module file: `dist/<module>.wasm` (the native bundle's `.so` for `native`)
+    /// unless the spec names one.
+    fn module_file(&self, native: bool) -> Result<PathBuf, String> {
+        let wasm = match &self.wasm {
+            Some(wasm) => wasm.clone(),
+            None if native => envoy::native_module(),
+            None => envoy::dist_dir().join(format!("{}.wasm", self.module)),
+        };
+        if wasm.is_file() {
+            Ok(wasm)
+        } else {
+            Err(format!(
+                "{} is missing: run scripts/build.sh (filters) or scripts/test.sh (the fixture) first",
+                wasm.display()
+            ))
+        }
+    }
+
+    /// Envoy's filter entry, its code at `code` (a path as Envoy sees it).
+    fn filter(&self, code: &Path) -> Value {
+        let mut filter = envoy::wasm_filter(&self.module, code, &self.plugin_json);
+        if let Some(policy) = &self.failure_policy {
+            filter["typed_config"]["config"]["failure_policy"] = json!(policy);
+        }
+        filter
+    }
+}
+
+/// What a mesh whose filters come through ECDS keeps to push new versions.
+struct Discovered {
+    discovery: Discovery,
+    /// The filters as the test asked for them (before the bundle folded them).
+    requested: Vec<FilterSpec>,
+    modules: Modules,
+    /// The bundle's module once a push replaced it.
+    bundle_wasm: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -230,6 +333,10 @@ pub struct MeshBuilder {
     max_request_headers_kb: Option<u32>,
     /// Envoy's log level for the modules; `None`: debug (their per-request lines too).
     module_log_level: Option<String>,
+    /// How the filters are loaded; `None`: as `MESH_MODULES` says.
+    modules: Option<Modules>,
+    /// The filters' configs come through ECDS (files Envoy watches) instead of the listener.
+    discovered: bool,
 }
 
 impl MeshBuilder {
@@ -276,6 +383,20 @@ impl MeshBuilder {
     /// as in production, where per-request debug lines are not formatted. Default: debug.
     pub fn module_log_level(mut self, level: &str) -> Self {
         self.module_log_level = Some(level.to_owned());
+        self
+    }
+
+    /// Loads the filters this way whatever `MESH_MODULES` says (a test that compares them).
+    pub fn modules(mut self, modules: Modules) -> Self {
+        self.modules = Some(modules);
+        self
+    }
+
+    /// Serves every wasm filter's config through Envoy's extension config discovery, from
+    /// files ([`crate::ecds`]), so [`Mesh::push_config`] and [`Mesh::push_module`] can change
+    /// them while Envoy runs, as istiod does.
+    pub fn filters_by_discovery(mut self) -> Self {
+        self.discovered = true;
         self
     }
 
@@ -332,7 +453,9 @@ impl MeshBuilder {
             .map(|f| f.module.clone())
             .unwrap_or_default();
         let module = match modules {
-            Modules::Bundle if BUNDLE_STAGES.contains(&stage.as_str()) => "bundle".to_owned(),
+            Modules::Bundle | Modules::Native if BUNDLE_STAGES.contains(&stage.as_str()) => {
+                "bundle".to_owned()
+            }
             _ => stage.clone(),
         };
         let at_field = expected.starts_with("routes[") || expected.starts_with("default");
@@ -360,28 +483,57 @@ impl MeshBuilder {
             log: String::new(),
         };
         let harness = Harness::from_env().map_err(fail)?;
-        let filters = load_as(Modules::from_env().map_err(fail)?, self.filters);
-        let dist = envoy::dist_dir();
+        let loaded = match self.modules {
+            Some(modules) => modules,
+            None => Modules::from_env().map_err(fail)?,
+        };
+        let requested = self.filters.clone();
+        let filters = load_as(loaded, self.filters);
+        let mut discovery = match self.discovered {
+            true if loaded == Modules::Native => {
+                return Err(fail(
+                    "filters_by_discovery pushes Wasm filter configs: not with MESH_MODULES=native"
+                        .to_owned(),
+                ));
+            }
+            true => Some(Discovery::new()?),
+            false => None,
+        };
         let mut http_filters = Vec::new();
-        let mut modules = Vec::new();
+        let mut mounted = Vec::new();
         for spec in &filters {
-            let wasm = spec
-                .wasm
-                .clone()
-                .unwrap_or_else(|| dist.join(format!("{}.wasm", spec.module)));
-            if !wasm.is_file() {
-                return Err(fail(format!(
-                    "{} is missing: run scripts/build.sh (filters) or scripts/test.sh (the fixture) first",
-                    wasm.display()
-                )));
+            // The native module takes the bundle's place (same plugin JSON); it has no
+            // failure policy (a panic is caught in the module, the request passes).
+            let native =
+                loaded == Modules::Native && spec.module == "bundle" && spec.wasm.is_none();
+            let file = spec.module_file(native).map_err(fail)?;
+            if native {
+                http_filters.push(envoy::native_filter(
+                    &spec.module,
+                    &harness.module_path(&file),
+                    &spec.plugin_json,
+                ));
+                mounted.push(file);
+                continue;
             }
-            let mut filter =
-                envoy::wasm_filter(&spec.module, &harness.module_path(&wasm), &spec.plugin_json);
-            if let Some(policy) = &spec.failure_policy {
-                filter["typed_config"]["config"]["failure_policy"] = json!(policy);
+            match &mut discovery {
+                Some(discovery) => {
+                    let filter =
+                        spec.filter(&discovery.module(&file).map_err(|e| fail(e.to_string()))?);
+                    let name = filter["name"].as_str().unwrap_or_default().to_owned();
+                    discovery
+                        .push(&name, &filter["typed_config"])
+                        .map_err(|e| fail(format!("ECDS push: {e}")))?;
+                    http_filters.push(discovery.filter(&name));
+                }
+                None => {
+                    http_filters.push(spec.filter(&harness.module_path(&file)));
+                    mounted.push(file);
+                }
             }
-            http_filters.push(filter);
-            modules.push(wasm);
+        }
+        if let Some(discovery) = &discovery {
+            mounted.push(discovery.dir().to_path_buf());
         }
         let mut upstreams = Vec::new();
         for name in &self.upstreams {
@@ -403,6 +555,10 @@ impl MeshBuilder {
         }
         let routes = self.routes.iter().map(RouteSpec::to_envoy).collect();
         let mut config = envoy::bootstrap(http_filters, routes, clusters);
+        if discovery.is_some() {
+            // Envoy subscribes to a config source only with a node id and cluster.
+            config["node"] = mesh_deploy::ecds::node();
+        }
         let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"];
         if self.use_remote_address {
@@ -414,19 +570,30 @@ impl MeshBuilder {
         let log_level: Vec<String> = self
             .module_log_level
             .iter()
-            .flat_map(|level| ["--component-log-level".to_owned(), format!("wasm:{level}")])
+            .flat_map(|level| {
+                [
+                    "--component-log-level".to_owned(),
+                    format!("wasm:{level},dynamic_modules:{level}"),
+                ]
+            })
             .collect();
         let envoy = Envoy::start(
             harness,
             &config.to_string(),
             "json",
             self.concurrency,
-            &modules,
+            &mounted,
             &log_level,
         )?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener()),
             envoy,
+            discovered: discovery.map(|discovery| Discovered {
+                discovery,
+                requested,
+                modules: loaded,
+                bundle_wasm: None,
+            }),
             upstreams,
             agent: envoy::agent(Duration::from_secs(20)),
             unpooled: envoy::unpooled_agent(Duration::from_secs(20)),
@@ -438,6 +605,8 @@ impl MeshBuilder {
 /// stops on drop; Envoy's log is printed if the test is failing (see [`Envoy`]).
 pub struct Mesh {
     envoy: Envoy,
+    /// With [`MeshBuilder::filters_by_discovery`]: where pushes go.
+    discovered: Option<Discovered>,
     upstreams: Vec<EchoServer>,
     agent: ureq::Agent,
     /// Opens a new connection per request (Envoy spreads connections over its workers).
@@ -457,6 +626,8 @@ impl Mesh {
             use_remote_address: false,
             max_request_headers_kb: None,
             module_log_level: None,
+            modules: None,
+            discovered: false,
         }
     }
 
@@ -494,6 +665,18 @@ impl Mesh {
 
     /// Requests the upstream `service` has served.
     pub fn upstream_count(&self, service: &str) -> u64 {
+        self.upstream_admin(service, "/__count")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Lets one answer the upstream `service` holds (`x-echo-hold: 1`) go.
+    pub fn release_held(&self, service: &str) {
+        self.upstream_admin(service, "/__release");
+    }
+
+    fn upstream_admin(&self, service: &str, path: &str) -> String {
         let upstream = self
             .upstreams
             .iter()
@@ -501,35 +684,173 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no upstream {service}"));
         let mut reply = self
             .agent
-            .get(format!("http://{}/__count", upstream.addr))
+            .get(format!("http://{}{path}", upstream.addr))
             .call()
             .unwrap();
-        reply
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        reply.body_mut().read_to_string().unwrap()
+    }
+
+    /// Pushes `plugin_json` as the config of `module` (one of the filters the mesh was built
+    /// with, [`MeshBuilder::filters_by_discovery`]; under the bundle, its stage) and waits
+    /// until Envoy applied it (`Ok`) or rejected it (`Err` with Envoy's log), bounded.
+    pub fn push_config(&mut self, module: &str, plugin_json: &str) -> Result<(), String> {
+        self.push(module, |spec| spec.plugin_json = plugin_json.to_owned())
+    }
+
+    /// Pushes the same config of `module` with its code from `wasm` (another build; under
+    /// the bundle, of the bundle that runs `module`).
+    pub fn push_module(&mut self, module: &str, wasm: &Path) -> Result<(), String> {
+        let discovered = self
+            .discovered
+            .as_mut()
+            .unwrap_or_else(|| panic!("built without filters_by_discovery"));
+        if discovered.modules == Modules::Bundle && BUNDLE_STAGES.contains(&module) {
+            let before = discovered.bundle_wasm.replace(wasm.to_path_buf());
+            let result = self.push(module, |_| {});
+            if let (Err(_), Some(discovered)) = (&result, self.discovered.as_mut()) {
+                discovered.bundle_wasm = before;
+            }
+            result
+        } else {
+            self.push(module, |spec| spec.wasm = Some(wasm.to_path_buf()))
+        }
+    }
+
+    /// Applies `change` to `module`'s spec and pushes; a rejected push leaves the specs as
+    /// they were (Envoy keeps serving the previous config, and so does the next push).
+    fn push(&mut self, module: &str, change: impl FnOnce(&mut FilterSpec)) -> Result<(), String> {
+        let saved = self
+            .discovered
+            .as_ref()
+            .map(|d| (d.requested.clone(), d.bundle_wasm.clone()));
+        let result = self.push_changed(module, change);
+        if let (Err(_), Some(discovered), Some((requested, bundle_wasm))) =
+            (&result, self.discovered.as_mut(), saved)
+        {
+            discovered.requested = requested;
+            discovered.bundle_wasm = bundle_wasm;
+        }
+        result
+    }
+
+    fn push_changed(
+        &mut self,
+        module: &str,
+        change: impl FnOnce(&mut FilterSpec),
+    ) -> Result<(), String> {
+        let discovered = self
+            .discovered
+            .as_mut()
+            .unwrap_or_else(|| panic!("built without filters_by_discovery"));
+        let spec = discovered
+            .requested
+            .iter_mut()
+            .find(|spec| spec.module == module)
+            .unwrap_or_else(|| panic!("no filter {module}"));
+        change(spec);
+        let stage = BUNDLE_STAGES.contains(&module) && spec.wasm.is_none();
+        let loaded = load_as(discovered.modules, discovered.requested.clone());
+        let target = match discovered.modules {
+            Modules::Bundle if stage => "bundle",
+            _ => module,
+        };
+        let mut spec = loaded
+            .into_iter()
+            .find(|spec| spec.module == target)
+            .unwrap_or_else(|| panic!("no filter {target} loaded"));
+        if target == "bundle" {
+            spec.wasm.clone_from(&discovered.bundle_wasm);
+        }
+        let wasm = spec.module_file(false)?;
+        let code = discovered
+            .discovery
+            .module(&wasm)
+            .map_err(|e| e.to_string())?;
+        let filter = spec.filter(&code);
+        let name = filter["name"].as_str().unwrap_or_default().to_owned();
+        let before = self.applied(&name);
+        let Some(discovered) = self.discovered.as_mut() else {
+            return Err("built without filters_by_discovery".to_owned());
+        };
+        discovered
+            .discovery
+            .push(&name, &filter["typed_config"])
+            .map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.applied(&name);
+            if now.failures > before.failures {
+                return Err(self.envoy_log());
+            }
+            if now.reloads > before.reloads {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "Envoy neither applied nor rejected the push of {name}: {now:?}\n{}",
+                    self.envoy_log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pooled HTTP client, for a thread of the test's own (a load loop).
+    pub fn client(&self) -> ureq::Agent {
+        self.agent.clone()
+    }
+
+    /// `http://<listener>`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Envoy's ECDS counts for the discovered config `name` (`mesh.<module>`).
+    pub fn applied(&self, name: &str) -> Applied {
+        Applied::read(
+            &self.admin("/stats?filter=extension_config_discovery"),
+            name,
+        )
     }
 
     /// The filters' stats by name as Envoy reports them (`wasmcustom.` prefix removed), once
     /// the modules have handed Envoy the counts of the requests before (they do every
     /// [`envoy::TEST_STATS_FLUSH_MS`]).
     pub fn stats(&self) -> BTreeMap<String, u64> {
+        if Modules::current() == Modules::Native {
+            return native_stats(&self.stats_page("/stats/prometheus"));
+        }
         let text = self.stats_page("/stats?filter=mesh_");
         text.lines()
             .filter_map(|line| {
                 let (name, value) = line.rsplit_once(": ")?;
-                let name = name.strip_prefix("wasmcustom.").unwrap_or(name);
+                let name = name
+                    .strip_prefix("wasmcustom.")
+                    .or_else(|| name.strip_prefix("dynamicmodulescustom."))
+                    .unwrap_or(name);
                 Some((name.to_owned(), value.trim().parse().ok()?))
             })
             .collect()
     }
 
-    /// One stat, 0 if it was never defined.
+    /// One stat. A name Envoy does not report (misspelled, or its route never bound) fails
+    /// the test rather than reading as 0.
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats().get(name).copied().unwrap_or(0)
+        let stats = self.stats();
+        match stats.get(name) {
+            Some(value) => *value,
+            None => panic!(
+                "no stat {name}; Envoy has: {:?}",
+                stats.keys().collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// The stats that counted something: proof that a module is loaded and what it saw.
+    pub fn nonzero_stats(&self) -> BTreeMap<String, u64> {
+        let mut stats = self.stats();
+        stats.retain(|_, value| *value != 0);
+        stats
     }
 
     /// An admin page of stats once the modules have flushed the counts of the requests
@@ -693,10 +1014,45 @@ impl Reply {
     pub fn upstream_header(&self, name: &str) -> Option<String> {
         self.echo()["headers"][name].as_str().map(str::to_owned)
     }
+
+    /// How many lines of a request header the echo upstream received (its values are
+    /// joined with `,` in [`Reply::upstream_header`]).
+    pub fn upstream_header_lines(&self, name: &str) -> u64 {
+        self.echo()["header_lines"][name].as_u64().unwrap_or(0)
+    }
 }
 
 /// Sleeps until every module's VM has flushed its counters at least once more: three flush
 /// periods (ticks come on Envoy's workers' own timers, a little late under load).
 pub fn wait_for_stats_flush() {
     std::thread::sleep(Duration::from_millis(3 * envoy::TEST_STATS_FLUSH_MS));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_stats_read_prometheus_labels_back_into_names() {
+        let page = r#"# TYPE envoy_dynamicmodulescustom_mesh_trace_requests_total counter
+envoy_dynamicmodulescustom_mesh_trace_requests_total{route="a.b",outcome="started"} 4
+# TYPE envoy_dynamicmodulescustom_mesh_breaker_state gauge
+envoy_dynamicmodulescustom_mesh_breaker_state{route="x",cluster="v\"1"} 2
+# TYPE envoy_dynamicmodulescustom_mesh_ratelimit_call_ms histogram
+envoy_dynamicmodulescustom_mesh_ratelimit_call_ms_bucket{route="x",le="0.5"} 0
+envoy_dynamicmodulescustom_mesh_ratelimit_call_ms_count{route="x"} 0
+envoy_cluster_upstream_rq{envoy_cluster_name="v1"} 9
+"#;
+        let stats = native_stats(page);
+        assert_eq!(
+            stats.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("mesh_breaker_state;route=x;cluster=v\"1".to_owned(), 2),
+                (
+                    "mesh_trace_requests_total;route=a.b;outcome=started".to_owned(),
+                    4
+                ),
+            ]
+        );
+    }
 }

@@ -56,7 +56,75 @@ pub fn send(addr: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<R
     stream.set_write_timeout(Some(timeout))?;
     stream.write_all(request)?;
     stream.flush()?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// Sends `requests` pipelined on one keep-alive connection (written by a thread of their own
+/// while the replies are read) and reads a reply to each, in order: many requests in little
+/// client time. Envoy answers pipelined HTTP/1.1 requests one after the other.
+pub fn pipeline(
+    addr: SocketAddr,
+    requests: Vec<u8>,
+    count: usize,
+    timeout: Duration,
+) -> io::Result<Vec<RawReply>> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut writer = stream.try_clone()?;
+    let written =
+        std::thread::spawn(move || writer.write_all(&requests).and_then(|()| writer.flush()));
     let mut reader = BufReader::new(stream);
+    let replies = (0..count).map(|_| read_reply(&mut reader)).collect();
+    written
+        .join()
+        .map_err(|_| io::Error::other("writer panicked"))??;
+    replies
+}
+
+/// `count` requests to `path`, each with its own value of `header` (`<prefix>-<i>`),
+/// pipelined on `connections` connections at once: a flood of distinct keys in little client
+/// time. The statuses, in no particular order.
+pub fn flood_distinct_keys(
+    addr: SocketAddr,
+    path: &[u8],
+    header: &str,
+    prefix: &str,
+    count: usize,
+    connections: usize,
+) -> io::Result<Vec<u16>> {
+    std::thread::scope(|s| {
+        let senders: Vec<_> = (0..connections)
+            .map(|c| {
+                s.spawn(move || {
+                    let keys = (c..count).step_by(connections.max(1));
+                    let sent = keys.len();
+                    let requests: Vec<u8> = keys
+                        .flat_map(|i| {
+                            request(
+                                "GET",
+                                path,
+                                &[(header, format!("{prefix}-{i}").into_bytes())],
+                            )
+                        })
+                        .collect();
+                    pipeline(addr, requests, sent, Duration::from_secs(60))
+                })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(count);
+        for sender in senders {
+            let replies = sender
+                .join()
+                .map_err(|_| io::Error::other("sender panicked"))??;
+            statuses.extend(replies.iter().map(|r| r.status));
+        }
+        Ok(statuses)
+    })
+}
+
+/// One response off a connection.
+fn read_reply(reader: &mut impl BufRead) -> io::Result<RawReply> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status = line
@@ -95,7 +163,7 @@ pub fn send(addr: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<R
         reader.read_exact(&mut body)?;
         reply.body = body;
     } else if chunked {
-        reply.body = read_chunked(&mut reader)?;
+        reply.body = read_chunked(reader)?;
     } else {
         reader
             .take(MAX_RESPONSE as u64)

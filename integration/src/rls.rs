@@ -140,6 +140,7 @@ pub struct Rls {
     redis_url: String,
     limits: Vec<RlsLimit>,
     requests: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
     mode: Arc<AtomicU8>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -156,6 +157,7 @@ impl Rls {
             redis_url: redis.url(),
             limits,
             requests: Arc::new(AtomicU64::new(0)),
+            answered: Arc::new(AtomicU64::new(0)),
             mode: Arc::new(AtomicU8::new(Mode::Normal as u8)),
             runtime: None,
         };
@@ -170,6 +172,12 @@ impl Rls {
     /// `ShouldRateLimit` calls received so far (answered or not).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Calls the service has answered (sent a response or an error for): with
+    /// [`Mode::Hang`], a call still held, or given up by its client, is not one.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Stops serving at once: the listener and every connection close.
@@ -223,6 +231,7 @@ impl Rls {
         let inner = Arc::new(Inner {
             limiter,
             requests: Arc::clone(&self.requests),
+            answered: Arc::clone(&self.answered),
             mode: Arc::clone(&self.mode),
         });
         let service = RlsService {
@@ -249,6 +258,7 @@ impl Drop for Rls {
 struct Inner {
     limiter: AsyncRateLimiter,
     requests: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
     mode: Arc<AtomicU8>,
 }
 
@@ -336,7 +346,9 @@ impl RateLimitService for Inner {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.decide(request.into_inner()).await.map(Response::new)
+        let answer = self.decide(request.into_inner()).await;
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        answer.map(Response::new)
     }
 }
 

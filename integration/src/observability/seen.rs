@@ -68,10 +68,18 @@ pub fn send(mesh: &Mesh, seen: &mut Seen, route: &str, headers: &[(&str, &str)])
         call = call.header(name, value);
     }
     let reply = call.send();
+    let outcome = trace_outcome(headers);
     seen.add(format!(
-        "mesh_trace_requests_total;route={route};outcome={}",
-        trace_outcome(headers)
+        "mesh_trace_requests_total;route={route};outcome={outcome}"
     ));
+    // A new trace (none came in, or an invalid one without B3 beside it): the policy
+    // (`TRACEID`) samples every one.
+    let b3 = headers.iter().any(|(n, _)| *n == "b3");
+    if outcome == "started" || (outcome == "replaced" && !b3) {
+        seen.add(format!(
+            "mesh_trace_sampling_total;route={route};decision=sampled"
+        ));
+    }
     match route {
         "checkout" => {
             let decision = reply

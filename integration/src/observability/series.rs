@@ -14,6 +14,7 @@ pub fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>
     let sets = |sets: &[&[&'static str]]| sets.iter().map(|s| s.to_vec()).collect();
     BTreeMap::from([
         ("mesh_trace_requests_total", sets(&[&["outcome", "route"]])),
+        ("mesh_trace_sampling_total", sets(&[&["decision", "route"]])),
         ("mesh_canary_untrusted_tags_total", sets(&[&["route"]])),
         (
             "mesh_canary_requests_total",
