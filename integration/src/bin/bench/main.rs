@@ -21,6 +21,7 @@
 //!
 //! Everything listens on 127.0.0.1; every process started here is stopped by its own handle.
 
+mod chart;
 mod load;
 mod machine;
 mod measure;
@@ -46,7 +47,8 @@ type Error = Box<dyn std::error::Error>;
 const USAGE: &str = "usage: bench [--requests N] [--windows N] [--warmup N] [--connections N]
              [--repeat N] [--max-seconds N] [--only name,name] [--copies N]
              [--baseline-dist DIR --baseline-label REF] [--profile VARIANT] [--no-pin]
-             [--out FILE]";
+             [--out FILE]
+       bench --chart-from FILE   (FILE's results table drawn as FILE.svg; nothing measured)";
 
 pub struct Options {
     /// Measured requests per variant and repetition, on each listener.
@@ -68,7 +70,10 @@ pub struct Options {
     profile: Option<String>,
     /// Envoy on CPU 0, the load on CPU 1 (off with `--no-pin`, or with fewer than 2 CPUs).
     pin: bool,
+    /// Besides FILE (the results), the chart of its rows as FILE.svg.
     out: Option<PathBuf>,
+    /// Only draw the chart of a results file written before.
+    chart_from: Option<PathBuf>,
 }
 
 impl Options {
@@ -86,6 +91,7 @@ impl Options {
             profile: None,
             pin: true,
             out: None,
+            chart_from: None,
         }
     }
 
@@ -115,6 +121,7 @@ impl Options {
                 "--profile" => options.profile = Some(value()?),
                 "--no-pin" => options.pin = false,
                 "--out" => options.out = Some(PathBuf::from(value()?)),
+                "--chart-from" => options.chart_from = Some(PathBuf::from(value()?)),
                 _ => return Err(format!("unknown argument {flag}\n{USAGE}").into()),
             }
         }
@@ -212,8 +219,23 @@ fn main() {
     }
 }
 
+/// Writes the chart of `bars` beside the results file `results` (its `.svg`).
+fn write_chart(results: &std::path::Path, bars: &[chart::Bar]) -> Result<(), Error> {
+    let path = results.with_extension("svg");
+    std::fs::write(&path, chart::svg(bars)?)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 fn run() -> Result<(), Error> {
     let mut options = Options::parse()?;
+    if let Some(results) = &options.chart_from {
+        let table =
+            std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+        let bars =
+            chart::bars_from_results(&table).map_err(|e| format!("{}: {e}", results.display()))?;
+        return write_chart(results, &bars);
+    }
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if options.pin && cpus < 2 {
         eprintln!("warning: {cpus} CPU: Envoy and the load are not pinned apart");
@@ -335,8 +357,9 @@ fn run() -> Result<(), Error> {
         });
         let report = format!(
             "# Benchmark results\n\n\
-             Written by `scripts/bench.sh` ({started}); what it measures and how: README.md,\n\
-             \"Benchmark\". Envoy `--concurrency 1` in front of a fixed upstream answering `200 ok`,\n\
+             Written by `scripts/bench.sh` ({started}); what it measures and how:\n\
+             [docs/benchmark.md](../docs/benchmark.md); the chart: results.svg. Envoy\n\
+             `--concurrency 1` in front of a fixed upstream answering `200 ok`,\n\
              wrk with 1 thread and {} connections on loopback; {pinning}. Each Envoy has two\n\
              listeners, the variant's filters and a bare one; after {} warm-up requests on each,\n\
              {} measured requests per listener in {} window pairs alternating between them. Envoy\n\
@@ -364,6 +387,7 @@ fn run() -> Result<(), Error> {
         }
         std::fs::write(out, report)?;
         eprintln!("wrote {}", out.display());
+        write_chart(out, &chart::bars(&rows))?;
     }
     Ok(())
 }

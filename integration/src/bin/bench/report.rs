@@ -71,7 +71,7 @@ impl Row<'_> {
         Spread::of(&self.samples.iter().map(f).collect::<Vec<_>>())
     }
 
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         let mut label = self.variant.name.to_owned();
         if self.set != "now" {
             let _ = write!(label, " @{}", self.set);
