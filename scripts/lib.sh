@@ -153,6 +153,15 @@ ensure_wasm_bindgen_runner() {
   fi
 }
 
+# mdbook for the user's guide (docs/, scripts/docs.sh), at the version pinned here.
+MDBOOK_VERSION="0.5.4"
+ensure_mdbook() {
+  if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+    say "installing mdbook $MDBOOK_VERSION (cargo install, once: a few minutes)"
+    cargo install --quiet --locked mdbook --version "=$MDBOOK_VERSION"
+  fi
+}
+
 # The docker daemon. ensure_docker makes sure `docker info` answers. When it does not and we
 # are root on Linux, it installs Debian's docker.io and iptables and starts dockerd in the
 # background with its own data root, pidfile and log under MESH_DOCKER_STATE.
