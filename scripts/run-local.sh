@@ -4,7 +4,8 @@
 # until Ctrl-C.
 #
 #   scripts/run-local.sh            run until Ctrl-C
-#   scripts/run-local.sh --smoke    start, check a request end to end, stop (used by the tests)
+#   scripts/run-local.sh --smoke    start, check the demo end to end and run the README's tour
+#                                   (mesh-tour check), stop (used by the tests)
 #   scripts/run-local.sh --docker   Envoy in a container: ENVOY_IMAGE (default: the local image
 #                                   scripts/envoy-image.sh builds), host network, config and
 #                                   dist/ mounted read-only; the upstreams stay processes
@@ -205,7 +206,7 @@ if [ -n "$smoke" ]; then
   [ "${exhausted:-0}" -ge 3 ] || die "15 Count calls: $tally, expected at least 3 RESOURCE_EXHAUSTED"
   say "ok: 15 Count calls: $tally"
   for _ in 1 2 3; do grpc_call say --fail UNAVAILABLE >/dev/null; done
-  # A worker trusts a closed state it read for 5 ms (README, "Each worker's view of it").
+  # A worker trusts a closed state it read for 5 ms (docs/breaker.md, "Each worker's view of it").
   sleep 0.05
   fallback="$(grpc_call say)"
   grep -q '^UNAVAILABLE (14): echo: circuit open' <<<"$fallback" \
@@ -213,8 +214,8 @@ if [ -n "$smoke" ]; then
   grep -q '^  x-circuit-state: open' <<<"$fallback" || die "no x-circuit-state: open: $fallback"
   say "ok: 3 UNAVAILABLE opened the breaker; the next call ended UNAVAILABLE \"echo: circuit open\""
   say "smoke check: the counters carry their labels at /stats/prometheus"
-  # The modules hand Envoy their counts once a second (README, "Counters reach Envoy once a
-  # second"): wait for one more flush.
+  # The modules hand Envoy their counts once a second (docs/observability.md, "Counters
+  # reach Envoy once a second"): wait for one more flush.
   sleep 1.5
   metrics="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/stats/prometheus")"
   for series in 'mesh_trace_requests_total{route="checkout",outcome="started"} 1' \
@@ -243,52 +244,31 @@ if [ -n "$smoke" ]; then
     [ "$limit" = 20 ] || die "after a refused push /limited carried x-ratelimit-limit '$limit', expected 20"
     say "ok: a bad push was refused and the previous config kept serving"
   fi
+fi
+
+tour() {
+  cargo run --quiet --locked -p mesh-deploy --bin mesh-tour -- "$1" \
+    --envoy-port "$ENVOY_PORT" --admin-port "$ADMIN_PORT" --bin "$bin"
+}
+if [ -n "$smoke" ]; then
+  if [ "$template" = "$ROOT/envoy/envoy.yaml" ]; then
+    # Every command of the README's tour, checked against what the README says it shows
+    # (the native module's metric names differ: envoy/native.yaml skips it).
+    say "the README's tour against the demo"
+    tour check
+    say "ok: every command of the README's tour printed what the README shows"
+  fi
   exit 0
 fi
 
 cat <<MSG
 
 Envoy is listening on $base (admin http://127.0.0.1:$ADMIN_PORT), upstreams v1 and v2 echo
-what they receive, grpc-echo serves mesh.test.Echo. Logs: .run/*.log. Try:
+what they receive, grpc-echo serves mesh.test.Echo. Logs: .run/*.log. Try the README's tour
+(README.md, "A two-minute tour", shows what each prints):
 
-  # a new trace: the upstream sees traceparent and b3, the response carries x-trace-id
-  curl -si $base/checkout
-  # a valid traceparent is kept
-  curl -s $base/checkout -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
-  # an invalid one is replaced; B3 is carried into traceparent
-  curl -s $base/catalog -H 'traceparent: 00-zzz' ; curl -s $base/catalog -H 'b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1'
-  # a client cannot pick the canary route itself: its x-canary is removed, and user-1 (not
-  # in checkout's 10 %) is answered by v1; only the filter's own tag reaches checkout-canary
-  curl -s $base/checkout -H 'x-canary: true' -H 'x-user-id: user-1'
-  # canary on /: 20 % of users by x-user-id go to v2 (user-3 does, user-1 does not); the
-  # x-canary-force rule always does; x-canary-decision tells why
-  curl -si $base/ -H 'x-user-id: user-3' ; curl -si $base/ -H 'x-user-id: user-1'
-  curl -si $base/ -H 'x-canary-force: true'
-  # a client cannot tag itself: x-canary from the client is removed (user-1 stays on v1)
-  curl -s $base/ -H 'x-user-id: user-1' -H 'x-canary: true'
-  # /checkout: cookie beta=1 goes to v2; without a user id the response sets a mesh-canary
-  # cookie that keeps this browser in its cohort
-  curl -s $base/checkout -H 'cookie: beta=1' ; curl -si $base/checkout
-  # rate limit on /limited: 5/s, burst 10 per x-api-key; the rest of a burst gets 429
-  for i in \$(seq 15); do curl -s -o /dev/null -w '%{http_code} ' $base/limited -H 'x-api-key: demo'; done; echo
-  curl -si $base/limited -H 'x-api-key: demo' | grep -iE '^(HTTP|retry-after|x-ratelimit)'
-  # the breaker: 3 failures in a row open it; for 5 s the fallback answers (503, JSON,
-  # x-circuit-state: open, Retry-After) and v1 is not called; then one probe decides
-  for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code} ' $base/fragile -H 'x-echo-status: 500'; done; echo
-  curl -si $base/fragile ; curl -s http://127.0.0.1:$V1_PORT/__count
-  sleep 5; curl -si $base/fragile
-  # gRPC on the same listener (route echo): the service lists the metadata it received,
-  # traceparent among them
-  $bin/grpc-call 127.0.0.1:$ENVOY_PORT say hello -H 'x-tenant: demo'
-  # 5/s, burst 10 per method: the rest of a burst ends RESOURCE_EXHAUSTED with
-  # grpc-retry-pushback-ms (Count's bucket is not Say's)
-  $bin/grpc-call 127.0.0.1:$ENVOY_PORT count 2 --repeat 15
-  $bin/grpc-call 127.0.0.1:$ENVOY_PORT count 2
-  # 3 UNAVAILABLE in a row open the breaker: for 5 s calls end UNAVAILABLE "echo: circuit open"
-  for i in 1 2 3; do $bin/grpc-call 127.0.0.1:$ENVOY_PORT say --fail UNAVAILABLE; done
-  $bin/grpc-call 127.0.0.1:$ENVOY_PORT say
-  # what the filters counted, as Prometheus scrapes it (README: Observability)
-  curl -s 'http://127.0.0.1:$ADMIN_PORT/stats/prometheus' | grep '^mesh_'
+$(tour print)
+
   # started with --live: change a filter's config while traffic flows (from another shell)
   jq -r '.resources[0].typed_config.config.configuration.value' .run/ecds/mesh.ratelimit.json > my.json
   scripts/run-local.sh --push-config ratelimit my.json

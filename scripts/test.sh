@@ -107,7 +107,7 @@ MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
 say "the filters' integration tests again, against the native module (MESH_MODULES=native: dist/libmesh_bundle.so)"
 # global_ratelimit.rs checks there that a global limit is refused at load. The observability
 # files are left out: the native module's Prometheus names carry Envoy's dynamic-module prefix
-# (README, "Native module").
+# (docs/native.md, "What differs").
 MESH_MODULES=native cargo test --locked -p mesh-integration --quiet \
   --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order --test grpc \
   --test hostile --test failure

@@ -7,6 +7,7 @@
 //!   and pinning the manifests' `sha256` to them.
 //! - [`schema`]: `mesh-schema`, a JSON Schema per filter's plugin config, generated from the
 //!   config types; [`reference`]: the configuration reference pages rendered from them.
+//! - [`tour`]: `mesh-tour`, the README's tour as examples run against the demo.
 //!
 //! Never built for wasm; nothing here is in a module.
 
@@ -25,6 +26,7 @@ pub mod plugin_json;
 pub mod reference;
 pub mod routes;
 pub mod schema;
+pub mod tour;
 
 use std::path::{Path, PathBuf};
 

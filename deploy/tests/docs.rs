@@ -2,6 +2,9 @@
 //! file under docs/ and bench/. A link to a file must name one that exists; a link with an
 //! anchor (`#section`, or `FILE.md#section`) must name a heading of that Markdown file, by
 //! GitHub's rule for heading anchors. No network: web links are not followed.
+//!
+//! And ARCHITECTURE.md's code map names every source file, one line each, and no file that
+//! is gone: it is updated with the code.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -138,6 +141,64 @@ fn every_relative_link_resolves() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
+/// Every `.rs` and `.sh` file of the crates and scripts (not vendored code, not build output).
+fn source_files() -> BTreeSet<String> {
+    let root = repo_root();
+    let mut found = BTreeSet::new();
+    let mut stack: Vec<PathBuf> = ["shared", "filters", "deploy", "integration", "scripts"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !matches!(name.as_str(), "vendor" | "target") {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".rs") || name.ends_with(".sh") {
+                let relative = path.strip_prefix(&root).unwrap();
+                found.insert(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    found
+}
+
+/// The files the code map lists: its lines `` - `path` — what it is ``.
+fn code_map(architecture: &str) -> Vec<String> {
+    let section = architecture
+        .split("\n## ")
+        .find(|s| s.starts_with("Code map\n"))
+        .expect("ARCHITECTURE.md has a section \"## Code map\"");
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("- `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(path, _)| path.to_owned())
+        .collect()
+}
+
+#[test]
+fn the_code_map_lists_every_source_file_once() {
+    let text = fs::read_to_string(repo_root().join("ARCHITECTURE.md")).unwrap();
+    let listed = code_map(&text);
+    let unique: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        listed.len(),
+        "a file listed twice in the code map"
+    );
+    let files = source_files();
+    let missing: Vec<&String> = files.difference(&unique).collect();
+    let gone: Vec<&String> = unique.difference(&files).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "ARCHITECTURE.md's code map: add a line for {missing:?}; remove {gone:?}"
+    );
+}
+
 #[test]
 fn anchors_follow_githubs_rule() {
     assert_eq!(
@@ -152,5 +213,9 @@ fn anchors_follow_githubs_rule() {
     assert_eq!(
         links("see [a](b.md#c) and `[x](y)` and [d](https://e)"),
         ["b.md#c", "https://e"]
+    );
+    assert_eq!(
+        code_map("# A\n## Code map\n- `a.rs` — x\ntext `b.rs`\n## Next\n- `c.rs` — y\n"),
+        ["a.rs"]
     );
 }
