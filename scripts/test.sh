@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: format, lints (host and wasm32), unit tests (host, and the policy crate's as
-# wasm32 in Node), the wasm build and OCI images, the deploy lint over istio/ and envoy/, the
-# real-Envoy and Prometheus integration tests and smoke runs of scripts/run-local.sh.
+# wasm32 in Node), the book, the wasm build and OCI images, the deploy lint over istio/ and
+# envoy/, the real-Envoy and Prometheus integration tests and smoke runs of
+# scripts/run-local.sh (the README's tour among them).
 # Installs what it needs.
 #
 # Every integration test file that loads our filters runs twice: with each filter's own module,
@@ -60,6 +61,11 @@ cargo clippy --locked --target wasm32-unknown-unknown -p mesh-policy --all-targe
 
 say "unit tests"
 cargo test --locked --workspace --exclude mesh-integration --quiet
+
+# The user's guide builds (its links are checked by the unit tests: deploy/tests/docs.rs).
+# The first run installs mdbook: ~270 CPU-seconds of compiling, a few minutes on two cores.
+say "the book (docs/, scripts/docs.sh)"
+scripts/docs.sh
 
 say "policy crate tests as wasm32-unknown-unknown (wasm-bindgen-test in Node)"
 wasm_log="$(mktemp)"
