@@ -127,11 +127,8 @@ pub fn svg(bars: &[Bar]) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
         let ours = RGBColor(54, 105, 168);
         let baseline = RGBColor(160, 180, 205);
-        let mut at = 0;
-        for bar in bars {
-            // Rows are drawn top down, in the table's order.
-            let row = count - 1 - at;
-            at += 1;
+        // Rows are drawn top down, in the table's order.
+        for (bar, row) in bars.iter().zip((0..count).rev()) {
             let fill = if bar.label.contains('@') {
                 baseline
             } else {
