@@ -1,6 +1,7 @@
 //! The plugin JSON the docs show is plugin JSON the filters take: every ```` ```json <filter> ````
 //! block of README.md, and every ```` ```json ```` block of a filter's chapter of the book
-//! (docs/<filter>.md), compiled by that filter's own code.
+//! (docs/<filter>.md), compiled by that filter's own code; every other chapter's by one of
+//! the filters or the bundle (```` ```json shape ```` marks an illustration of a shape).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -69,6 +70,42 @@ fn every_plugin_json_of_a_filters_chapter_is_taken() {
             assert_taken(kind, &json, &file);
         }
     }
+}
+
+#[test]
+fn every_plugin_json_of_the_other_chapters_is_taken_by_a_filter_or_the_bundle() {
+    let docs = repo_root().join("docs");
+    let filter_chapters: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| format!("{}.md", k.name()))
+        .collect();
+    let mut checked = 0;
+    for entry in fs::read_dir(&docs).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".md") || filter_chapters.contains(&name) {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        for (info, json) in json_blocks(&text) {
+            if info == "json shape" {
+                continue;
+            }
+            let taken = Kind::ALL
+                .iter()
+                .any(|k| k.configure(json.as_bytes()).is_ok())
+                || mesh_deploy::filters::configure_bundle(json.as_bytes()).is_ok();
+            assert!(
+                taken,
+                "docs/{name}: no filter and not the bundle takes\n{json}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "the gRPC and bundle chapters' examples were not found"
+    );
 }
 
 #[test]
