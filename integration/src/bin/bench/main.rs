@@ -355,10 +355,14 @@ fn run() -> Result<(), Error> {
                  --baseline {b}`), measured right before or after today's in every repetition."
             )
         });
+        let chart = out.with_extension("svg");
+        let chart = chart
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let report = format!(
             "# Benchmark results\n\n\
              Written by `scripts/bench.sh` ({started}); what it measures and how:\n\
-             [docs/benchmark.md](../docs/benchmark.md); the chart: results.svg. Envoy\n\
+             [docs/benchmark.md](../docs/benchmark.md); the chart: [{chart}]({chart}). Envoy\n\
              `--concurrency 1` in front of a fixed upstream answering `200 ok`,\n\
              wrk with 1 thread and {} connections on loopback; {pinning}. Each Envoy has two\n\
              listeners, the variant's filters and a bare one; after {} warm-up requests on each,\n\
