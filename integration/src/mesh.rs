@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::ecds::{Applied, Discovery};
 use crate::echo::EchoServer;
-use crate::envoy::{self, Envoy, Harness, StartError};
+use crate::envoy::{self, Envoy, Harness, Launch, StartError};
 
 /// A route in the generated Envoy config.
 #[derive(Debug, Clone)]
@@ -577,14 +577,11 @@ impl MeshBuilder {
                 ]
             })
             .collect();
-        let envoy = Envoy::start(
-            harness,
-            &config.to_string(),
-            "json",
-            self.concurrency,
-            &mounted,
-            &log_level,
-        )?;
+        let launch = Launch::new(config.to_string())
+            .concurrency(self.concurrency)
+            .modules(mounted)
+            .args(log_level);
+        let envoy = Envoy::start(harness, &launch)?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener()),
             envoy,
