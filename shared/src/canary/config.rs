@@ -374,21 +374,17 @@ impl Rule {
             ("query", config.query.is_some()),
             ("path_prefix", config.path_prefix.is_some()),
         ];
-        if let Some(second) = second_given(&targets) {
-            return Err(at
-                .field(second)
-                .invalid("a rule looks at one thing: write two rules"));
-        }
+        at_most_one(at, &targets, "a rule looks at one thing: write two rules")?;
         let tests = [
             ("exact", config.exact.is_some()),
             ("prefix", config.prefix.is_some()),
             ("present", config.present.is_some()),
         ];
-        if let Some(second) = second_given(&tests) {
-            return Err(at
-                .field(second)
-                .invalid("a rule has one test: \"exact\", \"prefix\" or \"present\""));
-        }
+        at_most_one(
+            at,
+            &tests,
+            r#"a rule has one test: "exact", "prefix" or "present""#,
+        )?;
         let test = config
             .exact
             .map(Test::Exact)
@@ -434,13 +430,12 @@ impl Rule {
     }
 }
 
-/// The second of the fields that are set, if more than one is.
-fn second_given(fields: &[(&'static str, bool)]) -> Option<&'static str> {
-    fields
-        .iter()
-        .filter(|(_, given)| *given)
-        .nth(1)
-        .map(|(name, _)| *name)
+/// Refuses a second field of `fields` (name, whether given) at that field, saying `why`.
+fn at_most_one(at: &FieldPath, fields: &[(&str, bool)], why: &str) -> Result<(), ConfigError> {
+    match fields.iter().filter(|(_, given)| *given).nth(1) {
+        Some((second, _)) => Err(at.field(second).invalid(why)),
+        None => Ok(()),
+    }
 }
 
 impl Sticky {
