@@ -234,6 +234,22 @@ pub fn native_filter(module: &str, path: &Path, plugin_json: &str) -> Value {
     })
 }
 
+/// The runtime that gives the native module's metrics the Wasm build's Prometheus names:
+/// Envoy 1.40 names a dynamic module's stats `dynamicmodulescustom.<name>` and, unless this
+/// runtime guard is on, exports them as `envoy_dynamicmodulescustom_<name>`; with it, the
+/// prefix is a registered custom stat namespace, dropped from Prometheus names like
+/// `wasmcustom.` is (`filters/native/ABI.md`, "Metric names").
+pub fn native_metric_names() -> Value {
+    json!({ "layers": [{
+        "name": "native-metric-names",
+        "static_layer": { (NATIVE_METRIC_NAMES_GUARD): true }
+    }]})
+}
+
+/// The runtime guard [`native_metric_names`] turns on.
+pub const NATIVE_METRIC_NAMES_GUARD: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+
 /// The variable of a module's VM that sets how often its counters reach Envoy (1 s unless set).
 pub const STATS_FLUSH_VARIABLE: &str = "MESH_STATS_FLUSH_MS";
 /// The flush period of the modules the harness loads, in milliseconds.
