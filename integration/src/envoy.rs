@@ -167,16 +167,30 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory
-/// (`CARGO_TARGET_DIR`, a relative one taken from the workspace root, else `target/`).
+/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory ([`target_dir`]).
 pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
+    target_dir().join("wasm32-wasip1/release/mesh_fixture.wasm")
+}
+
+/// The native module's test fixture (`mesh-native` with feature `panic-fixture`, never
+/// shipped; `scripts/test.sh` builds it): `MESH_NATIVE_FIXTURE`, else
+/// `native/libmesh_native_fixture.so` in Cargo's target directory ([`target_dir`]).
+pub fn native_fixture() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESH_NATIVE_FIXTURE") {
+        return PathBuf::from(path);
+    }
+    target_dir().join("native/libmesh_native_fixture.so")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (a relative one taken from the workspace
+/// root), else `target/`.
+fn target_dir() -> PathBuf {
     let workspace = repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
-    target.join("wasm32-wasip1/release/mesh_fixture.wasm")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
 }
 
 /// A wasm HTTP filter entry for one module and its plugin JSON.

@@ -340,6 +340,8 @@ impl Worker {
 /// gRPC call out, whose end lets the request go on or answers it: [`call_ended`]).
 fn request_headers(filter: &Filter, envoy: FilterPtr, end_of_stream: bool) -> u32 {
     guarded("request_headers", 0, || {
+        #[cfg(feature = "panic-fixture")]
+        fixture_panic(envoy);
         let worker = filter.worker.clone();
         let mut host = worker.host(Some(envoy));
         let Some((verdict, stream)) = worker.vm.on_request(&mut host, !end_of_stream) else {
@@ -350,6 +352,19 @@ fn request_headers(filter: &Filter, envoy: FilterPtr, end_of_stream: bool) -> u3
             Settled::Held => 1,
         }
     })
+}
+
+/// The test fixture's panic (feature `panic-fixture`, never shipped): a request with
+/// `x-fixture-panic: <marker>` panics here, inside the hook's guard, as a bug would.
+#[cfg(feature = "panic-fixture")]
+#[allow(clippy::panic)]
+fn fixture_panic(envoy: FilterPtr) {
+    if let Some(marker) = envoy.header(abi::HeaderType::RequestHeader, "x-fixture-panic") {
+        panic!(
+            "mesh native fixture: deliberate panic ({})",
+            String::from_utf8_lossy(&marker)
+        );
+    }
 }
 
 /// Where a verdict leaves the request.
