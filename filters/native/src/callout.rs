@@ -14,7 +14,10 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 const PREFIX: usize = 5;
 
 /// The request of `call`: its headers (pseudo-headers first) and its body, one uncompressed
-/// message. `:authority` is the cluster's name, as Envoy's gRPC client sends it.
+/// message. `:authority` is the cluster's name, as Envoy's gRPC client sends it. No
+/// `grpc-timeout`: Envoy's timer on the callout is the call's deadline, and a service that
+/// honours the header (tonic does) would race it, ending some calls itself (status 4) and
+/// others by Envoy's timeout.
 pub fn request(call: &GrpcCall) -> (Vec<(&'static str, Vec<u8>)>, Vec<u8>) {
     let headers = vec![
         (":method", b"POST".to_vec()),
@@ -25,7 +28,6 @@ pub fn request(call: &GrpcCall) -> (Vec<(&'static str, Vec<u8>)>, Vec<u8>) {
         (":authority", call.cluster.as_bytes().to_vec()),
         (CONTENT_TYPE, b"application/grpc".to_vec()),
         ("te", b"trailers".to_vec()),
-        ("grpc-timeout", format!("{}m", call.timeout_ms).into_bytes()),
     ];
     let length = u32::try_from(call.message.len()).unwrap_or(u32::MAX);
     let mut body = Vec::with_capacity(PREFIX + call.message.len());
@@ -186,7 +188,11 @@ mod tests {
         assert_eq!(header(":authority").as_deref(), Some("rls"));
         assert_eq!(header("content-type").as_deref(), Some("application/grpc"));
         assert_eq!(header("te").as_deref(), Some("trailers"));
-        assert_eq!(header("grpc-timeout").as_deref(), Some("250m"));
+        assert_eq!(
+            header("grpc-timeout"),
+            None,
+            "the deadline is Envoy's timer alone"
+        );
         assert_eq!(body, b"\x00\x00\x00\x00\x06\x0a\x04mesh");
     }
 
