@@ -150,6 +150,36 @@ fn two_envoys_share_one_global_allowance() {
     );
 }
 
+/// A request with a body waits for the call as one without: its body is held while the call
+/// is out (Envoy would let a request whose body a filter passes go on at once), so the upstream
+/// gets the service's request header, and the body whole.
+#[test]
+fn a_request_with_a_body_waits_for_the_call() {
+    use std::io::{Read, Write};
+    let (_redis, rls) = service(1000);
+    let mesh = envoy(&config(""), rls.addr());
+    let body = "x".repeat(3000);
+    let mut stream = std::net::TcpStream::connect(mesh.listener()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // Headers and body in one write: Envoy has the body before the service can answer.
+    write!(
+        stream,
+        "POST /limited HTTP/1.1\r\nhost: shop\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, echoed) = response.split_once("\r\n\r\n").unwrap();
+    let echoed: serde_json::Value = serde_json::from_str(echoed).unwrap();
+    assert_eq!(echoed["headers"][REQUEST_HEADER], "ok", "{echoed}");
+    assert_eq!(echoed["headers"]["content-length"], body.len().to_string());
+    assert_eq!(rls.requests(), 1);
+}
+
 #[test]
 fn a_local_limit_in_front_saves_the_call() {
     let (_redis, rls) = service(1000);

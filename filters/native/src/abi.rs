@@ -642,6 +642,30 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     }
 }
 
+/// The request's body while its call is out: held (1, `StopIterationAndBuffer`), as a
+/// `Continue` here would let the request go on before the call's answer; else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: as in `..._request_headers`.
+    let held = unsafe { filter_ref(filter) }.is_some_and(crate::waiting_for_call);
+    u32::from(held)
+}
+
+/// The request's trailers while its call is out: held (1, `StopIteration`); else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+) -> u32 {
+    // SAFETY: as in `..._request_headers`.
+    let held = unsafe { filter_ref(filter) }.is_some_and(crate::waiting_for_call);
+    u32::from(held)
+}
+
 // The gRPC call's stream (`callout.rs`): Envoy calls these on the worker of the stream that
 // started it, never after `..._http_filter_destroy`. The module makes one call at a time per
 // stream, so the stream id is not needed to tell calls apart.
@@ -737,8 +761,6 @@ macro_rules! continue_hooks {
 }
 
 continue_hooks!(
-    envoy_dynamic_module_on_http_filter_request_body,
-    envoy_dynamic_module_on_http_filter_request_trailers,
     envoy_dynamic_module_on_http_filter_response_body,
     envoy_dynamic_module_on_http_filter_local_reply,
     envoy_dynamic_module_on_http_filter_scheduled,

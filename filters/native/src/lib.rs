@@ -426,13 +426,19 @@ fn keep(filter: &Filter, stream: Stream<Bundle>, responded: bool) {
 fn dispatch(filter: &Filter, envoy: FilterPtr, call: &GrpcCall) -> Option<CallOutcome> {
     let (headers, body) = callout::request(call);
     let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    *filter.call.try_borrow_mut().ok()? = Some(Call {
+    let Ok(mut slot) = filter.call.try_borrow_mut() else {
+        return Some(CallOutcome::NotSent);
+    };
+    *slot = Some(Call {
         starting: true,
         ..Call::default()
     });
+    drop(slot);
     let started =
         envoy.start_http_stream(&call.cluster, &headers, &body, u64::from(call.timeout_ms));
-    let mut slot = filter.call.try_borrow_mut().ok()?;
+    let Ok(mut slot) = filter.call.try_borrow_mut() else {
+        return Some(CallOutcome::NotSent);
+    };
     match (started, slot.as_mut()) {
         (Ok(_), Some(out)) if !out.ended => {
             out.starting = false;
@@ -448,6 +454,11 @@ fn dispatch(filter: &Filter, envoy: FilterPtr, call: &GrpcCall) -> Option<CallOu
             Some(CallOutcome::NotSent)
         }
     }
+}
+
+/// Whether the request waits for a call: its body and trailers are held too.
+fn waiting_for_call(filter: &Filter) -> bool {
+    filter.call.try_borrow().is_ok_and(|call| call.is_some())
 }
 
 /// Runs `each` on the call out, if there is one.
