@@ -224,7 +224,9 @@ if [ -n "$smoke" ]; then
                 'mesh_breaker_transitions_total{route="fragile",to="closed"} 1' \
                 'mesh_breaker_calls_total{route="echo",outcome="failure",protocol="grpc"} 3' \
                 "mesh_ratelimit_requests_total{route=\"echo\",decision=\"rejected\"} $exhausted"; do
-    grep -qF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
+    # Whole lines: the native module's series must carry the Wasm build's names, not only
+    # end in them (envoy_dynamicmodulescustom_mesh_..., README "Native module").
+    grep -qxF "$series" <<<"$metrics" || die "not at /stats/prometheus: $series"
   done
   say "ok: route, outcome, decision and to are Prometheus labels"
   if [ -n "$live" ]; then

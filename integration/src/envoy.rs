@@ -145,16 +145,30 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory
-/// (`CARGO_TARGET_DIR`, a relative one taken from the workspace root, else `target/`).
+/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory ([`target_dir`]).
 pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
+    target_dir().join("wasm32-wasip1/release/mesh_fixture.wasm")
+}
+
+/// The native module's test fixture (`mesh-native` with feature `panic-fixture`, never
+/// shipped; `scripts/test.sh` builds it): `MESH_NATIVE_FIXTURE`, else
+/// `native/libmesh_native_fixture.so` in Cargo's target directory ([`target_dir`]).
+pub fn native_fixture() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESH_NATIVE_FIXTURE") {
+        return PathBuf::from(path);
+    }
+    target_dir().join("native/libmesh_native_fixture.so")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (a relative one taken from the workspace
+/// root), else `target/`.
+fn target_dir() -> PathBuf {
     let workspace = repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
-    target.join("wasm32-wasip1/release/mesh_fixture.wasm")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
 }
 
 /// A wasm HTTP filter entry for one module and its plugin JSON.
@@ -211,6 +225,22 @@ pub fn native_filter(module: &str, path: &Path, plugin_json: &str) -> Value {
         }
     })
 }
+
+/// The runtime that gives the native module's metrics the Wasm build's Prometheus names:
+/// Envoy 1.40 names a dynamic module's stats `dynamicmodulescustom.<name>` and, unless this
+/// runtime guard is on, exports them as `envoy_dynamicmodulescustom_<name>`; with it, the
+/// prefix is a registered custom stat namespace, dropped from Prometheus names like
+/// `wasmcustom.` is (`filters/native/ABI.md`, "Metric names").
+pub fn native_metric_names() -> Value {
+    json!({ "layers": [{
+        "name": "native-metric-names",
+        "static_layer": { (NATIVE_METRIC_NAMES_GUARD): true }
+    }]})
+}
+
+/// The runtime guard [`native_metric_names`] turns on.
+pub const NATIVE_METRIC_NAMES_GUARD: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
 
 /// The variable of a module's VM that sets how often its counters reach Envoy (1 s unless set).
 pub const STATS_FLUSH_VARIABLE: &str = "MESH_STATS_FLUSH_MS";
