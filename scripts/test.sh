@@ -6,8 +6,10 @@
 # Installs what it needs.
 #
 # Every integration test file that loads our filters runs twice: with each filter's own module,
-# then with MESH_MODULES=bundle (dist/bundle.wasm); all but the observability files a third
-# time with MESH_MODULES=native (dist/libmesh_bundle.so). Only harness.rs and grpc_harness.rs, which
+# then with MESH_MODULES=bundle (dist/bundle.wasm); a third time with MESH_MODULES=native
+# (dist/libmesh_bundle.so), of the observability files the one that runs the filters
+# (observability_metrics.rs: the others test the Istio sidecar's Wasm settings, the alert
+# rules and the dashboard, the same under any switch). Only harness.rs and grpc_harness.rs, which
 # test the harness itself (and its gRPC upstream and client), run once. failure.rs runs against
 # the bundle too: the fixture that panics there has no bundle form and stays a module of its
 # own, after the bundle.
@@ -94,6 +96,11 @@ scripts/lint.sh
 
 say "test fixture module (integration/fixture, never shipped)"
 with_module_flags cargo build --quiet --locked --release --target wasm32-wasip1 -p mesh-fixture
+# The native module's fixture (feature panic-fixture: panics on x-fixture-panic), for
+# native_panic.rs; copied aside, as the next scripts/build.sh writes the same file.
+cargo rustc --quiet --locked --profile native -p mesh-native --features panic-fixture --crate-type cdylib
+native_target="${CARGO_TARGET_DIR:-target}/native"
+cp "$native_target/libmesh_native.so" "$native_target/libmesh_native_fixture.so"
 
 if [ "$MESH_HARNESS" = docker ]; then
   say "integration tests (real Envoy in containers from $ENVOY_IMAGE, dist/*.wasm)"
@@ -111,12 +118,11 @@ MESH_MODULES=bundle cargo test --locked -p mesh-integration --quiet \
   --test observability_dashboard --test hostile --test failure --test live_update
 
 say "the filters' integration tests again, against the native module (MESH_MODULES=native: dist/libmesh_bundle.so)"
-# global_ratelimit.rs checks there that a global limit is refused at load. The observability
-# files are left out: the native module's Prometheus names carry Envoy's dynamic-module prefix
-# (docs/native.md, "What differs").
+# native_panic.rs (a panic inside the native module) ran above: it loads the native fixture
+# whatever the switch says.
 MESH_MODULES=native cargo test --locked -p mesh-integration --quiet \
   --test traceid --test canary --test ratelimit --test global_ratelimit --test breaker --test rematch --test order --test grpc \
-  --test hostile --test failure
+  --test observability_metrics --test hostile --test failure
 
 say "short soak (scripts/soak.sh; the full one runs 5 minutes)"
 SOAK_SKIP_BUILD=1 scripts/soak.sh 30

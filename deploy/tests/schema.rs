@@ -12,30 +12,26 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mesh_deploy::docs;
 use mesh_deploy::filters::Kind;
 use mesh_deploy::plugin_json;
-use mesh_deploy::reference;
 use mesh_deploy::schema::{bundle_schema, file_name, plugin_schema, render, render_bundle};
+use mesh_deploy::{reference, repo_root};
 use mesh_policy::config::{ConfigError, DATA_KEYED};
 use serde_json::{Value, json};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 const STALE: &str = "is stale: run `cargo run -p mesh-deploy --bin mesh-schema` and commit it";
 
 #[test]
 fn committed_schemas_are_current() {
     for kind in Kind::ALL {
-        let path = root().join("istio/schema").join(file_name(kind));
+        let path = repo_root().join("istio/schema").join(file_name(kind));
         let committed = fs::read_to_string(&path).unwrap_or_default();
         assert!(committed == render(kind), "{} {STALE}", path.display());
     }
-    let path = root().join("istio/schema/bundle.schema.json");
+    let path = repo_root().join("istio/schema/bundle.schema.json");
     assert!(
         fs::read_to_string(&path).unwrap_or_default() == render_bundle(),
         "{} {STALE}",
@@ -45,7 +41,7 @@ fn committed_schemas_are_current() {
 
 #[test]
 fn committed_reference_pages_are_current() {
-    let dir = root().join("docs/config");
+    let dir = repo_root().join("docs/config");
     let pages = Kind::ALL
         .into_iter()
         .map(|kind| (reference::file_name(kind), reference::page(kind)))
@@ -63,7 +59,7 @@ fn committed_reference_pages_are_current() {
 fn the_reference_links_and_examples_hold() {
     for kind in Kind::ALL {
         let (heading, chapter) = reference::guide(kind);
-        let text = fs::read_to_string(root().join("docs").join(chapter)).unwrap();
+        let text = fs::read_to_string(repo_root().join("docs").join(chapter)).unwrap();
         assert!(
             text.lines().next() == Some(format!("# {heading}").as_str()),
             "docs/{chapter} does not start with \"# {heading}\""
@@ -524,7 +520,7 @@ fn a_sample_of_shape_errors_is_refused_by_both() {
 fn every_plugin_config_in_the_repository_fits_its_schema() {
     let bundle = jsonschema::validator_for(&bundle_schema()).unwrap();
     let mut seen = 0;
-    for file in docs::files(&[root().join("istio"), root().join("envoy")]).unwrap() {
+    for file in docs::files(&[repo_root().join("istio"), repo_root().join("envoy")]).unwrap() {
         for doc in docs::load(&file).unwrap() {
             let v = &doc.value;
             if v["kind"] == "WasmPlugin" {
@@ -550,7 +546,7 @@ fn every_plugin_config_in_the_repository_fits_its_schema() {
             }
         }
     }
-    let envoy = fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap();
+    let envoy = fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
     for doc in docs::parse("envoy.yaml", &envoy).unwrap() {
         for filter in doc.value["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"]["http_filters"]

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,22 +51,68 @@ pub(crate) fn scratch_dir() -> Result<tempfile::TempDir, StartError> {
         .map_err(|e| StartError::before_start(format!("tempdir: {e}")))
 }
 
-/// Envoy's arguments on both backends (paths as Envoy sees them), then `extra_args`. The
-/// modules (Wasm and native) log at debug (per-request lines) unless `extra_args` sets `--component-log-level`
-/// itself (Envoy takes the option once), as the benchmark does.
-pub fn envoy_args(
-    config: &Path,
-    admin_address_path: &Path,
-    concurrency: u32,
-    extra_args: &[String],
-) -> Vec<String> {
+/// What an Envoy is started with, on either backend: its bootstrap (JSON), the workers, the
+/// module files the bootstrap names and arguments after Envoy's own ([`envoy_args`]).
+///
+/// ```ignore
+/// Envoy::start(harness, &Launch::new(config.to_string()).concurrency(2).modules([wasm]))
+/// ```
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub(crate) config: String,
+    pub(crate) concurrency: u32,
+    pub(crate) modules: Vec<PathBuf>,
+    pub(crate) extra_args: Vec<String>,
+}
+
+impl Launch {
+    /// The bootstrap's file name in the scratch directory.
+    pub(crate) const CONFIG_FILE: &str = "envoy.json";
+
+    /// The bootstrap in JSON; one worker, no module files, no extra arguments.
+    pub fn new(config: impl Into<String>) -> Self {
+        Self {
+            config: config.into(),
+            concurrency: 1,
+            modules: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Envoy's worker threads (`--concurrency`).
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    /// The module files the bootstrap names (through [`crate::envoy::Harness::module_path`]):
+    /// a container gets each mounted read-only; a directory is mounted at its own path
+    /// (configs pushed through ECDS name files in it by their host path). A process reads
+    /// them where they are.
+    pub fn modules(mut self, modules: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.modules.extend(modules);
+        self
+    }
+
+    /// Arguments after Envoy's own on either backend (`--config-yaml`, log levels); they must
+    /// name no host path (a container does not see it).
+    pub fn args(mut self, args: impl IntoIterator<Item = String>) -> Self {
+        self.extra_args.extend(args);
+        self
+    }
+}
+
+/// Envoy's arguments on both backends (paths as Envoy sees them), then the launch's own. The
+/// modules (Wasm and native) log at debug (per-request lines) unless the launch sets
+/// `--component-log-level` itself (Envoy takes the option once), as the benchmark does.
+pub fn envoy_args(config: &Path, admin_address_path: &Path, launch: &Launch) -> Vec<String> {
     const COMPONENT_LOG_LEVEL: &str = "--component-log-level";
     let mut args: Vec<String> = vec!["-c".into(), config.display().to_string()];
     args.extend(
         [
             "--disable-hot-restart",
             "--concurrency",
-            &concurrency.to_string(),
+            &launch.concurrency.to_string(),
             "--log-level",
             "info",
             "--admin-address-path",
@@ -74,13 +120,17 @@ pub fn envoy_args(
         .map(str::to_owned),
     );
     args.push(admin_address_path.display().to_string());
-    if !extra_args.iter().any(|arg| arg == COMPONENT_LOG_LEVEL) {
+    if !launch
+        .extra_args
+        .iter()
+        .any(|arg| arg == COMPONENT_LOG_LEVEL)
+    {
         args.extend([
             COMPONENT_LOG_LEVEL.to_owned(),
             "wasm:debug,dynamic_modules:debug".to_owned(),
         ]);
     }
-    args.extend_from_slice(extra_args);
+    args.extend_from_slice(&launch.extra_args);
     args
 }
 

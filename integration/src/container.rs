@@ -20,7 +20,7 @@ use testcontainers::core::{AccessMode, Mount};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
-use crate::backend::{self, StartError, Starting};
+use crate::backend::{self, Launch, StartError, Starting};
 
 /// The local image `scripts/envoy-image.sh` builds (FROM scratch, the wheel's Envoy); the tag
 /// follows `ENVOY_VERSION` in `scripts/lib.sh` (`scripts/test.sh` passes it as `ENVOY_IMAGE`).
@@ -60,15 +60,9 @@ pub struct EnvoyContainer {
 }
 
 impl EnvoyContainer {
-    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready;
-    /// `modules` and `extra_args` as in `Envoy::start` (`envoy.rs`).
-    pub fn start(
-        config: &str,
-        extension: &str,
-        concurrency: u32,
-        modules: &[PathBuf],
-        extra_args: &[String],
-    ) -> Result<Self, StartError> {
+    /// Starts Envoy as `launch` says (each module mounted read-only, see [`Launch::modules`])
+    /// and waits until it is ready.
+    pub fn start(launch: &Launch) -> Result<Self, StartError> {
         let fail = StartError::before_start;
         let dir = backend::scratch_dir()?;
         let config_dir = dir.path().join("config");
@@ -76,11 +70,10 @@ impl EnvoyContainer {
         for sub in [&config_dir, &run_dir] {
             fs::create_dir(sub).map_err(|e| fail(format!("{}: {e}", sub.display())))?;
         }
-        let config_file = format!("envoy.{extension}");
-        fs::write(config_dir.join(&config_file), config)
+        fs::write(config_dir.join(Launch::CONFIG_FILE), &launch.config)
             .map_err(|e| fail(format!("write config: {e}")))?;
-        let mut mounts = Vec::with_capacity(modules.len());
-        for module in modules {
+        let mut mounts = Vec::with_capacity(launch.modules.len());
+        for module in &launch.modules {
             let host = module
                 .canonicalize()
                 .map_err(|e| fail(format!("{}: {e}", module.display())))?;
@@ -96,10 +89,9 @@ impl EnvoyContainer {
         let image = image();
         let (name, tag) = split_image(&image);
         let args = backend::envoy_args(
-            &Path::new(CONFIG_DIR).join(&config_file),
+            &Path::new(CONFIG_DIR).join(Launch::CONFIG_FILE),
             &Path::new(RUN_DIR).join("admin-address"),
-            concurrency,
-            extra_args,
+            launch,
         );
         let mut image_request = GenericImage::new(name, tag)
             .with_entrypoint(ENVOY_IN_IMAGE)

@@ -21,6 +21,8 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
+use crate::server_thread::ServerThread;
+
 /// Longest delay or hold honoured, so a test cannot hang an upstream.
 const MAX_DELAY_MS: u64 = 30_000;
 
@@ -106,8 +108,7 @@ async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
 pub struct EchoServer {
     pub service: String,
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl EchoServer {
@@ -119,39 +120,23 @@ impl EchoServer {
     }
 
     pub fn start_on(service: &str, addr: SocketAddr) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = runtime.block_on(TcpListener::bind(addr))?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let name = service.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(format!("echo-{service}"))
-            .spawn(move || {
+        let server = ServerThread::start(
+            format!("echo-{service}"),
+            addr,
+            |listener, stop| async move {
                 let stop = async {
-                    let _ = rx.await;
+                    let _ = stop.await;
                 };
-                if let Err(err) = runtime.block_on(serve(&name, listener, stop)) {
+                if let Err(err) = serve(&name, listener, stop).await {
                     eprintln!("echo {name}: {err}");
                 }
-            })?;
+            },
+        )?;
         Ok(Self {
             service: service.to_owned(),
-            addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            addr: server.addr,
+            _server: server,
         })
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }

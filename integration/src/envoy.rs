@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-pub use crate::backend::{READY_LINE, StartError, agent, listener_address, unpooled_agent};
+pub use crate::backend::{Launch, READY_LINE, StartError, agent, listener_address, unpooled_agent};
 use crate::backend::{Starting, envoy_args, scratch_dir, wait_ready};
 use crate::container::{self, EnvoyContainer};
 
@@ -38,7 +38,7 @@ impl Harness {
     }
 
     /// Where Envoy finds a module the test has at `wasm`: the same path for a process; for a
-    /// container, the file mounted under [`container::MODULES`] (see [`Envoy::start`]).
+    /// container, the file mounted under [`container::MODULES`] (see [`Launch::modules`]).
     pub fn module_path(self, wasm: &Path) -> PathBuf {
         match self {
             Self::Process => wasm.to_path_buf(),
@@ -64,33 +64,11 @@ impl Drop for Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready.
-    /// `modules` are the wasm files the config names (through [`Harness::module_path`]): a
-    /// container gets each mounted read-only; a directory there is mounted at its own path
-    /// (configs pushed through ECDS name files in it by their host path). `extra_args` follow [`envoy_args`] on either
-    /// backend (e.g. `--config-yaml`); they must name no host path.
-    pub fn start(
-        harness: Harness,
-        config: &str,
-        extension: &str,
-        concurrency: u32,
-        modules: &[PathBuf],
-        extra_args: &[String],
-    ) -> Result<Self, StartError> {
+    /// Starts Envoy as `launch` says on the harness's backend and waits until it is ready.
+    pub fn start(harness: Harness, launch: &Launch) -> Result<Self, StartError> {
         Ok(match harness {
-            Harness::Process => Self::Process(EnvoyProcess::start(
-                config,
-                extension,
-                concurrency,
-                extra_args,
-            )?),
-            Harness::Docker => Self::Container(Box::new(EnvoyContainer::start(
-                config,
-                extension,
-                concurrency,
-                modules,
-                extra_args,
-            )?)),
+            Harness::Process => Self::Process(EnvoyProcess::start(launch)?),
+            Harness::Docker => Self::Container(Box::new(EnvoyContainer::start(launch)?)),
         })
     }
 
@@ -167,16 +145,30 @@ pub fn dist_dir() -> PathBuf {
 }
 
 /// The test fixture module (`integration/fixture`, never shipped): `MESH_FIXTURE`, else the
-/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory
-/// (`CARGO_TARGET_DIR`, a relative one taken from the workspace root, else `target/`).
+/// wasm32-wasip1 release build of `mesh-fixture` in Cargo's target directory ([`target_dir`]).
 pub fn fixture_wasm() -> PathBuf {
     if let Some(path) = std::env::var_os("MESH_FIXTURE") {
         return PathBuf::from(path);
     }
+    target_dir().join("wasm32-wasip1/release/mesh_fixture.wasm")
+}
+
+/// The native module's test fixture (`mesh-native` with feature `panic-fixture`, never
+/// shipped; `scripts/test.sh` builds it): `MESH_NATIVE_FIXTURE`, else
+/// `native/libmesh_native_fixture.so` in Cargo's target directory ([`target_dir`]).
+pub fn native_fixture() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESH_NATIVE_FIXTURE") {
+        return PathBuf::from(path);
+    }
+    target_dir().join("native/libmesh_native_fixture.so")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (a relative one taken from the workspace
+/// root), else `target/`.
+fn target_dir() -> PathBuf {
     let workspace = repo_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
-    target.join("wasm32-wasip1/release/mesh_fixture.wasm")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir))
 }
 
 /// A wasm HTTP filter entry for one module and its plugin JSON.
@@ -233,6 +225,22 @@ pub fn native_filter(module: &str, path: &Path, plugin_json: &str) -> Value {
         }
     })
 }
+
+/// The runtime that gives the native module's metrics the Wasm build's Prometheus names:
+/// Envoy 1.40 names a dynamic module's stats `dynamicmodulescustom.<name>` and, unless this
+/// runtime guard is on, exports them as `envoy_dynamicmodulescustom_<name>`; with it, the
+/// prefix is a registered custom stat namespace, dropped from Prometheus names like
+/// `wasmcustom.` is (`filters/native/ABI.md`, "Metric names").
+pub fn native_metric_names() -> Value {
+    json!({ "layers": [{
+        "name": "native-metric-names",
+        "static_layer": { (NATIVE_METRIC_NAMES_GUARD): true }
+    }]})
+}
+
+/// The runtime guard [`native_metric_names`] turns on.
+pub const NATIVE_METRIC_NAMES_GUARD: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
 
 /// The variable of a module's VM that sets how often its counters reach Envoy (1 s unless set).
 pub const STATS_FLUSH_VARIABLE: &str = "MESH_STATS_FLUSH_MS";
@@ -336,29 +344,19 @@ pub struct EnvoyProcess {
 }
 
 impl EnvoyProcess {
-    /// Starts Envoy from a config (`extension` "json" or "yaml") and waits until it is ready;
-    /// `extra_args` as in [`Envoy::start`].
-    pub fn start(
-        config: &str,
-        extension: &str,
-        concurrency: u32,
-        extra_args: &[String],
-    ) -> Result<Self, StartError> {
+    /// Starts Envoy as `launch` says (its modules are read where they are) and waits until it
+    /// is ready.
+    pub fn start(launch: &Launch) -> Result<Self, StartError> {
         let fail = StartError::before_start;
         let dir = scratch_dir()?;
-        let config_path = dir.path().join(format!("envoy.{extension}"));
-        fs::write(&config_path, config).map_err(|e| fail(format!("write config: {e}")))?;
+        let config_path = dir.path().join(Launch::CONFIG_FILE);
+        fs::write(&config_path, &launch.config).map_err(|e| fail(format!("write config: {e}")))?;
         let log_path = dir.path().join("envoy.log");
         let log = fs::File::create(&log_path).map_err(|e| fail(format!("log file: {e}")))?;
         let admin_path = dir.path().join("admin-address");
         let binary = envoy_binary();
         let child = Command::new(&binary)
-            .args(envoy_args(
-                &config_path,
-                &admin_path,
-                concurrency,
-                extra_args,
-            ))
+            .args(envoy_args(&config_path, &admin_path, launch))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| fail(e.to_string()))?)
             .stderr(log)

@@ -36,6 +36,7 @@ pub mod prometheus;
 pub mod raw;
 pub mod rls;
 mod served;
+pub mod server_thread;
 
 pub use mesh::{
     BUNDLE_STAGES, Call, Mesh, MeshBuilder, Modules, Reply, RouteSpec, demo_routes,

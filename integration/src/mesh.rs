@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::ecds::{Applied, Discovery};
 use crate::echo::EchoServer;
-use crate::envoy::{self, Envoy, Harness, StartError};
+use crate::envoy::{self, Envoy, Harness, Launch, StartError};
 
 /// A route in the generated Envoy config.
 #[derive(Debug, Clone)]
@@ -136,6 +136,15 @@ impl Modules {
             .collect()
     }
 
+    /// The component of Envoy's log lines the modules write: `[wasm]`, or
+    /// `[dynamic_modules]` for the native module.
+    pub fn log_component(self) -> &'static str {
+        match self {
+            Self::Native => "[dynamic_modules]",
+            Self::Separate | Self::Bundle => "[wasm]",
+        }
+    }
+
     /// The Envoy plugin name `filter` runs under (`mesh.<module>`): it prefixes shared-data
     /// keys, which the breaker's transition log line shows.
     pub fn plugin(self, filter: &str) -> String {
@@ -152,23 +161,24 @@ impl Modules {
 /// give them (`base;label=value;...`). The native module defines each metric family with its
 /// labels through the ABI (Envoy keeps them as tags: `/stats` shows
 /// `dynamicmodulescustom.base.label.value...`, which a route name with dots makes ambiguous);
-/// Prometheus shows them as labels, in the order defined: `envoy_dynamicmodulescustom_base{label="value",...} 3`.
+/// Prometheus shows them as labels, in the order defined, under the Wasm build's name (the
+/// harness turns on [`envoy::native_metric_names`]): `base{label="value",...} 3`.
 /// Histogram series (`_bucket`, `_sum`, `_count`) are left out, as `/stats` shows no count
 /// for a Wasm histogram either.
 fn native_stats(prometheus: &str) -> BTreeMap<String, u64> {
     let mut histograms = Vec::new();
     let mut stats = BTreeMap::new();
     for line in prometheus.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE envoy_dynamicmodulescustom_") {
+        if let Some(rest) = line.strip_prefix("# TYPE mesh_") {
             if let Some(base) = rest.strip_suffix(" histogram") {
-                histograms.push(base.to_owned());
+                histograms.push(format!("mesh_{base}"));
             }
             continue;
         }
-        let Some(rest) = line.strip_prefix("envoy_dynamicmodulescustom_") else {
+        if !line.starts_with("mesh_") {
             continue;
-        };
-        let Some((series, value)) = rest.rsplit_once(' ') else {
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
         let (base, labels) = series.split_once('{').unwrap_or((series, "}"));
@@ -559,6 +569,9 @@ impl MeshBuilder {
             // Envoy subscribes to a config source only with a node id and cluster.
             config["node"] = mesh_deploy::ecds::node();
         }
+        if loaded == Modules::Native {
+            config["layered_runtime"] = envoy::native_metric_names();
+        }
         let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"];
         if self.use_remote_address {
@@ -577,14 +590,11 @@ impl MeshBuilder {
                 ]
             })
             .collect();
-        let envoy = Envoy::start(
-            harness,
-            &config.to_string(),
-            "json",
-            self.concurrency,
-            &mounted,
-            &log_level,
-        )?;
+        let launch = Launch::new(config.to_string())
+            .concurrency(self.concurrency)
+            .modules(mounted)
+            .args(log_level);
+        let envoy = Envoy::start(harness, &launch)?;
         Ok(Mesh {
             base: format!("http://{}", envoy.listener()),
             envoy,
@@ -1034,13 +1044,14 @@ mod tests {
 
     #[test]
     fn native_stats_read_prometheus_labels_back_into_names() {
-        let page = r#"# TYPE envoy_dynamicmodulescustom_mesh_trace_requests_total counter
-envoy_dynamicmodulescustom_mesh_trace_requests_total{route="a.b",outcome="started"} 4
-# TYPE envoy_dynamicmodulescustom_mesh_breaker_state gauge
-envoy_dynamicmodulescustom_mesh_breaker_state{route="x",cluster="v\"1"} 2
-# TYPE envoy_dynamicmodulescustom_mesh_ratelimit_call_ms histogram
-envoy_dynamicmodulescustom_mesh_ratelimit_call_ms_bucket{route="x",le="0.5"} 0
-envoy_dynamicmodulescustom_mesh_ratelimit_call_ms_count{route="x"} 0
+        let page = r#"# TYPE mesh_trace_requests_total counter
+mesh_trace_requests_total{route="a.b",outcome="started"} 4
+# TYPE mesh_breaker_state gauge
+mesh_breaker_state{route="x",cluster="v\"1"} 2
+# TYPE mesh_ratelimit_call_ms histogram
+mesh_ratelimit_call_ms_bucket{route="x",le="0.5"} 0
+mesh_ratelimit_call_ms_count{route="x"} 0
+# TYPE envoy_cluster_upstream_rq counter
 envoy_cluster_upstream_rq{envoy_cluster_name="v1"} 9
 "#;
         let stats = native_stats(page);

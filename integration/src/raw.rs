@@ -233,10 +233,12 @@ impl WasmHealth {
     }
 }
 
-/// A log line that says a wasm VM failed or a module panicked.
+/// A log line that says a wasm VM failed or a module panicked (the native module: a panic
+/// it caught, `mesh_bundle: panic in <hook>`).
 pub fn is_vm_failure(line: &str) -> bool {
     (line.contains("[wasm]") && (line.contains("[critical]") || line.contains("[error]")))
         || line.contains("panicked at")
+        || line.contains("mesh_bundle: panic in")
         || (line.contains("Function: ") && line.contains(" failed"))
         || line.contains("Wasm VM failed")
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use mesh_integration::echo::EchoServer;
-use mesh_integration::envoy::{self, Envoy, Harness};
+use mesh_integration::envoy::{self, Envoy, Harness, Launch};
 use mesh_integration::observability::series::{alert_rules, value, wait_for_alert};
 use mesh_integration::observability::{self, route};
 use mesh_integration::prometheus::{Job, Prometheus, promtool_binary};
@@ -47,7 +47,7 @@ fn a_failed_vm_fires_the_vm_alert() {
         vec![route("any", "/", "v1")],
         vec![envoy::cluster("v1", upstream.addr)],
     );
-    let envoy = Envoy::start(harness, &config.to_string(), "json", 1, &[wasm], &[])
+    let envoy = Envoy::start(harness, &Launch::new(config.to_string()).modules([wasm]))
         .unwrap_or_else(|e| panic!("{e}"));
     let alerts = observability::file("alerts.yaml");
     let prometheus = Prometheus::start(&[Job::new("failing", &[envoy.admin()])], &[&alerts])

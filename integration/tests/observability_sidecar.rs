@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mesh_integration::Modules;
 use mesh_integration::echo::EchoServer;
-use mesh_integration::envoy::{self, Envoy, Harness, repo_root};
+use mesh_integration::envoy::{self, Envoy, Harness, Launch, repo_root};
 use mesh_integration::observability::series::{
     assert_documented_label_sets, scraped_series, series_key,
 };
@@ -105,15 +105,10 @@ fn the_istio_sidecar_settings_expose_every_label() {
             { "prefix": "server." }
         ]}}
     });
-    let envoy = Envoy::start(
-        harness,
-        &config.to_string(),
-        "json",
-        1,
-        &modules,
-        &["--config-yaml".to_owned(), fragment],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let launch = Launch::new(config.to_string())
+        .modules(modules)
+        .args(["--config-yaml".to_owned(), fragment]);
+    let envoy = Envoy::start(harness, &launch).unwrap_or_else(|e| panic!("{e}"));
     let prometheus = Prometheus::start(&[Job::new("sidecar", &[envoy.admin()])], &[])
         .unwrap_or_else(|e| panic!("{e}"));
     // One request per route defines every series of every filter on it.

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mesh_integration::echo::EchoServer;
-use mesh_integration::envoy::{self, Envoy, Harness, dist_dir};
+use mesh_integration::envoy::{self, Envoy, Harness, Launch, dist_dir};
 use serde_json::{Value, json};
 
 /// Serves one file to every GET, on 127.0.0.1; stops when dropped.
@@ -121,11 +121,7 @@ fn start(server: &FileServer, sha256: &str, failure_policy: &str, upstream: &Ech
     );
     Envoy::start(
         Harness::from_env().unwrap(),
-        &bootstrap.to_string(),
-        "json",
-        1,
-        &[],
-        &[],
+        &Launch::new(bootstrap.to_string()),
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -450,57 +450,21 @@ impl<'a> WriteRace<'a> {
 }
 
 impl Host for WriteRace<'_> {
-    fn now(&self) -> Nanos {
-        self.host.now()
-    }
-    fn random_u64(&mut self) -> u64 {
-        self.host.random_u64()
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.host.property(path)
-    }
-    fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.host.shared_get(key)
-    }
+    crate::forward_host!(host => now, random_u64, property, shared_get);
+    crate::forward_host!(host => define_metric, increment_metric, record_metric);
+
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         if let Some(before) = self.before.take() {
             before(self.host);
         }
         self.host.shared_set(key, value, cas)
     }
-    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
-        self.host.define_metric(kind, name)
-    }
-    fn increment_metric(&mut self, metric: Metric, delta: i64) {
-        self.host.increment_metric(metric, delta);
-    }
-    fn record_metric(&mut self, metric: Metric, value: u64) {
-        self.host.record_metric(metric, value);
-    }
 }
 
 impl RequestHost for WriteRace<'_> {
-    fn request_header(&self, name: &str) -> Option<&[u8]> {
-        self.host.request_header(name)
-    }
-    fn request_header_count(&self, name: &str) -> usize {
-        self.host.request_header_count(name)
-    }
-    fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
-        self.host.request_header_values(name)
-    }
-    fn request_has_body(&self) -> bool {
-        self.host.request_has_body()
-    }
-    fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.host.set_request_header(name, value);
-    }
-    fn remove_request_header(&mut self, name: &str) {
-        self.host.remove_request_header(name);
-    }
-    fn clear_route_cache(&mut self) {
-        self.host.clear_route_cache();
-    }
+    crate::forward_host!(host => request_header, request_header_count, request_header_values);
+    crate::forward_host!(host => request_has_body, set_request_header, remove_request_header);
+    crate::forward_host!(host => clear_route_cache);
 }
 
 /// `filter`'s route `route` as its module would bind it from the plugin JSON `json`: the

@@ -118,3 +118,129 @@ pub trait ResponseHost: Host {
         std::str::from_utf8(&status).ok()?.parse().ok()
     }
 }
+
+/// Writes methods of the host traits that only call the same method on `self.$field`: what
+/// a decorator host (one that wraps another and changes a few calls) passes through, inside
+/// its `impl Host for ...` (or `RequestHost`, `ResponseHost`, `TrailersHost`) block, with
+/// the methods it changes written out beside it. The traits must be in scope.
+///
+/// ```ignore
+/// impl Host for Wrapper<'_> {
+///     mesh_policy::forward_host!(inner => now, random_u64, property);
+///     fn shared_get(&self, key: &str) -> Option<Shared> { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! forward_host {
+    ($field:ident => $($method:ident),+ $(,)?) => {
+        $($crate::forward_host!(@ $field $method);)+
+    };
+    // Host
+    (@ $f:ident now) => {
+        fn now(&self) -> $crate::host::Nanos {
+            self.$f.now()
+        }
+    };
+    (@ $f:ident random_u64) => {
+        fn random_u64(&mut self) -> u64 {
+            self.$f.random_u64()
+        }
+    };
+    (@ $f:ident property) => {
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.$f.property(path)
+        }
+    };
+    (@ $f:ident shared_get) => {
+        fn shared_get(&self, key: &str) -> Option<$crate::host::Shared> {
+            self.$f.shared_get(key)
+        }
+    };
+    (@ $f:ident shared_set) => {
+        fn shared_set(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), $crate::host::SharedError> {
+            self.$f.shared_set(key, value, cas)
+        }
+    };
+    (@ $f:ident define_metric) => {
+        fn define_metric(
+            &mut self,
+            kind: $crate::host::MetricKind,
+            name: &str,
+        ) -> $crate::host::Metric {
+            self.$f.define_metric(kind, name)
+        }
+    };
+    (@ $f:ident increment_metric) => {
+        fn increment_metric(&mut self, metric: $crate::host::Metric, delta: i64) {
+            self.$f.increment_metric(metric, delta);
+        }
+    };
+    (@ $f:ident record_metric) => {
+        fn record_metric(&mut self, metric: $crate::host::Metric, value: u64) {
+            self.$f.record_metric(metric, value);
+        }
+    };
+    // RequestHost
+    (@ $f:ident request_header) => {
+        fn request_header(&self, name: &str) -> Option<&[u8]> {
+            self.$f.request_header(name)
+        }
+    };
+    (@ $f:ident request_header_count) => {
+        fn request_header_count(&self, name: &str) -> usize {
+            self.$f.request_header_count(name)
+        }
+    };
+    (@ $f:ident request_header_values) => {
+        fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
+            self.$f.request_header_values(name)
+        }
+    };
+    (@ $f:ident request_has_body) => {
+        fn request_has_body(&self) -> bool {
+            self.$f.request_has_body()
+        }
+    };
+    (@ $f:ident set_request_header) => {
+        fn set_request_header(&mut self, name: &str, value: &[u8]) {
+            self.$f.set_request_header(name, value);
+        }
+    };
+    (@ $f:ident remove_request_header) => {
+        fn remove_request_header(&mut self, name: &str) {
+            self.$f.remove_request_header(name);
+        }
+    };
+    (@ $f:ident clear_route_cache) => {
+        fn clear_route_cache(&mut self) {
+            self.$f.clear_route_cache();
+        }
+    };
+    // TrailersHost
+    (@ $f:ident response_trailer) => {
+        fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+            self.$f.response_trailer(name)
+        }
+    };
+    // ResponseHost
+    (@ $f:ident response_header) => {
+        fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.$f.response_header(name)
+        }
+    };
+    (@ $f:ident set_response_header) => {
+        fn set_response_header(&mut self, name: &str, value: &[u8]) {
+            self.$f.set_response_header(name, value);
+        }
+    };
+    (@ $f:ident add_response_header) => {
+        fn add_response_header(&mut self, name: &str, value: &[u8]) {
+            self.$f.add_response_header(name, value);
+        }
+    };
+}

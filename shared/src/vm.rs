@@ -27,8 +27,7 @@ use crate::chain::Stages;
 use crate::filter::{CallOutcome, Verdict};
 use crate::headers::HeaderPairs;
 use crate::host::{
-    Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, Shared, SharedError,
-    TrailersHost,
+    Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, TrailersHost,
 };
 
 /// The callbacks Envoy makes into a module for every request: its stream context's creation,
@@ -292,21 +291,7 @@ impl<H: Host> Host for VmHost<'_, H> {
         now
     }
 
-    fn random_u64(&mut self) -> u64 {
-        self.host.random_u64()
-    }
-
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.host.property(path)
-    }
-
-    fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.host.shared_get(key)
-    }
-
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        self.host.shared_set(key, value, cas)
-    }
+    crate::forward_host!(host => random_u64, property, shared_get, shared_set);
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
         let host = self.host.define_metric(kind, name);
@@ -397,23 +382,11 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
 }
 
 impl<H: TrailersHost> TrailersHost for VmHost<'_, H> {
-    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
-        self.host.response_trailer(name)
-    }
+    crate::forward_host!(host => response_trailer);
 }
 
 impl<H: ResponseHost> ResponseHost for VmHost<'_, H> {
-    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.host.response_header(name)
-    }
-
-    fn set_response_header(&mut self, name: &str, value: &[u8]) {
-        self.host.set_response_header(name, value);
-    }
-
-    fn add_response_header(&mut self, name: &str, value: &[u8]) {
-        self.host.add_response_header(name, value);
-    }
+    crate::forward_host!(host => response_header, set_response_header, add_response_header);
 }
 
 #[cfg(test)]

@@ -125,8 +125,8 @@ impl Filter for Canary {
         response: &mut Response,
         host: &mut impl ResponseHost,
     ) {
-        if let (Some(name), Some(decision)) = (&route.policy.response_header, &response.decision) {
-            host.set_response_header(name.as_str(), decision.as_bytes());
+        if let Some((name, decision)) = route.policy.decision_header(response) {
+            host.set_response_header(name, decision);
         }
         if let Some(cookie) = &response.set_cookie {
             host.add_response_header("set-cookie", cookie.as_bytes());

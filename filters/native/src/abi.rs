@@ -55,7 +55,7 @@ impl Buffer {
 /// `envoy_dynamic_module_type_{envoy,module}_http_header`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct HeaderPair {
+pub struct HeaderPair {
     key_ptr: *const c_char,
     key_len: usize,
     value_ptr: *const c_char,
@@ -102,6 +102,10 @@ pub enum Attribute {
 
 /// `envoy_dynamic_module_type_metrics_result`: 0 is success.
 type MetricsResult = i32;
+
+/// `envoy_dynamic_module_type_http_callout_init_result`: 0 is success (then 1 missing required
+/// headers, 2 cluster not found, 3 duplicate id, 4 cannot create request).
+type CalloutInit = i32;
 
 /// `DynamicModuleHttpFilterConfig*`: valid from `..._config_new` to `..._config_destroy`;
 /// Envoy calls define callbacks on it only in `..._config_new` (later they are "frozen").
@@ -214,6 +218,62 @@ unsafe extern "C" {
         attribute: Attribute,
         result: *mut u64,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_start_http_stream(
+        filter: *mut c_void,
+        stream_id: *mut u64,
+        cluster: Buffer,
+        headers: *const HeaderPair,
+        headers_len: usize,
+        body: Buffer,
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> CalloutInit;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+}
+
+/// Header pairs as the ABI takes them, pointing into `headers` (which must outlive them).
+fn header_pairs(headers: &[(&str, &[u8])]) -> Vec<HeaderPair> {
+    headers
+        .iter()
+        .map(|(name, value)| HeaderPair {
+            key_ptr: name.as_ptr().cast(),
+            key_len: name.len(),
+            value_ptr: value.as_ptr().cast(),
+            value_len: value.len(),
+        })
+        .collect()
+}
+
+/// Header pairs Envoy lent for the current hook, as byte slices.
+///
+/// # Safety
+/// `pairs` must point to `len` pairs whose buffers are readable for `'a`, or be null.
+unsafe fn lent_headers<'a>(pairs: *const HeaderPair, len: usize) -> Vec<(&'a [u8], &'a [u8])> {
+    if pairs.is_null() || len == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the caller's contract.
+    let pairs = unsafe { std::slice::from_raw_parts(pairs, len) };
+    pairs
+        .iter()
+        .map(|pair| {
+            // SAFETY: each pair's buffers are Envoy's, lent for the hook (the contract).
+            unsafe {
+                (
+                    Buffer {
+                        ptr: pair.key_ptr,
+                        len: pair.key_len,
+                    }
+                    .as_slice(),
+                    Buffer {
+                        ptr: pair.value_ptr,
+                        len: pair.value_len,
+                    }
+                    .as_slice(),
+                )
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -337,22 +397,8 @@ impl FilterPtr {
         if !ok {
             return;
         }
-        for pair in &pairs {
-            // SAFETY: Envoy filled each pair with buffers it lends for the current hook.
-            let (key, value) = unsafe {
-                (
-                    Buffer {
-                        ptr: pair.key_ptr,
-                        len: pair.key_len,
-                    }
-                    .as_slice(),
-                    Buffer {
-                        ptr: pair.value_ptr,
-                        len: pair.value_len,
-                    }
-                    .as_slice(),
-                )
-            };
+        // SAFETY: Envoy filled each pair with buffers it lends for the current hook.
+        for (key, value) in unsafe { lent_headers(pairs.as_ptr(), pairs.len()) } {
             each(key, value);
         }
     }
@@ -387,15 +433,7 @@ impl FilterPtr {
 
     /// Answers the request locally (Envoy's `sendLocalReply`).
     pub fn send_response(self, status: u16, headers: &[(&str, &[u8])], body: &[u8], details: &str) {
-        let pairs: Vec<HeaderPair> = headers
-            .iter()
-            .map(|(name, value)| HeaderPair {
-                key_ptr: name.as_ptr().cast(),
-                key_len: name.len(),
-                value_ptr: value.as_ptr().cast(),
-                value_len: value.len(),
-            })
-            .collect();
+        let pairs = header_pairs(headers);
         // SAFETY: `self.0` is the current hook's filter; `pairs` and the buffers they point
         // into live until the call returns (Envoy copies them).
         unsafe {
@@ -408,6 +446,47 @@ impl FilterPtr {
                 Buffer::of(details.as_bytes()),
             );
         }
+    }
+
+    /// Starts an HTTP stream to `cluster` and ends the request with `body` (Envoy's
+    /// `AsyncClient::start`); the answer comes to the `..._http_stream_*` hooks, possibly
+    /// before this returns (a reply Envoy makes itself, such as no healthy upstream). `Err`
+    /// with Envoy's reason (`..._callout_init_result`) when it does not start one.
+    pub fn start_http_stream(
+        self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, i32> {
+        let pairs = header_pairs(headers);
+        let mut stream_id = 0u64;
+        // SAFETY: `self.0` is the current hook's filter; the cluster, `pairs` (and the buffers
+        // they point into) and the body live until the call returns (Envoy copies them into
+        // its request); `stream_id` is ours.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_start_http_stream(
+                self.0,
+                &raw mut stream_id,
+                Buffer::of(cluster.as_bytes()),
+                pairs.as_ptr(),
+                pairs.len(),
+                Buffer::of(body),
+                true,
+                timeout_ms,
+            )
+        };
+        if result == 0 {
+            Ok(stream_id)
+        } else {
+            Err(result)
+        }
+    }
+
+    /// Lets a request this module stopped in its request-headers hook go on.
+    pub fn continue_decoding(self) {
+        // SAFETY: `self.0` is the current hook's filter.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
 
     pub fn clear_route_cache(self) {
@@ -563,6 +642,112 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     }
 }
 
+/// The request's body while its call is out: held (1, `StopIterationAndBuffer`), as a
+/// `Continue` here would let the request go on before the call's answer; else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: as in `..._request_headers`.
+    let held = unsafe { filter_ref(filter) }.is_some_and(crate::waiting_for_call);
+    u32::from(held)
+}
+
+/// The request's trailers while its call is out: held (1, `StopIteration`); else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+) -> u32 {
+    // SAFETY: as in `..._request_headers`.
+    let held = unsafe { filter_ref(filter) }.is_some_and(crate::waiting_for_call);
+    u32::from(held)
+}
+
+// The gRPC call's stream (`callout.rs`): Envoy calls these on the worker of the stream that
+// started it, never after `..._http_filter_destroy`. The module makes one call at a time per
+// stream, so the stream id is not needed to tell calls apart.
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _stream_id: u64,
+    headers: *const HeaderPair,
+    headers_len: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: as in `..._request_headers`; Envoy lends the headers for this hook.
+    if let Some(filter) = unsafe { filter_ref(filter) } {
+        crate::call_headers(filter, &unsafe { lent_headers(headers, headers_len) });
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _stream_id: u64,
+    data: *const Buffer,
+    data_len: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: as in `..._request_headers`.
+    let Some(filter) = (unsafe { filter_ref(filter) }) else {
+        return;
+    };
+    let buffers = if data.is_null() || data_len == 0 {
+        &[][..]
+    } else {
+        // SAFETY: Envoy lends `data_len` buffers (the body's slices) for this hook.
+        unsafe { std::slice::from_raw_parts(data, data_len) }
+    };
+    // SAFETY: each buffer is a slice of Envoy's body, lent for this hook.
+    let chunks: Vec<&[u8]> = buffers.iter().map(|b| unsafe { b.as_slice() }).collect();
+    crate::call_data(filter, &chunks);
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _stream_id: u64,
+    trailers: *const HeaderPair,
+    trailers_len: usize,
+) {
+    // SAFETY: as in `..._http_stream_headers`.
+    if let Some(filter) = unsafe { filter_ref(filter) } {
+        crate::call_trailers(filter, &unsafe { lent_headers(trailers, trailers_len) });
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _stream_id: u64,
+) {
+    // SAFETY: as in `..._request_headers`.
+    if let Some(filter) = unsafe { filter_ref(filter) } {
+        crate::call_ended(filter, FilterPtr(filter_envoy), false);
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _stream_id: u64,
+    _reason: i32,
+) {
+    // SAFETY: as in `..._request_headers`.
+    if let Some(filter) = unsafe { filter_ref(filter) } {
+        crate::call_ended(filter, FilterPtr(filter_envoy), true);
+    }
+}
+
 // Hooks the module has no use for. Envoy 1.40 resolves every HTTP filter hook by name when it
 // loads the config and refuses a module that lacks one, so each is exported; they ignore
 // their arguments (harmless under the C calling convention: the caller owns them) and answer
@@ -576,17 +761,10 @@ macro_rules! continue_hooks {
 }
 
 continue_hooks!(
-    envoy_dynamic_module_on_http_filter_request_body,
-    envoy_dynamic_module_on_http_filter_request_trailers,
     envoy_dynamic_module_on_http_filter_response_body,
     envoy_dynamic_module_on_http_filter_local_reply,
     envoy_dynamic_module_on_http_filter_scheduled,
     envoy_dynamic_module_on_http_filter_http_callout_done,
-    envoy_dynamic_module_on_http_filter_http_stream_headers,
-    envoy_dynamic_module_on_http_filter_http_stream_data,
-    envoy_dynamic_module_on_http_filter_http_stream_trailers,
-    envoy_dynamic_module_on_http_filter_http_stream_complete,
-    envoy_dynamic_module_on_http_filter_http_stream_reset,
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
     envoy_dynamic_module_on_http_filter_config_scheduled,

@@ -287,37 +287,8 @@ impl<'h, 'a> ReplyPhase<'h, 'a> {
 }
 
 impl Host for ReplyPhase<'_, '_> {
-    fn now(&self) -> Nanos {
-        self.host.now()
-    }
-
-    fn random_u64(&mut self) -> u64 {
-        self.host.random_u64()
-    }
-
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.host.property(path)
-    }
-
-    fn shared_get(&self, key: &str) -> Option<Shared> {
-        self.host.shared_get(key)
-    }
-
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        self.host.shared_set(key, value, cas)
-    }
-
-    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
-        self.host.define_metric(kind, name)
-    }
-
-    fn increment_metric(&mut self, metric: Metric, delta: i64) {
-        self.host.increment_metric(metric, delta);
-    }
-
-    fn record_metric(&mut self, metric: Metric, value: u64) {
-        self.host.record_metric(metric, value);
-    }
+    mesh_policy::forward_host!(host => now, random_u64, property, shared_get, shared_set);
+    mesh_policy::forward_host!(host => define_metric, increment_metric, record_metric);
 }
 
 impl ResponseHost for ReplyPhase<'_, '_> {

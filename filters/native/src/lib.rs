@@ -14,14 +14,18 @@
 //!   names); a worker's `define_metric` finds its family and keeps the label values, and
 //!   Envoy makes each series on its first update.
 //!
-//! Not here (see `ABI.md`): global rate limits (a config with any is refused at load: the
-//! ABI's callouts are HTTP, not gRPC), a timer per worker (the stages' tick runs at a stream's
-//! end once its period is over, counters go to Envoy at every stream's end).
+//! - a gRPC call (global rate limits) goes over the ABI's HTTP stream callout, framed here
+//!   ([`callout`]); the request waits for its end, as under proxy-wasm.
+//!
+//! Not here (see `ABI.md`): a timer per worker (the stages' tick runs at a stream's end once
+//! its period is over, counters go to Envoy at every stream's end; a call's deadline is
+//! Envoy's timeout on the callout).
 //!
 //! A panic in a hook is caught where the hook entered the module (the `native` profile
 //! unwinds), logged at critical, and the request goes on as if the module had let it pass.
 
 mod abi;
+mod callout;
 mod host;
 mod logger;
 mod store;
@@ -35,7 +39,7 @@ use std::sync::{Arc, Weak};
 
 use mesh_bundle::Bundle;
 use mesh_policy::chain::Stages;
-use mesh_policy::filter::{CallOutcome, Plugin, Verdict};
+use mesh_policy::filter::{CallOutcome, GrpcCall, Plugin, Verdict};
 use mesh_policy::host::{Host, MetricKind, NANOS_PER_MS, Nanos};
 use mesh_policy::stats;
 use mesh_policy::vm::{Stream, Vm};
@@ -83,8 +87,19 @@ struct Worker {
 pub struct Filter {
     worker: Rc<Worker>,
     stream: RefCell<Option<Kept>>,
+    /// The gRPC call the request waits for (one at a time).
+    call: RefCell<Option<Call>>,
     /// Counted out of the worker's open streams (at its completion, else when destroyed).
     closed: Cell<bool>,
+}
+
+/// A gRPC call out (`callout.rs`): its answer so far; while Envoy is still inside
+/// `start_http_stream` (`starting`), an end is only noted (`ended`), for the caller to see.
+#[derive(Default)]
+struct Call {
+    answer: callout::Answer,
+    starting: bool,
+    ended: bool,
 }
 
 impl Filter {
@@ -141,7 +156,7 @@ fn report_panic(line: &str) {
 }
 
 /// Loads a config: the plugin JSON compiled (refused on any error, as the Wasm build's
-/// `on_configure`), global limits refused, metrics defined. `None` refuses the config.
+/// `on_configure`), metrics defined. `None` refuses the config.
 fn config_new(config_envoy: ConfigPtr, name: &[u8], json: &[u8]) -> Option<Config> {
     guarded("config_new", None, || {
         let name = String::from_utf8_lossy(name).into_owned();
@@ -167,16 +182,6 @@ fn config_new(config_envoy: ConfigPtr, name: &[u8], json: &[u8]) -> Option<Confi
                 return None;
             }
         };
-        if let Some(path) = global_limit(json) {
-            log::error!(
-                "{} config=rejected plugin={} error={path}: global limits are not available \
-                 in the native module: they need a gRPC call to the rate limit service, which the native module cannot make (Envoy 1.40's \
-                 dynamic-module callouts are HTTP only); use the Wasm bundle",
-                Bundle::NAME,
-                plugin.name
-            );
-            return None;
-        }
         stages.log_loaded(&plugin);
         let metrics = define_metrics(&stages, &plugin, json, config_envoy);
         Some(Config {
@@ -188,50 +193,6 @@ fn config_new(config_envoy: ConfigPtr, name: &[u8], json: &[u8]) -> Option<Confi
             alive: Arc::new(()),
         })
     })
-}
-
-/// Where the plugin JSON asks for a global limit (`"scope": "global"` in the rate limit
-/// stage), if it does.
-fn global_limit(json: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let ratelimit = value.get("ratelimit")?;
-    let mut found = None;
-    find_global(ratelimit, "ratelimit", &mut found);
-    found
-}
-
-fn find_global(value: &serde_json::Value, at: &str, found: &mut Option<String>) {
-    if found.is_some() {
-        return;
-    }
-    match value {
-        serde_json::Value::Object(map) => {
-            if map.get("scope").and_then(serde_json::Value::as_str) == Some("global") {
-                *found = Some(at.to_owned());
-                return;
-            }
-            // Rendered as the policy crate's field paths: a key that is data (a route name)
-            // in brackets, `routes["limited"].limits[0]`.
-            let data_keyed = at
-                .rsplit(['.', ']'])
-                .next()
-                .is_some_and(|last| mesh_policy::config::DATA_KEYED.contains(&last));
-            for (key, child) in map {
-                let at = if data_keyed {
-                    format!("{at}[{key:?}]")
-                } else {
-                    format!("{at}.{key}")
-                };
-                find_global(child, &at, found);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                find_global(child, &format!("{at}[{i}]"), found);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Every route name the plugin JSON names (the keys of each stage's `routes`), and the
@@ -322,6 +283,7 @@ fn filter_new(config: &Config) -> Option<Filter> {
         Some(Filter {
             worker,
             stream: RefCell::new(None),
+            call: RefCell::new(None),
             closed: Cell::new(false),
         })
     })
@@ -374,47 +336,201 @@ impl Worker {
 }
 
 /// Request headers: the stages' request phase. 0 continues, 1 stops (a local reply sent,
-/// after the stages that saw the request had their response phase on it: `ReplyPhase`).
+/// after the stages that saw the request had their response phase on it: `ReplyPhase`; or a
+/// gRPC call out, whose end lets the request go on or answers it: [`call_ended`]).
 fn request_headers(filter: &Filter, envoy: FilterPtr, end_of_stream: bool) -> u32 {
     guarded("request_headers", 0, || {
+        #[cfg(feature = "panic-fixture")]
+        fixture_panic(envoy);
         let worker = filter.worker.clone();
         let mut host = worker.host(Some(envoy));
-        let Some((mut verdict, mut stream)) = worker.vm.on_request(&mut host, !end_of_stream)
-        else {
+        let Some((verdict, stream)) = worker.vm.on_request(&mut host, !end_of_stream) else {
             return 0;
         };
-        let reply = loop {
-            match verdict {
-                Verdict::Continue => break None,
-                Verdict::Reply(reply) => break Some(reply),
-                // Refused at load (global limits): should a call still be asked for, it is one
-                // Envoy would not send.
-                Verdict::Call(_) => {
-                    verdict = worker
-                        .vm
-                        .on_call_done(&mut stream, CallOutcome::NotSent, &mut host);
-                }
-            }
-        };
-        let reply = reply.map(|reply| {
-            let mut phase = host::ReplyPhase::new(&mut host, reply);
-            worker.vm.on_response(&mut stream, &mut phase);
-            phase.reply
-        });
-        if let Ok(mut slot) = filter.stream.try_borrow_mut() {
-            *slot = Some(Kept {
-                stream,
-                responded: reply.is_some(),
-            });
-        }
-        match reply {
-            Some(reply) => {
-                host.send_reply(&reply);
-                1
-            }
-            None => 0,
+        match settle(filter, &worker, &mut host, envoy, stream, verdict) {
+            Settled::Continue => 0,
+            Settled::Held => 1,
         }
     })
+}
+
+/// The test fixture's panic (feature `panic-fixture`, never shipped): a request with
+/// `x-fixture-panic: <marker>` panics here, inside the hook's guard, as a bug would.
+#[cfg(feature = "panic-fixture")]
+#[allow(clippy::panic)]
+fn fixture_panic(envoy: FilterPtr) {
+    if let Some(marker) = envoy.header(abi::HeaderType::RequestHeader, "x-fixture-panic") {
+        panic!(
+            "mesh native fixture: deliberate panic ({})",
+            String::from_utf8_lossy(&marker)
+        );
+    }
+}
+
+/// Where a verdict leaves the request.
+enum Settled {
+    /// Let it go on (upstream-ward).
+    Continue,
+    /// Held: answered locally, or waiting for a call.
+    Held,
+}
+
+/// Carries out a verdict and keeps the stream in the filter: a local reply is sent after its
+/// response phase, a call is started (one that ends without leaving Envoy goes straight back
+/// to the stages as not sent, as a Wasm module's refused `dispatch_grpc_call`).
+fn settle(
+    filter: &Filter,
+    worker: &Worker,
+    host: &mut Native<'_>,
+    envoy: FilterPtr,
+    mut stream: Stream<Bundle>,
+    mut verdict: Verdict,
+) -> Settled {
+    let reply = loop {
+        match verdict {
+            Verdict::Continue => break None,
+            Verdict::Reply(reply) => break Some(reply),
+            Verdict::Call(call) => match dispatch(filter, envoy, &call) {
+                Some(outcome) => verdict = worker.vm.on_call_done(&mut stream, outcome, host),
+                None => {
+                    keep(filter, stream, false);
+                    return Settled::Held;
+                }
+            },
+        }
+    };
+    let reply = reply.map(|reply| {
+        let mut phase = host::ReplyPhase::new(host, reply);
+        worker.vm.on_response(&mut stream, &mut phase);
+        phase.reply
+    });
+    keep(filter, stream, reply.is_some());
+    match reply {
+        Some(reply) => {
+            host.send_reply(&reply);
+            Settled::Held
+        }
+        None => Settled::Continue,
+    }
+}
+
+fn keep(filter: &Filter, stream: Stream<Bundle>, responded: bool) {
+    if let Ok(mut slot) = filter.stream.try_borrow_mut() {
+        *slot = Some(Kept { stream, responded });
+    }
+}
+
+/// Starts `call` on Envoy's HTTP stream callout. `None` while it is out (its end comes to
+/// [`call_ended`]); the outcome at once when Envoy did not start it, or answered it itself
+/// before the stream started (no healthy upstream: nothing was sent).
+fn dispatch(filter: &Filter, envoy: FilterPtr, call: &GrpcCall) -> Option<CallOutcome> {
+    let (headers, body) = callout::request(call);
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let Ok(mut slot) = filter.call.try_borrow_mut() else {
+        return Some(CallOutcome::NotSent);
+    };
+    *slot = Some(Call {
+        starting: true,
+        ..Call::default()
+    });
+    drop(slot);
+    let started =
+        envoy.start_http_stream(&call.cluster, &headers, &body, u64::from(call.timeout_ms));
+    let Ok(mut slot) = filter.call.try_borrow_mut() else {
+        return Some(CallOutcome::NotSent);
+    };
+    match (started, slot.as_mut()) {
+        (Ok(_), Some(out)) if !out.ended => {
+            out.starting = false;
+            None
+        }
+        (started, _) => {
+            if let Err(reason) = started {
+                // Per request when the cluster is unknown: the stage logs the failure once per
+                // burst (`global_error=not_sent`).
+                log::debug!("grpc call to cluster {} not sent: {reason}", call.cluster);
+            }
+            *slot = None;
+            Some(CallOutcome::NotSent)
+        }
+    }
+}
+
+/// Whether the request waits for a call: its body and trailers are held too.
+fn waiting_for_call(filter: &Filter) -> bool {
+    filter.call.try_borrow().is_ok_and(|call| call.is_some())
+}
+
+/// Runs `each` on the call out, if there is one.
+fn with_call(filter: &Filter, each: impl FnOnce(&mut Call)) {
+    if let Ok(mut slot) = filter.call.try_borrow_mut()
+        && let Some(call) = slot.as_mut()
+    {
+        each(call);
+    }
+}
+
+fn call_headers(filter: &Filter, headers: &[(&[u8], &[u8])]) {
+    guarded("http_stream_headers", (), || {
+        with_call(filter, |call| call.answer.headers(headers));
+    });
+}
+
+fn call_data(filter: &Filter, chunks: &[&[u8]]) {
+    guarded("http_stream_data", (), || {
+        with_call(filter, |call| call.answer.data(chunks));
+    });
+}
+
+fn call_trailers(filter: &Filter, trailers: &[(&[u8], &[u8])]) {
+    guarded("http_stream_trailers", (), || {
+        with_call(filter, |call| call.answer.trailers(trailers));
+    });
+}
+
+/// The call's stream ended (complete, or `reset`): the stages decide again, and the request
+/// goes on, is answered, or waits for the next call. A panic on the way lets it go on.
+fn call_ended(filter: &Filter, envoy: FilterPtr, reset: bool) {
+    let settled = guarded("http_stream_complete", Settled::Continue, || {
+        let call = {
+            let Ok(mut slot) = filter.call.try_borrow_mut() else {
+                return Settled::Held;
+            };
+            match slot.as_mut() {
+                Some(call) if call.starting => {
+                    call.ended = true;
+                    return Settled::Held;
+                }
+                _ => slot.take(),
+            }
+        };
+        let Some(call) = call else {
+            return Settled::Held;
+        };
+        let outcome = if reset {
+            callout::reset()
+        } else {
+            call.answer.outcome()
+        };
+        // The request phase kept the stream when it started the call; none: the downstream
+        // stream is over already, nothing to resume.
+        let Some(kept) = filter
+            .stream
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut slot| slot.take())
+        else {
+            return Settled::Held;
+        };
+        let worker = filter.worker.clone();
+        let mut host = worker.host(Some(envoy));
+        let mut stream = kept.stream;
+        let verdict = worker.vm.on_call_done(&mut stream, outcome, &mut host);
+        settle(filter, &worker, &mut host, envoy, stream, verdict)
+    });
+    if let Settled::Continue = settled {
+        envoy.continue_decoding();
+    }
 }
 
 /// Runs `phase` on the stream, if the request phase kept one and no other hook holds it.
@@ -490,19 +606,6 @@ fn destroy(filter: Filter) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_global_limit_is_found_at_its_field_path() {
-        let json =
-            br#"{"traceid": {"default": {}}, "ratelimit": {"routes": {"limited": {"limits": [
-            {"rate_per_s": 1, "burst": 2}, {"scope": "global", "key": "route"}]}}}}"#;
-        assert_eq!(
-            global_limit(json).as_deref(),
-            Some(r#"ratelimit.routes["limited"].limits[1]"#)
-        );
-        let local = br#"{"ratelimit": {"default": {"limits": [{"rate_per_s": 1, "burst": 2}]}}}"#;
-        assert_eq!(global_limit(local), None);
-    }
 
     #[test]
     #[allow(clippy::panic)]

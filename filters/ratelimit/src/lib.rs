@@ -242,11 +242,7 @@ impl Filter for RateLimit {
             log::warn!(
                 "ratelimit route={} global_error={why} requests={count} action={}",
                 route.name,
-                if done.decision == Decision::Unavailable {
-                    "unavailable"
-                } else {
-                    "let_through"
-                }
+                done.decision.action()
             );
         }
         if done.decision == Decision::DryRunRejected {
@@ -300,11 +296,7 @@ impl RateLimitRoute {
                 "ratelimit route={} store_error={} requests={count} action={}",
                 self.name,
                 error.as_str(),
-                if decision == Decision::Rejected {
-                    "rejected"
-                } else {
-                    "let_through"
-                }
+                decision.action()
             );
         }
     }

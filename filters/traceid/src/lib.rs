@@ -116,8 +116,8 @@ impl Filter for TraceId {
         trace_id: &mut Option<String>,
         host: &mut impl ResponseHost,
     ) {
-        if let (Some(name), Some(trace_id)) = (&route.policy.response_header, trace_id) {
-            host.set_response_header(name.as_str(), trace_id.as_bytes());
+        if let Some((name, trace_id)) = route.policy.trace_id_header(trace_id.as_deref()) {
+            host.set_response_header(name, trace_id);
         }
     }
 }

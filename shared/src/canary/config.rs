@@ -326,7 +326,30 @@ fn bad(at: &FieldPath, value: &str, why: &str) -> ConfigError {
 
 const TAG_IN_RULE: &str =
     "is the tag header itself, which is removed before rules run (set trust_incoming to obey it)";
-const NOT_A_COOKIE_NAME: &str = "is not a cookie name";
+const TAG_AS_KEY: &str = "is the tag header itself, which carries the decision, not a key";
+
+/// A header a rule or the sticky key reads (`header` in both): a header name, not the tag
+/// header (`why` says what that would do there).
+fn key_header(
+    name: &str,
+    tag: &HeaderName,
+    at: &FieldPath,
+    why: &str,
+) -> Result<HeaderName, ConfigError> {
+    let header = HeaderName::parse(name, at)?;
+    if header == *tag {
+        return Err(bad(at, name, why));
+    }
+    Ok(header)
+}
+
+/// A cookie a rule, the sticky key or the sticky cookie names.
+fn cookie_name(name: String, at: &FieldPath) -> Result<String, ConfigError> {
+    if !cookie::is_name(&name) {
+        return Err(bad(at, &name, "is not a cookie name"));
+    }
+    Ok(name)
+}
 
 impl Rule {
     fn compile(
@@ -351,21 +374,17 @@ impl Rule {
             ("query", config.query.is_some()),
             ("path_prefix", config.path_prefix.is_some()),
         ];
-        if let Some(second) = second_given(&targets) {
-            return Err(at
-                .field(second)
-                .invalid("a rule looks at one thing: write two rules"));
-        }
+        at_most_one(at, &targets, "a rule looks at one thing: write two rules")?;
         let tests = [
             ("exact", config.exact.is_some()),
             ("prefix", config.prefix.is_some()),
             ("present", config.present.is_some()),
         ];
-        if let Some(second) = second_given(&tests) {
-            return Err(at
-                .field(second)
-                .invalid("a rule has one test: \"exact\", \"prefix\" or \"present\""));
-        }
+        at_most_one(
+            at,
+            &tests,
+            r#"a rule has one test: "exact", "prefix" or "present""#,
+        )?;
         let test = config
             .exact
             .map(Test::Exact)
@@ -376,16 +395,10 @@ impl Rule {
                 .invalid("needs a test next to it: \"exact\", \"prefix\" or \"present\"")
         };
         let target = if let Some(value) = config.header {
-            let at = at.field("header");
-            let name = HeaderName::parse(&value, &at)?;
-            if name == *tag {
-                return Err(bad(&at, &value, TAG_IN_RULE));
-            }
+            let name = key_header(&value, tag, &at.field("header"), TAG_IN_RULE)?;
             Target::Header(name, test.ok_or_else(|| needs_test("header"))?)
         } else if let Some(name) = config.cookie {
-            if !cookie::is_name(&name) {
-                return Err(bad(&at.field("cookie"), &name, NOT_A_COOKIE_NAME));
-            }
+            let name = cookie_name(name, &at.field("cookie"))?;
             Target::Cookie(name, test.ok_or_else(|| needs_test("cookie"))?)
         } else if let Some(name) = config.query {
             if name.is_empty() {
@@ -417,13 +430,12 @@ impl Rule {
     }
 }
 
-/// The second of the fields that are set, if more than one is.
-fn second_given(fields: &[(&'static str, bool)]) -> Option<&'static str> {
-    fields
-        .iter()
-        .filter(|(_, given)| *given)
-        .nth(1)
-        .map(|(name, _)| *name)
+/// Refuses a second field of `fields` (name, whether given) at that field, saying `why`.
+fn at_most_one(at: &FieldPath, fields: &[(&str, bool)], why: &str) -> Result<(), ConfigError> {
+    match fields.iter().filter(|(_, given)| *given).nth(1) {
+        Some((second, _)) => Err(at.field(second).invalid(why)),
+        None => Ok(()),
+    }
 }
 
 impl Sticky {
@@ -432,29 +444,18 @@ impl Sticky {
         tag: &HeaderName,
         at: &FieldPath,
     ) -> Result<Self, ConfigError> {
-        let header = match config.header {
-            Some(name) => {
-                let at = at.field("header");
-                let header = HeaderName::parse(&name, &at)?;
-                if header == *tag {
-                    return Err(bad(
-                        &at,
-                        &name,
-                        "is the tag header itself, which carries the decision, not a key",
-                    ));
-                }
-                Some(header)
-            }
-            None => None,
-        };
-        if let Some(name) = &config.cookie
-            && !cookie::is_name(name)
-        {
-            return Err(bad(&at.field("cookie"), name, NOT_A_COOKIE_NAME));
-        }
+        let header = config
+            .header
+            .as_deref()
+            .map(|name| key_header(name, tag, &at.field("header"), TAG_AS_KEY))
+            .transpose()?;
+        let cookie = config
+            .cookie
+            .map(|name| cookie_name(name, &at.field("cookie")))
+            .transpose()?;
         Ok(Self {
             header,
-            cookie: config.cookie,
+            cookie,
             client_address: config.client_address,
         })
     }
@@ -462,14 +463,12 @@ impl Sticky {
 
 impl StickyCookie {
     fn compile(config: StickyCookieConfig, at: &FieldPath) -> Result<Self, ConfigError> {
-        if !cookie::is_name(&config.name) {
-            return Err(bad(&at.field("name"), &config.name, NOT_A_COOKIE_NAME));
-        }
+        let name = cookie_name(config.name, &at.field("name"))?;
         if config.max_age_s == 0 {
             return Err(at.field("max_age_s").invalid("must be at least 1"));
         }
         Ok(Self {
-            name: config.name,
+            name,
             max_age_s: config.max_age_s,
             secure: config.secure,
         })

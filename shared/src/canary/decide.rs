@@ -217,6 +217,13 @@ impl CanaryPolicy {
                 .map(|(cookie, key)| cookie.set_cookie(key)),
         }
     }
+
+    /// The debugging header `response` gets, name and value: the policy's `response_header`
+    /// with the decision it describes; `None`: none.
+    pub fn decision_header<'a>(&'a self, response: &'a Response) -> Option<(&'a str, &'a [u8])> {
+        let name = self.response_header.as_ref()?;
+        Some((name.as_str(), response.decision.as_deref()?.as_bytes()))
+    }
 }
 
 /// What the response phase adds to a decided request's response.

@@ -660,3 +660,18 @@ fn an_incoming_tag_the_decision_agrees_with_is_left_alone() {
     let mut other = FakeHost::new().with_request_header("x-canary", "yes");
     assert_eq!(decide(&p, &mut other).tag, TagEdit::Set);
 }
+
+#[test]
+fn the_decision_header_is_the_policys_name_with_the_description() {
+    let described = Response {
+        decision: Some("stable; sticky".into()),
+        set_cookie: None,
+    };
+    let debug = policy(r#"{"response_header": "x-canary-decision"}"#);
+    assert_eq!(
+        debug.decision_header(&described),
+        Some(("x-canary-decision", &b"stable; sticky"[..]))
+    );
+    assert_eq!(debug.decision_header(&Response::default()), None);
+    assert_eq!(policy("{}").decision_header(&described), None);
+}

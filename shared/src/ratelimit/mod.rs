@@ -93,6 +93,16 @@ impl Decision {
             Self::Unavailable => Some("unavailable"),
         }
     }
+
+    /// What the request got, as a warning about a failure names it (`action=`): answered
+    /// here (`rejected`, `unavailable`) or let through.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Unavailable => "unavailable",
+            Self::Unlimited | Self::Allowed | Self::DryRunRejected => "let_through",
+        }
+    }
 }
 
 /// The tightest limit as the `X-RateLimit-*` headers tell it.

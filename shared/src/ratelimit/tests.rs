@@ -1317,3 +1317,17 @@ fn the_response_tells_an_admitted_requests_budget_unless_dry_run_or_off() {
         assert_eq!(shown, told.then_some(budget), "{options} {decision:?}");
     }
 }
+
+#[test]
+fn a_failure_warning_names_what_the_request_got() {
+    let table = [
+        (Decision::Unlimited, "let_through"),
+        (Decision::Allowed, "let_through"),
+        (Decision::DryRunRejected, "let_through"),
+        (Decision::Rejected, "rejected"),
+        (Decision::Unavailable, "unavailable"),
+    ];
+    for (decision, action) in table {
+        assert_eq!(decision.action(), action, "{decision:?}");
+    }
+}

@@ -237,6 +237,12 @@ impl TracePolicy {
             .as_ref()
             .map(|_| decision.trace_id_hex())
     }
+
+    /// The header the response phase sets, name and value: the policy's `response_header`
+    /// with the trace id `kept` ([`TracePolicy::kept_for_response`]); `None`: none.
+    pub fn trace_id_header<'a>(&'a self, kept: Option<&'a str>) -> Option<(&'a str, &'a [u8])> {
+        Some((self.response_header.as_ref()?.as_str(), kept?.as_bytes()))
+    }
 }
 
 /// The context sent upstream.

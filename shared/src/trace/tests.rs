@@ -652,3 +652,15 @@ fn a_clients_decision_stands_and_replaced_traces_are_sampled() {
     assert_eq!(d.started, Some(Sampling::NotSampled));
     assert!(set(&d, "traceparent").unwrap().ends_with("-02"));
 }
+
+#[test]
+fn the_trace_id_header_is_the_policys_name_with_the_kept_id() {
+    let named = policy(r#"{"response_header": "x-trace"}"#);
+    assert_eq!(
+        named.trace_id_header(Some(TRACE)),
+        Some(("x-trace", TRACE.as_bytes()))
+    );
+    assert_eq!(named.trace_id_header(None), None);
+    let none = policy(r#"{"response_header": null}"#);
+    assert_eq!(none.trace_id_header(Some(TRACE)), None);
+}

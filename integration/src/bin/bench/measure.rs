@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mesh_integration::envoy::{self, EnvoyProcess};
+use mesh_integration::envoy::{self, EnvoyProcess, Launch};
 use serde_json::{Value, json};
 
 use crate::load::run_wrk;
@@ -326,7 +326,7 @@ pub fn measure(
     // Envoy's default level for the modules, as in production: their per-request debug
     // lines are not formatted.
     let log_level = ["--component-log-level".to_owned(), "wasm:info".to_owned()];
-    let envoy = EnvoyProcess::start(&config, "json", 1, &log_level)?;
+    let envoy = EnvoyProcess::start(&Launch::new(config).args(log_level))?;
     let pid = envoy.pid();
     if options.pin {
         pin(pid, ENVOY_CPU)?;

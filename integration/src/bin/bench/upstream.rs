@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use mesh_integration::server_thread::ServerThread;
+
 use crate::Error;
 
 /// `200 ok` for every request; `/smoke` also lists the request header names it received in
@@ -12,8 +14,7 @@ use crate::Error;
 /// benchmark sends (GET, no body, keep-alive) and nothing else.
 pub struct Upstream {
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 const OK_RESPONSE: &[u8] =
@@ -74,50 +75,33 @@ async fn serve_connection(socket: tokio::net::TcpStream) -> std::io::Result<()> 
 
 impl Upstream {
     pub fn start() -> Result<Self, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let addr = listener.local_addr()?;
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("bench-upstream".into())
-            .spawn(move || {
-                runtime.block_on(async {
-                    loop {
-                        tokio::select! {
-                            _ = &mut rx => break,
-                            accepted = listener.accept() => match accepted {
-                                Ok((socket, _)) => {
-                                    let _ = socket.set_nodelay(true);
-                                    tokio::spawn(async move {
-                                        let _ = serve_connection(socket).await;
-                                    });
-                                }
-                                Err(err) => {
-                                    eprintln!("bench upstream: {err}");
-                                    break;
-                                }
-                            },
-                        }
-                    }
-                });
-            })?;
-        Ok(Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = ServerThread::start(
+            "bench-upstream".into(),
             addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            |listener, mut stop| async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((socket, _)) => {
+                                let _ = socket.set_nodelay(true);
+                                tokio::spawn(async move {
+                                    let _ = serve_connection(socket).await;
+                                });
+                            }
+                            Err(err) => {
+                                eprintln!("bench upstream: {err}");
+                                break;
+                            }
+                        },
+                    }
+                }
+            },
+        )?;
+        Ok(Self {
+            addr: server.addr,
+            _server: server,
         })
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
