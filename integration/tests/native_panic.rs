@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_integration::backend::Launch;
 use mesh_integration::echo::EchoServer;
 use mesh_integration::envoy::{self, Envoy, Harness};
 use mesh_integration::observability::route;
@@ -44,8 +45,13 @@ fn a_panic_is_caught_logged_and_the_request_passes_untouched() {
         vec![route("any", "/", "v1")],
         vec![envoy::cluster("v1", upstream.addr)],
     );
-    let mut envoy = Envoy::start(harness, &config.to_string(), "json", 2, &[fixture], &[])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut envoy = Envoy::start(
+        harness,
+        &Launch::new(config.to_string())
+            .concurrency(2)
+            .modules([fixture]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let agent = envoy::agent(Duration::from_secs(20));
     let url = format!("http://{}/", envoy.listener());
     let get = |panic_marker: Option<&str>| {
