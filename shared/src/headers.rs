@@ -43,21 +43,12 @@ impl HeaderPairs {
     }
 
     /// Serializes `pairs` the way the host does.
-    pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone) -> Self {
-        let count = pairs.clone().into_iter().count();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&u32_le(count));
-        for (name, value) in pairs.clone() {
-            bytes.extend_from_slice(&u32_le(name.len()));
-            bytes.extend_from_slice(&u32_le(value.len()));
-        }
+    pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut builder = HeaderPairsBuilder::default();
         for (name, value) in pairs {
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(value);
-            bytes.push(0);
+            builder.push(name.as_bytes(), value);
         }
-        Self::from_bytes(bytes)
+        builder.finish()
     }
 
     /// The serialized map, as the host reads one (e.g. a local reply's headers).
@@ -121,6 +112,36 @@ impl HeaderPairs {
             });
             spans
         })
+    }
+}
+
+/// Serializes a map pair by pair, for a host that lends its pairs one at a time (the native
+/// adapter): three buffers in all, where owned copies of each pair cost two allocations per
+/// header.
+#[derive(Debug, Default)]
+pub struct HeaderPairsBuilder {
+    count: usize,
+    lengths: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl HeaderPairsBuilder {
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.count += 1;
+        self.lengths.extend_from_slice(&u32_le(name.len()));
+        self.lengths.extend_from_slice(&u32_le(value.len()));
+        self.data.extend_from_slice(name);
+        self.data.push(0);
+        self.data.extend_from_slice(value);
+        self.data.push(0);
+    }
+
+    pub fn finish(self) -> HeaderPairs {
+        let mut bytes = Vec::with_capacity(4 + self.lengths.len() + self.data.len());
+        bytes.extend_from_slice(&u32_le(self.count));
+        bytes.extend_from_slice(&self.lengths);
+        bytes.extend_from_slice(&self.data);
+        HeaderPairs::from_bytes(bytes)
     }
 }
 
@@ -197,9 +218,14 @@ mod tests {
         // What proxy-wasm's own serializer produces for two pairs.
         let mut bytes = vec![2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
         bytes.extend_from_slice(b"a\0bc\0def\0\0");
-        let map = HeaderPairs::from_bytes(bytes);
+        let map = HeaderPairs::from_bytes(bytes.clone());
         let pairs: Vec<_> = map.iter().collect();
         assert_eq!(pairs, [(&b"a"[..], &b"bc"[..]), (&b"def"[..], &b""[..])]);
+        // And written in that layout, pair by pair.
+        let mut builder = HeaderPairsBuilder::default();
+        builder.push(b"a", b"bc");
+        builder.push(b"def", b"");
+        assert_eq!(builder.finish().as_bytes(), bytes);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_policy::filter::{LocalReply, Plugin};
 use mesh_policy::grpc::CONTENT_TYPE;
-use mesh_policy::headers::HeaderPairs;
+use mesh_policy::headers::{HeaderPairs, HeaderPairsBuilder};
 use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError, TrailersHost,
 };
@@ -219,13 +219,13 @@ impl Host for Native<'_> {
 
 impl RequestCalls for Native<'_> {
     fn get_http_request_headers(&self) -> HeaderPairs {
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut pairs = HeaderPairsBuilder::default();
         if let Some(filter) = self.filter {
             filter.headers(HeaderType::RequestHeader, |name, value| {
-                pairs.push((name.to_vec(), value.to_vec()));
+                pairs.push(name, value);
             });
         }
-        HeaderPairs::from_bytes(serialize(&pairs))
+        pairs.finish()
     }
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
@@ -328,30 +328,6 @@ impl ResponseHost for ReplyPhase<'_, '_> {
     }
 }
 
-/// A header map in proxy-wasm's serialization (what [`HeaderPairs`] reads): the count, each
-/// pair's name and value lengths, then each name and value followed by a NUL.
-fn serialize(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let size: usize = pairs
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 10)
-        .sum::<usize>()
-        + 4;
-    let mut bytes = Vec::with_capacity(size);
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    bytes.extend_from_slice(&len(pairs.len()));
-    for (name, value) in pairs {
-        bytes.extend_from_slice(&len(name.len()));
-        bytes.extend_from_slice(&len(value.len()));
-    }
-    for (name, value) in pairs {
-        bytes.extend_from_slice(name);
-        bytes.push(0);
-        bytes.extend_from_slice(value);
-        bytes.push(0);
-    }
-    bytes
-}
-
 /// The dry run's host (main thread, inside `config_new`): notes every metric the stages
 /// define; shared data is the real store (a bind creates the route's records, as a worker's
 /// would); no stream, so no properties but the plugin's name.
@@ -405,18 +381,6 @@ impl Host for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn headers_serialize_as_proxy_wasm_does() {
-        let pairs = vec![
-            (b":path".to_vec(), b"/a".to_vec()),
-            (b"x-b".to_vec(), vec![0xff, b'c']),
-        ];
-        let ours = HeaderPairs::from_bytes(serialize(&pairs));
-        let theirs = HeaderPairs::serialize([(":path", &b"/a"[..]), ("x-b", &[0xff, b'c'][..])]);
-        assert_eq!(ours.as_bytes(), theirs.as_bytes());
-        assert_eq!(ours.get("x-b"), Some(&[0xff, b'c'][..]));
-    }
 
     #[test]
     fn metric_names_split_into_family_and_values() {
