@@ -1470,3 +1470,17 @@ fn a_contended_slot_is_written_at_most_sixteen_times() {
         assert_eq!(host.calls().shared_sets - sets, 16, "{conflicts}");
     }
 }
+
+/// A route takes 1 to 8 limits (README): 8 compile, 9 are refused naming the field.
+#[test]
+fn a_route_takes_at_most_eight_limits() {
+    let limits = |n: usize| {
+        let one = r#"{"rate_per_s": 1, "burst": 1}"#;
+        format!(r#"{{"limits": [{}]}}"#, vec![one; n].join(", "))
+    };
+    assert_eq!(policy(&limits(8)).limits.len(), 8);
+    assert_eq!(
+        compile_err(&format!(r#"{{"default": {}}}"#, limits(9))),
+        "default.limits: at most 8 limits per route"
+    );
+}
