@@ -1484,3 +1484,47 @@ fn a_route_takes_at_most_eight_limits() {
         "default.limits: at most 8 limits per route"
     );
 }
+
+/// A configured slot secret is 16 characters or more (characters, not bytes).
+#[test]
+fn a_slot_secret_of_sixteen_characters_is_enough() {
+    let with_secret = |secret: &str| {
+        format!(
+            r#"{{"default": {{"slot_secret": "{secret}", "limits": [{{"rate_per_s": 1, "burst": 1}}]}}}}"#
+        )
+    };
+    let refused = "default.slot_secret: must be at least 16 characters long";
+    assert_eq!(compile_err(&with_secret(&"s".repeat(15))), refused);
+    assert_eq!(compile_err(&with_secret(&"é".repeat(15))), refused);
+    for secret in ["s".repeat(16), "é".repeat(16)] {
+        let json = with_secret(&secret);
+        let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
+        let compiled =
+            envelope.and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile));
+        assert!(compiled.is_ok(), "{secret}: {:?}", compiled.err());
+    }
+}
+
+/// A global limit's `descriptor_key` is a non-empty name without control characters.
+#[test]
+fn a_descriptor_key_is_a_non_empty_printable_name() {
+    let with_key = |name: &str| {
+        format!(
+            r#"{{"default": {{"limits": [{{"scope": "global", "descriptor_key": "{name}"}}], "service_cluster": "c", "domain": "d"}}}}"#
+        )
+    };
+    for bad in ["", "a\\u0001b", "tab\\there"] {
+        assert_eq!(
+            compile_err(&with_key(bad)),
+            "default.limits[0].descriptor_key: must be a non-empty name",
+            "{bad:?}"
+        );
+    }
+    let json = with_key("tenant id");
+    let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
+    assert!(
+        envelope
+            .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
+            .is_ok()
+    );
+}
