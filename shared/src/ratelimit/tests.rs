@@ -22,11 +22,19 @@ fn bind(json: &str, host: &mut impl Host) -> RouteLimits {
     policy(json).bind(PREFIX, "limited", &EnvoySecret::new(PREFIX), host)
 }
 
-fn compile_err(json: &str) -> String {
+/// Compiles plugin JSON (`default` and `routes`): `Ok` or the error's text.
+fn compile(json: &str) -> Result<(), String> {
     let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
-    match envelope.and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile)) {
+    envelope
+        .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+fn compile_err(json: &str) -> String {
+    match compile(json) {
         Ok(_) => panic!("{json} should be rejected"),
-        Err(err) => err.to_string(),
+        Err(err) => err,
     }
 }
 
@@ -1497,10 +1505,7 @@ fn a_slot_secret_of_sixteen_characters_is_enough() {
     assert_eq!(compile_err(&with_secret(&"s".repeat(15))), refused);
     assert_eq!(compile_err(&with_secret(&"é".repeat(15))), refused);
     for secret in ["s".repeat(16), "é".repeat(16)] {
-        let json = with_secret(&secret);
-        let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
-        let compiled =
-            envelope.and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile));
+        let compiled = compile(&with_secret(&secret));
         assert!(compiled.is_ok(), "{secret}: {:?}", compiled.err());
     }
 }
@@ -1520,11 +1525,6 @@ fn a_descriptor_key_is_a_non_empty_printable_name() {
             "{bad:?}"
         );
     }
-    let json = with_key("tenant id");
-    let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
-    assert!(
-        envelope
-            .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
-            .is_ok()
-    );
+    let compiled = compile(&with_key("tenant id"));
+    assert!(compiled.is_ok(), "{:?}", compiled.err());
 }
