@@ -10,11 +10,13 @@
 )]
 
 use mesh_integration::chain::{self, Expect};
+use mesh_integration::oracle::{self, canary_point};
 use mesh_integration::raw::{self, RawReply};
 use mesh_integration::{Mesh, Reply};
 use std::time::Instant;
 
-use mesh_policy::canary::point;
+// Inputs only: the keys an attacker computes offline with the public code (the expected
+// values, each key's own burst, do not come from it).
 use mesh_policy::hash::stable_hash;
 use mesh_policy::ratelimit::DEFAULT_SLOTS;
 use mesh_policy::ratelimit::key::{self, KeyValue};
@@ -24,14 +26,9 @@ fn start() -> Mesh {
     chain::builder().start().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>`, lower case.
+/// A valid version-`00` traceparent by the W3C grammar (the test crate's own reading).
 fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && parts.iter().zip([2, 32, 16, 2]).all(|(part, len)| {
-            part.len() == len && part.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        })
-        && parts[0] == "00"
+    oracle::traceparent(value).is_ok_and(|tp| tp.version == "00")
 }
 
 /// What every served request must look like: the echo's JSON from the upstream the tag
@@ -150,7 +147,8 @@ fn stable_users(n: usize) -> Vec<String> {
     (0..)
         .map(|i| format!("user-{i}"))
         .filter(|user| {
-            point(chain::CANARY_SALT.as_bytes(), user.as_bytes()) >= chain::CANARY_PERCENT / 100.0
+            canary_point(chain::CANARY_SALT.as_bytes(), user.as_bytes())
+                >= chain::CANARY_PERCENT / 100.0
         })
         .take(n)
         .collect()

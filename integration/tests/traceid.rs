@@ -6,9 +6,11 @@
     clippy::indexing_slicing
 )]
 
+use mesh_integration::oracle::{self, THRESHOLD_10_PERCENT, TraceParent};
 use mesh_integration::{Mesh, Reply, RouteSpec};
-use mesh_policy::trace::sampling::{self, Threshold};
-use mesh_policy::trace::w3c::{TraceParent, invalid_test_vectors};
+// Inputs only: the W3C test suite's invalid vectors, each checked against the oracle's
+// grammar below.
+use mesh_policy::trace::w3c::invalid_test_vectors;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -29,15 +31,15 @@ fn mesh() -> Mesh {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The traceparent the upstream got, read by the test crate's own W3C grammar: the filter
+/// writes version `00` only.
 fn upstream_traceparent(reply: &Reply) -> TraceParent {
     let text = reply
         .upstream_header("traceparent")
         .unwrap_or_else(|| panic!("no traceparent upstream: {}", reply.text()));
-    TraceParent::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?} invalid: {e:?}"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    mesh_policy::hex::encode(bytes)
+    let tp = oracle::traceparent(&text).unwrap_or_else(|e| panic!("invalid: {e}"));
+    assert_eq!(tp.version, "00", "{text}");
+    tp
 }
 
 #[test]
@@ -46,7 +48,7 @@ fn traceparent_is_generated_when_absent_and_returned_as_x_trace_id() {
     let reply = mesh.get("/checkout").send();
     assert_eq!(reply.status, 200);
     let tp = upstream_traceparent(&reply);
-    assert_eq!(reply.header("x-trace-id"), Some(hex(&tp.trace_id)));
+    assert_eq!(reply.header("x-trace-id"), Some(tp.trace_id.clone()));
     // A second request gets a different trace.
     let again = upstream_traceparent(&mesh.get("/checkout").send());
     assert_ne!(again.trace_id, tp.trace_id);
@@ -99,13 +101,14 @@ fn valid_traceparent_and_tracestate_are_kept() {
 }
 
 /// Every invalid vector of the W3C test suite (the list the unit tests use), around the
-/// trace id of `VALID`.
+/// trace id of `VALID`: each one invalid by the test crate's grammar too.
 #[test]
 fn every_invalid_vector_is_replaced_and_its_tracestate_dropped() {
     let invalid = invalid_test_vectors(TRACE, "00f067aa0ba902b7");
     let mesh = mesh();
     for bad in &invalid {
         let bad = bad.as_str();
+        assert!(oracle::traceparent(bad).is_err(), "{bad} is valid");
         let reply = mesh
             .get("/checkout")
             .header("traceparent", bad)
@@ -114,8 +117,7 @@ fn every_invalid_vector_is_replaced_and_its_tracestate_dropped() {
         let tp = upstream_traceparent(&reply);
         assert_ne!(reply.upstream_header("traceparent").as_deref(), Some(bad));
         assert_ne!(
-            hex(&tp.trace_id),
-            TRACE,
+            tp.trace_id, TRACE,
             "{bad}: the invalid trace id was carried on"
         );
         assert_eq!(
@@ -123,7 +125,7 @@ fn every_invalid_vector_is_replaced_and_its_tracestate_dropped() {
             None,
             "{bad}: tracestate kept"
         );
-        assert_eq!(reply.header("x-trace-id"), Some(hex(&tp.trace_id)));
+        assert_eq!(reply.header("x-trace-id"), Some(tp.trace_id.clone()));
     }
     assert_eq!(
         mesh.stat("mesh_trace_requests_total;route=checkout;outcome=replaced"),
@@ -143,8 +145,8 @@ fn two_traceparent_headers_are_invalid() {
         )
         .send();
     let tp = upstream_traceparent(&reply);
-    assert_ne!(hex(&tp.trace_id), TRACE);
-    assert_ne!(hex(&tp.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(tp.trace_id, TRACE);
+    assert_ne!(tp.trace_id, "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(
         mesh.stat("mesh_trace_requests_total;route=checkout;outcome=replaced"),
         1
@@ -199,13 +201,12 @@ fn child_mode_writes_every_format_with_a_new_span() {
     let mesh = mesh();
     let reply = mesh.get("/catalog").header("traceparent", VALID).send();
     let tp = upstream_traceparent(&reply);
-    assert_eq!(hex(&tp.trace_id), TRACE);
+    assert_eq!(tp.trace_id, TRACE);
     assert_ne!(
-        hex(&tp.parent_id),
-        "00f067aa0ba902b7",
+        tp.parent_id, "00f067aa0ba902b7",
         "child mode keeps the parent"
     );
-    let span = hex(&tp.parent_id);
+    let span = tp.parent_id.clone();
     assert_eq!(
         reply.upstream_header("b3"),
         Some(format!("{TRACE}-{span}-1-00f067aa0ba902b7"))
@@ -265,7 +266,7 @@ fn default_policy_covers_unlisted_and_unnamed_routes() {
         .unwrap_or_else(|e| panic!("{e}"));
     let reply = mesh.get("/unnamed").send();
     let tp = upstream_traceparent(&reply);
-    assert_eq!(reply.header("x-trace"), Some(hex(&tp.trace_id)));
+    assert_eq!(reply.header("x-trace"), Some(tp.trace_id.clone()));
     assert_eq!(reply.header("x-trace-id"), None);
     mesh.get("/plain").send();
     assert_eq!(
@@ -365,11 +366,7 @@ fn tracestate_lines_are_one_list_checked_as_one() {
             }
             let reply = call.send();
             let label = format!("{path} {lines:?}");
-            assert_eq!(
-                hex(&upstream_traceparent(&reply).trace_id),
-                TRACE,
-                "{label}"
-            );
+            assert_eq!(upstream_traceparent(&reply).trace_id, TRACE, "{label}");
             assert_eq!(reply.upstream_header("tracestate"), *expected, "{label}");
             let want_lines = u64::from(expected.is_some());
             assert_eq!(
@@ -432,11 +429,7 @@ fn higher_versions_keep_level_2s_flags_and_ff_is_invalid() {
             .header("tracestate", "foo=1")
             .send();
         let tp = upstream_traceparent(&reply);
-        assert_eq!(
-            (hex(&tp.trace_id).as_str(), tp.flags),
-            (TRACE, 0x03),
-            "{path}"
-        );
+        assert_eq!((tp.trace_id.as_str(), tp.flags), (TRACE, 0x03), "{path}");
         assert_eq!(
             reply.upstream_header("tracestate").as_deref(),
             Some("foo=1")
@@ -446,7 +439,7 @@ fn higher_versions_keep_level_2s_flags_and_ff_is_invalid() {
             .header("traceparent", format!("ff-{TRACE}-00f067aa0ba902b7-01"))
             .header("tracestate", "foo=1")
             .send();
-        assert_ne!(hex(&upstream_traceparent(&reply).trace_id), TRACE, "{path}");
+        assert_ne!(upstream_traceparent(&reply).trace_id, TRACE, "{path}");
         assert_eq!(reply.upstream_header("tracestate"), None, "{path}");
     }
 }
@@ -473,9 +466,9 @@ fn sampling_mesh() -> Mesh {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// What the edge's threshold says about a trace id, by the policy crate's rule.
-fn sampled_at_10_percent(trace_id: &[u8; 16]) -> bool {
-    Threshold::from_percent(10.0).samples(sampling::randomness(trace_id))
+/// What OpenTelemetry's consistent sampling at 10 % decides for a trace id.
+fn sampled_at_10_percent(trace_id: &str) -> bool {
+    oracle::consistently_sampled(trace_id, THRESHOLD_10_PERCENT)
 }
 
 /// 10,000 new traces at 10 %: the sampled share within 2 points of it, each decision the
@@ -490,7 +483,7 @@ fn ten_thousand_new_traces_are_sampled_at_the_routes_share() {
         let reply = mesh.get("/edge").send();
         assert_eq!(reply.status, 200);
         let tp = upstream_traceparent(&reply);
-        let id = hex(&tp.trace_id);
+        let id = tp.trace_id.clone();
         assert!(tp.random(), "{id}");
         assert_eq!(tp.sampled(), sampled_at_10_percent(&tp.trace_id), "{id}");
         let b3 = reply.upstream_header("b3").unwrap();
@@ -580,7 +573,7 @@ fn an_upstream_tracers_threshold_and_decision_are_kept() {
                 .header("tracestate", state)
                 .send();
             let tp = upstream_traceparent(&reply);
-            assert_eq!(hex(&tp.trace_id), TRACE);
+            assert_eq!(tp.trace_id, TRACE);
             assert_eq!(format!("{:02x}", tp.flags), flags, "{path}");
             assert_eq!(
                 reply.upstream_header("tracestate").as_deref(),

@@ -454,6 +454,87 @@ mod tests {
         }
     }
 
+    /// Up to 100 ms past an empty bucket a stored TAT is another worker's (taken as written);
+    /// a nanosecond further it is a clock step (repaired to an empty bucket).
+    #[test]
+    fn workers_may_disagree_by_up_to_100_ms() {
+        // 100/s, burst 5: an empty bucket's TAT is 50 ms ahead, a token every 10 ms.
+        let rate = rate(100, 5);
+        let empty = NOW + 50 * NANOS_PER_MS;
+        let at_skew = (empty + 100 * NANOS_PER_MS).to_le_bytes();
+        match decide(&rate, Some(&at_skew), NOW) {
+            Outcome::Reject { repair, wait, .. } => {
+                assert_eq!(repair, None);
+                assert_eq!(wait, 110 * NANOS_PER_MS);
+            }
+            other => panic!("{other:?}"),
+        }
+        let past_skew = (empty + 100 * NANOS_PER_MS + 1).to_le_bytes();
+        match decide(&rate, Some(&past_skew), NOW) {
+            Outcome::Reject { repair, wait, .. } => {
+                assert_eq!(repair, Some(empty.to_le_bytes()));
+                assert_eq!(wait, 10 * NANOS_PER_MS);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The TAT an admitting `decide_lease` writes.
+    fn written_tat(outcome: (Outcome, Option<Lease>)) -> u64 {
+        match outcome {
+            (Outcome::Admit { record, .. }, _) => u64::from_le_bytes(record),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Without extra tokens a decision takes one token and leases nothing, whatever `hold`.
+    #[test]
+    fn no_extra_tokens_is_a_plain_decision() {
+        // 1000/s, burst 2000: a fresh bucket, 20 ms of hold would cost a charge of 20.
+        let outcome = decide_lease(&rate(1000, 2000), None, NOW, 0, 20 * NANOS_PER_MS, None);
+        assert!(
+            matches!(
+                outcome,
+                (
+                    Outcome::Admit {
+                        remaining: 1999,
+                        ..
+                    },
+                    None
+                )
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    /// Unused leased tokens go back while the bucket without them would not have been full
+    /// since: `now` before the TAT their decision wrote, less them; and only onto that record
+    /// or a later one, never onto a repaired one. 1000/s: a token per ms; 5 unused owe 5 ms.
+    #[test]
+    fn unused_tokens_go_back_only_in_time_and_onto_their_own_record() {
+        let rate = rate(1000, 2000);
+        let ms = NANOS_PER_MS;
+        let written = NOW + 100 * ms;
+        let unused = Some(Unused { tokens: 5, written });
+        let record = written.to_le_bytes();
+        let decide_at =
+            |record: &[u8], now| written_tat(decide_lease(&rate, Some(record), now, 0, 0, unused));
+        // In time: the TAT is 5 ms earlier, then this request's token is added.
+        assert_eq!(decide_at(&record, NOW), written - 5 * ms + ms);
+        assert_eq!(
+            decide_at(&record, written - 5 * ms - 1),
+            written - 5 * ms + ms
+        );
+        // From `written - 5 ms` on the bucket would have been full: nothing goes back.
+        assert_eq!(decide_at(&record, written - 5 * ms), written + ms);
+        // A record older than the lease's (another was written over it): nothing goes back.
+        let older = (NOW + 50 * ms).to_le_bytes();
+        assert_eq!(decide_at(&older, NOW), NOW + 51 * ms);
+        // A repaired record (not ours): an empty bucket, with nothing given back.
+        let outcome = decide_lease(&rate, Some(&[1, 2, 3]), NOW, 0, 0, unused);
+        assert!(matches!(outcome.0, Outcome::Reject { .. }), "{outcome:?}");
+    }
+
     #[test]
     fn a_record_of_the_wrong_size_is_an_empty_bucket_not_a_full_one() {
         let rate = rate(5, 2);

@@ -188,6 +188,14 @@ mod tests {
 
     const PREFIX: &str = "mesh.ratelimit/mesh.ratelimit";
 
+    /// A debug print (a policy's, in a log) names the secret and hides its keys.
+    #[test]
+    fn debug_shows_what_it_is_and_not_the_keys() {
+        let secret = SlotSecret::from_text("a-configured-slot-secret");
+        assert_eq!(format!("{secret:?}"), "SlotSecret(..)");
+        assert_eq!(format!("{:?}", Some(secret)), "Some(SlotSecret(..))");
+    }
+
     fn per_envoy(placement: &Placement) -> SlotSecret {
         assert!(matches!(placement, Placement::PerEnvoy(_)));
         placement.secret()

@@ -22,11 +22,19 @@ fn bind(json: &str, host: &mut impl Host) -> RouteLimits {
     policy(json).bind(PREFIX, "limited", &EnvoySecret::new(PREFIX), host)
 }
 
-fn compile_err(json: &str) -> String {
+/// Compiles plugin JSON (`default` and `routes`): `Ok` or the error's text.
+fn compile(json: &str) -> Result<(), String> {
     let envelope = Envelope::<RateLimitConfig>::from_json(json.as_bytes());
-    match envelope.and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile)) {
+    envelope
+        .and_then(|e| e.compile(&FieldPath::root(), RateLimitPolicy::compile))
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+fn compile_err(json: &str) -> String {
+    match compile(json) {
         Ok(_) => panic!("{json} should be rejected"),
-        Err(err) => err.to_string(),
+        Err(err) => err,
     }
 }
 
@@ -1330,4 +1338,207 @@ fn a_failure_warning_names_what_the_request_got() {
     for (decision, action) in table {
         assert_eq!(decision.action(), action, "{decision:?}");
     }
+}
+
+/// The stats labels are the names docs and dashboards use (`decision=...`); `Unlimited`
+/// is not counted.
+#[test]
+fn decisions_have_their_documented_stats_labels() {
+    let labels = [
+        Decision::Unlimited,
+        Decision::Allowed,
+        Decision::Rejected,
+        Decision::DryRunRejected,
+        Decision::Unavailable,
+    ]
+    .map(Decision::label);
+    assert_eq!(
+        labels,
+        [
+            None,
+            Some("allowed"),
+            Some("rejected"),
+            Some("dry_run_rejected"),
+            Some("unavailable")
+        ]
+    );
+}
+
+/// Lease sizes by the rule (`SlotLease::next_size`), computed by hand: one VM, a request every
+/// 0.1 ms, each lease used up well within the first half of its 20 ms. The first request
+/// takes its own token; each read after takes twice the last decision's tokens, up to
+/// MAX_LEASE (32): 1, 2, 4, 8, 16, 32, 32, 32, ... So the requests that read shared data are
+/// the 1st, 2nd, 4th, 8th, 16th, 32nd, 64th, 96th and 128th.
+#[test]
+fn leases_double_from_one_token_up_to_thirty_two() {
+    let [(route, mut host), _] = two_vms(LEASING);
+    let mut reading = Vec::new();
+    for n in 1..=140 {
+        let before = host.calls().shared_gets;
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed, "{n}");
+        if host.calls().shared_gets > before {
+            reading.push(n);
+        }
+        host.now += 100_000;
+    }
+    assert_eq!(reading, [1, 2, 4, 8, 16, 32, 64, 96, 128]);
+}
+
+/// A VM keeps what it learnt of at most 16 slots of a limit (LEASE_SLOTS): memory per VM is
+/// bounded however many keys arrive.
+#[test]
+fn a_vm_learns_of_at_most_sixteen_slots_per_limit() {
+    let json =
+        r#"{"limits": [{"rate_per_s": 1000, "burst": 2000, "key": {"header": "x-api-key"}}]}"#;
+    let [(route, mut host), _] = two_vms(json);
+    let held = |route: &RouteLimits| route.limits[0].leases.borrow().len();
+    for i in 0..40 {
+        with_key(&mut host, &format!("k{i}"));
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+        assert_eq!(held(&route), (i + 1).min(16), "after {} keys", i + 1);
+        host.now += 100_000;
+    }
+}
+
+/// With its 16 entries taken, a VM never drops a live lease (its tokens would be lost) to
+/// learn of a new slot; it takes the place of one that expired.
+#[test]
+fn a_full_lease_table_keeps_live_leases_and_reuses_expired_ones() {
+    let json =
+        r#"{"limits": [{"rate_per_s": 1000, "burst": 2000, "key": {"header": "x-api-key"}}]}"#;
+    let [(route, mut host), _] = two_vms(json);
+    // Two requests per key: the second leases one token (twice the first's one, less its own).
+    for i in 0..16 {
+        with_key(&mut host, &format!("k{i}"));
+        for _ in 0..2 {
+            assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+            host.now += 100_000;
+        }
+    }
+    assert_eq!(route.leased_tokens(0), 16);
+    with_key(&mut host, "late");
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    assert_eq!(route.leased_tokens(0), 16, "a live lease was dropped");
+    // Past the leases' 20 ms: the next new slot takes an expired entry's place.
+    host.now += 30 * NANOS_PER_MS;
+    with_key(&mut host, "later");
+    assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    assert_eq!(route.leased_tokens(0), 15, "no expired entry was reused");
+}
+
+/// A request served from a lease shows one token less than the request before it: what a
+/// read showed counts the leased tokens as left, and each leased request takes one.
+#[test]
+fn a_leased_request_shows_one_token_less_than_the_last() {
+    let [(route, mut host), _] = two_vms(LEASING);
+    let mut last: Option<u32> = None;
+    let mut leased = 0;
+    for _ in 0..100 {
+        let before = host.calls().shared_gets;
+        let check = route.check(&mut host);
+        let remaining = check.budget.map(|b| b.remaining).unwrap();
+        if host.calls().shared_gets == before {
+            assert_eq!(Some(remaining + 1), last, "a leased request");
+            leased += 1;
+        }
+        last = Some(remaining);
+        host.now += 100_000;
+    }
+    assert!(leased > 80, "{leased} of 100 served from leases");
+}
+
+/// Two limits reject with the same wait: the headers describe the first listed (the order
+/// of the config, so they do not change from one rejection to the next).
+#[test]
+fn on_a_tie_the_first_listed_rejecting_limit_is_described() {
+    let json = r#"{"limits": [
+        {"rate_per_s": 1, "burst": 2},
+        {"rate_per_s": 1, "burst": 1, "key": {"header": "x-api-key"}}]}"#;
+    let mut host = FakeHost::new();
+    let route = bind(json, &mut host);
+    for key in ["k1", "k2"] {
+        with_key(&mut host, key);
+        assert_eq!(route.check(&mut host).decision, Decision::Allowed);
+    }
+    // Both empty for k1 now, each with its next token in 1 s.
+    with_key(&mut host, "k1");
+    let check = route.check(&mut host);
+    assert_eq!(check.decision, Decision::Rejected);
+    assert_eq!(check.retry_after_ms, 1000);
+    assert_eq!(
+        check.budget,
+        Some(Budget {
+            limit: 2,
+            remaining: 0,
+            reset_s: 2
+        })
+    );
+}
+
+/// A contended slot is tried 16 times in all (store::DEFAULT_ATTEMPTS): the first write and
+/// 15 decided again. One more conflict and the request fails open, as configured.
+#[test]
+fn a_contended_slot_is_written_at_most_sixteen_times() {
+    for (conflicts, store_error) in [(15, None), (16, Some(UpdateError::Contended))] {
+        let mut host = FakeHost::new();
+        let route = bind(r#"{"limits": [{"rate_per_s": 1, "burst": 3}]}"#, &mut host);
+        // The slot's record exists: every write counted is a decision's.
+        host.shared_put(&slot_key(PREFIX, "limited", 0, 0), &bucket::FULL);
+        host.cas_conflicts = conflicts;
+        let sets = host.calls().shared_sets;
+        let check = route.check(&mut host);
+        assert_eq!(check.decision, Decision::Allowed, "{conflicts}");
+        assert_eq!(check.store_error, store_error, "{conflicts}");
+        assert_eq!(host.calls().shared_sets - sets, 16, "{conflicts}");
+    }
+}
+
+/// A route takes 1 to 8 limits (README): 8 compile, 9 are refused naming the field.
+#[test]
+fn a_route_takes_at_most_eight_limits() {
+    let limits = |n: usize| {
+        let one = r#"{"rate_per_s": 1, "burst": 1}"#;
+        format!(r#"{{"limits": [{}]}}"#, vec![one; n].join(", "))
+    };
+    assert_eq!(policy(&limits(8)).limits.len(), 8);
+    assert_eq!(
+        compile_err(&format!(r#"{{"default": {}}}"#, limits(9))),
+        "default.limits: at most 8 limits per route"
+    );
+}
+
+/// A configured slot secret is 16 characters or more (characters, not bytes).
+#[test]
+fn a_slot_secret_of_sixteen_characters_is_enough() {
+    let with_secret = |secret: &str| {
+        format!(
+            r#"{{"default": {{"slot_secret": "{secret}", "limits": [{{"rate_per_s": 1, "burst": 1}}]}}}}"#
+        )
+    };
+    let refused = "default.slot_secret: must be at least 16 characters long";
+    assert_eq!(compile_err(&with_secret(&"s".repeat(15))), refused);
+    assert_eq!(compile_err(&with_secret(&"é".repeat(15))), refused);
+    for secret in ["s".repeat(16), "é".repeat(16)] {
+        let compiled = compile(&with_secret(&secret));
+        assert!(compiled.is_ok(), "{secret}: {:?}", compiled.err());
+    }
+}
+
+/// A global limit's `descriptor_key` is a non-empty name without control characters.
+#[test]
+fn a_descriptor_key_is_a_non_empty_printable_name() {
+    let with_key = |name: &str| {
+        format!(
+            r#"{{"default": {{"limits": [{{"scope": "global", "descriptor_key": "{name}"}}], "service_cluster": "c", "domain": "d"}}}}"#
+        )
+    };
+    for bad in ["", "a\\u0001b", "tab\\there"] {
+        assert_eq!(
+            compile_err(&with_key(bad)),
+            "default.limits[0].descriptor_key: must be a non-empty name",
+            "{bad:?}"
+        );
+    }
+    let compiled = compile(&with_key("tenant id"));
+    assert!(compiled.is_ok(), "{:?}", compiled.err());
 }
