@@ -899,7 +899,7 @@ impl Mesh {
     }
 
     /// Sends a request given as bytes ([`crate::raw::request`]) on a new connection.
-    pub fn raw(&self, request: &[u8]) -> std::io::Result<crate::raw::RawReply> {
+    pub fn raw(&self, request: &[u8]) -> std::io::Result<Reply> {
         crate::raw::send(self.envoy.listener(), request, Duration::from_secs(20))
     }
 
@@ -998,10 +998,16 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<String> {
+        self.header_bytes(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The first value of a response header as it came (hostile replies are not UTF-8).
+    pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn text(&self) -> String {
@@ -1014,10 +1020,14 @@ impl Reply {
             .unwrap_or_else(|e| panic!("not an echo reply ({e}): {}", self.text()))
     }
 
+    /// The echo upstream's JSON answer, if the body is one.
+    pub fn try_echo(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
     /// Which upstream answered (`v1`, `v2`); `None` for a reply that did not come from one.
     pub fn service(&self) -> Option<String> {
-        let echo: Value = serde_json::from_slice(&self.body).ok()?;
-        echo["service"].as_str().map(str::to_owned)
+        self.try_echo()?["service"].as_str().map(str::to_owned)
     }
 
     /// A request header as the upstream received it.

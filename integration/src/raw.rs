@@ -5,6 +5,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::mesh::Reply;
+
 /// Longest response read back (the echo upstream returns what it received: a 60 KB header
 /// comes back in the body).
 const MAX_RESPONSE: usize = 4 << 20;
@@ -26,31 +28,9 @@ pub fn request(method: &str, path: &[u8], headers: &[(&str, Vec<u8>)]) -> Vec<u8
     out
 }
 
-/// A response as read off the wire.
-#[derive(Debug, Clone)]
-pub struct RawReply {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
-
-impl RawReply {
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// The echo upstream's JSON answer, if the body is one.
-    pub fn echo(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-}
-
 /// Sends `request` on a new connection and reads one response (by `content-length`, chunked,
 /// or until the server closes). Errors when the server closes without a response.
-pub fn send(addr: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<RawReply> {
+pub fn send(addr: SocketAddr, request: &[u8], timeout: Duration) -> io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -67,7 +47,7 @@ pub fn pipeline(
     requests: Vec<u8>,
     count: usize,
     timeout: Duration,
-) -> io::Result<Vec<RawReply>> {
+) -> io::Result<Vec<Reply>> {
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -124,7 +104,7 @@ pub fn flood_distinct_keys(
 }
 
 /// One response off a connection.
-fn read_reply(reader: &mut impl BufRead) -> io::Result<RawReply> {
+fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status = line
@@ -147,16 +127,16 @@ fn read_reply(reader: &mut impl BufRead) -> io::Result<RawReply> {
             headers.push((name, value));
         }
     }
-    let mut reply = RawReply {
+    let mut reply = Reply {
         status,
         headers,
         body: Vec::new(),
     };
     let length = reply
-        .header("content-length")
+        .header_bytes("content-length")
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok());
     let chunked = reply
-        .header("transfer-encoding")
+        .header_bytes("transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
     if let Some(length) = length {
         let mut body = vec![0; length.min(MAX_RESPONSE)];

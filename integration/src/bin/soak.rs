@@ -399,7 +399,7 @@ fn hostile(soak: &Soak) {
                 Ok(reply) => {
                     soak.count("hostile", reply.status);
                     let sane = match hostile.expect {
-                        Expect::Served => reply.status == 200 && reply.echo().is_some(),
+                        Expect::Served => reply.status == 200 && reply.try_echo().is_some(),
                         Expect::Refused => (400..500).contains(&reply.status),
                     };
                     if !sane {
