@@ -46,6 +46,8 @@ pub struct HostCalls {
     pub response_header_reads: usize,
     /// Request header sets and removals: in Envoy each also makes the route be chosen again.
     pub request_header_writes: usize,
+    /// Of those, the adds (a header the request did not have; Envoy's set costs more).
+    pub request_header_adds: usize,
     pub response_header_writes: usize,
     pub route_cache_clears: usize,
     /// Metric increments and records.
@@ -61,6 +63,24 @@ pub struct HostCalls {
 }
 
 impl HostCalls {
+    /// The calls made since `before` (an earlier reading of the same host).
+    pub fn since(self, before: HostCalls) -> HostCalls {
+        HostCalls {
+            property_reads: self.property_reads - before.property_reads,
+            header_map_reads: self.header_map_reads - before.header_map_reads,
+            response_header_reads: self.response_header_reads - before.response_header_reads,
+            request_header_writes: self.request_header_writes - before.request_header_writes,
+            request_header_adds: self.request_header_adds - before.request_header_adds,
+            response_header_writes: self.response_header_writes - before.response_header_writes,
+            route_cache_clears: self.route_cache_clears - before.route_cache_clears,
+            metric_updates: self.metric_updates - before.metric_updates,
+            shared_gets: self.shared_gets - before.shared_gets,
+            shared_sets: self.shared_sets - before.shared_sets,
+            clock_reads: self.clock_reads - before.clock_reads,
+            allocations: self.allocations - before.allocations,
+        }
+    }
+
     /// Every call out of the VM.
     pub fn total(&self) -> usize {
         self.property_reads
@@ -375,13 +395,21 @@ impl RequestCalls for FakeHost {
         HeaderPairs::serialize(
             self.request_headers
                 .iter()
-                .map(|(name, value)| (name.as_str(), value.as_slice())),
+                .map(|(name, value)| (name.as_bytes(), value.as_slice())),
         )
     }
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
         self.count(|c| c.request_header_writes += 1);
         replace(&mut self.request_headers, name, value);
+    }
+
+    fn add_http_request_header(&mut self, name: &str, value: &[u8]) {
+        self.count(|c| {
+            c.request_header_writes += 1;
+            c.request_header_adds += 1;
+        });
+        self.request_headers.push((name.to_owned(), value.to_vec()));
     }
 
     fn remove_http_request_header(&mut self, name: &str) {

@@ -366,8 +366,15 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
         self.has_body
     }
 
+    /// An add where the request has no such header: Envoy's set first walks the map to
+    /// remove the name (on the request, 4.4k instructions against 0.9k for an add, callgrind
+    /// of Envoy 1.40 with the native module; `docs/native.md`).
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.host.set_http_request_header(name, value);
+        if self.request_header_count(name) == 0 {
+            self.host.add_http_request_header(name, value);
+        } else {
+            self.host.set_http_request_header(name, value);
+        }
         self.note_write(name, Some(value));
     }
 

@@ -93,7 +93,7 @@ impl<'a> Proxy<'a, RequestPhase> {
             reply
                 .headers
                 .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
         );
         let (grpc_status, body): (i32, &[u8]) = match &reply.grpc {
             Some(status) => (
@@ -319,6 +319,10 @@ impl RequestCalls for Proxy<'_, RequestPhase> {
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn add_http_request_header(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
     }
 
     fn remove_http_request_header(&mut self, name: &str) {

@@ -207,20 +207,7 @@ fn measure<S: Stages>(json: &str) -> Counts {
             next_tick += NANOS_PER_SEC;
         }
     }
-    let after = host.calls();
-    let calls = HostCalls {
-        property_reads: after.property_reads - before.property_reads,
-        header_map_reads: after.header_map_reads - before.header_map_reads,
-        response_header_reads: after.response_header_reads - before.response_header_reads,
-        request_header_writes: after.request_header_writes - before.request_header_writes,
-        response_header_writes: after.response_header_writes - before.response_header_writes,
-        route_cache_clears: after.route_cache_clears - before.route_cache_clears,
-        metric_updates: after.metric_updates - before.metric_updates,
-        shared_gets: after.shared_gets - before.shared_gets,
-        shared_sets: after.shared_sets - before.shared_sets,
-        clock_reads: after.clock_reads - before.clock_reads,
-        allocations: after.allocations - before.allocations,
-    };
+    let calls = host.calls().since(before);
     Counts::per_request(calls, ticks)
 }
 

@@ -8,6 +8,7 @@
 //! `envoy_dynamic_module_on_http_filter_destroy`.
 #![allow(unsafe_code)]
 
+use mesh_policy::headers::HeaderPairs;
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
@@ -61,6 +62,19 @@ pub struct HeaderPair {
     value_ptr: *const c_char,
     value_len: usize,
 }
+
+impl HeaderPair {
+    const EMPTY: Self = Self {
+        key_ptr: ptr::null(),
+        key_len: 0,
+        value_ptr: ptr::null(),
+        value_len: 0,
+    };
+}
+
+/// How many header pairs [`FilterPtr::headers`] takes on the stack (a request's dozen and
+/// then some; a larger map goes to the heap).
+const STACK_PAIRS: usize = 32;
 
 /// `envoy_dynamic_module_type_http_header_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,36 +258,38 @@ fn header_pairs(headers: &[(&str, &[u8])]) -> Vec<HeaderPair> {
         .collect()
 }
 
-/// Header pairs Envoy lent for the current hook, as byte slices.
+/// Header pairs Envoy lent for the current hook, as byte slices (an iterator that can be
+/// walked again: a map is serialized in one buffer of the size it measures first).
 ///
 /// # Safety
 /// `pairs` must point to `len` pairs whose buffers are readable for `'a`, or be null.
-unsafe fn lent_headers<'a>(pairs: *const HeaderPair, len: usize) -> Vec<(&'a [u8], &'a [u8])> {
-    if pairs.is_null() || len == 0 {
-        return Vec::new();
-    }
-    // SAFETY: the caller's contract.
-    let pairs = unsafe { std::slice::from_raw_parts(pairs, len) };
-    pairs
-        .iter()
-        .map(|pair| {
-            // SAFETY: each pair's buffers are Envoy's, lent for the hook (the contract).
-            unsafe {
-                (
-                    Buffer {
-                        ptr: pair.key_ptr,
-                        len: pair.key_len,
-                    }
-                    .as_slice(),
-                    Buffer {
-                        ptr: pair.value_ptr,
-                        len: pair.value_len,
-                    }
-                    .as_slice(),
-                )
-            }
-        })
-        .collect()
+unsafe fn lent_headers<'a>(
+    pairs: *const HeaderPair,
+    len: usize,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+    let pairs: &'a [HeaderPair] = if pairs.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts(pairs, len) }
+    };
+    pairs.iter().map(|pair| {
+        // SAFETY: each pair's buffers are Envoy's, lent for the hook (the contract).
+        unsafe {
+            (
+                Buffer {
+                    ptr: pair.key_ptr,
+                    len: pair.key_len,
+                }
+                .as_slice(),
+                Buffer {
+                    ptr: pair.value_ptr,
+                    len: pair.value_len,
+                }
+                .as_slice(),
+            )
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -375,32 +391,34 @@ impl FilterPtr {
         Some(unsafe { value.as_slice() }.to_vec())
     }
 
-    /// Every header of the map, in Envoy's order, handed to `each` (borrowed for the call).
-    pub fn headers(self, kind: HeaderType, mut each: impl FnMut(&[u8], &[u8])) {
+    /// The whole map, in Envoy's order, serialized as the host layout (lent by Envoy for
+    /// the call, copied once). Up to [`STACK_PAIRS`] headers the pair table Envoy fills
+    /// lives on the stack.
+    pub fn headers(self, kind: HeaderType) -> HeaderPairs {
         // SAFETY: `self.0` is the current hook's filter.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, kind) };
         if count == 0 {
-            return;
+            return HeaderPairs::default();
         }
-        let empty = HeaderPair {
-            key_ptr: ptr::null(),
-            key_len: 0,
-            value_ptr: ptr::null(),
-            value_len: 0,
+        let mut on_stack = [HeaderPair::EMPTY; STACK_PAIRS];
+        let mut on_heap = Vec::new();
+        let pairs: &mut [HeaderPair] = match on_stack.get_mut(..count) {
+            Some(pairs) => pairs,
+            None => {
+                on_heap.resize(count, HeaderPair::EMPTY);
+                &mut on_heap
+            }
         };
-        let mut pairs = vec![empty; count];
         // SAFETY: `pairs` holds `count` entries, as many as Envoy just said the map has (the
         // map does not change between the two calls: same thread, same hook).
         let ok = unsafe {
             envoy_dynamic_module_callback_http_get_headers(self.0, kind, pairs.as_mut_ptr())
         };
         if !ok {
-            return;
+            return HeaderPairs::default();
         }
         // SAFETY: Envoy filled each pair with buffers it lends for the current hook.
-        for (key, value) in unsafe { lent_headers(pairs.as_ptr(), pairs.len()) } {
-            each(key, value);
-        }
+        HeaderPairs::serialize(unsafe { lent_headers(pairs.as_ptr(), pairs.len()) })
     }
 
     /// Replaces every value of the header (`None`: removes it).
@@ -681,7 +699,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
 ) {
     // SAFETY: as in `..._request_headers`; Envoy lends the headers for this hook.
     if let Some(filter) = unsafe { filter_ref(filter) } {
-        crate::call_headers(filter, &unsafe { lent_headers(headers, headers_len) });
+        let headers: Vec<_> = unsafe { lent_headers(headers, headers_len) }.collect();
+        crate::call_headers(filter, &headers);
     }
 }
 
@@ -719,7 +738,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 ) {
     // SAFETY: as in `..._http_stream_headers`.
     if let Some(filter) = unsafe { filter_ref(filter) } {
-        crate::call_trailers(filter, &unsafe { lent_headers(trailers, trailers_len) });
+        let trailers: Vec<_> = unsafe { lent_headers(trailers, trailers_len) }.collect();
+        crate::call_trailers(filter, &trailers);
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_policy::filter::{LocalReply, Plugin};
 use mesh_policy::grpc::CONTENT_TYPE;
-use mesh_policy::headers::{HeaderPairs, HeaderPairsBuilder};
+use mesh_policy::headers::HeaderPairs;
 use mesh_policy::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, ResponseHost, Shared, SharedError, TrailersHost,
 };
@@ -219,18 +219,20 @@ impl Host for Native<'_> {
 
 impl RequestCalls for Native<'_> {
     fn get_http_request_headers(&self) -> HeaderPairs {
-        let mut pairs = HeaderPairsBuilder::default();
-        if let Some(filter) = self.filter {
-            filter.headers(HeaderType::RequestHeader, |name, value| {
-                pairs.push(name, value);
-            });
-        }
-        pairs.finish()
+        self.filter
+            .map(|filter| filter.headers(HeaderType::RequestHeader))
+            .unwrap_or_default()
     }
 
     fn set_http_request_header(&mut self, name: &str, value: &[u8]) {
         if let Some(filter) = self.filter {
             filter.set_header(HeaderType::RequestHeader, name, Some(value));
+        }
+    }
+
+    fn add_http_request_header(&mut self, name: &str, value: &[u8]) {
+        if let Some(filter) = self.filter {
+            filter.add_header(HeaderType::RequestHeader, name, value);
         }
     }
 

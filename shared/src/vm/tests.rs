@@ -90,15 +90,7 @@ fn request(vm: &Vm<Stage<Probe>>, host: &mut FakeHost) -> HostCalls {
     host.advance_ms(1);
     vm.on_response(&mut stream, host);
     vm.on_done(stream, host);
-    let after = host.calls();
-    HostCalls {
-        property_reads: after.property_reads - before.property_reads,
-        header_map_reads: after.header_map_reads - before.header_map_reads,
-        request_header_writes: after.request_header_writes - before.request_header_writes,
-        metric_updates: after.metric_updates - before.metric_updates,
-        clock_reads: after.clock_reads - before.clock_reads,
-        ..HostCalls::default()
-    }
+    host.calls().since(before)
 }
 
 fn host() -> FakeHost {
@@ -116,6 +108,40 @@ fn a_request_fetches_the_header_map_once_and_reads_the_clock_once_per_phase() {
     assert_eq!(calls.request_header_writes, 1);
     // Request phase (two reads by the filter) and done phase.
     assert_eq!(calls.clock_reads, 2);
+}
+
+#[test]
+fn a_header_the_request_lacks_is_added_one_it_has_is_replaced() {
+    let metrics = MetricTable::default();
+    let mut host = host();
+    host.request_headers = vec![
+        ("x-had".to_owned(), b"1".to_vec()),
+        ("x-had".to_owned(), b"2".to_vec()),
+        ("x-gone".to_owned(), b"3".to_vec()),
+    ];
+    let mut phase = VmHost::new(&mut host, &metrics);
+    phase.set_request_header("x-new", b"a");
+    phase.set_request_header("x-had", b"b");
+    // Removed by this phase: Envoy has none left, an add is enough.
+    phase.remove_request_header("x-gone");
+    phase.set_request_header("x-gone", b"c");
+    // Set by this phase: Envoy has one, a set replaces it.
+    phase.set_request_header("x-new", b"d");
+    let calls = host.calls();
+    assert_eq!(calls.request_header_writes, 5);
+    assert_eq!(
+        calls.request_header_adds, 2,
+        "x-new first, x-gone after its removal"
+    );
+    let headers: Vec<(&str, &[u8])> = host
+        .request_headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect();
+    assert_eq!(
+        headers,
+        [("x-had", &b"b"[..]), ("x-gone", b"c"), ("x-new", b"d")]
+    );
 }
 
 #[test]
