@@ -30,6 +30,8 @@ pub struct FakeHost {
     shared: Rc<RefCell<SharedData>>,
     /// The next this-many CAS writes fail as if another VM had written first.
     pub cas_conflicts: usize,
+    /// Every shared-data write fails (as Envoy's when it cannot store the value).
+    pub refuse_shared_writes: bool,
     metrics: Vec<(String, MetricKind, i64)>,
 }
 
@@ -119,6 +121,7 @@ impl FakeHost {
             scripted_random: Vec::new(),
             shared: Rc::default(),
             cas_conflicts: 0,
+            refuse_shared_writes: false,
             metrics: Vec::new(),
         }
     }
@@ -305,6 +308,9 @@ impl Host for FakeHost {
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         self.count(|c| c.shared_sets += 1);
+        if self.refuse_shared_writes {
+            return Err(SharedError::Failed);
+        }
         if cas.is_some() && self.cas_conflicts > 0 {
             self.cas_conflicts -= 1;
             // Another VM wrote the same key in between (not a read of this VM's).

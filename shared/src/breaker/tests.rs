@@ -415,6 +415,26 @@ fn read_grpc(code: u64, details: &str, grpc_status: Option<u32>) -> (Verdict, us
 }
 
 #[test]
+fn a_grpc_status_is_taken_only_from_a_grpc_call_the_upstream_answered() {
+    let host = |details: &str| {
+        FakeHost::new()
+            .with_property(&classify::RESPONSE_FLAGS, 0u64.to_le_bytes())
+            .with_property(&classify::RESPONSE_CODE, 200u64.to_le_bytes())
+            .with_property(&classify::RESPONSE_CODE_DETAILS, details)
+    };
+    let upstream = host("via_upstream");
+    let grpc = Finished::read(&upstream, 0, Protocol::Grpc, Some(14));
+    assert_eq!(grpc.grpc_status, Some(14));
+    // An HTTP request's response may carry a grpc-status header: it is not a gRPC status.
+    let http = Finished::read(&upstream, 0, Protocol::Http, Some(14));
+    assert_eq!(http.grpc_status, None);
+    // Envoy's own 200 to a gRPC call (a local reply) is not the upstream's answer.
+    let local = Finished::read(&host("direct_response"), 0, Protocol::Grpc, Some(14));
+    assert!(!local.via_upstream);
+    assert_eq!(local.grpc_status, None);
+}
+
+#[test]
 fn grpc_calls_are_classified_by_their_grpc_status() {
     let failed = Verdict::Failure(Failure::Status);
     // The default set: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS.
@@ -522,6 +542,10 @@ fn status_sets_hold_only_real_codes() {
     assert!(set.contains(100) && set.contains(199) && set.contains(599) && set.contains(418));
     assert!(!set.contains(0) && !set.contains(99) && !set.contains(200) && !set.contains(600));
     assert!(!set.contains(u16::MAX));
+    // Codes outside 100..=599 have no bit: not even inserted directly are they held.
+    let outside = StatusSet::from_matches(&[StatusMatch::Code(99), StatusMatch::Code(600)]);
+    assert_eq!(outside, StatusSet::default());
+    assert!(!outside.contains(600));
 }
 
 #[test]
@@ -564,7 +588,9 @@ fn records_round_trip_and_foreign_ones_read_as_closed() {
     record.failing_since = 7;
     let bytes = record.encode();
     assert_eq!(bytes.len(), RECORD_BYTES);
-    assert_eq!(RECORD_BYTES, 400, "the README gives the size");
+    // The layout tag leads: "brk2" and the bucket count, 10 (little-endian u64).
+    assert_eq!(bytes[..8], [10, 0, 0, 0, b'2', b'k', b'r', b'b']);
+    assert_eq!(RECORD_BYTES, 400, "docs/breaker.md gives the size");
     assert_eq!(Record::decode(Some(&bytes)), record);
     assert_eq!(Record::decode(None), Record::default());
     assert_eq!(Record::decode(Some(&bytes[1..])), Record::default());
@@ -1300,4 +1326,53 @@ fn a_batched_success_after_the_first_failure_ends_the_run() {
     let now = b.host.now;
     assert!(b.local.flush(&policy, &mut b.host, KEY, now).is_some());
     assert_eq!(b.record().consecutive_failures, 0);
+}
+
+#[test]
+fn transition_reasons_are_the_documented_label_values() {
+    let reasons = [
+        (Reason::ConsecutiveFailures, "consecutive_failures"),
+        (Reason::FailureRate, "failure_rate"),
+        (Reason::SlowCallRate, "slow_call_rate"),
+        (Reason::OpenElapsed, "open_elapsed"),
+        (Reason::ProbeFailed, "probe_failed"),
+        (Reason::ProbeLost, "probe_lost"),
+        (Reason::ProbesSucceeded, "probes_succeeded"),
+    ];
+    for (reason, label) in reasons {
+        assert_eq!(reason.as_str(), label);
+    }
+}
+
+#[test]
+fn creating_reports_a_refused_write_and_keeps_an_existing_record() {
+    let mut host = FakeHost::new();
+    host.refuse_shared_writes = true;
+    assert!(!machine::create(&mut host, KEY), "refused: not created");
+    assert!(host.shared_get(KEY).is_none());
+    host.refuse_shared_writes = false;
+    assert!(machine::create(&mut host, KEY));
+    host.refuse_shared_writes = true;
+    assert!(
+        machine::create(&mut host, KEY),
+        "there already: nothing to write"
+    );
+}
+
+#[test]
+fn the_worker_that_opened_the_breaker_trusts_no_closed_state() {
+    let policy = policy(r#"{"consecutive_failures": 2, "open_ms": 60000}"#);
+    let mut w = Worker::first();
+    assert!(machine::create(&mut w.host, KEY));
+    w.call(&policy, 503);
+    w.call(&policy, 503);
+    assert_eq!(w.record().state, State::Open);
+    // At once, within TRUST of its own write: rejected, not passed on an old closed read.
+    assert!(matches!(
+        w.admit(&policy),
+        Admission::Reject {
+            state: State::Open,
+            ..
+        }
+    ));
 }
