@@ -178,10 +178,13 @@ pub fn slot(secret: SlotSecret, salt: u64, value: &KeyValue, slots: u32) -> u32 
 /// 5. runs of `/` become one, `.` segments are dropped and `..` removes the segment before it
 ///    (RFC 3986 dot-segment removal, also of decoded `%2e%2e`), never above the root;
 /// 6. ASCII letters are lower-cased; other bytes (UTF-8 or not) are kept as they are: no
-///    Unicode case folding or normalisation.
+///    Unicode case folding or normalisation;
+/// 7. a `?` or `#` that decoding made (`%3F`, `%23`) is part of a segment, and written back
+///    as its escape (`%3f`, `%23`): the result reads as the same path when normalised again.
 ///
 /// The result starts with `/` and has no trailing `/` (`/` itself stays); an empty path stays
-/// empty. Linear time; no allocation unless the path does not start with a `/`.
+/// empty. Normalising it again changes nothing. Linear time; no allocation unless the path
+/// does not start with a `/` or step 7 writes an escape.
 pub fn normalize_path(path: &mut Vec<u8>) {
     if let Some(end) = path.iter().position(|c| *c == b'?' || *c == b'#') {
         path.truncate(end);
@@ -237,6 +240,25 @@ pub fn normalize_path(path: &mut Vec<u8>) {
         write = 1;
     }
     path.truncate(write);
+    escape_delimiters(path);
+}
+
+/// Step 7 of [`normalize_path`]: a raw `?` or `#` would end the path when the key is read
+/// again (`/%3F` would be `/?`, which is `/`). Each came from an escape of three bytes or
+/// more, so the path does not outgrow what it was.
+fn escape_delimiters(path: &mut Vec<u8>) {
+    if !path.iter().any(|c| *c == b'?' || *c == b'#') {
+        return;
+    }
+    let mut escaped = Vec::with_capacity(path.len() + 4);
+    for byte in path.iter() {
+        match byte {
+            b'?' => escaped.extend_from_slice(b"%3f"),
+            b'#' => escaped.extend_from_slice(b"%23"),
+            _ => escaped.push(*byte),
+        }
+    }
+    *path = escaped;
 }
 
 fn is_separator(c: u8) -> bool {
@@ -332,9 +354,41 @@ mod tests {
         assert_eq!(normalized("/a%"), "/a%");
         assert_eq!(normalized("/a%%341"), "/aa");
         assert_eq!(normalized("/%C3%89t%C3%A9"), "/\u{c9}t\u{e9}");
+        // A `?` or `#` decoding made is part of the path: kept as its escape, so the key is
+        // the same when read again (found by `normalising_twice_changes_nothing`: `%3f`).
+        assert_eq!(normalized("%3f"), "/%3f");
+        assert_eq!(normalized("/a%3Fb/%23c?q"), "/a%3fb/%23c");
+        assert_eq!(normalized("/a%253F"), "/a%3f");
+        assert_eq!(normalized(&normalized("/a%3Fb/%23c")), "/a%3fb/%23c");
+        assert_ne!(normalized("/a%3Fb"), normalized("/a"));
         // Other paths stay apart.
         assert_ne!(normalized("/api/items2"), "/api/items");
         assert_ne!(normalized("/api/item"), "/api/items");
+    }
+
+    /// Every path of up to four bytes over the bytes normalisation treats apart (escapes,
+    /// separators, dots, parameters, the query and fragment marks, letters of either case):
+    /// it does not grow past one `/` and normalising it again changes nothing. Random paths
+    /// (below) met `%3f` once in some hundred runs; this meets it every time.
+    #[test]
+    fn short_paths_normalise_once_and_for_all() {
+        const BYTES: &[u8] = b"%235fFcC?#/\\.;aE4";
+        let mut paths = vec![Vec::new()];
+        let mut checked = 0;
+        while let Some(path) = paths.pop() {
+            let mut once = path.clone();
+            normalize_path(&mut once);
+            assert!(once.len() <= path.len() + 1, "{path:?} grew to {once:?}");
+            let mut twice = once.clone();
+            normalize_path(&mut twice);
+            assert_eq!(once, twice, "{path:?}");
+            checked += 1;
+            if path.len() < 4 {
+                paths.extend(BYTES.iter().map(|byte| [path.as_slice(), &[*byte]].concat()));
+            }
+        }
+        let n = BYTES.len();
+        assert_eq!(checked, 1 + n + n * n + n * n * n + n * n * n * n);
     }
 
     proptest! {
