@@ -8,7 +8,7 @@
 //!
 //! A count over its budget fails the test: the budgets are the regression guard, and raising
 //! one needs a reason in the commit. The table the test measures is `bench/crossings.md`
-//! (the README links it); `MESH_BLESS=1` rewrites it, and a stale copy fails the test.
+//! (docs/benchmark.md links it); `MESH_BLESS=1` rewrites it, and a stale copy fails the test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

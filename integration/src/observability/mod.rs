@@ -1,5 +1,5 @@
 //! What the observability tests (`tests/observability_*.rs`) share: the policies and routes
-//! they run, the files of `istio/observability/`, the metrics the README documents and the
+//! they run, the files of `istio/observability/`, the metrics docs/observability.md documents and the
 //! series Prometheus holds ([`series`]), and the end-to-end test's bookkeeping of what the
 //! clients saw, which Envoy and then Prometheus must hold exactly ([`seen`]).
 

@@ -1,4 +1,4 @@
-//! Metrics as the README documents them and as Prometheus holds them: series keys, the
+//! Metrics as docs/observability.md documents them and as Prometheus holds them: series keys, the
 //! label sets of each metric, single values, the alert rules and alerts.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use crate::prometheus::Prometheus;
 
-/// Every metric the filters export and the label sets its series carry (the README's
-/// Stats table), as Prometheus names them: a histogram is its `_bucket` (with `le`), `_sum`
+/// Every metric the filters export and the label sets its series carry (docs/observability.md,
+/// "Metrics"), as Prometheus names them: a histogram is its `_bucket` (with `le`), `_sum`
 /// and `_count` series. `job` and `instance` come from the scrape.
 pub fn documented_series() -> BTreeMap<&'static str, BTreeSet<Vec<&'static str>>> {
     let sets = |sets: &[&[&'static str]]| sets.iter().map(|s| s.to_vec()).collect();

@@ -19,7 +19,7 @@ use crate::host::NANOS_PER_SEC;
 /// Limits per route: each costs a shared-data read (and a write when it admits) per request.
 pub const MAX_LIMITS: usize = 8;
 /// Slots of a keyed limit when `slots` is not given: enough that a flood of 20,000 distinct
-/// keys leaves a fresh key 9 of its 10 tokens 19 times in 20 (issue 29; README). A slot's
+/// keys leaves a fresh key 9 of its 10 tokens 19 times in 20 (issue 29; docs/ratelimit.md). A slot's
 /// record is created by the first key that lands in it.
 pub const DEFAULT_SLOTS: u32 = 65_536;
 pub const MAX_SLOTS: u32 = 65_536;

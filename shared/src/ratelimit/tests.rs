@@ -1493,7 +1493,7 @@ fn a_contended_slot_is_written_at_most_sixteen_times() {
     }
 }
 
-/// A route takes 1 to 8 limits (README): 8 compile, 9 are refused naming the field.
+/// A route takes 1 to 8 limits (docs/ratelimit.md): 8 compile, 9 are refused naming the field.
 #[test]
 fn a_route_takes_at_most_eight_limits() {
     let limits = |n: usize| {
