@@ -8,7 +8,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::report::{Row, Spread};
+use crate::report::Spread;
 
 /// The variant whose median is the floor of any wasm filter.
 const FLOOR: &str = "passthrough";
@@ -21,17 +21,6 @@ const ADDED_COLUMN: &str = "added µs/req: median [min, max]";
 pub struct Bar {
     pub label: String,
     pub added: Spread,
-}
-
-/// The bars of the results table's rows (one copy each, as the table).
-pub fn bars(rows: &[Row<'_>]) -> Vec<Bar> {
-    rows.iter()
-        .filter(|r| r.copies == 1)
-        .map(|r| Bar {
-            label: r.label(),
-            added: r.spread(|s| s.added_us),
-        })
-        .collect()
 }
 
 /// The bars of a results file: its first table with the variant and added-CPU columns.

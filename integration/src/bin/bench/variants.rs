@@ -192,6 +192,18 @@ pub fn variants() -> Vec<Variant> {
             rls: false,
         },
         Variant {
+            name: "native_idle",
+            what: "the native module loaded, no stage for the route: the ABI's own cost",
+            modules: vec![],
+            native: vec![mesh_integration::envoy::native_filter(
+                "bundle",
+                &mesh_integration::envoy::native_module(),
+                r#"{"traceid": {"routes": {"elsewhere": {}}}}"#,
+            )],
+            checks: vec![],
+            rls: false,
+        },
+        Variant {
             name: "local_ratelimit",
             what: "Envoy's native token bucket, all admitted",
             modules: vec![],
