@@ -525,8 +525,21 @@ mod tests {
             note(format!("{}:response", Self::NAME));
         }
 
+        fn on_response_trailers(
+            &self,
+            _route: &String,
+            _request: &mut (),
+            _host: &mut impl TrailersHost,
+        ) {
+            note(format!("{}:trailers", Self::NAME));
+        }
+
         fn on_done(&self, _route: &String, _request: &mut (), _host: &mut impl Host) {
             note(format!("{}:done", Self::NAME));
+        }
+
+        fn on_tick(&self, route: &String, _host: &mut impl Host) {
+            note(format!("{}:tick:{route}", Self::NAME));
         }
     }
 
@@ -622,6 +635,81 @@ mod tests {
                 "first:response"
             ]
         );
+    }
+
+    #[test]
+    fn trailers_go_in_reverse_to_the_stages_that_saw_the_request_but_a_replying_one() {
+        let mut host = FakeHost::new();
+        let replying = chain("continue", "reply", "continue");
+        let route = replying.bind("r", &mut host).unwrap();
+        let (_, mut request) = replying.on_request(&route, &mut host);
+        replying.on_response_trailers(&route, &mut request, &mut host);
+        // The third never saw the request; the second answered it itself.
+        assert_eq!(
+            events()[3..],
+            ["first:request", "second:request", "first:trailers"]
+        );
+        let passing = chain("continue", "continue", "continue");
+        let route = passing.bind("r", &mut host).unwrap();
+        let (_, mut request) = passing.on_request(&route, &mut host);
+        passing.on_response_trailers(&route, &mut request, &mut host);
+        assert_eq!(
+            events()[6..],
+            ["third:trailers", "second:trailers", "first:trailers"]
+        );
+    }
+
+    #[test]
+    fn the_tick_reaches_every_stage_with_a_policy_for_the_route() {
+        let chain = configure(
+            r#"{"first": {"default": {"verdict": "continue"}},
+                "third": {"routes": {"r": {"verdict": "reply"}}}}"#,
+        )
+        .unwrap();
+        let mut host = FakeHost::new();
+        let route = chain.bind("r", &mut host).unwrap();
+        events();
+        chain.on_tick(&route, &mut host);
+        assert_eq!(events(), ["first:tick:continue", "third:tick:reply"]);
+    }
+
+    #[test]
+    fn a_chain_makes_calls_when_any_stage_does() {
+        // Through a function: read at run time, so a wrong answer fails this test.
+        fn makes_calls<S: Stages>() -> bool {
+            S::MAKES_CALLS
+        }
+        assert!(!makes_calls::<(Stage<Probe<0>>, Stage<Probe<1>>)>());
+        assert!(makes_calls::<(Stage<Caller>, Stage<Probe<1>>)>());
+        assert!(makes_calls::<(Stage<Probe<0>>, Stage<Caller>)>());
+    }
+
+    /// A stage that says it makes calls (it never runs here).
+    struct Caller;
+
+    impl Filter for Caller {
+        const NAME: &'static str = "caller";
+        const MAKES_CALLS: bool = true;
+        type Config = ProbeConfig;
+        type Policy = String;
+        type Route = String;
+        type Request = ();
+
+        fn new(_plugin: &Plugin) -> Self {
+            Self
+        }
+
+        fn compile(&self, config: ProbeConfig, _at: &FieldPath) -> Result<String, ConfigError> {
+            Ok(config.verdict)
+        }
+
+        fn bind(&self, policy: Rc<String>, _route_name: &str, _host: &mut impl Host) -> String {
+            policy.as_ref().clone()
+        }
+
+        fn on_request(&self, _route: &String, _host: &mut impl RequestHost) -> (Verdict, ()) {
+            (Verdict::Continue, ())
+        }
     }
 
     #[test]

@@ -188,3 +188,20 @@ pub fn configure<F: Filter>(filter: &F, json: &[u8]) -> Result<Routes<F::Policy>
     Envelope::<F::Config>::from_json(json)
         .and_then(|envelope| envelope.compile(&FieldPath::root(), |c, at| filter.compile(c, at)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn shared_data_keys_start_with_the_plugin_name_and_root_id() {
+        let plugin = Plugin {
+            name: "mesh.ratelimit".to_owned(),
+            root_id: "edge".to_owned(),
+        };
+        assert_eq!(plugin.key_prefix(), "mesh.ratelimit/edge");
+        assert_eq!(Plugin::default().key_prefix(), "/");
+    }
+}

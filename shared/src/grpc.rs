@@ -190,6 +190,31 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_status_is_a_decimal_code() {
+        assert_eq!(parse_status(b"0"), Some(0));
+        assert_eq!(parse_status(b"14"), Some(14));
+        assert_eq!(parse_status(b" 4 "), Some(4));
+        for bad in [&b""[..], b"UNAVAILABLE", b"-1", b"1.5", b"\xff"] {
+            assert_eq!(parse_status(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_label_values_are_the_documented_ones() {
+        assert_eq!(Protocol::Http.label(), "http");
+        assert_eq!(Protocol::Grpc.label(), "grpc");
+    }
+
+    #[test]
+    fn a_code_set_holds_its_codes_however_often_named_and_no_others() {
+        let set = CodeSet::of(&[Code(14), Code(4), Code(14)]);
+        assert!(set.contains(14) && set.contains(4));
+        assert!(!set.contains(0) && !set.contains(13));
+        // Past the set's 32 bits: not held, and no shift overflow.
+        assert!(!set.contains(32) && !set.contains(u32::MAX));
+    }
+
+    #[test]
     fn a_request_without_a_body_is_no_call_and_costs_no_read() {
         let host = FakeHost::new().with_request_header("content-type", "application/grpc");
         assert!(!is_call(&host));

@@ -214,6 +214,21 @@ mod tests {
     }
 
     #[test]
+    fn maps_are_equal_by_their_pairs_and_empty_without_any() {
+        let map = |pairs: &[(&[u8], &[u8])]| HeaderPairs::serialize(pairs.iter().copied());
+        let a = map(&[(b"x-a", b"1"), (b"x-b", b"2")]);
+        assert_eq!(a, map(&[(b"x-a", b"1"), (b"x-b", b"2")]));
+        assert_ne!(a, map(&[(b"x-b", b"2"), (b"x-a", b"1")]));
+        assert_ne!(a, map(&[(b"x-a", b"1")]));
+        assert!(map(&[]).is_empty() && HeaderPairs::default().is_empty());
+        assert!(!a.is_empty());
+        // A pair of empty strings is a pair.
+        let blank = map(&[(b"", b"")]);
+        assert!(!blank.is_empty());
+        assert_eq!(blank.iter().collect::<Vec<_>>(), [(&b""[..], &b""[..])]);
+    }
+
+    #[test]
     fn the_host_layout_is_read_as_the_sdk_reads_it() {
         // What proxy-wasm's own serializer produces for two pairs.
         let mut bytes = vec![2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
@@ -234,6 +249,12 @@ mod tests {
             let map = HeaderPairs::from_bytes(whole.bytes.get(..cut).unwrap().to_vec());
             assert!(map.iter().count() <= 2);
         }
+        // Without its last NUL the last value is still whole; one byte less and it is not.
+        let bytes = whole.as_bytes();
+        let lost_nul = HeaderPairs::from_bytes(bytes[..bytes.len() - 1].to_vec());
+        assert_eq!(lost_nul.get("x-b"), Some(&b"2"[..]));
+        let cut = HeaderPairs::from_bytes(bytes[..bytes.len() - 2].to_vec());
+        assert_eq!(cut.iter().collect::<Vec<_>>(), [(&b"x-a"[..], &b"1"[..])]);
         // A count far beyond the buffer.
         let map = HeaderPairs::from_bytes(vec![255, 255, 255, 255, 1, 0]);
         assert_eq!(map.iter().count(), 0);

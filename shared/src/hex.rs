@@ -23,10 +23,7 @@ fn lower_digit(c: u8) -> Option<u8> {
 
 /// The value of a hex digit of either case (a percent-escape's `%2F` or `%2f`).
 pub fn digit_value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => lower_digit(c.to_ascii_lowercase()),
-    }
+    lower_digit(c.to_ascii_lowercase())
 }
 
 /// Appends the lower-case hex of `bytes` to `out`: whole runs at once, not a `char` at a time

@@ -248,3 +248,25 @@ macro_rules! forward_host {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeHost;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn the_response_status_is_the_status_header_when_it_is_a_number() {
+        let status = |value: &str| {
+            FakeHost::new()
+                .with_response_header(":status", value)
+                .response_status()
+        };
+        assert_eq!(status("503"), Some(503));
+        assert_eq!(status("200"), Some(200));
+        assert_eq!(status("5xx"), None);
+        assert_eq!(status("70000"), None);
+        assert_eq!(FakeHost::new().response_status(), None);
+    }
+}

@@ -147,6 +147,12 @@ mod tests {
     }
 
     #[test]
+    fn update_errors_are_the_documented_label_values() {
+        let labels: Vec<&str> = UpdateError::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(labels, ["contended", "failed"]);
+    }
+
+    #[test]
     fn create_if_absent_keeps_an_existing_record() {
         let mut host = FakeHost::new();
         assert!(create_if_absent(&mut host, "k", &write_u64s(&[0])));

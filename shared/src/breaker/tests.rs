@@ -582,6 +582,11 @@ fn a_record_of_the_previous_layout_reads_as_closed() {
 fn records_round_trip_and_foreign_ones_read_as_closed() {
     let mut record = Record::default();
     record.enter(State::Open, 5);
+    assert_eq!(
+        (record.generation, record.since),
+        (1, 5),
+        "a new generation, from now"
+    );
     record.open_until = 9;
     record.count(123 * NANOS_PER_MS, NANOS_PER_MS, true, true);
     record.consecutive_failures = 4;

@@ -384,7 +384,11 @@ mod tests {
             assert_eq!(once, twice, "{path:?}");
             checked += 1;
             if path.len() < 4 {
-                paths.extend(BYTES.iter().map(|byte| [path.as_slice(), &[*byte]].concat()));
+                paths.extend(
+                    BYTES
+                        .iter()
+                        .map(|byte| [path.as_slice(), &[*byte]].concat()),
+                );
             }
         }
         let n = BYTES.len();

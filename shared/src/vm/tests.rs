@@ -6,7 +6,7 @@ use super::*;
 use crate::chain::Stage;
 use crate::config::{ConfigError, FieldPath};
 use crate::fake::{FakeHost, HostCalls};
-use crate::filter::{Filter, Plugin};
+use crate::filter::{Filter, GrpcCall, Plugin};
 use crate::stats;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -67,7 +67,36 @@ impl Filter for Probe {
         );
         host.increment_metric(route.requests, 1);
         host.record_metric(route.state, 0);
-        (Verdict::Continue, (host.now(), host.now()))
+        let verdict = match host.request_header("x-call") {
+            Some(_) => Verdict::Call(GrpcCall {
+                cluster: "rls".to_owned(),
+                service: "s",
+                method: "m",
+                message: Vec::new(),
+                timeout_ms: 20,
+            }),
+            None => Verdict::Continue,
+        };
+        (verdict, (host.now(), host.now()))
+    }
+
+    fn on_response(
+        &self,
+        _route: &ProbeRoute,
+        _request: &mut Self::Request,
+        host: &mut impl ResponseHost,
+    ) {
+        host.set_response_header("x-probe", b"response");
+    }
+
+    fn on_response_trailers(
+        &self,
+        _route: &ProbeRoute,
+        _request: &mut Self::Request,
+        host: &mut impl TrailersHost,
+    ) {
+        // Read, so the fake host counts that the phase ran.
+        let _ = host.response_trailer("grpc-status");
     }
 
     fn on_done(&self, route: &ProbeRoute, request: &mut Self::Request, host: &mut impl Host) {
@@ -127,8 +156,13 @@ fn a_header_the_request_lacks_is_added_one_it_has_is_replaced() {
     phase.set_request_header("x-gone", b"c");
     // Set by this phase: Envoy has one, a set replaces it.
     phase.set_request_header("x-new", b"d");
+    assert!(!phase.request_has_body());
+    phase.has_body = true;
+    assert!(phase.request_has_body());
+    phase.clear_route_cache();
     let calls = host.calls();
     assert_eq!(calls.request_header_writes, 5);
+    assert_eq!(calls.route_cache_clears, 1);
     assert_eq!(
         calls.request_header_adds, 2,
         "x-new first, x-gone after its removal"
@@ -174,6 +208,30 @@ fn counters_reach_the_host_at_the_tick_and_gauges_when_they_change() {
     request(&vm, &mut host);
     vm.flush(&mut host);
     assert_eq!(host.metric(name), Some(11));
+}
+
+#[test]
+fn the_response_and_trailers_phases_reach_the_stages_and_a_call_holds_the_stream() {
+    let vm = vm();
+    let mut host = host();
+    host.request_headers = vec![("x-user".to_owned(), b"u1".to_vec())];
+    let (_, mut stream) = vm.on_request(&mut host, false).unwrap();
+    assert!(!stream.waiting());
+    vm.on_response(&mut stream, &mut host);
+    assert_eq!(
+        host.response_headers,
+        [("x-probe".to_owned(), b"response".to_vec())]
+    );
+    let reads = host.calls().response_header_reads;
+    vm.on_response_trailers(&mut stream, &mut host);
+    assert_eq!(host.calls().response_header_reads, reads + 1);
+    vm.on_done(stream, &mut host);
+
+    host.request_headers
+        .push(("x-call".to_owned(), b"1".to_vec()));
+    let (verdict, stream) = vm.on_request(&mut host, false).unwrap();
+    assert!(matches!(verdict, Verdict::Call(_)));
+    assert!(stream.waiting());
 }
 
 #[test]
