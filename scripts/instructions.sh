@@ -12,6 +12,7 @@
 #   scripts/instructions.sh                         # every variant, 800 requests, the table
 #   scripts/instructions.sh --out bench/instructions.md
 #   scripts/instructions.sh --requests 400 --dist /tmp/old-dist bare native_bundle
+#   scripts/instructions.sh --keep /tmp/cg native_bundle   # then: callgrind_annotate --inclusive=yes /tmp/cg/native_bundle.callgrind
 #
 # Instructions are not CPU time: a Wasm module's cost is also in entering and leaving V8
 # (bench/results.md measures time). They show where a native module's time goes, and whether
@@ -24,12 +25,14 @@ requests=800
 clients=8
 dist="$ROOT/dist"
 out=""
+keep=""
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests="$2"; shift 2 ;;
     --dist) dist="$(cd "$2" && pwd)"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --keep) keep="$2"; mkdir -p "$keep"; shift 2 ;;
     -*) die "unknown argument $1 (see the comment at the top of $0)" ;;
     *) variants+=("$1"); shift ;;
   esac
@@ -125,6 +128,7 @@ measure() {
   local dumped
   dumped="$(grep -l 'Trigger: dump' "$cg".* | head -1)"
   [ -n "$dumped" ] || die "$variant: no callgrind dump"
+  [ -z "$keep" ] || cp "$dumped" "$keep/$variant.callgrind"
   local total
   total="$(awk '/^summary:/ {print $2}' "$dumped")"
   echo $((total / requests))
