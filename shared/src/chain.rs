@@ -466,8 +466,11 @@ mod tests {
         const NAME: &'static str = match N {
             0 => "first",
             1 => "second",
-            _ => "third",
+            2 => "third",
+            _ => "caller",
         };
+        /// `Probe<3>` says it makes calls (only its type is used).
+        const MAKES_CALLS: bool = N == 3;
         type Config = ProbeConfig;
         type Policy = String;
         type Route = String;
@@ -680,36 +683,8 @@ mod tests {
             S::MAKES_CALLS
         }
         assert!(!makes_calls::<(Stage<Probe<0>>, Stage<Probe<1>>)>());
-        assert!(makes_calls::<(Stage<Caller>, Stage<Probe<1>>)>());
-        assert!(makes_calls::<(Stage<Probe<0>>, Stage<Caller>)>());
-    }
-
-    /// A stage that says it makes calls (it never runs here).
-    struct Caller;
-
-    impl Filter for Caller {
-        const NAME: &'static str = "caller";
-        const MAKES_CALLS: bool = true;
-        type Config = ProbeConfig;
-        type Policy = String;
-        type Route = String;
-        type Request = ();
-
-        fn new(_plugin: &Plugin) -> Self {
-            Self
-        }
-
-        fn compile(&self, config: ProbeConfig, _at: &FieldPath) -> Result<String, ConfigError> {
-            Ok(config.verdict)
-        }
-
-        fn bind(&self, policy: Rc<String>, _route_name: &str, _host: &mut impl Host) -> String {
-            policy.as_ref().clone()
-        }
-
-        fn on_request(&self, _route: &String, _host: &mut impl RequestHost) -> (Verdict, ()) {
-            (Verdict::Continue, ())
-        }
+        assert!(makes_calls::<(Stage<Probe<3>>, Stage<Probe<1>>)>());
+        assert!(makes_calls::<(Stage<Probe<0>>, Stage<Probe<3>>)>());
     }
 
     #[test]

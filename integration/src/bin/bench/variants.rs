@@ -26,6 +26,15 @@ pub fn bundle_json() -> &'static str {
     Value::Object(stages).to_string().leak()
 }
 
+/// The native module (`dist/libmesh_bundle.so`) with `plugin_json`, as an Envoy filter.
+fn native_bundle(plugin_json: &str) -> Value {
+    mesh_integration::envoy::native_filter(
+        "bundle",
+        &mesh_integration::envoy::native_module(),
+        plugin_json,
+    )
+}
+
 const LUA_SOURCE: &str = "function envoy_on_request(request_handle)\n  \
     request_handle:headers():add(\"x-lua\", \"1\")\nend\n";
 
@@ -175,11 +184,7 @@ pub fn variants() -> Vec<Variant> {
             name: "native_bundle",
             what: "the four as the native dynamic module dist/libmesh_bundle.so",
             modules: vec![],
-            native: vec![mesh_integration::envoy::native_filter(
-                "bundle",
-                &mesh_integration::envoy::native_module(),
-                bundle_json(),
-            )],
+            native: vec![native_bundle(bundle_json())],
             // Its stats carry their labels as Envoy tags: `mesh_x.route.bench...` in /stats.
             checks: vec![
                 Check::UpstreamSaw("traceparent"),
@@ -195,9 +200,7 @@ pub fn variants() -> Vec<Variant> {
             name: "native_idle",
             what: "the native module loaded, no stage for the route: the ABI's own cost",
             modules: vec![],
-            native: vec![mesh_integration::envoy::native_filter(
-                "bundle",
-                &mesh_integration::envoy::native_module(),
+            native: vec![native_bundle(
                 r#"{"traceid": {"routes": {"elsewhere": {}}}}"#,
             )],
             checks: vec![],
