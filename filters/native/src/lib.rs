@@ -585,6 +585,7 @@ fn stream_complete(filter: &Filter, envoy: FilterPtr) {
         if now.saturating_sub(worker.ticked_at.get()) >= worker.tick_every {
             worker.ticked_at.set(now);
             worker.vm.on_tick(&mut host);
+            logger::follow_envoy();
         } else if idle {
             worker.vm.flush(&mut host);
         }

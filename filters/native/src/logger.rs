@@ -34,6 +34,24 @@ impl log::Log for EnvoyLog {
 /// Installs the logger (once per process; later calls do nothing).
 pub fn install() {
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(log::LevelFilter::Debug);
+        follow_envoy();
     }
+}
+
+/// Makes `log`'s max level the most verbose one Envoy logs the component at, so a line Envoy
+/// would drop is not even formatted: a stage's per-request debug line costs more to format
+/// than its decision (the canary's, ~700 instructions, `bench/instructions.md`). Run at load
+/// and on every worker tick, so a level changed on Envoy's admin page (`/logging`) takes
+/// effect within a tick period.
+pub fn follow_envoy() {
+    let most_verbose = [
+        log::Level::Trace,
+        log::Level::Debug,
+        log::Level::Info,
+        log::Level::Warn,
+        log::Level::Error,
+    ]
+    .into_iter()
+    .find(|&l| abi::log_enabled(level(l)));
+    log::set_max_level(most_verbose.map_or(log::LevelFilter::Off, |l| l.to_level_filter()));
 }
