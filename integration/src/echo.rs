@@ -4,7 +4,7 @@
 //! "header_lines": {lower-case name: how many lines}}` (a repeated header's values joined
 //! with `,`);
 //! a request header `x-echo-status: N` sets the status, `x-echo-delay-ms: N` delays the
-//! answer, `x-echo-hold: 1` holds it until a request to `/__release` lets one held answer go.
+//! answer, `x-echo-respond-header: name=value` adds that header to the answer, `x-echo-hold: 1` holds it until a request to `/__release` lets one held answer go.
 //! `/__count` returns how many requests were served (it is not counted itself), so tests can
 //! prove the upstream was not contacted.
 
@@ -94,6 +94,15 @@ async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
         lines.insert(name.as_str().to_owned(), Value::from(values.len()));
         seen.insert(name.as_str().to_owned(), Value::String(values.join(",")));
     }
+    let respond_header = headers
+        .get("x-echo-respond-header")
+        .and_then(|v| v.to_str().ok()?.split_once('='))
+        .and_then(|(name, value)| {
+            Some((
+                axum::http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                axum::http::HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        });
     let body = json!({
         "service": echo.service,
         "method": request.method().as_str(),
@@ -101,7 +110,11 @@ async fn echo(State(echo): State<Arc<Echo>>, request: Request) -> Response {
         "headers": seen,
         "header_lines": lines,
     });
-    (status, axum::Json(body)).into_response()
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some((name, value)) = respond_header {
+        response.headers_mut().append(name, value);
+    }
+    response
 }
 
 /// An echo upstream on its own thread and runtime, bound to 127.0.0.1; stopped on drop.

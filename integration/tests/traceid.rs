@@ -58,6 +58,31 @@ fn traceparent_is_generated_when_absent_and_returned_as_x_trace_id() {
     );
 }
 
+/// The response header replaces one the upstream sent, in every build: the native module
+/// adds where the response lacks the name (cheaper than Envoy's set) and must still set where
+/// it has it.
+#[test]
+fn an_upstream_x_trace_id_is_replaced_not_repeated() {
+    let mesh = mesh();
+    let reply = mesh
+        .get("/checkout")
+        .header("x-echo-respond-header", "x-trace-id=from-upstream")
+        .send();
+    assert_eq!(reply.status, 200);
+    let tp = upstream_traceparent(&reply);
+    let lines: Vec<&[u8]> = (reply.headers.iter())
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-trace-id"))
+        .map(|(_, value)| value.as_slice())
+        .collect();
+    assert_eq!(lines, [tp.trace_id.as_bytes()], "{:?}", reply.headers);
+    // Without it, the header is there once too (added).
+    let plain = mesh.get("/checkout").send();
+    let count = (plain.headers.iter())
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-trace-id"))
+        .count();
+    assert_eq!(count, 1, "{:?}", plain.headers);
+}
+
 /// The trace id reaches the filter's log line for the request (at debug, which the harness
 /// asks Envoy for with `--component-log-level wasm:debug`), so a log search finds it.
 #[test]

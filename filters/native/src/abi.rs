@@ -260,36 +260,42 @@ fn header_pairs(headers: &[(&str, &[u8])]) -> Vec<HeaderPair> {
 
 /// Header pairs Envoy lent for the current hook, as byte slices (an iterator that can be
 /// walked again: a map is serialized in one buffer of the size it measures first).
-///
+#[derive(Clone)]
+pub struct LentHeaders<'a> {
+    pairs: std::slice::Iter<'a, HeaderPair>,
+}
+
+impl<'a> Iterator for LentHeaders<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pair = self.pairs.next()?;
+        let key = Buffer {
+            ptr: pair.key_ptr,
+            len: pair.key_len,
+        };
+        let value = Buffer {
+            ptr: pair.value_ptr,
+            len: pair.value_len,
+        };
+        // SAFETY: each pair's buffers are Envoy's, lent for the hook (`lent_headers`'s
+        // contract).
+        Some(unsafe { (key.as_slice(), value.as_slice()) })
+    }
+}
+
 /// # Safety
 /// `pairs` must point to `len` pairs whose buffers are readable for `'a`, or be null.
-unsafe fn lent_headers<'a>(
-    pairs: *const HeaderPair,
-    len: usize,
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+unsafe fn lent_headers<'a>(pairs: *const HeaderPair, len: usize) -> LentHeaders<'a> {
     let pairs: &'a [HeaderPair] = if pairs.is_null() || len == 0 {
         &[]
     } else {
         // SAFETY: the caller's contract.
         unsafe { std::slice::from_raw_parts(pairs, len) }
     };
-    pairs.iter().map(|pair| {
-        // SAFETY: each pair's buffers are Envoy's, lent for the hook (the contract).
-        unsafe {
-            (
-                Buffer {
-                    ptr: pair.key_ptr,
-                    len: pair.key_len,
-                }
-                .as_slice(),
-                Buffer {
-                    ptr: pair.value_ptr,
-                    len: pair.value_len,
-                }
-                .as_slice(),
-            )
-        }
-    })
+    LentHeaders {
+        pairs: pairs.iter(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,15 +397,20 @@ impl FilterPtr {
         Some(unsafe { value.as_slice() }.to_vec())
     }
 
-    /// The whole map, in Envoy's order, serialized as the host layout (lent by Envoy for
-    /// the call, copied once). Up to [`STACK_PAIRS`] headers the pair table Envoy fills
-    /// lives on the stack.
+    /// The whole map, in Envoy's order, serialized as the host layout (copied once).
     pub fn headers(self, kind: HeaderType) -> HeaderPairs {
+        self.with_headers(kind, |pairs| HeaderPairs::serialize(pairs))
+    }
+
+    /// `read` over the map's pairs in Envoy's order, lent by Envoy for the call. Up to
+    /// [`STACK_PAIRS`] headers the pair table Envoy fills lives on the stack.
+    pub fn with_headers<R>(
+        self,
+        kind: HeaderType,
+        read: impl for<'p> FnOnce(LentHeaders<'p>) -> R,
+    ) -> R {
         // SAFETY: `self.0` is the current hook's filter.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, kind) };
-        if count == 0 {
-            return HeaderPairs::default();
-        }
         let mut on_stack = [HeaderPair::EMPTY; STACK_PAIRS];
         let mut on_heap = Vec::new();
         let pairs: &mut [HeaderPair] = match on_stack.get_mut(..count) {
@@ -411,14 +422,13 @@ impl FilterPtr {
         };
         // SAFETY: `pairs` holds `count` entries, as many as Envoy just said the map has (the
         // map does not change between the two calls: same thread, same hook).
-        let ok = unsafe {
-            envoy_dynamic_module_callback_http_get_headers(self.0, kind, pairs.as_mut_ptr())
-        };
-        if !ok {
-            return HeaderPairs::default();
-        }
+        let ok = count > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_headers(self.0, kind, pairs.as_mut_ptr())
+            };
+        let filled = if ok { &pairs[..] } else { &[] };
         // SAFETY: Envoy filled each pair with buffers it lends for the current hook.
-        HeaderPairs::serialize(unsafe { lent_headers(pairs.as_ptr(), pairs.len()) })
+        read(unsafe { lent_headers(filled.as_ptr(), filled.len()) })
     }
 
     /// Replaces every value of the header (`None`: removes it).
