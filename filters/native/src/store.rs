@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use mesh_policy::host::{Shared, SharedError};
+use rustc_hash::FxBuildHasher;
 
 /// The most keys the store takes; a write of a new key past it fails (as a host failure).
 /// The policies' keys are bounded far below this; it guards against a bug, not a client.
@@ -21,9 +22,13 @@ struct Record {
     cas: u32,
 }
 
-static STORE: Mutex<Option<HashMap<String, Record>>> = Mutex::new(None);
+/// Keys come from bounded sets the policies make (slots, route and cluster names), never a
+/// client's text: FxHash needs no flooding defence (and costs a fraction of SipHash).
+type Records = HashMap<String, Record, FxBuildHasher>;
 
-fn store() -> MutexGuard<'static, Option<HashMap<String, Record>>> {
+static STORE: Mutex<Option<Records>> = Mutex::new(None);
+
+fn store() -> MutexGuard<'static, Option<Records>> {
     // A panic while the lock was held left a record whole (each write replaces one value).
     STORE.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -39,7 +44,7 @@ pub fn get(key: &str) -> Option<Shared> {
 
 pub fn set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
     let mut store = store();
-    let map = store.get_or_insert_with(HashMap::new);
+    let map = store.get_or_insert_with(Records::default);
     match map.get_mut(key) {
         Some(record) => {
             if cas.is_some_and(|cas| cas != record.cas) {
