@@ -42,9 +42,9 @@ impl HeaderPairs {
         }
     }
 
-    /// Serializes `pairs` the way the host does, into one buffer of the exact size (the
-    /// pairs are walked three times: to size it, for the length table, for the data), with
-    /// the lookup index made on the way.
+    /// Serializes `pairs` the way the host does, into one zeroed buffer of the exact size (the
+    /// NULs come with it): the pairs are walked twice, to size it and to write the length
+    /// table and the data side by side, with the lookup index made on the way.
     pub fn serialize<'a, I>(pairs: I) -> Self
     where
         I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -56,23 +56,27 @@ impl HeaderPairs {
             .fold((0usize, 0usize), |(count, data), (n, v)| {
                 (count + 1, data + n.len() + v.len() + 2)
             });
-        let mut bytes = Vec::with_capacity(4 + 8 * count + data);
-        bytes.extend_from_slice(&u32_le(count));
-        for (name, value) in pairs.clone() {
-            bytes.extend_from_slice(&u32_le(name.len()));
-            bytes.extend_from_slice(&u32_le(value.len()));
-        }
+        let mut bytes = vec![0; 4 + 8 * count + data];
+        let mut put = |at: usize, what: &[u8]| {
+            if let Some(to) = bytes.get_mut(at..at + what.len()) {
+                to.copy_from_slice(what);
+            }
+        };
+        put(0, &u32_le(count));
         let mut spans = Vec::with_capacity(count);
-        for (name, value) in pairs {
-            let name_start = bytes.len();
-            bytes.extend_from_slice(name);
-            bytes.push(0);
-            let value_start = bytes.len();
-            bytes.extend_from_slice(value);
-            bytes.push(0);
+        let mut at = 4 + 8 * count;
+        for (i, (name, value)) in pairs.enumerate() {
+            put(4 + 8 * i, &u32_le(name.len()));
+            put(8 + 8 * i, &u32_le(value.len()));
+            put(at, name);
+            let name_at = (at, at + name.len());
+            at += name.len() + 1;
+            put(at, value);
+            let value_at = (at, at + value.len());
+            at += value.len() + 1;
             spans.push(Span {
-                name: (name_start, name_start + name.len()),
-                value: (value_start, value_start + value.len()),
+                name: name_at,
+                value: value_at,
             });
         }
         Self {

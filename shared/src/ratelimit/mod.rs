@@ -41,7 +41,6 @@ pub mod secret;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fmt::Write;
 use std::rc::Rc;
 
 pub use config::{
@@ -49,6 +48,7 @@ pub use config::{
     RateLimitPolicy, Scope,
 };
 
+use crate::decimal;
 use crate::filter::{GrpcCall, LocalReply};
 use crate::grpc;
 use crate::host::{Host, NANOS_PER_MS, Nanos, RequestHost, Shared, SharedError};
@@ -567,7 +567,9 @@ impl RouteLimits {
             Ok(mut key) => {
                 key.clear();
                 key.push_str(base);
-                let _ = write!(key, "{slot}");
+                let mut digits = [0; decimal::MAX_DIGITS];
+                let digits = decimal::decimal(u64::from(slot), &mut digits);
+                key.extend(digits.iter().map(|&d| char::from(d)));
                 f(&key)
             }
             Err(_) => f(&format!("{base}{slot}")),
