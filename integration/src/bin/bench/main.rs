@@ -320,6 +320,13 @@ fn run() -> Result<(), Error> {
             report::baseline_table(&rows, baseline)
         );
     }
+    if rows.iter().any(|r| r.variant.against.is_some()) {
+        let _ = write!(
+            results,
+            "\n### Head to head, in one Envoy\n\n{}",
+            report::head_to_head_table(&rows)
+        );
+    }
     if options.copies > 1 {
         let _ = write!(
             results,
@@ -480,6 +487,73 @@ mod tests {
         assert!(report::Spread::of(&[10.0, 11.0, 12.0]).stable());
         assert!(!report::Spread::of(&[10.0, 11.0, 13.0]).stable());
         assert!(!report::Spread::of(&[-1.0, 0.5, 1.0]).stable());
+    }
+
+    /// A repetition whose variant window added `added_us` over the other listener.
+    fn sample(added_us: f64) -> measure::Sample {
+        measure::Sample {
+            rps: 1000.0,
+            cpu_us_per_request: 50.0 + added_us,
+            p50_us: 1000.0,
+            p99_us: 2000.0,
+            bare_cpu_us_per_request: 50.0,
+            added_us,
+            rps_vs_bare: 1.0,
+            rss_kb: 1,
+            heap: measure::Heap {
+                allocated: 1,
+                kept_free: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn head_to_head_is_judged_by_the_sign_of_every_repetition() {
+        let variants = variants::variants();
+        let head_to_head = variants
+            .iter()
+            .find(|v| v.name == "native_vs_passthrough")
+            .unwrap();
+        assert_eq!(head_to_head.against.map(|a| a.0), Some("passthrough"));
+        let verdict = |added: &[f64]| {
+            let rows = [report::Row {
+                variant: head_to_head,
+                set: "now".to_owned(),
+                copies: 1,
+                samples: added.iter().copied().map(sample).collect(),
+                module_bytes: 0,
+            }];
+            let targets = report::targets(&rows, None);
+            let (verdict, line) = targets
+                .iter()
+                .find(|(_, line)| line.contains("head to head"))
+                .unwrap();
+            (verdict.word(), line.clone())
+        };
+        let (word, line) = verdict(&[-2.0, -0.5, 0.0]);
+        assert_eq!(word, "PASS");
+        assert!(
+            line.contains("-0.5 µs/req [-2.0, +0.0] more, no dearer in 3 of 3"),
+            "{line}"
+        );
+        assert_eq!(verdict(&[-2.0, 0.5, -1.0]).0, "UNSTABLE (not judged)");
+        assert_eq!(verdict(&[2.0, 0.5, 1.0]).0, "FAIL");
+        // Not in the main table (its "added" is not over bare); in its own.
+        let rows = [report::Row {
+            variant: head_to_head,
+            set: "now".to_owned(),
+            copies: 1,
+            samples: vec![sample(-1.0), sample(2.0)],
+            module_bytes: 0,
+        }];
+        assert!(!report::main_table(&rows).contains("native_vs_passthrough"));
+        assert!(
+            report::head_to_head_table(&rows).contains(
+                "| native_vs_passthrough | passthrough | +0.5 [-1.0, +2.0] ⚠ | 1 of 2 | 1.00 |"
+            ),
+            "{}",
+            report::head_to_head_table(&rows)
+        );
     }
 
     #[test]

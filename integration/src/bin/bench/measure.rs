@@ -106,10 +106,10 @@ pub fn stat_sum(agent: &ureq::Agent, admin: SocketAddr, needle: &str) -> Result<
 }
 
 /// Envoy's config for a run: the variant's filters on the first listener, none on a second one
-/// named `bare`; both take the one route named [`ROUTE`] to the upstream. Each module appears
-/// `copies` times, as plugins of their own (own name and root id: own root context, stats and
-/// shared-data keys) in one VM. The modules run with their defaults (counters flushed every
-/// second), as in production.
+/// named `bare` (or the variant's `against` module); both take the one route named [`ROUTE`]
+/// to the upstream. Each module appears `copies` times, as plugins of their own (own name and
+/// root id: own root context, stats and shared-data keys) in one VM. The modules run with
+/// their defaults (counters flushed every second), as in production.
 fn envoy_config(
     run: Run<'_>,
     upstream: SocketAddr,
@@ -117,23 +117,12 @@ fn envoy_config(
 ) -> Result<String, Error> {
     let mut filters = Vec::new();
     for (module, plugin_json) in &run.variant.modules {
-        let wasm = run.set.dist.join(format!("{module}.wasm"));
-        if !wasm.is_file() {
-            return Err(format!("{} is missing: run scripts/build.sh", wasm.display()).into());
-        }
         for copy in 0..run.copies {
             let name = match copy {
                 0 => (*module).to_owned(),
                 _ => format!("{module}.{copy}"),
             };
-            let mut filter = envoy::wasm_filter(&name, &wasm, plugin_json);
-            if let Some(vm) = filter
-                .pointer_mut("/typed_config/config/vm_config")
-                .and_then(Value::as_object_mut)
-            {
-                vm.remove("environment_variables");
-            }
-            filters.push(filter);
+            filters.push(wasm_filter(run.set, module, &name, plugin_json)?);
         }
     }
     filters.extend(run.variant.native.iter().cloned());
@@ -151,7 +140,11 @@ fn envoy_config(
         clusters.push(envoy::grpc_cluster("rls", Some(rls)));
     }
     let mut config = envoy::bootstrap(filters, vec![route()], clusters);
-    let mut bare = envoy::bootstrap(Vec::new(), vec![route()], cluster())
+    let against = match run.variant.against {
+        Some((module, plugin_json)) => vec![wasm_filter(run.set, module, module, plugin_json)?],
+        None => Vec::new(),
+    };
+    let mut bare = envoy::bootstrap(against, vec![route()], cluster())
         .pointer("/static_resources/listeners/0")
         .cloned()
         .ok_or("bootstrap without a listener")?;
@@ -165,6 +158,28 @@ fn envoy_config(
         .ok_or("bootstrap listeners are not a list")?
         .push(bare);
     Ok(config.to_string())
+}
+
+/// `module` from `set` as a Wasm filter named `name`, without the test harness's environment
+/// (the module's defaults, as in production).
+fn wasm_filter(
+    set: &ModuleSet,
+    module: &str,
+    name: &str,
+    plugin_json: &str,
+) -> Result<Value, Error> {
+    let wasm = set.dist.join(format!("{module}.wasm"));
+    if !wasm.is_file() {
+        return Err(format!("{} is missing: run scripts/build.sh", wasm.display()).into());
+    }
+    let mut filter = envoy::wasm_filter(name, &wasm, plugin_json);
+    if let Some(vm) = filter
+        .pointer_mut("/typed_config/config/vm_config")
+        .and_then(Value::as_object_mut)
+    {
+        vm.remove("environment_variables");
+    }
+    Ok(filter)
 }
 
 /// One request through Envoy; checks what the variant promises to do to it.

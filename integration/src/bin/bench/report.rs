@@ -112,7 +112,7 @@ pub fn main_table(rows: &[Row<'_>]) -> String {
         "| variant | what | req/s | vs bare | Envoy CPU µs/req | added µs/req: median [min, max] | p50 ms | p99 ms | RSS MB | in use MB | heap MB | module KB |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for r in rows.iter().filter(|r| r.copies == 1) {
+    for r in (rows.iter()).filter(|r| r.copies == 1 && r.variant.against.is_none()) {
         let module = if r.module_bytes == 0 {
             "–".to_owned()
         } else {
@@ -183,6 +183,47 @@ pub fn copies_table(rows: &[Row<'_>]) -> String {
         );
     }
     out
+}
+
+/// Variants measured head to head: the variant's listener against one with the `against`
+/// module, in one Envoy, window next to window: the difference needs no bare listener, so
+/// the noise of two differences to bare does not add up.
+pub fn head_to_head_table(rows: &[Row<'_>]) -> String {
+    let mut out = String::from(
+        "| variant | against | µs/req more than against: median [min, max] | no dearer in | req/s vs against |\n\
+         | --- | --- | ---: | ---: | ---: |\n",
+    );
+    for r in rows.iter() {
+        let Some((against, _)) = r.variant.against else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {against} | {} | {} of {} | {:.2} |",
+            r.label(),
+            r.spread(|s| s.added_us).show(1, true),
+            no_dearer(r),
+            r.samples.len(),
+            r.spread(|s| s.rps_vs_bare).median,
+        );
+    }
+    out
+}
+
+/// In how many repetitions a head-to-head variant cost no more than what it ran against.
+fn no_dearer(row: &Row<'_>) -> usize {
+    row.samples.iter().filter(|s| s.added_us <= 0.0).count()
+}
+
+/// A head-to-head target: the variant costs no more than what it runs against. A difference
+/// near zero has no stable spread, so it is judged by sign: pass when every repetition found
+/// the variant no dearer, fail when none did, not judged when they disagree.
+fn head_to_head_verdict(row: &Row<'_>) -> Verdict {
+    match no_dearer(row) {
+        0 => Verdict::Fail,
+        n if n == row.samples.len() => Verdict::Pass,
+        _ => Verdict::Unstable,
+    }
 }
 
 /// A target's verdict: judged only on stable rows.
@@ -281,6 +322,21 @@ pub fn targets(rows: &[Row<'_>], baseline: Option<&str>) -> Vec<(Verdict, String
                 ));
             }
         }
+    }
+    // Issue 27, measured head to head (steadier than two differences to bare).
+    if let Some(row) = now("native_vs_passthrough") {
+        let added = row.spread(|s| s.added_us);
+        out.push((
+            head_to_head_verdict(row),
+            format!(
+                "aim: native_bundle adds at most the empty module's CPU, head to head in one Envoy: {:+.1} µs/req [{:+.1}, {:+.1}] more, no dearer in {} of {} repetitions",
+                added.median,
+                added.min,
+                added.max,
+                no_dearer(row),
+                row.samples.len()
+            ),
+        ));
     }
     for r in rows.iter().filter(|r| r.set == "now" && r.copies == 1) {
         if let [(module, _)] = r.variant.modules.as_slice()

@@ -35,6 +35,19 @@ fn native_bundle(plugin_json: &str) -> Value {
     )
 }
 
+/// What proves the native bundle did its work. Its stats carry their labels as Envoy tags:
+/// `mesh_x.route.bench...` in /stats.
+fn native_bundle_checks() -> Vec<Check> {
+    vec![
+        Check::UpstreamSaw("traceparent"),
+        Check::ResponseHeader("x-trace-id"),
+        Check::ResponseHeader("x-ratelimit-limit"),
+        Check::StatGrew("mesh_trace_requests_total.route.bench"),
+        Check::StatGrew("mesh_ratelimit_requests_total.route.bench.decision.allowed"),
+        Check::StatGrew("mesh_breaker_calls_total.route.bench.outcome.success"),
+    ]
+}
+
 const LUA_SOURCE: &str = "function envoy_on_request(request_handle)\n  \
     request_handle:headers():add(\"x-lua\", \"1\")\nend\n";
 
@@ -59,6 +72,10 @@ pub struct Variant {
     pub checks: Vec<Check>,
     /// Needs the rate limit service (cluster `rls`: limitador over a local Redis).
     pub rls: bool,
+    /// A Wasm module (and its plugin JSON) on the second listener instead of none: the run
+    /// measures the variant head to head against it, in one Envoy, "added" being the
+    /// difference (`report::head_to_head_table`).
+    pub against: Option<(&'static str, &'static str)>,
 }
 
 impl Variant {
@@ -107,6 +124,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: vec![],
             rls: false,
+            against: None,
         },
         Variant {
             name: "passthrough",
@@ -115,6 +133,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: vec![],
             rls: false,
+            against: None,
         },
         Variant {
             name: "traceid",
@@ -123,6 +142,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: traceid_checks.to_vec(),
             rls: false,
+            against: None,
         },
         Variant {
             name: "canary",
@@ -131,6 +151,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: canary_checks.to_vec(),
             rls: false,
+            against: None,
         },
         Variant {
             name: "ratelimit",
@@ -139,6 +160,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: ratelimit_checks.to_vec(),
             rls: false,
+            against: None,
         },
         Variant {
             name: "ratelimit_global",
@@ -150,6 +172,7 @@ pub fn variants() -> Vec<Variant> {
                 Check::StatGrew("mesh_ratelimit_global_calls_total;route=bench;outcome=ok"),
             ],
             rls: true,
+            against: None,
         },
         Variant {
             name: "breaker",
@@ -158,6 +181,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: breaker_checks.to_vec(),
             rls: false,
+            against: None,
         },
         Variant {
             name: "chain",
@@ -171,6 +195,7 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: chain_checks,
             rls: false,
+            against: None,
         },
         Variant {
             name: "bundle",
@@ -179,22 +204,25 @@ pub fn variants() -> Vec<Variant> {
             native: vec![],
             checks: chain_checks_bundle,
             rls: false,
+            against: None,
         },
         Variant {
             name: "native_bundle",
             what: "the four as the native dynamic module dist/libmesh_bundle.so",
             modules: vec![],
             native: vec![native_bundle(bundle_json())],
-            // Its stats carry their labels as Envoy tags: `mesh_x.route.bench...` in /stats.
-            checks: vec![
-                Check::UpstreamSaw("traceparent"),
-                Check::ResponseHeader("x-trace-id"),
-                Check::ResponseHeader("x-ratelimit-limit"),
-                Check::StatGrew("mesh_trace_requests_total.route.bench"),
-                Check::StatGrew("mesh_ratelimit_requests_total.route.bench.decision.allowed"),
-                Check::StatGrew("mesh_breaker_calls_total.route.bench.outcome.success"),
-            ],
+            checks: native_bundle_checks(),
             rls: false,
+            against: None,
+        },
+        Variant {
+            name: "native_vs_passthrough",
+            what: "dist/libmesh_bundle.so, all four stages, head to head with the empty Wasm module on the other listener",
+            modules: vec![],
+            native: vec![native_bundle(bundle_json())],
+            checks: native_bundle_checks(),
+            rls: false,
+            against: Some(("passthrough", "")),
         },
         Variant {
             name: "native_idle",
@@ -205,6 +233,7 @@ pub fn variants() -> Vec<Variant> {
             )],
             checks: vec![],
             rls: false,
+            against: None,
         },
         Variant {
             name: "local_ratelimit",
@@ -230,6 +259,7 @@ pub fn variants() -> Vec<Variant> {
             })],
             checks: vec![Check::StatGrew("bench_local.http_local_rate_limit.enabled")],
             rls: false,
+            against: None,
         },
         Variant {
             name: "lua",
@@ -244,6 +274,7 @@ pub fn variants() -> Vec<Variant> {
             })],
             checks: vec![Check::UpstreamSaw("x-lua")],
             rls: false,
+            against: None,
         },
     ]
 }
