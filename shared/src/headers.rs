@@ -23,6 +23,16 @@ pub struct HeaderPairs {
 struct Span {
     name: (usize, usize),
     value: (usize, usize),
+    /// [`name_key`] of the name: a lookup compares the names only where the keys agree.
+    key: u32,
+}
+
+/// A name's length with its first, middle and last bytes, bit 0x20 set in each (a fold
+/// coarser than lower-casing: equal names, in any case, get equal keys).
+fn name_key(name: &[u8]) -> u32 {
+    let byte = |at: usize| u32::from(name.get(at).copied().unwrap_or(0) | 0x20);
+    let len = name.len();
+    (len.min(0xff) as u32) | byte(0) << 8 | byte(len / 2) << 16 | byte(len.wrapping_sub(1)) << 24
 }
 
 impl PartialEq for HeaderPairs {
@@ -77,6 +87,7 @@ impl HeaderPairs {
             spans.push(Span {
                 name: name_at,
                 value: value_at,
+                key: name_key(name),
             });
         }
         Self {
@@ -122,11 +133,12 @@ impl HeaderPairs {
         self.matching(name).count()
     }
 
-    /// The pairs named `name`: lengths compared first, names only where they agree.
+    /// The pairs named `name`: keys compared first, names only where they agree.
     fn matching<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s Span> {
         let name = name.as_bytes();
+        let key = name_key(name);
         self.index().iter().filter(move |span| {
-            span.name.1 - span.name.0 == name.len()
+            span.key == key
                 && self
                     .bytes
                     .get(span.name.0..span.name.1)
@@ -184,9 +196,11 @@ impl Iterator for Pairs<'_> {
         if value_end > self.bytes.len() {
             return None;
         }
+        let name = (self.data, name_end);
         let span = Span {
-            name: (self.data, name_end),
+            name,
             value: (value_start, value_end),
+            key: name_key(self.bytes.get(name.0..name.1).unwrap_or_default()),
         };
         self.data = value_end.checked_add(1)?;
         self.index += 1;
@@ -215,6 +229,22 @@ mod tests {
         assert_eq!(map.get_all("X-a").collect::<Vec<_>>(), [b"1", b"2"]);
         assert_eq!(map.get("x-empty"), Some(&b""[..]));
         assert_eq!(map.get("x-none"), None);
+        // Read from the host's bytes, the index is the same.
+        let read = HeaderPairs::from_bytes(map.as_bytes().to_vec());
+        assert_eq!(read.get_all("X-a").collect::<Vec<_>>(), [b"1", b"2"]);
+        assert_eq!(read.get(":PATH"), Some(&b"/a"[..]));
+    }
+
+    /// The key folds more than case: names it puts together are still told apart.
+    #[test]
+    fn names_that_share_a_key_are_told_apart() {
+        assert_eq!(name_key(b"x@b"), name_key(b"x`b"));
+        let map = HeaderPairs::serialize([(&b"x@b"[..], &b"1"[..]), (b"X`B", b"2")]);
+        assert_eq!(map.get("x@b"), Some(&b"1"[..]));
+        assert_eq!(map.get("x`b"), Some(&b"2"[..]));
+        assert_eq!(map.count("X@B"), 1);
+        assert_eq!(map.get("x-b"), None);
+        assert_eq!(map.get(""), None);
     }
 
     #[test]
