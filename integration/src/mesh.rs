@@ -879,6 +879,17 @@ impl Mesh {
         reply.body_mut().read_to_string().unwrap()
     }
 
+    /// Sets Envoy's log level for the modules while it runs (admin `POST /logging`), both
+    /// components, as [`MeshBuilder::module_log_level`] does at start.
+    pub fn set_module_log_level(&self, level: &str) {
+        for component in ["wasm", "dynamic_modules"] {
+            let url = format!("http://{}/logging?{component}={level}", self.envoy.admin());
+            let reply = (self.agent.post(url).send_empty())
+                .unwrap_or_else(|e| panic!("POST /logging?{component}={level}: {e}"));
+            assert_eq!(reply.status(), 200, "POST /logging?{component}={level}");
+        }
+    }
+
     /// Envoy's admin address (what Prometheus scrapes at `/stats/prometheus`).
     pub fn admin_address(&self) -> std::net::SocketAddr {
         self.envoy.admin()

@@ -58,6 +58,34 @@ fn traceparent_is_generated_when_absent_and_returned_as_x_trace_id() {
     );
 }
 
+/// Per-request debug lines follow Envoy's level for the modules, changed on its admin page
+/// while it runs: none at info (not even formatted), there within a counter flush period
+/// (20 ms in tests) of the change to debug. Each build reads the level again when it flushes.
+#[test]
+fn debug_lines_follow_a_level_changed_on_envoys_admin_page() {
+    let mesh = Mesh::builder()
+        .module_log_level("info")
+        .filter("traceid", CONFIG)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = "traceid route=checkout";
+    for _ in 0..3 {
+        assert_eq!(mesh.get("/checkout").send().status, 200);
+    }
+    assert!(!mesh.envoy_log().contains(line), "{}", mesh.envoy_log());
+    mesh.set_module_log_level("debug");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !mesh.envoy_log().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no debug line 10 s after the level changed:\n{}",
+            mesh.envoy_log()
+        );
+        assert_eq!(mesh.get("/checkout").send().status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The response header replaces one the upstream sent, in every build: the native module
 /// adds where the response lacks the name (cheaper than Envoy's set) and must still set where
 /// it has it.

@@ -23,7 +23,7 @@ use proxy_wasm::types::{LogLevel, MapType, MetricType, Status};
 /// read it as a number instead.
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
-pub(crate) fn envoy_log_level() -> Option<LogLevel> {
+fn envoy_log_level() -> Option<LogLevel> {
     unsafe extern "C" {
         fn proxy_get_log_level(return_level: *mut u32) -> u32;
     }
@@ -45,8 +45,18 @@ pub(crate) fn envoy_log_level() -> Option<LogLevel> {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn envoy_log_level() -> Option<LogLevel> {
+fn envoy_log_level() -> Option<LogLevel> {
     None
+}
+
+/// Makes the SDK's level (`log`'s max level) Envoy's for the `wasm` component, so a per-request
+/// debug line Envoy would drop is not formatted. Run at configure and on each counter flush
+/// (at least once a second), so a level changed on Envoy's admin page (`/logging`) takes effect
+/// within a flush period.
+pub(crate) fn follow_envoy_log_level() {
+    if let Some(level) = envoy_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
 }
 
 /// The root context: configure, tick, shutdown.

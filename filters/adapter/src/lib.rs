@@ -126,9 +126,7 @@ impl<S: Stages> Drop for Root<S> {
 impl<S: Stages + 'static> RootContext for Root<S> {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         // Per-request lines are at debug: they print when Envoy logs wasm at debug.
-        if let Some(level) = host::envoy_log_level() {
-            proxy_wasm::set_log_level(level);
-        }
+        host::follow_envoy_log_level();
         let rng = RefCell::new(fastrand::Rng::with_seed(0));
         let probe = Proxy::root(&rng);
         rng.replace(fastrand::Rng::with_seed(random_seed(&probe)));
@@ -185,6 +183,7 @@ impl<S: Stages + 'static> RootContext for Root<S> {
         if now.saturating_sub(state.flushed_at.get()) >= flush_every / 8 * 7 {
             state.flushed_at.set(now);
             state.vm.on_tick(&mut Proxy::root(&state.rng));
+            host::follow_envoy_log_level();
         }
         if S::MAKES_CALLS {
             let _ = proxy_wasm::hostcalls::set_tick_period(state.tick_period());
