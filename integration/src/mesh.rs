@@ -1015,9 +1015,17 @@ impl Reply {
 
     /// The first value of a response header as it came (hostile replies are not UTF-8).
     pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.named(name).next()
+    }
+
+    /// Every line of a response header, in the order it came.
+    pub fn header_lines(&self, name: &str) -> Vec<&[u8]> {
+        self.named(name).collect()
+    }
+
+    fn named<'s, 'n>(&'s self, name: &'n str) -> impl Iterator<Item = &'s [u8]> + use<'s, 'n> {
+        (self.headers.iter())
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
     }
 

@@ -643,19 +643,18 @@ mod tests {
     #[test]
     fn trailers_go_in_reverse_to_the_stages_that_saw_the_request_but_a_replying_one() {
         let mut host = FakeHost::new();
-        let replying = chain("continue", "reply", "continue");
-        let route = replying.bind("r", &mut host).unwrap();
-        let (_, mut request) = replying.on_request(&route, &mut host);
-        replying.on_response_trailers(&route, &mut request, &mut host);
+        let mut request_then_trailers = |stages: Three| {
+            let route = stages.bind("r", &mut host).unwrap();
+            let (_, mut request) = stages.on_request(&route, &mut host);
+            stages.on_response_trailers(&route, &mut request, &mut host);
+        };
+        request_then_trailers(chain("continue", "reply", "continue"));
         // The third never saw the request; the second answered it itself.
         assert_eq!(
             events()[3..],
             ["first:request", "second:request", "first:trailers"]
         );
-        let passing = chain("continue", "continue", "continue");
-        let route = passing.bind("r", &mut host).unwrap();
-        let (_, mut request) = passing.on_request(&route, &mut host);
-        passing.on_response_trailers(&route, &mut request, &mut host);
+        request_then_trailers(chain("continue", "continue", "continue"));
         assert_eq!(
             events()[6..],
             ["third:trailers", "second:trailers", "first:trailers"]
