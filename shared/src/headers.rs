@@ -15,7 +15,25 @@ pub struct HeaderPairs {
     bytes: Vec<u8>,
     /// Where each pair's name and value lie, found by the first lookup (a request's filters
     /// look up a dozen names; each would otherwise walk the length table again).
-    index: OnceCell<Vec<Span>>,
+    index: OnceCell<Index>,
+}
+
+/// The pairs' places, and the set of their names' [`key_bit`]s: most names a request's
+/// filters look for are absent (trace formats it does not use, rules that do not apply),
+/// and a clear bit says so without a walk.
+#[derive(Debug, Clone)]
+struct Index {
+    spans: Vec<Span>,
+    names: u128,
+}
+
+impl From<Vec<Span>> for Index {
+    fn from(spans: Vec<Span>) -> Self {
+        let names = spans
+            .iter()
+            .fold(0, |names, span| names | key_bit(span.key));
+        Self { spans, names }
+    }
 }
 
 /// One pair's place in the buffer.
@@ -33,6 +51,11 @@ fn name_key(name: &[u8]) -> u32 {
     let byte = |at: usize| u32::from(name.get(at).copied().unwrap_or(0) | 0x20);
     let len = name.len();
     (len.min(0xff) as u32) | byte(0) << 8 | byte(len / 2) << 16 | byte(len.wrapping_sub(1)) << 24
+}
+
+/// A key's bit in a 128-bit set (a multiplicative hash's top seven bits).
+fn key_bit(key: u32) -> u128 {
+    1 << (key.wrapping_mul(0x9e37_79b1) >> 25)
 }
 
 impl PartialEq for HeaderPairs {
@@ -73,7 +96,10 @@ impl HeaderPairs {
             }
         };
         put(0, &u32_le(count));
-        let mut spans = Vec::with_capacity(count);
+        let mut spans = Index {
+            spans: Vec::with_capacity(count),
+            names: 0,
+        };
         let mut at = 4 + 8 * count;
         for (i, (name, value)) in pairs.enumerate() {
             put(4 + 8 * i, &u32_le(name.len()));
@@ -84,10 +110,12 @@ impl HeaderPairs {
             put(at, value);
             let value_at = (at, at + value.len());
             at += value.len() + 1;
-            spans.push(Span {
+            let key = name_key(name);
+            spans.names |= key_bit(key);
+            spans.spans.push(Span {
                 name: name_at,
                 value: value_at,
-                key: name_key(name),
+                key,
             });
         }
         Self {
@@ -109,6 +137,7 @@ impl HeaderPairs {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let slice = |(from, to): (usize, usize)| self.bytes.get(from..to).unwrap_or_default();
         self.index()
+            .spans
             .iter()
             .map(move |span| (slice(span.name), slice(span.value)))
     }
@@ -133,11 +162,18 @@ impl HeaderPairs {
         self.matching(name).count()
     }
 
-    /// The pairs named `name`: keys compared first, names only where they agree.
+    /// The pairs named `name`: none if its key's bit is clear, else keys compared first,
+    /// names only where they agree.
     fn matching<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s Span> {
         let name = name.as_bytes();
         let key = name_key(name);
-        self.index().iter().filter(move |span| {
+        let index = self.index();
+        let spans = if index.names & key_bit(key) == 0 {
+            &[]
+        } else {
+            index.spans.as_slice()
+        };
+        spans.iter().filter(move |span| {
             span.key == key
                 && self
                     .bytes
@@ -146,7 +182,7 @@ impl HeaderPairs {
         })
     }
 
-    fn index(&self) -> &[Span] {
+    fn index(&self) -> &Index {
         self.index.get_or_init(|| {
             let count = read_u32(&self.bytes, 0).unwrap_or(0);
             let mut spans = Vec::with_capacity(count.min(self.bytes.len() / 10));
@@ -156,7 +192,7 @@ impl HeaderPairs {
                 count,
                 data: 4usize.saturating_add(count.saturating_mul(8)),
             });
-            spans
+            Index::from(spans)
         })
     }
 }
