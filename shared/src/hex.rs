@@ -26,19 +26,24 @@ pub fn digit_value(c: u8) -> Option<u8> {
     lower_digit(c.to_ascii_lowercase())
 }
 
+/// Writes the lower-case hex of `bytes` into `out`, as far as `out` goes (two digits a byte).
+pub fn encode_to(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digit = |nibble: u8| DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        if let [hi, lo] = pair {
+            *hi = digit(byte >> 4);
+            *lo = digit(byte & 0x0f);
+        }
+    }
+}
+
 /// Appends the lower-case hex of `bytes` to `out`: whole runs at once, not a `char` at a time
 /// (each `String::push` encodes UTF-8 and checks capacity; trace ids are written per request).
 pub fn encode_into(bytes: &[u8], out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digit = |nibble: u8| DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0');
     for chunk in bytes.chunks(32) {
         let mut text = [0u8; 64];
-        for (pair, byte) in text.chunks_exact_mut(2).zip(chunk) {
-            if let [hi, lo] = pair {
-                *hi = digit(byte >> 4);
-                *lo = digit(byte & 0x0f);
-            }
-        }
+        encode_to(chunk, &mut text);
         let written = text.get(..2 * chunk.len()).unwrap_or_default();
         out.push_str(std::str::from_utf8(written).unwrap_or_default());
     }

@@ -11,7 +11,7 @@ use mesh_policy::filter::{Filter, Plugin, Verdict};
 use mesh_policy::host::{Host, RequestHost, ResponseHost};
 use mesh_policy::stats::{self, Counters};
 use mesh_policy::trace::sampling::Sampling;
-use mesh_policy::trace::{Edit, Outcome, TraceConfig, TracePolicy};
+use mesh_policy::trace::{Edit, Outcome, TraceConfig, TraceIdHex, TracePolicy};
 
 /// `mesh_trace_requests_total{route, outcome}`.
 pub const REQUESTS_TOTAL: &str = "mesh_trace_requests_total";
@@ -62,7 +62,7 @@ impl Filter for TraceId {
     type Policy = TracePolicy;
     type Route = TraceRoute;
     /// The trace id (hex), kept for the response header when one is configured.
-    type Request = Option<String>;
+    type Request = Option<TraceIdHex>;
 
     fn new(_plugin: &Plugin) -> Self {
         Self
@@ -84,7 +84,7 @@ impl Filter for TraceId {
         &self,
         route: &TraceRoute,
         host: &mut impl RequestHost,
-    ) -> (Verdict, Option<String>) {
+    ) -> (Verdict, Option<TraceIdHex>) {
         let decision = route.policy.decide(host);
         for edit in &decision.edits {
             match edit {
@@ -113,10 +113,10 @@ impl Filter for TraceId {
     fn on_response(
         &self,
         route: &TraceRoute,
-        trace_id: &mut Option<String>,
+        trace_id: &mut Option<TraceIdHex>,
         host: &mut impl ResponseHost,
     ) {
-        if let Some((name, trace_id)) = route.policy.trace_id_header(trace_id.as_deref()) {
+        if let Some((name, trace_id)) = route.policy.trace_id_header(trace_id.as_ref()) {
             host.set_response_header(name, trace_id);
         }
     }

@@ -229,18 +229,41 @@ impl Decision {
     }
 }
 
+/// A trace id in lower-case hex, kept on the stack from the request to the response phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub fn new(trace_id: &[u8; 16]) -> Self {
+        let mut text = [0; 32];
+        hex::encode_to(trace_id, &mut text);
+        Self(text)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl TracePolicy {
     /// What the response phase keeps of `decision`: its trace id (hex), when the policy puts
     /// it on the response.
-    pub fn kept_for_response(&self, decision: &Decision) -> Option<String> {
+    pub fn kept_for_response(&self, decision: &Decision) -> Option<TraceIdHex> {
         self.response_header
             .as_ref()
-            .map(|_| decision.trace_id_hex())
+            .map(|_| TraceIdHex::new(&decision.trace_id))
     }
 
     /// The header the response phase sets, name and value: the policy's `response_header`
     /// with the trace id `kept` ([`TracePolicy::kept_for_response`]); `None`: none.
-    pub fn trace_id_header<'a>(&'a self, kept: Option<&'a str>) -> Option<(&'a str, &'a [u8])> {
+    pub fn trace_id_header<'a>(
+        &'a self,
+        kept: Option<&'a TraceIdHex>,
+    ) -> Option<(&'a str, &'a [u8])> {
         Some((self.response_header.as_ref()?.as_str(), kept?.as_bytes()))
     }
 }

@@ -437,7 +437,8 @@ fn the_response_keeps_the_trace_id_only_with_a_response_header() {
     let mut host = FakeHost::new().with_request_header("traceparent", TP);
     let p = policy("{}");
     let decision = p.decide(&mut host);
-    assert_eq!(p.kept_for_response(&decision).as_deref(), Some(TRACE));
+    let kept = p.kept_for_response(&decision);
+    assert_eq!(kept.as_ref().map(TraceIdHex::as_str), Some(TRACE));
     let quiet = policy(r#"{"response_header": null}"#);
     assert_eq!(quiet.kept_for_response(&decision), None);
 }
@@ -656,11 +657,13 @@ fn a_clients_decision_stands_and_replaced_traces_are_sampled() {
 #[test]
 fn the_trace_id_header_is_the_policys_name_with_the_kept_id() {
     let named = policy(r#"{"response_header": "x-trace"}"#);
+    let kept = TraceIdHex::new(&crate::hex::decode_lower(TRACE.as_bytes()).unwrap());
+    assert_eq!(kept.as_str(), TRACE);
     assert_eq!(
-        named.trace_id_header(Some(TRACE)),
+        named.trace_id_header(Some(&kept)),
         Some(("x-trace", TRACE.as_bytes()))
     );
     assert_eq!(named.trace_id_header(None), None);
     let none = policy(r#"{"response_header": null}"#);
-    assert_eq!(none.trace_id_header(Some(TRACE)), None);
+    assert_eq!(none.trace_id_header(Some(&kept)), None);
 }
