@@ -44,6 +44,11 @@ pub enum SharedError {
     Failed,
 }
 
+/// An integer property's encoding: 8 bytes, little-endian.
+pub fn le_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
 /// Available in every phase.
 pub trait Host {
     /// Wall-clock time.
@@ -52,6 +57,11 @@ pub trait Host {
     fn random_u64(&mut self) -> u64;
     /// An Envoy attribute such as `["xds", "route_name"]` or `["source", "address"]`.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// An integer attribute (`response.code`, `response.flags`): proxy-wasm gives it as 8
+    /// little-endian bytes; a host that has the integer itself answers without them.
+    fn property_u64(&self, path: &[&str]) -> Option<u64> {
+        self.property(path).as_deref().and_then(le_u64)
+    }
 
     /// Reads a shared-data key with its CAS token; `None` if it was never written.
     fn shared_get(&self, key: &str) -> Option<Shared>;
@@ -153,6 +163,11 @@ macro_rules! forward_host {
     (@ $f:ident property) => {
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
             self.$f.property(path)
+        }
+    };
+    (@ $f:ident property_u64) => {
+        fn property_u64(&self, path: &[&str]) -> Option<u64> {
+            self.$f.property_u64(path)
         }
     };
     (@ $f:ident shared_get) => {

@@ -291,7 +291,7 @@ impl<H: Host> Host for VmHost<'_, H> {
         now
     }
 
-    crate::forward_host!(host => random_u64, property, shared_get, shared_set);
+    crate::forward_host!(host => random_u64, property, property_u64, shared_get, shared_set);
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Metric {
         let host = self.host.define_metric(kind, name);

@@ -201,6 +201,14 @@ impl Host for Native<'_> {
         }
     }
 
+    /// Envoy's integer attributes as integers: no bytes made to be decoded again.
+    fn property_u64(&self, path: &[&str]) -> Option<u64> {
+        match attribute(path)? {
+            (attribute, true) => self.filter?.attribute_int(attribute),
+            (_, false) => None,
+        }
+    }
+
     fn shared_get(&self, key: &str) -> Option<Shared> {
         store::get(key)
     }
@@ -333,7 +341,9 @@ impl<'h, 'a> ReplyPhase<'h, 'a> {
 }
 
 impl Host for ReplyPhase<'_, '_> {
-    mesh_policy::forward_host!(host => now, random_u64, property, shared_get, shared_set);
+    mesh_policy::forward_host!(
+        host => now, random_u64, property, property_u64, shared_get, shared_set
+    );
     mesh_policy::forward_host!(host => define_metric, increment_metric, record_metric);
 }
 

@@ -119,11 +119,7 @@ impl Finished {
         protocol: Protocol,
         grpc_status: Option<u32>,
     ) -> Self {
-        let flags = host
-            .property(&RESPONSE_FLAGS)
-            .as_deref()
-            .and_then(property_u64)
-            .unwrap_or(0);
+        let flags = host.property_u64(&RESPONSE_FLAGS).unwrap_or(0);
         let mut finished = Self {
             status: None,
             flags,
@@ -135,9 +131,7 @@ impl Finished {
             return finished;
         }
         finished.status = host
-            .property(&RESPONSE_CODE)
-            .as_deref()
-            .and_then(property_u64)
+            .property_u64(&RESPONSE_CODE)
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| *code != 0);
         let via_upstream =
@@ -183,10 +177,4 @@ pub fn classify(
     };
     let slow = slow_threshold.is_some_and(|threshold| finished.latency >= threshold);
     Call { verdict, slow }
-}
-
-/// Reads Envoy's integer properties (`response.code`, `response.flags`): 8 bytes,
-/// little-endian.
-pub fn property_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }

@@ -550,11 +550,8 @@ fn status_sets_hold_only_real_codes() {
 
 #[test]
 fn integer_properties_are_little_endian_u64() {
-    assert_eq!(
-        classify::property_u64(&[0xf7, 1, 0, 0, 0, 0, 0, 0]),
-        Some(503)
-    );
-    assert_eq!(classify::property_u64(&[1, 2, 3]), None);
+    assert_eq!(crate::host::le_u64(&[0xf7, 1, 0, 0, 0, 0, 0, 0]), Some(503));
+    assert_eq!(crate::host::le_u64(&[1, 2, 3]), None);
 }
 
 // ---- record ----
