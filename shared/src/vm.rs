@@ -29,6 +29,7 @@ use crate::headers::HeaderPairs;
 use crate::host::{
     Host, Metric, MetricKind, Nanos, RequestCalls, RequestHost, ResponseHost, TrailersHost,
 };
+use written::Written;
 
 /// The callbacks Envoy makes into a module for every request: its stream context's creation,
 /// request headers, response headers and deletion (the done phase runs there). A module built
@@ -263,8 +264,8 @@ pub struct VmHost<'a, H> {
     now: Cell<Option<Nanos>>,
     /// The request headers as fetched by the phase's first read (read in place)...
     request_headers: OnceCell<HeaderPairs>,
-    /// ...and the phase's own writes since, by name: a value set, or `None` for removed.
-    written: Vec<(String, Option<Vec<u8>>)>,
+    /// ...and the phase's own writes since.
+    written: Written,
     has_body: bool,
 }
 
@@ -275,7 +276,7 @@ impl<'a, H> VmHost<'a, H> {
             metrics,
             now: Cell::new(None),
             request_headers: OnceCell::new(),
-            written: Vec::new(),
+            written: Written::default(),
             has_body: false,
         }
     }
@@ -316,43 +317,26 @@ impl<H: RequestCalls> VmHost<'_, H> {
         self.request_headers
             .get_or_init(|| self.host.get_http_request_headers())
     }
-
-    /// The phase's own last write of `name`, if it wrote it.
-    fn written(&self, name: &str) -> Option<Option<&[u8]>> {
-        self.written
-            .iter()
-            .rev()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_deref())
-    }
-
-    /// Notes a write, so later reads see what Envoy now has (a set leaves one value, a remove
-    /// none).
-    fn note_write(&mut self, name: &str, value: Option<&[u8]>) {
-        self.written.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.written
-            .push((name.to_ascii_lowercase(), value.map(<[u8]>::to_vec)));
-    }
 }
 
 impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
     /// The first value, as Envoy's own single-value getter answers.
     fn request_header(&self, name: &str) -> Option<&[u8]> {
-        match self.written(name) {
+        match self.written.get(name) {
             Some(written) => written,
             None => self.request_headers().get(name),
         }
     }
 
     fn request_header_count(&self, name: &str) -> usize {
-        match self.written(name) {
+        match self.written.get(name) {
             Some(written) => usize::from(written.is_some()),
             None => self.request_headers().count(name),
         }
     }
 
     fn request_header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> {
-        let written = self.written(name);
+        let written = self.written.get(name);
         let read = written
             .is_none()
             .then(|| self.request_headers().get_all(name));
@@ -375,12 +359,12 @@ impl<H: RequestCalls> RequestHost for VmHost<'_, H> {
         } else {
             self.host.set_http_request_header(name, value);
         }
-        self.note_write(name, Some(value));
+        self.written.note(name, Some(value));
     }
 
     fn remove_request_header(&mut self, name: &str) {
         self.host.remove_http_request_header(name);
-        self.note_write(name, None);
+        self.written.note(name, None);
     }
 
     fn clear_route_cache(&mut self) {
@@ -398,3 +382,4 @@ impl<H: ResponseHost> ResponseHost for VmHost<'_, H> {
 
 #[cfg(test)]
 mod tests;
+mod written;
