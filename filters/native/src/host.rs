@@ -90,6 +90,9 @@ pub struct Native<'a> {
     /// The names of the response's headers, as [`name_bit`]s: those it came with (read by
     /// the hook's first response header write) and those the hook wrote since.
     response_names: Cell<Option<u128>>,
+    /// The clock as the hook first read it: one hook is one instant (the done phase and the
+    /// worker's tick after it share a read).
+    now: Cell<Option<Nanos>>,
 }
 
 /// A header name's bit in a 128-bit set of names, from its length and last eight bytes with
@@ -121,6 +124,7 @@ impl<'a> Native<'a> {
             plugin,
             defined,
             response_names: Cell::new(None),
+            now: Cell::new(None),
         }
     }
 
@@ -179,7 +183,12 @@ impl<'a> Native<'a> {
 
 impl Host for Native<'_> {
     fn now(&self) -> Nanos {
-        wall_clock()
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = wall_clock();
+        self.now.set(Some(now));
+        now
     }
 
     fn random_u64(&mut self) -> u64 {
