@@ -96,10 +96,7 @@ impl HeaderPairs {
             }
         };
         put(0, &u32_le(count));
-        let mut spans = Index {
-            spans: Vec::with_capacity(count),
-            names: 0,
-        };
+        let mut spans = Vec::with_capacity(count);
         let mut at = 4 + 8 * count;
         for (i, (name, value)) in pairs.enumerate() {
             put(4 + 8 * i, &u32_le(name.len()));
@@ -110,17 +107,15 @@ impl HeaderPairs {
             put(at, value);
             let value_at = (at, at + value.len());
             at += value.len() + 1;
-            let key = name_key(name);
-            spans.names |= key_bit(key);
-            spans.spans.push(Span {
+            spans.push(Span {
                 name: name_at,
                 value: value_at,
-                key,
+                key: name_key(name),
             });
         }
         Self {
             bytes,
-            index: OnceCell::from(spans),
+            index: OnceCell::from(Index::from(spans)),
         }
     }
 
