@@ -102,7 +102,7 @@ impl Filter for TraceId {
         log::debug!(
             "traceid route={} trace={} outcome={} source={} sampled={}",
             route.name,
-            decision.trace_id_hex(),
+            decision.trace_id_hex().as_str(),
             decision.outcome.as_str(),
             decision.source.as_str(),
             decision.sampled

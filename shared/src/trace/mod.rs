@@ -224,12 +224,13 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn trace_id_hex(&self) -> String {
-        hex::encode(&self.trace_id)
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        TraceIdHex::new(&self.trace_id)
     }
 }
 
-/// A trace id in lower-case hex, kept on the stack from the request to the response phase.
+/// A trace id in lower-case hex, kept inline in the request's state from the request to the
+/// response phase (no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceIdHex([u8; 32]);
 
@@ -255,7 +256,7 @@ impl TracePolicy {
     pub fn kept_for_response(&self, decision: &Decision) -> Option<TraceIdHex> {
         self.response_header
             .as_ref()
-            .map(|_| TraceIdHex::new(&decision.trace_id))
+            .map(|_| decision.trace_id_hex())
     }
 
     /// The header the response phase sets, name and value: the policy's `response_header`
