@@ -3,14 +3,15 @@
 //! windows recorded apart.
 //!
 //! The Envoy binary has no symbols, so samples are sorted by what their call chains show:
-//! - **module code**: the sample is in code V8 compiled from a module (JIT memory);
+//! - **module code**: the sample is in code V8 compiled from a module (JIT memory), or in the
+//!   native module (`libmesh_bundle.so`);
 //! - **host calls**: a module's code is on the stack and called what runs (Envoy's C++ behind
-//!   the host call, V8's glue between wasm and C++, an allocation in the module);
-//! - **entering the VM**: below a call into the VM (the frames that call module code), with
-//!   no module code on the stack: V8's entry and exit;
-//! - **the wasm filter**: not inside a VM call, but below Envoy's wasm filter (its frames the
-//!   bare listener never runs, that lead to module code): proxy-wasm's contexts around the
-//!   calls;
+//!   the host call or the ABI callback, V8's glue between wasm and C++, an allocation);
+//! - **entering the VM**: below a call into the module (the frames that call module code),
+//!   with no module code on the stack: V8's entry and exit, the ABI's call into a hook;
+//! - **the filter around the calls**: not inside a module call, but below Envoy's filter for
+//!   the module (its frames the bare listener never runs, that lead to module code):
+//!   proxy-wasm's contexts, Envoy's dynamic-module filter;
 //! - **Envoy's own work**: everything else, as on the bare listener; what it costs beyond the
 //!   bare listener is work the filters cause Envoy (a route chosen again, more headers, the
 //!   wasm filter's objects made and freed per stream).
@@ -175,16 +176,25 @@ fn parse(text: &str) -> Vec<Chain> {
                     let frame = frame.trim();
                     let (address, dso) = frame.split_once(' ')?;
                     let address = u64::from_str_radix(address, 16).ok()?;
-                    // V8's generated code: perf finds it in no file.
-                    let jit =
-                        dso.contains("perf-") || dso.contains("[JIT]") || dso.contains("unknown");
-                    Some((address, jit))
+                    Some((address, is_module_code(dso)))
                 })
                 .collect();
             (!chain.is_empty()).then_some(chain)
         })
         .collect()
 }
+
+/// Whether a frame's file is module code: V8's generated code (perf finds it in no file) or
+/// the native module.
+fn is_module_code(dso: &str) -> bool {
+    dso.contains("perf-")
+        || dso.contains("[JIT]")
+        || dso.contains("unknown")
+        || dso.contains(NATIVE_MODULE)
+}
+
+/// The native module's file name, as perf names the frames in it.
+const NATIVE_MODULE: &str = "libmesh_bundle.so";
 
 /// Where one side's CPU time per request went, by category, in µs.
 #[derive(Debug, Default, Clone, Copy)]
@@ -198,10 +208,10 @@ pub struct Split {
 
 impl Split {
     pub const NAMES: [&'static str; 5] = [
-        "module code (wasm compiled by V8)",
+        "module code (wasm compiled by V8, or the native module's)",
         "host calls (Envoy's C++ behind them, V8's wasm/C++ glue, allocations for answers)",
-        "entering and leaving the VM",
-        "the wasm filter around the calls (proxy-wasm's contexts)",
+        "entering and leaving the module (V8's entry and exit, the ABI's call)",
+        "the filter around the calls (proxy-wasm's contexts, Envoy's dynamic-module filter)",
         "Envoy's own work (codec, router, connection handling)",
     ];
 
@@ -297,5 +307,31 @@ impl Profile {
             variant_total - bare_total
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample in the native module's own code is module code, one in Envoy called from it a
+    /// host call, one elsewhere Envoy's own work: the native bundle's split reads like a
+    /// Wasm module's.
+    #[test]
+    fn native_module_frames_are_module_code() {
+        let module = "/work/main/dist/libmesh_bundle.so";
+        let variant = parse(&format!(
+            "envoy 1\n\t7f01 ({module})\n\t5a0a (/usr/bin/envoy)\n\n\
+             envoy 2\n\t5a0b (/usr/bin/envoy)\n\t7f02 ({module})\n\t5a0a (/usr/bin/envoy)\n\n\
+             envoy 3\n\t5a0c (/usr/bin/envoy)\n\n"
+        ));
+        assert_eq!(variant.len(), 3);
+        let bare = parse("envoy 4\n\t5a0c (/usr/bin/envoy)\n\n");
+        let profile = Profile::of(&variant, &bare, 3.0, 1.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(profile.variant.module_code, 1.0), "{profile:?}");
+        assert!(close(profile.variant.host_calls, 1.0), "{profile:?}");
+        assert!(close(profile.variant.envoy, 1.0), "{profile:?}");
+        assert!(!is_module_code("(/usr/lib/x86_64-linux-gnu/libc.so.6)"));
     }
 }
