@@ -44,11 +44,6 @@ pub enum SharedError {
     Failed,
 }
 
-/// An integer property's encoding: 8 bytes, little-endian.
-pub fn le_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
-}
-
 /// Available in every phase.
 pub trait Host {
     /// Wall-clock time.
@@ -60,7 +55,8 @@ pub trait Host {
     /// An integer attribute (`response.code`, `response.flags`): proxy-wasm gives it as 8
     /// little-endian bytes; a host that has the integer itself answers without them.
     fn property_u64(&self, path: &[&str]) -> Option<u64> {
-        self.property(path).as_deref().and_then(le_u64)
+        let [value] = crate::store::read_u64s::<1>(&self.property(path)?)?;
+        Some(value)
     }
 
     /// Reads a shared-data key with its CAS token; `None` if it was never written.

@@ -550,8 +550,11 @@ fn status_sets_hold_only_real_codes() {
 
 #[test]
 fn integer_properties_are_little_endian_u64() {
-    assert_eq!(crate::host::le_u64(&[0xf7, 1, 0, 0, 0, 0, 0, 0]), Some(503));
-    assert_eq!(crate::host::le_u64(&[1, 2, 3]), None);
+    let host = FakeHost::new()
+        .with_property(&["response", "code"], [0xf7, 1, 0, 0, 0, 0, 0, 0])
+        .with_property(&["response", "flags"], [1, 2, 3]);
+    assert_eq!(host.property_u64(&["response", "code"]), Some(503));
+    assert_eq!(host.property_u64(&["response", "flags"]), None);
 }
 
 // ---- record ----
