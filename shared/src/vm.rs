@@ -17,7 +17,7 @@
 //!   context's tick, at least once a second); a gauge is written only when its value
 //!   changes; histogram observations go at once.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -261,7 +261,7 @@ impl MetricTable {
 pub struct VmHost<'a, H> {
     host: &'a mut H,
     metrics: &'a MetricTable,
-    now: Cell<Option<Nanos>>,
+    now: OnceCell<Nanos>,
     /// The request headers as fetched by the phase's first read (read in place)...
     request_headers: OnceCell<HeaderPairs>,
     /// ...and the phase's own writes since.
@@ -274,7 +274,7 @@ impl<'a, H> VmHost<'a, H> {
         Self {
             host,
             metrics,
-            now: Cell::new(None),
+            now: OnceCell::new(),
             request_headers: OnceCell::new(),
             written: Written::default(),
             has_body: false,
@@ -284,12 +284,7 @@ impl<'a, H> VmHost<'a, H> {
 
 impl<H: Host> Host for VmHost<'_, H> {
     fn now(&self) -> Nanos {
-        if let Some(now) = self.now.get() {
-            return now;
-        }
-        let now = self.host.now();
-        self.now.set(Some(now));
-        now
+        *self.now.get_or_init(|| self.host.now())
     }
 
     crate::forward_host!(host => random_u64, property, property_u64, shared_get, shared_set);

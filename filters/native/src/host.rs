@@ -6,7 +6,7 @@
 //! for. Properties are Envoy's attributes, in proxy-wasm's encoding: strings as bytes,
 //! integers as 8 little-endian bytes.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,7 +92,7 @@ pub struct Native<'a> {
     response_names: Cell<Option<u128>>,
     /// The clock as the hook first read it: one hook is one instant (the done phase and the
     /// worker's tick after it share a read).
-    now: Cell<Option<Nanos>>,
+    now: OnceCell<Nanos>,
 }
 
 /// A header name's bit in a 128-bit set of names, from its length and last eight bytes with
@@ -124,7 +124,7 @@ impl<'a> Native<'a> {
             plugin,
             defined,
             response_names: Cell::new(None),
-            now: Cell::new(None),
+            now: OnceCell::new(),
         }
     }
 
@@ -183,12 +183,7 @@ impl<'a> Native<'a> {
 
 impl Host for Native<'_> {
     fn now(&self) -> Nanos {
-        if let Some(now) = self.now.get() {
-            return now;
-        }
-        let now = wall_clock();
-        self.now.set(Some(now));
-        now
+        *self.now.get_or_init(wall_clock)
     }
 
     fn random_u64(&mut self) -> u64 {
