@@ -1,7 +1,8 @@
 //! Envoy 1.40's dynamic-module C ABI: the few callbacks this module calls and the event hooks
 //! it exports, declared by hand from `source/extensions/dynamic_modules/abi/abi.h` (see
-//! `ABI.md`). The only `unsafe` code of the crate: every other module calls the safe wrappers
-//! below, and the hooks hand Envoy's pointers on as opaque handles.
+//! `ABI.md`). The only `unsafe` code of the crate (with `abi/fake.rs`, the tests' Envoy): every
+//! other module calls the safe wrappers below, and the hooks hand Envoy's pointers on as
+//! opaque handles.
 //!
 //! Calling convention and layout are the header's: a buffer is `{ptr, len}` passed by value,
 //! enums are C `int`s, the module's filter is a `Box` whose pointer Envoy keeps until
@@ -11,6 +12,9 @@
 use mesh_policy::headers::HeaderPairs;
 use std::ffi::{c_char, c_void};
 use std::ptr;
+
+#[cfg(test)]
+pub mod fake;
 
 /// The ABI version this module is built against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (the string the Rust SDK compiled into that very

@@ -26,6 +26,8 @@
 
 mod abi;
 mod callout;
+#[cfg(test)]
+mod crossings;
 mod host;
 mod logger;
 mod store;
