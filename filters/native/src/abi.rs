@@ -100,7 +100,7 @@ pub enum LogLevel {
     Info = 2,
     Warn = 3,
     Error = 4,
-    #[cfg_attr(test, allow(dead_code))] // caught panics only (lib.rs)
+    /// Caught panics only (`lib.rs`).
     Critical = 5,
 }
 
