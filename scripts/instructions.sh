@@ -11,7 +11,7 @@
 #
 #   scripts/instructions.sh                         # every variant, 800 requests, the table
 #   scripts/instructions.sh --out bench/instructions.md
-#   scripts/instructions.sh --requests 400 --dist /tmp/old-dist bare native_bundle
+#   scripts/instructions.sh --requests 400 --dist /tmp/old-dist bare native_bundle native_quiet
 #   scripts/instructions.sh --keep /tmp/cg native_bundle   # then: callgrind_annotate --inclusive=yes /tmp/cg/native_bundle.callgrind
 #
 # Instructions are not CPU time: a Wasm module's cost is also in entering and leaving V8
@@ -37,7 +37,19 @@ while [ $# -gt 0 ]; do
     *) variants+=("$1"); shift ;;
   esac
 done
-[ ${#variants[@]} -gt 0 ] || variants=(bare passthrough native_idle native_bundle bundle)
+# What each variant is, in the table.
+declare -A what=(
+  [bare]="no HTTP filter but the router"
+  [passthrough]="empty proxy-wasm filter, SDK only"
+  [native_idle]="the native module loaded, no stage for the route: the ABI's own cost"
+  [native_bundle]="the four as the native dynamic module"
+  [native_quiet]='native_bundle without the three `x-ratelimit-*` response headers (`rate_limit_headers: false`)'
+  [bundle]="the four as the Wasm bundle"
+)
+[ ${#variants[@]} -gt 0 ] || variants=(bare passthrough native_idle native_bundle native_quiet bundle)
+for variant in "${variants[@]}"; do
+  [ -n "${what[$variant]:-}" ] || die "unknown variant $variant (${!what[*]})"
+done
 [ $((requests % clients)) -eq 0 ] || die "--requests must be a multiple of $clients"
 
 ensure_envoy
@@ -74,7 +86,9 @@ filters() {
     bundle) jq -nc --arg m bundle --arg c "$bundle" --arg d "$dist" "[$wasm]" ;;
     native_idle) jq -nc --arg c '{"traceid": {"routes": {"elsewhere": {}}}}' --arg d "$dist" "[$native]" ;;
     native_bundle) jq -nc --arg c "$bundle" --arg d "$dist" "[$native]" ;;
-    *) die "unknown variant $1 (bare, passthrough, bundle, native_idle, native_bundle)" ;;
+    native_quiet) jq -nc --arg c "$(jq -c '.ratelimit.routes.bench.rate_limit_headers = false' <<< "$bundle")" \
+      --arg d "$dist" "[$native]" ;;
+    *) die "unknown variant $1 (${!what[*]})" ;;
   esac
 }
 
@@ -160,13 +174,13 @@ bare="${per_request[bare]:-}"
   echo "compiles and tiers up when it will). Not CPU time (see [results.md](results.md)): a Wasm"
   echo "module also pays entering and leaving V8."
   echo
-  echo "| variant | instructions per request | added over bare |"
-  echo "| --- | ---: | ---: |"
+  echo "| variant | what | instructions per request | added over bare |"
+  echo "| --- | --- | ---: | ---: |"
   for variant in "${variants[@]}"; do
     n="${per_request[$variant]}"
     added="–"
     [ -z "$bare" ] || [ "$variant" = bare ] || added="$(printf '%+d' $((n - bare)))"
-    echo "| $variant | $n | $added |"
+    echo "| $variant | ${what[$variant]} | $n | $added |"
   done
 } > "$work/table.md"
 cat "$work/table.md"
