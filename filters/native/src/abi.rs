@@ -78,7 +78,7 @@ impl HeaderPair {
 
 /// How many header pairs [`FilterPtr::headers`] takes on the stack (a request's dozen and
 /// then some; a larger map goes to the heap).
-const STACK_PAIRS: usize = 32;
+pub(crate) const STACK_PAIRS: usize = 32;
 
 /// `envoy_dynamic_module_type_http_header_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -616,6 +616,43 @@ mod tests {
         assert_eq!(state, [1], "what the hook did before the panic stays");
     }
 
+    /// The request's map is read into a pair table on the stack up to `STACK_PAIRS` headers
+    /// and on the heap past it (`abi.rs`): an incoming trace is carried from the last header
+    /// of a map of either size.
+    #[test]
+    fn a_header_map_on_either_side_of_the_stack_table_is_read_whole() {
+        use abi::fake;
+        const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        fake::with(|envoy| envoy.strings = vec![(abi::Attribute::XdsRouteName, b"r".to_vec())]);
+        let config = fake::load("headers", r#"{"traceid": {"routes": {"r": {}}}}"#);
+        assert!(!config.is_null());
+        for count in [abi::STACK_PAIRS, abi::STACK_PAIRS + 8] {
+            let mut request: Vec<fake::Header> = (1..count)
+                .map(|i| (format!("x-filler-{i}").into_bytes(), b"v".to_vec()))
+                .collect();
+            request.push((
+                b"traceparent".to_vec(),
+                format!("00-{TRACE_ID}-00f067aa0ba902b7-01").into_bytes(),
+            ));
+            assert_eq!(request.len(), count);
+            let response = vec![(b":status".to_vec(), b"200".to_vec())];
+            assert_eq!(fake::stream(config, request, response), 0);
+            let told = fake::with(|envoy| {
+                envoy
+                    .response
+                    .iter()
+                    .find(|(name, _)| name == b"x-trace-id")
+                    .map(|(_, value)| value.clone())
+            });
+            assert_eq!(
+                told.as_deref(),
+                Some(TRACE_ID.as_bytes()),
+                "{count} headers"
+            );
+        }
+        fake::unload(config);
+    }
+
     #[test]
     fn route_names_are_every_stage_routes_keys() {
         let json =
