@@ -1,7 +1,8 @@
 //! A rate limit service (Envoy's RLS gRPC API, `envoy.service.ratelimit.v3`) for tests and
 //! the bench: tonic, limitador's Redis storage, and Debian's `redis-server` as a child
-//! process. Everything binds 127.0.0.1 and stops by PID (Redis) or by dropping its runtime
-//! (the service: its sockets close at once, as when the process is killed).
+//! process. The service binds 127.0.0.1 and stops when its runtime is dropped (its sockets
+//! close at once, as when the process is killed); Redis listens on a Unix socket of its own
+//! and is stopped by PID.
 //!
 //! The messages and the service are Envoy's own, generated from its protos (the `envoy-types`
 //! crate: `RateLimitServiceServer`), not the filter's hand-declared messages
@@ -13,8 +14,9 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -39,19 +41,24 @@ use tonic::{Request, Response, Status};
 
 use crate::served::{Handler, Served};
 
-/// Debian's `redis-server` on a free 127.0.0.1 port, without persistence. Killed on drop.
+/// Debian's `redis-server` on a Unix socket in its own temporary directory, without
+/// persistence and without TCP (`--port 0`). Killed on drop. A socket of its own, not a "free"
+/// port: a port found free can be handed to another test's server before Redis binds it, and
+/// then two tests share one Redis, whose end takes the other's storage with it.
 pub struct Redis {
     child: Child,
-    pub port: u16,
+    socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start() -> io::Result<Self> {
-        let port = free_port()?;
         let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -65,21 +72,17 @@ impl Redis {
             })?;
         let mut redis = Self {
             child,
-            port,
+            socket,
             _dir: dir,
         };
-        wait_for_port(redis.addr(), Duration::from_secs(10)).inspect_err(|_| {
+        wait_for_socket(&redis.socket, Duration::from_secs(10)).inspect_err(|_| {
             let _ = redis.child.kill();
         })?;
         Ok(redis)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket.display())
     }
 }
 
@@ -418,19 +421,15 @@ impl UnaryService<RateLimitRequest> for NotARateLimitResponse {
     }
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(addr: SocketAddr, limit: Duration) -> io::Result<()> {
+fn wait_for_socket(socket: &Path, limit: Duration) -> io::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        match UnixStream::connect(socket) {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("{addr} not listening: {e}"),
+                    format!("{} not listening: {e}", socket.display()),
                 ));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
