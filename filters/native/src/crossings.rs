@@ -22,7 +22,7 @@ const REQUESTS: u64 = 1000;
 /// At most this many calls of each kind per request, in hundredths; a kind not listed may
 /// not be called at all.
 const BUDGETS: [(&str, u64); 7] = [
-    // The route name, the breaker's cluster... as strings; response code and flags as ints.
+    // The route name as a string; the response's code and flags (the breaker) as integers.
     ("get_attribute_string", 100),
     ("get_attribute_int", 200),
     // The request's map once; the response's names once, for its first header write.
@@ -34,6 +34,7 @@ const BUDGETS: [(&str, u64); 7] = [
     ("add_header", 510),
     // One request at a time: the six counters the request moved, at each stream's end.
     ("metric update", 600),
+    // The canary's tagged request (one in ten): the route is matched again.
     ("clear_route_cache", 10),
 ];
 
