@@ -105,54 +105,47 @@ extern "C" fn envoy_dynamic_module_callback_log_enabled(_level: LogLevel) -> boo
     false
 }
 
-/// A metric defined: a fresh id.
+/// The three metric definitions, alike: a fresh id each.
+macro_rules! metric_definitions {
+    ($($name:ident),*) => {$(
+        #[unsafe(no_mangle)]
+        unsafe extern "C" fn $name(
+            _config: *mut c_void,
+            _name: Buffer,
+            _label_names: *const Buffer,
+            _label_names_len: usize,
+            id: *mut usize,
+        ) -> MetricsResult {
+            let next = with(|envoy| {
+                envoy.metrics += 1;
+                envoy.metrics
+            });
+            // SAFETY: the module passes its own `id`.
+            unsafe { answer(id, Some(next)) };
+            0
+        }
+    )*};
+}
+
+metric_definitions!(
+    envoy_dynamic_module_callback_http_filter_config_define_counter,
+    envoy_dynamic_module_callback_http_filter_config_define_gauge,
+    envoy_dynamic_module_callback_http_filter_config_define_histogram
+);
+
+/// Writes `found` where the module asked for it; whether there was one.
 ///
 /// # Safety
-/// `id` must be writable.
-unsafe fn define(id: *mut usize) -> MetricsResult {
-    let next = with(|envoy| {
-        envoy.metrics += 1;
-        envoy.metrics
-    });
-    // SAFETY: the caller's contract.
-    unsafe { *id = next };
-    0
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_counter(
-    _config: *mut c_void,
-    _name: Buffer,
-    _label_names: *const Buffer,
-    _label_names_len: usize,
-    id: *mut usize,
-) -> MetricsResult {
-    // SAFETY: the module passes its own `id`.
-    unsafe { define(id) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
-    _config: *mut c_void,
-    _name: Buffer,
-    _label_names: *const Buffer,
-    _label_names_len: usize,
-    id: *mut usize,
-) -> MetricsResult {
-    // SAFETY: the module passes its own `id`.
-    unsafe { define(id) }
-}
-
-#[unsafe(no_mangle)]
-unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
-    _config: *mut c_void,
-    _name: Buffer,
-    _label_names: *const Buffer,
-    _label_names_len: usize,
-    id: *mut usize,
-) -> MetricsResult {
-    // SAFETY: the module passes its own `id`.
-    unsafe { define(id) }
+/// `result` must be writable (the module's own out-parameter).
+unsafe fn answer<T>(result: *mut T, found: Option<T>) -> bool {
+    match found {
+        Some(value) => {
+            // SAFETY: the caller's contract.
+            unsafe { result.write(value) };
+            true
+        }
+        None => false,
+    }
 }
 
 /// The four metric updates, counted alike.
@@ -199,14 +192,8 @@ unsafe extern "C" fn envoy_dynamic_module_callback_http_get_header(
             .nth(index)?;
         Some(Buffer::of(&pair.1))
     });
-    match found {
-        Some(value) => {
-            // SAFETY: the module passes its own `result`.
-            unsafe { *result = value };
-            true
-        }
-        None => false,
-    }
+    // SAFETY: the module passes its own `result`.
+    unsafe { answer(result, found) }
 }
 
 #[unsafe(no_mangle)]
@@ -309,14 +296,8 @@ unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_str
         let (_, value) = envoy.strings.iter().find(|(a, _)| *a == attribute)?;
         Some(Buffer::of(value))
     });
-    match found {
-        Some(value) => {
-            // SAFETY: the module passes its own `result`.
-            unsafe { *result = value };
-            true
-        }
-        None => false,
-    }
+    // SAFETY: the module passes its own `result`.
+    unsafe { answer(result, found) }
 }
 
 #[unsafe(no_mangle)]
@@ -333,14 +314,8 @@ unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_int
             .find(|(a, _)| *a == attribute)
             .map(|p| p.1)
     });
-    match found {
-        Some(value) => {
-            // SAFETY: the module passes its own `result`.
-            unsafe { *result = value };
-            true
-        }
-        None => false,
-    }
+    // SAFETY: the module passes its own `result`.
+    unsafe { answer(result, found) }
 }
 
 /// No cluster: every call is refused (2, cluster not found), as Envoy refuses one to a
